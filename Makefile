@@ -1,0 +1,38 @@
+# Ailo Network — every target sets itself up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_JS := node_modules/.installed
+CORPUS := data/corpus/.fetched
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS)
+
+$(STAMP_PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# Pinned CPU build first, so nothing below can pull a CUDA torch.
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+$(STAMP_JS): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(CORPUS): $(STAMP_PY) ailo/assets.py
+	$(PY) -m ailo.assets
+
+demo: setup
+	$(PY) -m ailo.cli.main demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) node_modules data runs artifacts

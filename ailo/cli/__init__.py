@@ -1,0 +1,1 @@
+"""Command-line interface: `ailo <command>`; one module per command group."""

@@ -1,0 +1,160 @@
+"""GPT-2-style decoder-only Transformer and the Ailo model presets (SPEC R1).
+
+Pre-LayerNorm blocks, learned absolute positions, GELU MLP, tied input/output embeddings,
+causal attention through `scaled_dot_product_attention` (flash/memory-efficient kernels on
+CUDA). Parameter names are the contract shared with the browser client and the chunk
+manifest, so they are kept short and stable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GPT2_VOCAB = 50257
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_ffn: int
+    n_ctx: int
+    vocab_size: int = GPT2_VOCAB
+    layer_norm_eps: float = 1e-5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # CI / browser size: a training step takes a fraction of a second on 2 CPU cores.
+    "ailo-tiny": GPTConfig("ailo-tiny", n_layer=2, n_embd=64, n_head=4, n_ffn=256, n_ctx=64),
+    # Laptop-CPU demo size.
+    "ailo-small": GPTConfig("ailo-small", n_layer=6, n_embd=256, n_head=8, n_ffn=1024, n_ctx=256),
+    # Flagship, exactly SPEC R1.
+    "ailo-1b": GPTConfig("ailo-1b", n_layer=24, n_embd=1600, n_head=25, n_ffn=6400, n_ctx=2048),
+}
+
+
+def get_preset(name: str) -> GPTConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError("n_embd must be divisible by n_head")
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        shape = (b, t, self.n_head, c // self.n_head)
+        q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.n_ffn)
+        self.proj = nn.Linear(cfg.n_ffn, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        if seed is not None:
+            self.reset_parameters(seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """GPT-2 init (N(0, 0.02), residual projections scaled by 1/sqrt(2L)), from a seed."""
+        if any(p.is_meta for p in self.parameters()):
+            return
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif ".ln" in name or name.startswith("ln_"):
+                p.fill_(1.0)
+            else:
+                std = resid_std if name.endswith("proj.weight") else 0.02
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std)
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        if t > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {t} tokens exceeds context {self.cfg.n_ctx}")
+        pos = torch.arange(t, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Returns logits, or the mean cross-entropy when targets are given."""
+        logits = F.linear(self.hidden(idx), self.wte.weight)  # tied embeddings
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def build_model(preset: str | GPTConfig, seed: int = 0, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> GPT:
+    """Build a preset; on the `meta` device nothing is allocated (shape planning)."""
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    with torch.device(device):
+        model = GPT(cfg, seed=None)
+    model = model.to(dtype=dtype)
+    if str(device) != "meta":
+        model.reset_parameters(seed)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (the tied output matrix counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(cfg: GPTConfig) -> float:
+    """Training FLOPs per token: 6 x matmul parameters (incl. the tied LM head) plus attention
+    scores (12·L·d·T), the accounting used for MFU in the PaLM paper."""
+    matmul_params = cfg.n_layer * (4 * cfg.n_embd ** 2 + 2 * cfg.n_embd * cfg.n_ffn)
+    matmul_params += cfg.vocab_size * cfg.n_embd
+    return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_embd * cfg.n_ctx
