@@ -152,9 +152,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(cfg: GPTConfig) -> float:
+def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     """Training FLOPs per token: 6 x matmul parameters (incl. the tied LM head) plus attention
     scores (12·L·d·T), the accounting used for MFU in the PaLM paper."""
     matmul_params = cfg.n_layer * (4 * cfg.n_embd ** 2 + 2 * cfg.n_embd * cfg.n_ffn)
     matmul_params += cfg.vocab_size * cfg.n_embd
-    return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_embd * cfg.n_ctx
+    return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.n_ctx)

@@ -1,0 +1,138 @@
+"""Local training on a contributor's own shard (SPEC R3 native side, R4 step 2).
+
+`train_local` runs S steps (or E epochs) of AdamW/SGD with gradient clipping, bf16 autocast
+on CUDA when available, and returns the pseudo-gradient Δ = M_start − M_end with n_k (samples
+seen) and the mean train loss: exactly what the coordinator's FedAvg consumes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from ailo.model import GPT
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20
+    batch_size: int = 8
+    lr: float = 3e-3
+    optimizer: str = "adamw"      # "adamw" | "sgd"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    amp: bool = True              # bf16 autocast, only on CUDA
+    progress: bool = False
+
+
+@dataclass
+class LocalUpdate:
+    """What a client reports: Δ_k = M_start − M_end, n_k, and its train loss."""
+    delta: dict[str, torch.Tensor]
+    n_samples: int
+    tokens: int
+    train_loss: float
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        fused = all(p.is_cuda for p in params)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                                 fused=fused or None)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw or sgd")
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
+                device: torch.device | None = None) -> LocalUpdate:
+    """Train in place for at most `cfg.steps` batches; returns the pseudo-gradient."""
+    device = device or next(model.parameters()).device
+    model.to(device).train()
+    start = snapshot(model)
+    opt = make_optimizer(model, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    losses: list[float] = []
+    n_samples = tokens = 0
+    t0 = time.perf_counter()
+    it: Iterator = iter(batches)
+    bar = tqdm(total=cfg.steps, desc="train", unit="step", disable=not cfg.progress, leave=False)
+    for step in range(cfg.steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.warmup_steps:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.detach())
+        n_samples += x.shape[0]
+        tokens += x.numel()
+        bar.update(1)
+        if cfg.progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    loss_values = [float(v) for v in losses]
+    end = model.state_dict()
+    delta = {k: (start[k] - end[k].detach()).to("cpu", torch.float32) for k in start}
+    return LocalUpdate(delta, n_samples, tokens, sum(loss_values) / max(1, len(loss_values)),
+                       len(loss_values), seconds, loss_values)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device | None = None) -> float:
+    """Mean cross-entropy (nats/token) over fixed batches."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        total += float(model(x.to(device), y.to(device))) * x.numel()
+        count += x.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate() needs at least one batch")
+    return total / count
+
+
+def apply_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor], scale: float = 1.0) -> None:
+    """M ← M − scale·Δ, in place (Δ is a pseudo-gradient: M_start − M_end)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for k, d in delta.items():
+            state[k].sub_(d.to(state[k].device, state[k].dtype), alpha=scale)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
