@@ -43,7 +43,6 @@ class AmountError(LedgerError):
 
 class InsufficientFundsError(LedgerError):
     code = "insufficient_funds"
-    http_status = 402
 
 
 class NonceError(LedgerError):

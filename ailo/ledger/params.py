@@ -58,3 +58,22 @@ class ChainParams:
                 or params.dispute_quorum < 1:
             raise ChainError("unsupported version, max_mint or dispute_quorum", "bad_params")
         return params
+
+
+def parse_alc(text: str) -> int:
+    """"1.5" (ALC, up to 8 decimals) -> 150000000 units, exactly (no floats)."""
+    from decimal import Decimal, InvalidOperation
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"not a number: {text!r}") from None
+    units = value * UNIT
+    if not value.is_finite() or units != units.to_integral_value():
+        raise ValueError(f"{text!r}: at most 8 decimal places (1 unit = 0.00000001 ALC)")
+    return int(units)
+
+
+def format_alc(units: int) -> str:
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), UNIT)
+    return f"{sign}{whole}.{frac:08d} ALC"

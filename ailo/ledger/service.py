@@ -185,7 +185,12 @@ class LedgerService:
 
     def _apply(self, tx: Transaction) -> int:
         state = self._open()
-        apply_tx(state, tx, max_ts=self.clock() + state.params.max_future_ms)
+        try:
+            apply_tx(state, tx, max_ts=self.clock() + state.params.max_future_ms)
+        except LedgerError:
+            if not self._open_txs:          # don't keep an empty block open (and stale)
+                self._working = None
+            raise
         self._open_txs.append(tx)
         return state.open_height or 0
 

@@ -180,3 +180,22 @@ def parse_body(data: Any, with_signature: bool) -> dict[str, Any]:
     for name, check in schema.items():
         check(name, data[name])
     return {k: v for k, v in data.items() if k != "signature"}
+
+
+# ---- client-side builders (what wallets sign) ------------------------------------------
+def register_tx(wallet: Wallet, username: str, timestamp: int) -> Transaction:
+    return Transaction.create({"type": REGISTER, "address": wallet.address,
+                               "username": username, "timestamp": timestamp}, wallet)
+
+
+def transfer_tx(wallet: Wallet, to: str, amount: int, nonce: int,
+                timestamp: int) -> Transaction:
+    """`nonce` = the sender's last used nonce + 1 (GET /v1/balance gives `next_nonce`)."""
+    return Transaction.create({"type": TRANSFER, "from": wallet.address, "to": to,
+                               "amount": amount, "fee": FEE, "nonce": nonce,
+                               "timestamp": timestamp}, wallet)
+
+
+def report_tx(wallet: Wallet, target: str, reason: str, timestamp: int) -> Transaction:
+    return Transaction.create({"type": REPORT, "reporter": wallet.address, "target": target,
+                               "reason": reason, "timestamp": timestamp}, wallet)

@@ -1,0 +1,162 @@
+"""`ailo wallet new|show|register|balance|send|report`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from ailo.cli.main import CLIError
+from ailo.ledger.client import LedgerClient
+from ailo.ledger.errors import LedgerError
+from ailo.ledger.params import FEE, format_alc, parse_alc
+from ailo.ledger.tx import register_tx, report_tx, transfer_tx
+from ailo.wallet import AddressError, Wallet, default_wallet_path, normalize_address
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:8400"
+
+
+def client_for(url: str) -> LedgerClient:
+    """Factory kept separate so tests can point the CLI at an in-process app."""
+    return LedgerClient(url)
+
+
+def add_coordinator_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=os.environ.get("AILO_COORDINATOR",
+                                                           DEFAULT_COORDINATOR),
+                   help="coordinator URL (default $AILO_COORDINATOR or %(default)s)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("wallet", help="AiloCoin wallet: keys, balance, transfers")
+    ws = w.add_subparsers(dest="wallet_command", required=True)
+
+    def cmd(name: str, func, help: str, coordinator: bool = True) -> argparse.ArgumentParser:
+        p = ws.add_parser(name, help=help)
+        p.add_argument("--wallet", type=Path, default=None,
+                       help="key file (default $AILO_WALLET or ~/.ailo/wallet.json)")
+        if coordinator:
+            add_coordinator_arg(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd("new", cmd_new, "create a key pair (file mode 0600)", coordinator=False)
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    cmd("show", cmd_show, "print address and username", coordinator=False)
+    p = cmd("register", cmd_register, "bind a unique username to this wallet")
+    p.add_argument("username")
+    p = cmd("balance", cmd_balance, "spendable and pending balance")
+    p.add_argument("address", nargs="?", help="any address (default: this wallet's)")
+    p = cmd("send", cmd_send, "transfer ALC (fee 0.01 ALC)")
+    p.add_argument("to", help="recipient address")
+    p.add_argument("amount", help="amount in ALC, e.g. 1.25")
+    p = cmd("report", cmd_report, "report a suspicious transfer (R12)")
+    p.add_argument("txid")
+    p.add_argument("--reason", default="", help="short printable-ASCII reason")
+
+
+def _path(args: argparse.Namespace) -> Path:
+    return args.wallet or default_wallet_path()
+
+
+def load_wallet(args: argparse.Namespace) -> Wallet:
+    path = _path(args)
+    if not path.exists():
+        raise CLIError(f"no wallet at {path}; create one with `ailo wallet new`")
+    try:
+        return Wallet.load(path)
+    except (PermissionError, ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    path = _path(args)
+    if path.exists() and not args.force:
+        raise CLIError(f"{path} already exists (use --force to overwrite)")
+    wallet = Wallet.generate()
+    wallet.save(path, overwrite=args.force)
+    print(json.dumps({"address": wallet.address, "file": str(path)}))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    wallet = load_wallet(args)
+    print(json.dumps({"address": wallet.address, "public_key": wallet.public_key.hex(),
+                      "username": wallet.username, "file": str(_path(args))}))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    wallet = load_wallet(args)
+    try:
+        wallet = wallet.with_username(args.username)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    tx = register_tx(wallet, args.username, _now())
+    result = _http(lambda: client_for(args.coordinator).register(tx.to_json()))
+    wallet.save(_path(args), overwrite=True)          # remember the username locally
+    print(json.dumps({"username": args.username, "address": wallet.address, **result}))
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    address = _address(args.address) if args.address else load_wallet(args).address
+    bal = _http(lambda: client_for(args.coordinator).balance(address))
+    print(json.dumps({**bal, "spendable_alc": format_alc(bal["spendable"]),
+                      "pending_alc": format_alc(bal["pending"])}))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    wallet = load_wallet(args)
+    to = _address(args.to)
+    try:
+        amount = parse_alc(args.amount)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if amount <= 0:
+        raise CLIError("amount must be positive")
+    if to == wallet.address:
+        raise CLIError("cannot send to your own address")
+    client = client_for(args.coordinator)
+    nonce = _http(lambda: client.balance(wallet.address))["next_nonce"]
+    try:
+        tx = transfer_tx(wallet, to, amount, nonce, _now())
+    except LedgerError as exc:
+        raise CLIError(str(exc)) from None
+    result = _http(lambda: client.transfer(tx.to_json()))
+    print(json.dumps({**result, "amount": amount, "fee": FEE, "to": to}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    wallet = load_wallet(args)
+    try:
+        tx = report_tx(wallet, args.txid.strip().lower(), args.reason, _now())
+    except LedgerError as exc:
+        raise CLIError(str(exc)) from None
+    print(json.dumps(_http(lambda: client_for(args.coordinator).report(tx.to_json()))))
+    return 0
+
+
+def _address(text: str) -> str:
+    try:
+        return normalize_address(text)
+    except AddressError as exc:
+        raise CLIError(f"bad address {text!r}: {exc}") from None
+
+
+def _http(call):
+    """Run one coordinator call, turning refusals and network errors into CLIError."""
+    import httpx
+    try:
+        return call()
+    except LedgerError as exc:
+        raise CLIError(f"coordinator refused: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise CLIError(f"cannot reach the coordinator: {exc}") from None

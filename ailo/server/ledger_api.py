@@ -1,0 +1,84 @@
+"""HTTP endpoints of the ledger, mounted by the coordinator app:
+
+    GET  /v1/chain?from=H&limit=N   -> {"height": tip, "from": H, "blocks": [block, ...]}
+    GET  /v1/balance/{address}      -> {"address", "spendable", "pending", "nonce",
+                                        "next_nonce", "username", "active"}
+    GET  /v1/ledger/info            -> height, supply, minted, burned, params
+    POST /v1/register               body: signed REGISTER tx   -> {"txid", "type", "height"}
+    POST /v1/transfers              body: signed TRANSFER tx   -> {"txid", "type", "height"}
+    POST /v1/reports                body: signed REPORT tx     -> {..., "status",
+                                                                   "reversal_txid"}
+
+Bad input gets a 4xx with {"detail": "<code>: <message>"} and nothing is written: the
+service checks every rule on a working copy before anything reaches the store.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Callable
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from ailo.ledger.errors import LedgerError
+from ailo.ledger.service import LedgerService
+from ailo.wallet import AddressError, public_key_from_address
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_CHAIN_PAGE = 1000
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise HTTPException(413, detail=f"too_large: body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, detail=f"malformed: body is not valid JSON ({exc})") from None
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args)
+    except LedgerError as exc:
+        raise HTTPException(exc.http_status, detail=str(exc)) from None
+
+
+def make_ledger_router(service: LedgerService) -> APIRouter:
+    """Routes for one LedgerService; include with `app.include_router(router)`."""
+    router = APIRouter(tags=["ledger"])
+
+    @router.get("/v1/chain")
+    async def get_chain(from_: int = Query(0, alias="from", ge=0),
+                        limit: int = Query(MAX_CHAIN_PAGE, ge=1, le=MAX_CHAIN_PAGE)) -> dict:
+        blocks = await run_in_threadpool(service.chain, from_, limit)
+        return {"height": service.info()["height"], "from": from_, "blocks": blocks}
+
+    @router.get("/v1/balance/{address}")
+    async def get_balance(address: str) -> dict:
+        try:
+            public_key_from_address(address)
+        except AddressError as exc:
+            raise HTTPException(400, detail=f"bad_address: {exc}") from None
+        bal = await run_in_threadpool(service.balance, address)
+        return {**asdict(bal), "next_nonce": bal.nonce + 1}
+
+    @router.get("/v1/ledger/info")
+    async def get_info() -> dict:
+        return await run_in_threadpool(service.info)
+
+    @router.post("/v1/register")
+    async def post_register(request: Request) -> dict:
+        return asdict(await _call(service.register, await _json_body(request)))
+
+    @router.post("/v1/transfers")
+    async def post_transfer(request: Request) -> dict:
+        return asdict(await _call(service.submit_transfer, await _json_body(request)))
+
+    @router.post("/v1/reports")
+    async def post_report(request: Request) -> dict:
+        return asdict(await _call(service.submit_report, await _json_body(request)))
+
+    return router
