@@ -1,0 +1,82 @@
+"""`ailo coordinator` and `ailo worker`."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from ailo.cli.main import CLIError
+from ailo.federation.coordinator import CoordinatorConfig
+from ailo.model import PRESETS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("coordinator", help="run the coordinator (HTTP API, rounds, ledger, rooms)")
+    c.add_argument("--state", default="runs/coordinator", help="state directory (SQLite + chunk files)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8400)
+    c.add_argument("--preset", default="ailo-tiny", choices=sorted(PRESETS))
+    c.add_argument("--chunks", type=int, default=8, dest="num_chunks")
+    c.add_argument("--min-updates", type=int, default=3)
+    c.add_argument("--max-updates", type=int, default=None)
+    c.add_argument("--round-seconds", type=float, default=300.0)
+    c.add_argument("--rounds", type=int, default=None, dest="max_rounds", help="stop after this many rounds")
+    c.add_argument("--local-steps", type=int, default=20)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--server-lr", type=float, default=1.0)
+    c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=run_coordinator)
+
+    w = sub.add_parser("worker", help="run a native training worker")
+    w.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8400")
+    w.add_argument("--data", default=None, help="folder of your own .txt files (default: shipped corpus)")
+    w.add_argument("--shard", type=int, default=0)
+    w.add_argument("--num-shards", type=int, default=1)
+    w.add_argument("--client-id", default=None)
+    w.add_argument("--cache", default=None, help="chunk cache directory")
+    w.add_argument("--rounds", type=int, default=None, help="stop after this many submitted rounds")
+    w.add_argument("--device", default=None)
+    w.add_argument("--wallet", default=None, help="wallet key file used to sign updates")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=run_worker)
+
+
+def coordinator_config(args: argparse.Namespace) -> CoordinatorConfig:
+    names = {f.name for f in fields(CoordinatorConfig)}
+    return CoordinatorConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ailo.server.services import build_app
+
+    if args.min_updates < 1:
+        raise CLIError("--min-updates must be at least 1")
+    app = build_app(coordinator_config(args), Path(args.state))
+    print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from ailo.federation.worker import CoordinatorUnavailable, Worker
+
+    client_id = args.client_id or f"worker-{os.getpid()}"
+    cache = Path(args.cache) if args.cache else Path("data/worker-cache") / client_id
+    signer = None
+    if args.wallet:
+        from ailo.federation.signing import wallet_signer
+        signer = wallet_signer(Path(args.wallet))
+    try:
+        worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
+                        args.num_shards, cache, args.device, progress=not args.quiet, signer=signer)
+        worker.run(args.rounds)
+    except CoordinatorUnavailable as exc:
+        raise CLIError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    return 0

@@ -1,0 +1,1 @@
+"""Federated rounds: update format, aggregation (pure), coordinator service, native worker."""

@@ -1,0 +1,59 @@
+"""Aggregation strategies (pure functions, no I/O) — SPEC R4 steps 4–5.
+
+FedAvg: M_{t+1} = M_t − η · Σ_k (n_k / n) · Δ_k with Δ_k = M_t − M_k (a pseudo-gradient) and
+n = Σ_k n_k. With η = 1 this is plain FedAvg (the sample-weighted mean of client models).
+New strategies (server momentum, trimmed mean, compression) implement `Aggregator`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightedDelta:
+    delta: Mapping[str, torch.Tensor]
+    n_samples: int
+
+
+class Aggregator(Protocol):
+    name: str
+
+    def aggregate(self, base: Mapping[str, torch.Tensor], updates: Iterable[WeightedDelta],
+                  server_lr: float) -> StateDict: ...
+
+
+def weights(sample_counts: list[int]) -> list[float]:
+    """n_k / n; refuses empty rounds and non-positive counts (they would skew or divide by 0)."""
+    if not sample_counts:
+        raise ValueError("cannot aggregate zero updates")
+    if any(n <= 0 for n in sample_counts):
+        raise ValueError("every update needs a positive sample count")
+    total = sum(sample_counts)
+    return [n / total for n in sample_counts]
+
+
+@dataclass(frozen=True)
+class FedAvg:
+    """Sample-weighted mean of pseudo-gradients, applied with a server learning rate."""
+
+    name: str = "fedavg"
+
+    def aggregate(self, base: Mapping[str, torch.Tensor], updates: Iterable[WeightedDelta],
+                  server_lr: float = 1.0) -> StateDict:
+        updates = list(updates)
+        w = weights([u.n_samples for u in updates])
+        out: StateDict = {}
+        for name, tensor in base.items():
+            acc = torch.zeros_like(tensor, dtype=torch.float32)
+            for wk, u in zip(w, updates):
+                acc.add_(u.delta[name].to(torch.float32), alpha=wk)
+            out[name] = (tensor.to(torch.float32) - server_lr * acc).to(tensor.dtype)
+        return out
+
+
+AGGREGATORS: dict[str, Aggregator] = {"fedavg": FedAvg()}

@@ -1,0 +1,221 @@
+"""The coordinator service: hands out tasks, takes updates, runs FedAvg rounds (SPEC R4).
+
+HTTP-free: `ailo.server.app` exposes it. All state changes go through one lock and the
+`SQLiteRoundStore`, so a restart resumes the open round with every accepted update, and a
+model version is served only after it is completely written.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
+from ailo.data import TokenDataset
+from ailo.federation.aggregate import AGGREGATORS, WeightedDelta
+from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
+from ailo.model import build_model, get_preset
+from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
+from ailo.training import evaluate
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    preset: str = "ailo-tiny"
+    seed: int = 0
+    num_chunks: int = 8
+    min_updates: int = 3
+    max_updates: int | None = None       # close early when reached (default: min_updates)
+    round_seconds: float = 300.0         # deadline; at the deadline a round with ≥ min_updates closes
+    max_rounds: int | None = None        # after this many rounds tasks answer "done"
+    local_steps: int = 20
+    batch_size: int = 8
+    seq_len: int | None = None
+    lr: float = 3e-3
+    optimizer: str = "adamw"
+    server_lr: float = 1.0
+    aggregator: str = "fedavg"
+    val_batches: int = 4
+    data_dir: str | None = None
+
+
+@dataclass
+class Submission:
+    """Everything a validation check may look at (parsed tensors only after structural checks)."""
+    meta: UpdateMeta
+    body: bytes
+    sha256: str
+    round: RoundRecord
+    received: float
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
+AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, state_dir: Path,
+                 pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
+                 on_accept: list[AcceptHook] | None = None):
+        self.config = config
+        self.cfg = get_preset(config.preset)
+        self.seq_len = config.seq_len or self.cfg.n_ctx
+        self.store = SQLiteRoundStore(state_dir)
+        self.aggregator = AGGREGATORS[config.aggregator]
+        self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
+        self.on_accept = on_accept or []
+        self.lock = threading.RLock()
+        self.tasks: dict[str, tuple[str, int, float]] = {}  # task id → (client, round, issued at)
+        self.val_batches = TokenDataset.from_dir(config.data_dir, "val").fixed_batches(
+            config.val_batches, config.batch_size, self.seq_len)
+        self.model = build_model(self.cfg, seed=config.seed)
+        latest = self.store.latest_version()
+        if latest is None:
+            self._genesis()
+        else:
+            self.manifest = Manifest.from_json(latest.manifest)
+            self.model.load_state_dict(ChunkStore(self.manifest, DirectorySource(self.store.chunks_dir)).state_dict())
+
+    # -- model versions --------------------------------------------------------------------
+    def _split(self, version: int) -> Manifest:
+        manifest, blobs = split_state_dict(self.model.state_dict(), self.config.num_chunks, version=version,
+                                           preset=self.cfg.name, config=self.cfg.to_dict())
+        for sha, data in blobs.items():
+            self.store.put_chunk(sha, data)
+        return manifest
+
+    def _genesis(self) -> None:
+        self.manifest = self._split(0)
+        self.store.start(self.manifest.to_json(), evaluate(self.model, self.val_batches), self._task_spec(),
+                         self.config.min_updates, time.time() + self.config.round_seconds)
+
+    def _task_spec(self) -> dict:
+        c = self.config
+        return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len, "lr": c.lr,
+                "optimizer": c.optimizer}
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    # -- tasks -----------------------------------------------------------------------------
+    def current_round(self) -> RoundRecord:
+        rnd = self.store.open_round()
+        assert rnd is not None, "the store always has an open round after genesis"
+        return rnd
+
+    def finished(self) -> bool:
+        return self.config.max_rounds is not None and self.current_round().id > self.config.max_rounds
+
+    def task(self, client_id: str) -> dict:
+        with self.lock:
+            self.tick()
+            rnd = self.current_round()
+            if self.finished():
+                return {"status": "done", "round": rnd.id, "version": self.version}
+            if any(u.client_id == client_id for u in self.store.updates(rnd.id, "accepted")):
+                return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5}
+            task_id = uuid.uuid4().hex
+            now = time.time()
+            self.tasks[task_id] = (client_id, rnd.id, now)
+            return {"status": "train", "task_id": task_id, "round": rnd.id, "version": rnd.base_version,
+                    "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task}
+
+    # -- updates ---------------------------------------------------------------------------
+    def submit(self, meta: UpdateMeta, body: bytes) -> dict:
+        """Validate and record one update; aggregates when the round has enough. Raises
+        UpdateRejected (with an HTTP status) for anything refused; refusals are recorded."""
+        with self.lock:
+            rnd = self.current_round()
+            sub = Submission(meta, body, hashlib.sha256(body).hexdigest(), rnd, time.time())
+            try:
+                self._check(sub)
+            except UpdateRejected as exc:
+                self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
+                                         meta.train_loss, sub.sha256, len(body), "refused", exc.reason, str(exc),
+                                         sub.extra)
+                raise
+            self.store.put_update_blob(sub.sha256, body)
+            update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
+                                                 meta.train_loss, sub.sha256, len(body), "accepted", extra=sub.extra)
+            self.store.bump_counter("update_bytes_received", len(body))
+            for hook in self.on_accept:
+                hook(self, sub, update_id)
+            accepted = len(self.store.updates(rnd.id, "accepted"))
+            result = {"status": "accepted", "update_id": update_id, "round": rnd.id, "accepted_in_round": accepted}
+            if accepted >= (self.config.max_updates or self.config.min_updates):
+                self._close_round(rnd)
+                result["aggregated"] = True
+            result["version"] = self.version
+            return result
+
+    def _check(self, sub: Submission) -> None:
+        meta, rnd = sub.meta, sub.round
+        if self.finished():
+            raise UpdateRejected("finished", "training has finished; no round is open", 409)
+        if meta.round_id != rnd.id:
+            kind = "stale" if meta.round_id < rnd.id else "unknown"
+            raise UpdateRejected("stale_round", f"update for {kind} round {meta.round_id}; the open round is {rnd.id}", 409)
+        if meta.base_version != rnd.base_version:
+            raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
+                                 f"round {rnd.id} trains version {rnd.base_version}", 409)
+        if any(u.client_id == meta.client_id for u in self.store.updates(rnd.id, "accepted")):
+            raise UpdateRejected("duplicate", f"client {meta.client_id!r} already has an accepted update in round {rnd.id}", 409)
+        for check in self.pre_checks:
+            check(self, sub)
+        sub.tensors = decode_update(sub.body, self.manifest)
+        for check in self.post_checks:
+            check(self, sub)
+
+    # -- rounds ----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Deadline handling: close a due round that has enough updates, else extend it."""
+        with self.lock:
+            rnd = self.current_round()
+            if self.finished() or time.time() < rnd.deadline:
+                return
+            if len(self.store.updates(rnd.id, "accepted")) >= self.config.min_updates:
+                self._close_round(rnd)
+            else:
+                self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
+
+    def _close_round(self, rnd: RoundRecord) -> None:
+        accepted = self.store.updates(rnd.id, "accepted")
+        updates = [WeightedDelta(decode_update(self.store.update_blob(u.sha256), self.manifest), u.n_samples)
+                   for u in accepted]
+        base = self.model.state_dict()
+        new_state = self.aggregator.aggregate(base, updates, self.config.server_lr)
+        candidate = copy.deepcopy(self.model)
+        candidate.load_state_dict(new_state)
+        val_loss = evaluate(candidate, self.val_batches)
+        previous_model, self.model = self.model, candidate
+        try:
+            manifest = self._split(self.version + 1)
+            self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(),
+                               self.config.min_updates, time.time() + self.config.round_seconds)
+        except BaseException:
+            self.model = previous_model  # nothing committed: keep serving the old version
+            raise
+        self.manifest = manifest
+
+    # -- read side -------------------------------------------------------------------------
+    def status(self) -> dict:
+        with self.lock:
+            rnd = self.current_round()
+            accepted = self.store.updates(rnd.id, "accepted")
+            history = [{"version": v.version, "round": v.round_id, "val_loss": v.val_loss,
+                        "updates": len(self.store.updates(v.round_id, "accepted")) if v.round_id else 0}
+                       for v in self.store.versions()]
+            return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
+                    "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
+                    "accepted_in_round": len(accepted), "clients": sorted({u.client_id for u in self.store.updates()}),
+                    "history": history, "counters": self.store.counters(), "config": asdict(self.config)}

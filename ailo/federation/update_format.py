@@ -1,0 +1,136 @@
+"""The update wire format: a safetensors file of float32 pseudo-gradients, one tensor per
+model parameter with the model's own names. Metadata (round, base version, n_k, loss,
+identity and signature) travels in `X-Ailo-*` HTTP headers so the body's sha256 is the exact
+thing a contributor signs. Never JSON number arrays.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ailo.chunks import Manifest
+
+
+class UpdateRejected(Exception):
+    """A refused update. `reason` is a stable machine code; str() is the human message."""
+
+    def __init__(self, reason: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def encode_update(delta: Mapping[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()})
+
+
+def expected_update_bytes(manifest: Manifest) -> int:
+    """Exact float32 payload size, used for the body-size limit before anything is parsed."""
+    return sum(4 * math.prod(t.shape) for t in manifest.tensors.values())
+
+
+def max_update_bytes(manifest: Manifest) -> int:
+    header_allowance = 256 * len(manifest.tensors) + 4096
+    return expected_update_bytes(manifest) + header_allowance
+
+
+def decode_update(body: bytes, manifest: Manifest) -> dict[str, torch.Tensor]:
+    """Parse and check an update against the model it claims to update.
+
+    Order matters: cheap structural checks first (size, header), then names, dtypes, shapes,
+    finiteness. Every failure names the problem.
+    """
+    if len(body) > max_update_bytes(manifest):
+        raise UpdateRejected("too_large", f"update body of {len(body)} bytes exceeds the limit of "
+                             f"{max_update_bytes(manifest)} bytes for model version {manifest.version}", 413)
+    if len(body) < 8:
+        raise UpdateRejected("truncated", "update body is shorter than a safetensors header", 400)
+    (header_len,) = struct.unpack("<Q", body[:8])
+    if header_len > len(body) - 8:
+        raise UpdateRejected("truncated", f"safetensors header claims {header_len} bytes but the body has "
+                             f"{len(body) - 8}: truncated upload", 400)
+    try:
+        header = json.loads(body[8:8 + header_len])
+        data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UpdateRejected("malformed", f"unreadable safetensors header: {exc}") from None
+    if 8 + header_len + data_end > len(body):
+        raise UpdateRejected("truncated", f"tensor data ends at byte {8 + header_len + data_end} but the body "
+                             f"has {len(body)} bytes: truncated upload", 400)
+    try:
+        tensors = st_load(body)
+    except Exception as exc:  # safetensors raises its own error types
+        raise UpdateRejected("malformed", f"invalid safetensors body: {exc}") from None
+    expected = set(manifest.tensors)
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, entry in manifest.tensors.items():
+        t = tensors[name]
+        if t.dtype != torch.float32:
+            raise UpdateRejected("dtype", f"tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, expected float32")
+        if tuple(t.shape) != entry.shape:
+            raise UpdateRejected("shape", f"tensor {name!r} has shape {tuple(t.shape)}, expected {entry.shape}")
+        if not torch.isfinite(t).all():
+            raise UpdateRejected("non_finite", f"tensor {name!r} contains NaN or Inf")
+    return tensors
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """Header fields of an update submission."""
+    client_id: str
+    round_id: int
+    base_version: int
+    n_samples: int
+    train_loss: float
+    task_id: str = ""
+    address: str = ""
+    signature: str = ""
+    nonce: int = 0
+    timestamp: float = 0.0
+
+    HEADER_PREFIX = "x-ailo-"
+
+    def to_headers(self) -> dict[str, str]:
+        fields = {"client": self.client_id, "round": self.round_id, "base-version": self.base_version,
+                  "samples": self.n_samples, "train-loss": repr(self.train_loss), "task": self.task_id,
+                  "address": self.address, "signature": self.signature, "nonce": self.nonce,
+                  "timestamp": repr(self.timestamp)}
+        return {f"X-Ailo-{k.title()}": str(v) for k, v in fields.items() if v not in ("", None)}
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> "UpdateMeta":
+        h = {k.lower(): v for k, v in headers.items()}
+
+        def get(name: str, cast, default=None):
+            raw = h.get(cls.HEADER_PREFIX + name)
+            if raw is None:
+                if default is None:
+                    raise UpdateRejected("missing_field", f"header X-Ailo-{name.title()} is required", 400)
+                return default
+            try:
+                value = cast(raw)
+            except ValueError:
+                raise UpdateRejected("bad_field", f"header X-Ailo-{name.title()}: {raw!r} is not a valid {cast.__name__}", 400) from None
+            if cast is float and not math.isfinite(value):
+                raise UpdateRejected("bad_field", f"header X-Ailo-{name.title()} must be finite", 400)
+            return value
+
+        meta = cls(client_id=get("client", str), round_id=get("round", int), base_version=get("base-version", int),
+                   n_samples=get("samples", int), train_loss=get("train-loss", float), task_id=get("task", str, ""),
+                   address=get("address", str, ""), signature=get("signature", str, ""),
+                   nonce=get("nonce", int, 0), timestamp=get("timestamp", float, 0.0))
+        if meta.n_samples <= 0:
+            raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count", 400)
+        if not meta.client_id or len(meta.client_id) > 128:
+            raise UpdateRejected("bad_field", "X-Ailo-Client must be 1–128 characters", 400)
+        return meta

@@ -1,0 +1,176 @@
+"""The native worker: fetch the global model, train on local data only, upload Δ (SPEC R3–R5).
+
+Raw text never leaves this process: the only request bodies are the task request (client id)
+and the update (float32 pseudo-gradients). Chunks are verified and cached on disk, so a
+later round downloads only chunks whose hash changed, and an interrupted download resumes
+with an HTTP Range request.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+from tqdm import tqdm
+
+from ailo.chunks import ChunkStore, Manifest
+from ailo.data import TokenDataset
+from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.model import build_model, get_preset
+from ailo.training import TrainConfig, pick_device, train_local
+
+Signer = Callable[[UpdateMeta, str], UpdateMeta]  # (meta, sha256 of body) → meta with identity + signature
+
+
+class CoordinatorUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class HTTPChunkSource:
+    """Chunks over HTTP with resume: partial bytes are kept in `<cache>/<sha>.part`."""
+    client: httpx.Client
+    partial_dir: Path
+    progress: tqdm | None = None
+    bytes_read: int = 0
+
+    def fetch(self, sha256: str) -> bytes:
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        part = self.partial_dir / f"{sha256}.part"
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self.client.stream("GET", f"/v1/chunks/{sha256}", headers=headers) as r:
+            if r.status_code == 200 and have:  # server ignored the range: start over
+                have = 0
+                part.unlink()
+            elif r.status_code not in (200, 206):
+                raise RuntimeError(f"GET chunk {sha256[:12]}: HTTP {r.status_code} {r.read()[:200]!r}")
+            with open(part, "ab") as f:
+                for piece in r.iter_bytes(1 << 16):
+                    f.write(piece)
+                    self.bytes_read += len(piece)
+                    if self.progress is not None:
+                        self.progress.update(len(piece))
+        data = part.read_bytes()
+        part.unlink()
+        return data
+
+
+def with_retries(fn, *, attempts: int = 8, base_delay: float = 0.5, what: str = "coordinator"):
+    """Retry on connection errors and 5xx with exponential back-off."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except (httpx.TransportError, CoordinatorUnavailable) as exc:
+            if i == attempts - 1:
+                raise CoordinatorUnavailable(f"{what} unreachable after {attempts} attempts: {exc}") from exc
+            time.sleep(min(base_delay * 2 ** i, 10.0))
+
+
+def _batch_seed(seed: int, client_id: str, round_id: int) -> int:
+    """Deterministic across processes (unlike hash(), which Python salts per process)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{client_id}:{round_id}".encode()).digest()[:4], "little")
+
+
+@dataclass
+class RoundReport:
+    round: int
+    version: int
+    train_loss: float
+    n_samples: int
+    seconds: float
+    downloaded: int
+    uploaded: int
+    response: dict
+
+
+@dataclass
+class Worker:
+    coordinator: str
+    client_id: str
+    data_dir: Path | None = None
+    shard: int = 0
+    num_shards: int = 1
+    cache_dir: Path = Path("data/worker-cache")
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
+    signer: Signer | None = None
+    timeout: float = 120.0
+    reports: list[RoundReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=self.timeout)
+        self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
+        self.model = None
+        self.rounds_done = 0
+
+    def _json(self, method: str, path: str, **kw) -> dict:
+        def call():
+            r = self.http.request(method, path, **kw)
+            if r.status_code >= 500:
+                raise CoordinatorUnavailable(f"{method} {path}: HTTP {r.status_code}")
+            if r.status_code >= 400:
+                raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
+            return r.json()
+        return with_retries(call)
+
+    def load_model(self, manifest: Manifest):
+        if self.model is None or self.model.cfg.name != manifest.preset:
+            self.model = build_model(get_preset(manifest.preset), seed=self.seed)
+        bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
+                   disable=not self.progress, leave=False)
+        source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar)
+        store = ChunkStore(manifest, source, self.cache_dir / "chunks")
+        bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
+        self.model.load_state_dict(with_retries(store.state_dict, what="chunk download"))
+        bar.close()
+        return source.bytes_read
+
+    def run_round(self) -> RoundReport | None:
+        """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
+        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
+        self.last_status = task["status"]
+        if task["status"] != "train":
+            return None
+        manifest = Manifest.from_json(self.http.get("/v1/model").content)
+        if manifest.version != task["version"]:
+            self.last_status = "wait"  # the model moved on between the two calls
+            return None
+        downloaded = self.load_model(manifest)
+        cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
+                          optimizer=task["optimizer"], progress=self.progress)
+        batches = self.data.random_batches(task["batch_size"], task["seq_len"],
+                                           seed=_batch_seed(self.seed, self.client_id, task["round"]))
+        upd = train_local(self.model, batches, cfg, pick_device(self.device))
+        body = encode_update(upd.delta)
+        meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
+                          task_id=task["task_id"])
+        if self.signer is not None:
+            meta = self.signer(meta, hashlib.sha256(body).hexdigest())
+        resp = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
+        result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+        result["http_status"] = resp.status_code
+        report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
+                             downloaded, len(body), result)
+        self.reports.append(report)
+        self.rounds_done += 1
+        return report
+
+    def run(self, max_rounds: int | None = None, poll: float = 0.5) -> list[RoundReport]:
+        """Loop until the coordinator says done or `max_rounds` rounds were submitted."""
+        while max_rounds is None or self.rounds_done < max_rounds:
+            report = self.run_round()
+            if report is not None:
+                if self.progress:
+                    ok = report.response.get("status", report.response.get("reason"))
+                    print(f"[{self.client_id}] round {report.round}: loss {report.train_loss:.3f} "
+                          f"n={report.n_samples} ↓{report.downloaded:,}B ↑{report.uploaded:,}B → {ok}", flush=True)
+                continue
+            if self.last_status == "done":
+                break
+            time.sleep(poll)
+        return self.reports

@@ -1,0 +1,113 @@
+"""The coordinator's HTTP API (FastAPI). Routers from other domains (ledger, rooms, web pages)
+are mounted beside the federation endpoints when the caller provides them."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from ailo.federation.coordinator import Coordinator
+from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
+
+
+class TaskRequest(BaseModel):
+    client_id: str = Field(min_length=1, max_length=128)
+    address: str | None = None
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read a request body, refusing it (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UpdateRejected("too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", 413)
+    parts, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:
+            raise UpdateRejected("too_large", f"body exceeds the limit of {limit} bytes", 413)
+        parts.append(piece)
+    body = b"".join(parts)
+    if declared is not None and declared.isdigit() and len(body) != int(declared):
+        raise UpdateRejected("truncated", f"body has {len(body)} bytes, Content-Length said {declared}", 400)
+    return body
+
+
+def federation_router(coord: Coordinator) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["federation"])
+
+    @r.get("/model", summary="Manifest of the current global model (version, preset, chunk hashes)")
+    def model() -> Response:
+        return Response(coord.manifest.to_json(), media_type="application/json",
+                        headers={"Cache-Control": "no-cache", "X-Ailo-Version": str(coord.version)})
+
+    @r.get("/chunks/{sha256}", summary="One immutable weight chunk (safetensors bytes); Range supported")
+    def chunk(sha256: str, request: Request) -> Response:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise HTTPException(400, "chunk id must be a lowercase hex sha256")
+        path: Path = coord.store.chunk_path(sha256)
+        if not path.exists():
+            raise HTTPException(404, f"no chunk {sha256}")
+        etag = f'"{sha256}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        size = path.stat().st_size
+        rng = request.headers.get("range", "")
+        sent = size - int(rng[6:].split("-")[0] or 0) if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit() else size
+        coord.store.bump_counter("chunk_bytes_served", max(0, sent))
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
+
+    @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate")
+    def task(req: TaskRequest) -> dict:
+        return coord.task(req.client_id)
+
+    @r.post("/updates", summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers)")
+    async def update(request: Request) -> dict:
+        meta = UpdateMeta.from_headers(request.headers)
+        body = await read_limited(request, max_update_bytes(coord.manifest))
+        return await asyncio.to_thread(coord.submit, meta, body)
+
+    @r.get("/status", summary="Round, version, clients and validation-loss history")
+    def status() -> dict:
+        return coord.status()
+
+    return r
+
+
+def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None) -> FastAPI:
+    stop = threading.Event()
+
+    def ticker() -> None:  # closes rounds whose deadline passed even when nobody calls
+        while not stop.wait(1.0):
+            try:
+                coord.tick()
+            except Exception as exc:  # keep ticking; the error is visible in the log
+                print(f"coordinator tick failed: {exc!r}")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        threading.Thread(target=ticker, name="round-ticker", daemon=True).start()
+        yield
+        stop.set()
+
+    app = FastAPI(title="Ailo Network coordinator", version="0.1.0", lifespan=lifespan,
+                  description="Federated training, Proof-of-Contribution, AiloCoin ledger, inference rooms.")
+
+    @app.exception_handler(UpdateRejected)
+    async def rejected(_: Request, exc: UpdateRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=exc.status)
+
+    @app.get("/healthz", include_in_schema=False)
+    def health() -> dict:
+        return {"ok": True, "version": coord.version}
+
+    app.include_router(federation_router(coord))
+    for router in extra_routers or []:
+        app.include_router(router)
+
+    return app

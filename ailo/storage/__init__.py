@@ -1,0 +1,1 @@
+"""Persistence adapters (SQLite by default) behind small interfaces."""

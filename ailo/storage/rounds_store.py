@@ -1,0 +1,193 @@
+"""Persistence of rounds, updates and model versions (SQLite, WAL).
+
+Blobs (chunks, update bodies) live as content-addressed files; rows reference them by
+sha256. A model version becomes visible only when its row commits, which happens after all
+its chunk files are on disk, in the same transaction that closes its round and opens the
+next: a crash at any point leaves either the old version or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY, manifest TEXT NOT NULL, val_loss REAL,
+    round_id INTEGER, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY, base_version INTEGER NOT NULL, status TEXT NOT NULL,
+    min_updates INTEGER NOT NULL, deadline REAL NOT NULL, task TEXT NOT NULL,
+    created REAL NOT NULL, closed REAL);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, round_id INTEGER NOT NULL, client_id TEXT NOT NULL,
+    address TEXT, n_samples INTEGER, train_loss REAL, sha256 TEXT, size INTEGER,
+    status TEXT NOT NULL, reason TEXT, detail TEXT, received REAL NOT NULL, extra TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_client
+    ON updates(round_id, client_id) WHERE status = 'accepted';
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    id: int
+    base_version: int
+    status: str
+    min_updates: int
+    deadline: float
+    task: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    id: int
+    round_id: int
+    client_id: str
+    address: str | None
+    n_samples: int
+    train_loss: float
+    sha256: str | None
+    size: int
+    status: str
+    reason: str | None
+    detail: str | None
+    received: float
+    extra: dict
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    version: int
+    manifest: str
+    val_loss: float | None
+    round_id: int | None
+    created: float
+
+
+class SQLiteRoundStore:
+    """One coordinator's state directory: `state.db`, `chunks/`, `updates/`."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.chunks_dir = self.dir / "chunks"
+        self.updates_dir = self.dir / "updates"
+        for d in (self.dir, self.chunks_dir, self.updates_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.dir / "state.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    # -- blobs -------------------------------------------------------------------------
+    @staticmethod
+    def _write_blob(path: Path, data: bytes) -> None:
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def put_chunk(self, sha256: str, data: bytes) -> None:
+        self._write_blob(self.chunks_dir / sha256, data)
+
+    def chunk_path(self, sha256: str) -> Path:
+        return self.chunks_dir / sha256
+
+    def put_update_blob(self, sha256: str, data: bytes) -> None:
+        self._write_blob(self.updates_dir / sha256, data)
+
+    def update_blob(self, sha256: str) -> bytes:
+        return (self.updates_dir / sha256).read_bytes()
+
+    # -- rows --------------------------------------------------------------------------
+    def latest_version(self) -> VersionRecord | None:
+        row = self._db.execute("SELECT version, manifest, val_loss, round_id, created FROM versions "
+                               "ORDER BY version DESC LIMIT 1").fetchone()
+        return VersionRecord(*row) if row else None
+
+    def versions(self) -> list[VersionRecord]:
+        rows = self._db.execute("SELECT version, manifest, val_loss, round_id, created FROM versions ORDER BY version")
+        return [VersionRecord(*r) for r in rows]
+
+    def open_round(self) -> RoundRecord | None:
+        row = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                               "WHERE status = 'open' ORDER BY id DESC LIMIT 1").fetchone()
+        return RoundRecord(*row[:5], json.loads(row[5]), row[6]) if row else None
+
+    def updates(self, round_id: int | None = None, status: str | None = None, limit: int = 1000) -> list[UpdateRecord]:
+        q, args = "SELECT * FROM updates WHERE 1=1", []
+        if round_id is not None:
+            q, args = q + " AND round_id = ?", args + [round_id]
+        if status is not None:
+            q, args = q + " AND status = ?", args + [status]
+        rows = self._db.execute(q + " ORDER BY id LIMIT ?", args + [limit]).fetchall()
+        return [UpdateRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    def record_update(self, round_id: int, client_id: str, address: str | None, n_samples: int,
+                      train_loss: float, sha256: str | None, size: int, status: str,
+                      reason: str | None = None, detail: str | None = None, extra: dict | None = None) -> int:
+        """Insert one update row; an accepted row's blob must already be on disk."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO updates (round_id, client_id, address, n_samples, train_loss, sha256, size, status, "
+                "reason, detail, received, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (round_id, client_id, address, n_samples, train_loss, sha256, size, status, reason, detail,
+                 time.time(), json.dumps(extra or {})))
+            return int(cur.lastrowid)
+
+    def start(self, manifest_json: str, val_loss: float | None, round_task: dict, min_updates: int,
+              deadline: float) -> None:
+        """Genesis: version 0 and round 1, in one transaction."""
+        with self._lock, self._tx():
+            self._db.execute("INSERT INTO versions VALUES (0, ?, ?, NULL, ?)", (manifest_json, val_loss, time.time()))
+            self._insert_round(1, 0, min_updates, deadline, round_task)
+
+    def publish(self, closing_round: int, version: int, manifest_json: str, val_loss: float | None,
+                next_task: dict, min_updates: int, deadline: float) -> None:
+        """Commit a new model version, close its round and open the next — atomically."""
+        with self._lock, self._tx():
+            self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
+                             (version, manifest_json, val_loss, closing_round, time.time()))
+            self._db.execute("UPDATE rounds SET status='closed', closed=? WHERE id=? AND status='open'",
+                             (time.time(), closing_round))
+            self._insert_round(closing_round + 1, version, min_updates, deadline, next_task)
+
+    def extend_deadline(self, round_id: int, deadline: float) -> None:
+        self._db.execute("UPDATE rounds SET deadline=? WHERE id=?", (deadline, round_id))
+
+    def bump_counter(self, name: str, amount: int) -> None:
+        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                         (name, amount, amount))
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def _insert_round(self, round_id: int, base_version: int, min_updates: int, deadline: float, task: dict) -> None:
+        self._db.execute("INSERT INTO rounds (id, base_version, status, min_updates, deadline, task, created) "
+                         "VALUES (?, ?, 'open', ?, ?, ?, ?)",
+                         (round_id, base_version, min_updates, deadline, json.dumps(task), time.time()))
+
+    def _tx(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+        return _Tx()
+
+    def close(self) -> None:
+        self._db.close()
