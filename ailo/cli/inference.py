@@ -1,0 +1,181 @@
+"""`ailo node`, `ailo ask`, `ailo room`: distributed-inference rooms from the command line (R8)."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+from ailo.cli.main import CLIError
+
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?)b?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """'2GB' → 2·10⁹, '2GiB' → 2·2³⁰, '123' → 123 bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise CLIError(f"cannot read size {text!r} (examples: 2GB, 1.5GiB, 800MB)")
+    power = "kmgt".find(m.group(2).lower()) + 1 if m.group(2) else 0
+    return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
+
+
+def _detail(response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import torch
+
+    from ailo.inference.node import JoinRefused, NodeService, RoomAgent, available_memory, build_node_app
+    from ailo.inference.serving import ThreadedServer
+    from ailo.inference.spec import SpecError
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        service = NodeService(Path(args.model_dir), dtype=args.dtype, device=device)
+    except SpecError as exc:
+        raise CLIError(str(exc)) from None
+    memory = parse_size(args.memory) if args.memory else available_memory(device)
+    server = ThreadedServer(build_node_app(service), args.host, args.port).start()
+    url = (args.advertise_url or server.url).rstrip("/")
+    print(f"ailo node: serving on {url}", flush=True)
+    agent = RoomAgent(service, args.coordinator, args.room, url, memory, address=args.address,
+                      on_event=lambda msg: print(msg, flush=True))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    try:
+        agent.run()
+    except JoinRefused as exc:
+        raise CLIError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.leave()
+        server.stop()
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import httpx
+
+    body: dict = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                  "seed": args.seed, "requester": args.address}
+    if args.ids:
+        body["input_ids"] = [int(t) for t in args.ids.split(",")]
+    elif args.prompt:
+        body["prompt"] = args.prompt
+    else:
+        raise CLIError("give a prompt, or --ids 1,2,3")
+    url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
+    try:
+        with httpx.stream("POST", url, json=body, timeout=httpx.Timeout(10.0, read=None)) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise CLIError(f"room {args.room}: {_detail(r)}")
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                event = json.loads(line)
+                kind = event["type"]
+                if kind == "token":
+                    sys.stdout.write(event["text"] if event["text"] is not None else f"{event['token']} ")
+                    sys.stdout.flush()
+                elif kind == "failover":
+                    print(f"\nailo: {event['span']} moved from node {event['from']} to {event['to']} "
+                          f"({event['reason']})", file=sys.stderr)
+                elif kind == "error":
+                    sys.stdout.write("\n")
+                    raise CLIError(event["error"])
+                elif kind == "done":
+                    sys.stdout.write("\n")
+                    if args.verbose:
+                        print(json.dumps({k: event[k] for k in ("request_id", "finish_reason", "payees",
+                                                                "failovers", "stats")}), file=sys.stderr)
+    except httpx.HTTPError as exc:
+        raise CLIError(f"coordinator {args.coordinator} unreachable: {exc}") from None
+    return 0
+
+
+def cmd_room(args: argparse.Namespace) -> int:
+    if args.action == "plan":
+        from ailo.inference.plan import PlanError, get_preset
+        try:
+            preset = get_preset(args.preset)
+            nodes = args.nodes or preset.nodes
+            memory = parse_size(args.memory) if args.memory else preset.node_memory
+            plan = preset.plan([memory] * nodes)
+        except PlanError as exc:
+            raise CLIError(str(exc)) from None
+        print(json.dumps(plan.to_dict(), indent=1))
+        return 0
+    import httpx
+
+    base = f"{args.coordinator.rstrip('/')}/v1/rooms"
+    try:
+        if args.action == "create":
+            body: dict = {"id": args.room, "slots": args.slots, "context": args.context}
+            if args.preset:
+                body["preset"] = args.preset
+            elif args.model_dir:
+                d = Path(args.model_dir)
+                body["model"] = json.loads((d / "config.json").read_text())
+                if (d / "tokenizer.json").exists():
+                    body["tokenizer"] = (d / "tokenizer.json").read_text()
+            else:
+                raise CLIError("give --model-dir or --preset")
+            r = httpx.post(base, json=body, timeout=30)
+        elif args.action == "show":
+            r = httpx.get(f"{base}/{args.room}", timeout=10)
+        else:
+            r = httpx.get(base, timeout=10)
+    except httpx.HTTPError as exc:
+        raise CLIError(f"coordinator {args.coordinator} unreachable: {exc}") from None
+    if r.status_code >= 400:
+        raise CLIError(_detail(r))
+    print(json.dumps(r.json(), indent=1))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("node", help="join a distributed-inference room and serve a span of its model")
+    p.add_argument("--room", required=True)
+    p.add_argument("--model-dir", required=True, help="folder with config.json and *.safetensors")
+    p.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--advertise-url", help="URL the coordinator should use (default http://HOST:PORT)")
+    p.add_argument("--memory", help="memory offered to the room, e.g. 2GB (default: what is free)")
+    p.add_argument("--address", help="wallet address that receives inference rewards")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_node)
+
+    a = subparsers.add_parser("ask", help="send a prompt to a room and stream the answer")
+    a.add_argument("prompt", nargs="?")
+    a.add_argument("--room", required=True)
+    a.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    a.add_argument("--ids", help="comma-separated token ids instead of a text prompt")
+    a.add_argument("--max-tokens", type=int, default=64)
+    a.add_argument("--temperature", type=float, default=0.0)
+    a.add_argument("--top-p", type=float, default=1.0)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--address", help="your wallet address (requesters are never rewarded)")
+    a.add_argument("-v", "--verbose", action="store_true", help="print request stats to stderr")
+    a.set_defaults(func=cmd_ask)
+
+    r = subparsers.add_parser("room", help="create, list or plan distributed-inference rooms")
+    r.add_argument("action", choices=["create", "list", "show", "plan"])
+    r.add_argument("--room")
+    r.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    r.add_argument("--model-dir")
+    r.add_argument("--preset", help="qwen-1.8b, llama-2-7b or llama-2-70b")
+    r.add_argument("--slots", type=int)
+    r.add_argument("--context", type=int, default=2048)
+    r.add_argument("--nodes", type=int, help="plan: number of nodes (default: the preset's)")
+    r.add_argument("--memory", help="plan: memory per node, e.g. 2GiB")
+    r.set_defaults(func=cmd_room)

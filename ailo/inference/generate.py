@@ -1,0 +1,273 @@
+"""Coordinator side of a request: route activations through the spans, sample, fail over.
+
+The coordinator embeds nothing itself: token ids go to the first span's node, hidden states
+come back and go to the next span's node, and the last span answers with next-token logits.
+Each node keeps the request's KV cache, so after the prompt every new token sends ONE
+position through the pipeline. When a node fails (connection refused or reset, timeout,
+5xx, garbage) the request moves to a live replica of the same span and every span's cache is
+rebuilt from the prompt plus the tokens so far; when no replica is live the request ends
+with an error event naming the span and the failure. A node that answers 409 lost its cache
+(restart, eviction) and is rebuilt in place. Nothing is ever sampled from a partial pipeline.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+import torch
+
+from ailo.inference.plan import Span
+from ailo.inference.rewards import InferenceRewardSink, pay_request
+from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
+from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+
+log = logging.getLogger(__name__)
+
+
+class NodeUnavailable(Exception):
+    """The node did not produce a usable answer; route around it."""
+
+
+class CacheMiss(Exception):
+    """The node is alive but does not hold the positions we expected (HTTP 409)."""
+
+
+class GenerationError(Exception):
+    """The request cannot be completed correctly; the message is shown to the requester."""
+
+
+class NodeClient(Protocol):
+    def forward(self, url: str, body: bytes, timeout: float) -> bytes: ...
+    def release(self, url: str, request_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class HttpNodeClient:
+    """Keep-alive HTTP to nodes: one client per request, so no pool is shared across threads."""
+
+    def __init__(self) -> None:
+        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=256))
+
+    def forward(self, url: str, body: bytes, timeout: float) -> bytes:
+        try:
+            r = self._http.post(f"{url}/v1/node/forward", content=body,
+                                headers={"content-type": CONTENT_TYPE}, timeout=timeout)
+        except httpx.TimeoutException:
+            raise NodeUnavailable(f"no answer within {timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(f"{type(exc).__name__}: {exc or 'connection lost'}") from None
+        if r.status_code == 200:
+            return r.content
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        if r.status_code == 409:
+            raise CacheMiss(str(detail))
+        raise NodeUnavailable(f"HTTP {r.status_code}: {detail}")
+
+    def release(self, url: str, request_id: str) -> None:
+        try:
+            self._http.delete(f"{url}/v1/node/requests/{request_id}", timeout=1.0)
+        except httpx.HTTPError:
+            pass
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@dataclass
+class GenerateParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
+    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        p, idx = torch.sort(probs, descending=True)
+        keep = (torch.cumsum(p, 0) - p) < top_p  # the smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter_(0, idx[keep], p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@dataclass
+class _Stats:
+    prefill_bytes: int = 0
+    decode_bytes: int = 0
+    decode_steps: int = 0
+    rebuild_bytes: int = 0
+    failovers: int = 0
+
+
+@dataclass
+class Generation:
+    """One request through one room; `events()` yields dicts (start, token*, failover*, done|error)."""
+
+    registry: RoomRegistry
+    room_id: str
+    prompt: list[int]
+    params: GenerateParams
+    requester: str | None = None
+    rewards: InferenceRewardSink | None = None
+    hop_timeout: float = 30.0
+    max_failovers: int = 4
+    decode_text: object | None = None  # callable ids -> str, when the room has a tokenizer
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        self.room: Room = self.registry.get(self.room_id)
+        spec = self.room.spec
+        if not self.prompt:
+            raise RoomError("empty prompt", 400)
+        if any(not 0 <= t < spec.vocab for t in self.prompt):
+            raise RoomError(f"token ids must be in [0, {spec.vocab})", 400)
+        if len(self.prompt) >= spec.max_positions:
+            raise RoomError(f"prompt of {len(self.prompt)} tokens leaves no room in the model's "
+                            f"{spec.max_positions}-token context", 400)
+        self.route: list[NodeRecord] = self.registry.route(self.room_id)  # RoomError(503) if incomplete
+        self.spans: list[Span] = list(self.room.plan.spans)
+        self.tokens: list[int] = list(self.prompt)
+        self.processed: dict[str, str | None] = {}  # node_id -> address, in first-use order
+        self.failed: set[str] = set()
+        self.stats = _Stats()
+        self._used: dict[str, NodeRecord] = {}
+        self._client: NodeClient = HttpNodeClient()
+
+    # ----- pipeline -----------------------------------------------------------------------
+    def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
+        x = torch.tensor([ids], dtype=torch.long)
+        moved = 0
+        for k, span in enumerate(self.spans):
+            node = self.route[k]
+            self._used.setdefault(node.node_id, node)
+            body = Frame(self.request_id, start, (span.start, span.end), x, reset).encode()
+            try:
+                raw = self._client.forward(node.url, body, self.hop_timeout)
+                out = Frame.decode(raw).tensor
+            except WireError as exc:
+                raise _HopFailed(k, NodeUnavailable(f"bad frame: {exc}")) from None
+            except (NodeUnavailable, CacheMiss) as exc:
+                raise _HopFailed(k, exc) from None
+            want = (1, self.room.spec.vocab) if span.last else (1, len(ids), self.room.spec.hidden)
+            if tuple(out.shape) != want or not torch.isfinite(out).all():
+                raise _HopFailed(k, NodeUnavailable(f"answered shape {tuple(out.shape)} (expected {want}) "
+                                                    "or non-finite values"))
+            moved += len(body) + len(raw)
+            self.processed.setdefault(node.node_id, node.address)
+            x = out
+        return x[0], moved
+
+    def _forward(self, new_ids: list[int], start: int) -> torch.Tensor:
+        ids, reset, attempts = new_ids, start == 0, 0
+        while True:
+            try:
+                logits, moved = self._through(ids, start, reset)
+            except _HopFailed as hop:
+                attempts += 1
+                span, node = self.spans[hop.index], self.route[hop.index]
+                if attempts > self.max_failovers:
+                    raise GenerationError(f"request aborted after {self.max_failovers} failovers; last: "
+                                          f"{span.label} on node {node.node_id}: {hop.cause}") from None
+                if isinstance(hop.cause, NodeUnavailable):
+                    self._replace(hop.index, str(hop.cause))
+                ids, start, reset = list(self.tokens), 0, True  # rebuild every span's cache
+                continue
+            if reset and start == 0 and attempts:
+                self.stats.rebuild_bytes += moved
+            elif len(ids) == 1 and start > 0:
+                self.stats.decode_bytes += moved
+                self.stats.decode_steps += 1
+            else:
+                self.stats.prefill_bytes += moved
+            return logits
+
+    def _replace(self, k: int, reason: str) -> None:
+        span, node = self.spans[k], self.route[k]
+        self.failed.add(node.node_id)
+        self.processed.pop(node.node_id, None)  # its share of the work is being redone elsewhere
+        self.registry.mark_failed(self.room_id, node.node_id, reason)
+        log.warning("room %s: %s on node %s failed: %s", self.room_id, span.label, node.node_id, reason)
+        options = self.registry.candidates(self.room_id, span.index, exclude=self.failed)
+        if not options:
+            raise GenerationError(f"{span.label} failed on node {node.node_id} ({reason}) and no live replica "
+                                  f"holds that span; request {self.request_id} aborted, nothing was generated "
+                                  "past the failure")
+        self.registry.set_active(node, -1)
+        self.registry.set_active(options[0], +1)
+        self.route[k] = options[0]
+        self.stats.failovers += 1
+        self._pending_failover = {"type": "failover", "span": span.label, "from": node.node_id,
+                                  "to": options[0].node_id, "reason": reason}
+
+    # ----- request ------------------------------------------------------------------------
+    def events(self) -> Iterator[dict]:
+        p, spec = self.params, self.room.spec
+        budget = min(p.max_new_tokens, spec.max_positions - len(self.prompt))
+        gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
+        eos = set(spec.eos_token_ids) if p.stop_at_eos else set()
+        self._pending_failover: dict | None = None
+        for n in self.route:
+            self.registry.set_active(n, +1)
+        completed, emitted, finish = False, "", "length"
+        try:
+            yield {"type": "start", "request_id": self.request_id, "room": self.room_id,
+                   "prompt_tokens": len(self.prompt),
+                   "route": [{"span": s.label, "node_id": n.node_id} for s, n in zip(self.spans, self.route)]}
+            new, start = list(self.prompt), 0
+            for i in range(budget):
+                logits = self._forward(new, start)
+                if self._pending_failover:
+                    yield self._pending_failover
+                    self._pending_failover = None
+                tok = sample(logits, p.temperature, p.top_p, gen)
+                start = len(self.tokens)
+                self.tokens.append(tok)
+                new = [tok]
+                piece: str | None = None
+                if self.decode_text is not None:
+                    piece = ""
+                    text = self.decode_text(self.tokens[len(self.prompt):])
+                    if not text.endswith("\ufffd"):
+                        piece, emitted = text[len(emitted):], text
+                yield {"type": "token", "index": i, "token": tok, "text": piece}
+                if tok in eos:
+                    finish = "eos"
+                    break
+            completed = True
+        except GenerationError as exc:
+            yield {"type": "error", "request_id": self.request_id, "error": str(exc)}
+        finally:
+            for n in self.route:
+                self.registry.set_active(n, -1, served=completed and n.node_id in self.processed)
+            for n in self._used.values():
+                if n.node_id not in self.failed:
+                    self._client.release(n.url, self.request_id)
+            self._client.close()
+        if completed:
+            paid, errors = pay_request(self.rewards, self.request_id, self.processed.values(), self.requester)
+            generated = self.tokens[len(self.prompt):]
+            steps = max(self.stats.decode_steps, 1)
+            yield {"type": "done", "request_id": self.request_id, "tokens": generated,
+                   "text": self.decode_text(generated) if self.decode_text is not None else None,
+                   "finish_reason": finish, "nodes": list(self.processed), "payees": paid,
+                   "reward_errors": errors, "failovers": self.stats.failovers,
+                   "stats": {"prefill_bytes": self.stats.prefill_bytes, "decode_bytes": self.stats.decode_bytes,
+                             "decode_steps": self.stats.decode_steps, "rebuild_bytes": self.stats.rebuild_bytes,
+                             "bytes_per_token": self.stats.decode_bytes / steps}}
+
+
+class _HopFailed(Exception):
+    def __init__(self, index: int, cause: Exception):
+        super().__init__(str(cause))
+        self.index, self.cause = index, cause

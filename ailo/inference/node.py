@@ -1,0 +1,247 @@
+"""A room node: join a room, load the assigned span only, heartbeat, serve activations.
+
+HTTP endpoints (binary frames, see `wire.py`):
+  POST   /v1/node/forward              frame in → frame out (hidden states, or logits on the last span)
+  DELETE /v1/node/requests/{id}        drop a finished request's KV cache
+  GET    /v1/node/info                 span, tensors read from the checkpoint, cache count
+Status codes the coordinator acts on: 409 = "I do not hold the positions you assume"
+(rebuild my cache), 421 = "I serve another span", 503 = "span not loaded yet".
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+from fastapi import FastAPI, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ailo.inference.blocks import RequestCache, SpanModel
+from ailo.inference.loader import load_span
+from ailo.inference.spec import read_spec
+from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+
+log = logging.getLogger(__name__)
+
+
+class CacheStore:
+    """Per-request KV caches, least recently used evicted first, idle ones expired."""
+
+    def __init__(self, max_requests: int = 64, ttl_s: float = 600.0):
+        self.max_requests, self.ttl_s = max_requests, ttl_s
+        self._items: OrderedDict[str, tuple[RequestCache, float]] = OrderedDict()
+
+    def get(self, rid: str) -> RequestCache | None:
+        item = self._items.get(rid)
+        if item is None:
+            return None
+        self._items[rid] = (item[0], time.monotonic())
+        self._items.move_to_end(rid)
+        return item[0]
+
+    def new(self, rid: str) -> RequestCache:
+        now = time.monotonic()
+        for k in [k for k, (_, t) in self._items.items() if now - t > self.ttl_s]:
+            del self._items[k]
+        while len(self._items) >= self.max_requests:
+            self._items.popitem(last=False)
+        cache = RequestCache()
+        self._items[rid] = (cache, now)
+        return cache
+
+    def drop(self, rid: str) -> None:
+        self._items.pop(rid, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class NodeService:
+    """The node's model state; all compute happens under one lock (one forward at a time)."""
+
+    model_dir: Path
+    dtype: str = "auto"
+    device: str = "cpu"
+    max_requests: int = 64
+    model: SpanModel | None = None
+    tensor_names: list[str] = field(default_factory=list)
+    tensor_bytes: int = 0
+    state: str = "waiting"
+    node_id: str | None = None
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        self.spec = read_spec(self.model_dir)
+        self.caches = CacheStore(self.max_requests)
+        self.lock = threading.Lock()
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        return None if self.model is None else (self.model.start, self.model.end)
+
+    def load(self, start: int, end: int) -> None:
+        self.state = "loading"
+        loaded = load_span(self.model_dir, start, end, dtype=self.dtype, device=self.device, spec=self.spec)
+        with self.lock:
+            self.model, self.tensor_names, self.tensor_bytes = loaded.model, loaded.tensor_names, loaded.tensor_bytes
+            self.caches.clear()
+            self.state = "ready"
+
+    def forward(self, frame: Frame) -> Frame:
+        model = self.model
+        if model is None:
+            raise HTTPException(503, "span not loaded yet")
+        if frame.span != (model.start, model.end):
+            raise HTTPException(421, f"this node serves units [{model.start}, {model.end}), not {list(frame.span)}")
+        x = frame.tensor
+        if model.first != (x.dtype == torch.int64) or x.dim() != (2 if model.first else 3) or x.shape[0] != 1:
+            raise HTTPException(400, f"unexpected input {x.dtype} {tuple(x.shape)} for this span")
+        with self.lock:
+            cache = None if frame.reset else self.caches.get(frame.request_id)
+            if cache is None:
+                if frame.start != 0 and not frame.reset:
+                    raise HTTPException(409, f"no cache for request {frame.request_id}; "
+                                             f"resend from position 0 (got {frame.start})")
+                cache = self.caches.new(frame.request_id)
+            elif cache.length != frame.start:
+                raise HTTPException(409, f"cache holds {cache.length} positions, frame starts at {frame.start}")
+            try:
+                out = model(x.to(self.device), frame.start, cache)
+            except ValueError as exc:
+                self.caches.drop(frame.request_id)
+                raise HTTPException(400, str(exc)) from None
+            except Exception:
+                self.caches.drop(frame.request_id)
+                raise
+        return Frame(frame.request_id, frame.start, frame.span, out.cpu())
+
+    def info(self) -> dict:
+        span = self.span
+        return {"node_id": self.node_id, "room": self.room, "state": self.state, "family": self.spec.family,
+                "fingerprint": self.spec.fingerprint(), "span": {"start": span[0], "end": span[1]} if span else None,
+                "tensor_names": self.tensor_names, "tensor_bytes": self.tensor_bytes,
+                "cached_requests": len(self.caches), "dtype": str(self.dtype), "device": str(self.device)}
+
+
+def build_node_app(service: NodeService) -> FastAPI:
+    app = FastAPI(title="Ailo room node")
+
+    @app.post("/v1/node/forward")
+    async def forward(request: Request) -> Response:
+        body = await request.body()
+        try:
+            frame = Frame.decode(body)
+        except WireError as exc:
+            raise HTTPException(400, f"bad frame: {exc}") from None
+        out = await run_in_threadpool(service.forward, frame)
+        return Response(content=out.encode(), media_type=CONTENT_TYPE)
+
+    @app.delete("/v1/node/requests/{request_id}")
+    def release(request_id: str) -> dict:
+        with service.lock:
+            service.caches.drop(request_id)
+        return {"released": request_id}
+
+    @app.get("/v1/node/info")
+    def info() -> dict:
+        return service.info()
+
+    return app
+
+
+class JoinRefused(RuntimeError):
+    """The coordinator will not take this node (wrong checkpoint, too little memory, no room)."""
+
+
+@dataclass
+class RoomAgent:
+    """Join → heartbeat → load the assigned span → keep heartbeating; rejoin when forgotten."""
+
+    service: NodeService
+    coordinator: str
+    room: str
+    url: str
+    memory: int
+    address: str | None = None
+    interval: float = 2.0
+    on_event: object = print
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self._http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=10.0)
+
+    def _post(self, path: str, payload: dict) -> dict:
+        r = self._http.post(f"/v1/rooms/{self.room}/{path}", json=payload)
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            if r.status_code == 404 and path == "heartbeat":
+                raise LookupError(detail)
+            raise JoinRefused(f"{path} refused by {self.coordinator} (HTTP {r.status_code}): {detail}")
+        return r.json()
+
+    def _join(self) -> None:
+        reply = self._post("join", {"url": self.url, "memory": self.memory, "address": self.address,
+                                    "fingerprint": self.service.spec.fingerprint()})
+        self.service.node_id, self.service.room = reply["node_id"], self.room
+        self.interval = float(reply.get("heartbeat_interval", self.interval))
+        self.on_event(f"ailo node: joined room {self.room} as {reply['node_id']} at {self.url}")
+
+    def step(self) -> None:
+        if self.service.node_id is None:
+            self._join()
+        try:
+            reply = self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span})
+        except LookupError:
+            self.on_event("ailo node: coordinator forgot this node; joining again")
+            self.service.node_id = None
+            return
+        span = reply.get("span")
+        if span and (span["start"], span["end"]) != self.service.span:
+            self.on_event(f"ailo node: loading {span['label']}")
+            self.service.load(span["start"], span["end"])
+            self.on_event(f"ailo node: ready, {len(self.service.tensor_names)} tensors "
+                          f"({self.service.tensor_bytes / 1e6:.1f} MB) read")
+            self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span})
+
+    def run(self) -> None:
+        """Loop until `stop` is set; transport errors are retried, refusals raise JoinRefused."""
+        while not self.stop.is_set():
+            try:
+                self.step()
+            except httpx.HTTPError as exc:
+                log.warning("coordinator unreachable: %s", exc)
+            self.stop.wait(self.interval)
+
+    def leave(self) -> None:
+        if self.service.node_id is not None:
+            try:
+                self._post("leave", {"node_id": self.service.node_id})
+            except (httpx.HTTPError, JoinRefused, LookupError):
+                pass
+        self._http.close()
+
+
+def available_memory(device: str) -> int:
+    """Bytes this node can offer by default: free accelerator memory, else MemAvailable."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,53 @@
+"""Per-request inference rewards (SPEC R7, R9).
+
+Each successfully completed request pays 0.05 ALC to every node that processed it, once,
+and never to the requester — even when the requester's own node served a span. The ledger
+(`ailo.ledger.LedgerService`, built separately) implements `mint_inference` idempotently
+by `ref`; this package only depends on the Protocol below, so rooms run without a ledger.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+UNITS_PER_ALC = 10 ** 8
+INFERENCE_REWARD_UNITS = 5_000_000  # 0.05 ALC per node per processed request
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class InferenceRewardSink(Protocol):
+    def mint_inference(self, address: str, amount: int, ref: str) -> None:
+        """Mint `amount` units to `address`; a repeated `ref` must not mint twice."""
+
+
+def reward_ref(request_id: str, address: str) -> str:
+    return f"request:{request_id}:{address}"
+
+
+def payees(node_addresses: Iterable[str | None], requester: str | None) -> list[str]:
+    """Distinct, non-empty node addresses in first-seen order, the requester excluded."""
+    out: list[str] = []
+    for a in node_addresses:
+        if a and a != requester and a not in out:
+            out.append(a)
+    return out
+
+
+def pay_request(sink: InferenceRewardSink | None, request_id: str, node_addresses: Iterable[str | None],
+                requester: str | None) -> tuple[list[str], list[str]]:
+    """Mint to each payee; returns (paid, errors). A failing mint does not stop the others."""
+    paid: list[str] = []
+    errors: list[str] = []
+    for address in payees(node_addresses, requester):
+        if sink is None:
+            break
+        try:
+            sink.mint_inference(address, INFERENCE_REWARD_UNITS, reward_ref(request_id, address))
+            paid.append(address)
+        except Exception as exc:  # the ledger's refusal must not turn a good answer into an error
+            log.warning("inference reward to %s for %s failed: %s", address, request_id, exc)
+            errors.append(f"{address}: {exc}")
+    return paid, errors

@@ -1,0 +1,229 @@
+"""Room registry: which nodes are in which room, which span each serves, who is alive.
+
+A room names a model (a `ModelSpec`) and a number of node slots. Nodes join advertising
+their memory; when the slots are filled the planner splits the model over them in join
+order, and every later node becomes a replica of the span with the fewest live nodes that
+fits its memory (an orphaned span first). A node is routable when it has loaded its span,
+heartbeats within the timeout and has not been given up on by the router. State lives in
+memory behind one lock: joins arrive on the event loop, generations run in worker threads.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ailo.inference.plan import Plan, PlanError, Span, plan_room, span_need
+from ailo.inference.spec import ModelSpec
+
+
+class RoomError(Exception):
+    """A request the room cannot serve; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class NodeRecord:
+    node_id: str
+    address: str | None
+    url: str
+    memory: int
+    joined_at: float
+    last_seen: float
+    span: int | None = None
+    loaded: tuple[int, int] | None = None
+    failed: str | None = None
+    failed_at: float = 0.0
+    active: int = 0
+    served: int = 0
+
+
+@dataclass
+class Room:
+    room_id: str
+    spec: ModelSpec
+    slots: int
+    context: int
+    dtype_bytes: int
+    tokenizer: str | None = None
+    created_at: float = field(default_factory=time.time)
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    plan: Plan | None = None
+
+    def span_of(self, node: NodeRecord) -> Span | None:
+        return None if self.plan is None or node.span is None else self.plan.spans[node.span]
+
+
+class RoomRegistry:
+    def __init__(self, *, heartbeat_interval: float = 2.0, heartbeat_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._clock = clock
+        self._rooms: dict[str, Room] = {}
+        self._lock = threading.RLock()
+        self._rr = 0
+
+    # ----- rooms --------------------------------------------------------------------------
+    def create_room(self, room_id: str, spec: ModelSpec, slots: int, *, context: int = 2048,
+                    tokenizer: str | None = None, dtype_bytes: int | None = None) -> Room:
+        if not room_id or "/" in room_id:
+            raise RoomError("room id must be a non-empty name without '/'", 400)
+        if not 1 <= slots <= spec.n_units:
+            raise RoomError(f"slots must be between 1 and {spec.n_units} (half-layers of the model)", 400)
+        with self._lock:
+            if room_id in self._rooms:
+                raise RoomError(f"room {room_id!r} already exists", 409)
+            room = Room(room_id, spec, slots, min(context, spec.max_positions), dtype_bytes or spec.dtype_bytes,
+                        tokenizer)
+            self._rooms[room_id] = room
+            return room
+
+    def get(self, room_id: str) -> Room:
+        with self._lock:
+            room = self._rooms.get(room_id)
+        if room is None:
+            raise RoomError(f"no room {room_id!r}", 404)
+        return room
+
+    def rooms(self) -> list[Room]:
+        with self._lock:
+            return list(self._rooms.values())
+
+    def delete_room(self, room_id: str) -> None:
+        with self._lock:
+            if self._rooms.pop(room_id, None) is None:
+                raise RoomError(f"no room {room_id!r}", 404)
+
+    # ----- membership ---------------------------------------------------------------------
+    def alive(self, node: NodeRecord) -> bool:
+        return node.failed is None and self._clock() - node.last_seen <= self.heartbeat_timeout
+
+    def ready(self, room: Room, node: NodeRecord) -> bool:
+        span = room.span_of(node)
+        return span is not None and node.loaded == (span.start, span.end) and self.alive(node)
+
+    def join(self, room_id: str, *, url: str, memory: int, fingerprint: str, address: str | None = None) -> NodeRecord:
+        room = self.get(room_id)
+        if fingerprint != room.spec.fingerprint():
+            raise RoomError(f"checkpoint does not match room {room_id!r}'s model "
+                            f"({room.spec.name or room.spec.family}, fingerprint {room.spec.fingerprint()})", 409)
+        if memory <= 0:
+            raise RoomError("memory must be positive", 400)
+        now = self._clock()
+        with self._lock:
+            for other in list(room.nodes.values()):  # a restarted node reuses its URL: forget the old one
+                if other.url == url:
+                    del room.nodes[other.node_id]
+            node = NodeRecord(uuid.uuid4().hex[:12], address, url, int(memory), now, now)
+            if room.plan is None:
+                for other in list(room.nodes.values()):
+                    if not self.alive(other):
+                        del room.nodes[other.node_id]
+                waiting = list(room.nodes.values()) + [node]
+                if len(waiting) == room.slots:
+                    try:
+                        plan = plan_room(room.spec, [n.memory for n in waiting], dtype_bytes=room.dtype_bytes,
+                                         context=room.context)
+                    except PlanError as exc:
+                        raise RoomError(str(exc), 409) from None
+                    room.plan = plan
+                    for i, n in enumerate(waiting):
+                        n.span = i
+            else:
+                node.span = self._replica_span(room, node.memory)
+            room.nodes[node.node_id] = node
+            return node
+
+    def _replica_span(self, room: Room, memory: int) -> int:
+        assert room.plan is not None
+        fits = [s for s in room.plan.spans
+                if span_need(room.spec, s.start, s.end, room.dtype_bytes, room.context) <= memory]
+        if not fits:
+            smallest = min(room.plan.need_bytes)
+            raise RoomError(f"node memory {memory / 1e9:.2f} GB is too small for any span of room "
+                            f"{room.room_id!r} (smallest needs {smallest / 1e9:.2f} GB)", 409)
+        live = {s.index: 0 for s in fits}
+        for n in room.nodes.values():
+            if n.span in live and self.alive(n):
+                live[n.span] += 1
+        return min(live, key=lambda i: (live[i], i))
+
+    def heartbeat(self, room_id: str, node_id: str, loaded: tuple[int, int] | None) -> NodeRecord:
+        room = self.get(room_id)
+        with self._lock:
+            node = room.nodes.get(node_id)
+            if node is None:
+                raise RoomError(f"node {node_id} is not in room {room_id!r}; join again", 404)
+            now = self._clock()
+            if node.failed is not None and now - node.failed_at >= self.heartbeat_interval:
+                node.failed = None  # alive after all (e.g. a slow answer): routable again
+            node.last_seen = now
+            node.loaded = tuple(loaded) if loaded else None
+            return node
+
+    def leave(self, room_id: str, node_id: str) -> None:
+        room = self.get(room_id)
+        with self._lock:
+            room.nodes.pop(node_id, None)
+
+    def mark_failed(self, room_id: str, node_id: str, reason: str) -> None:
+        with self._lock:
+            node = self.get(room_id).nodes.get(node_id)
+            if node is not None:
+                node.failed, node.failed_at = reason, self._clock()
+
+    # ----- routing ------------------------------------------------------------------------
+    def candidates(self, room_id: str, span_index: int, exclude: set[str] = frozenset()) -> list[NodeRecord]:
+        """Ready nodes of a span, least busy first, rotating among equals."""
+        room = self.get(room_id)
+        with self._lock:
+            nodes = [n for n in room.nodes.values()
+                     if n.span == span_index and n.node_id not in exclude and self.ready(room, n)]
+            self._rr += 1
+            k = self._rr % len(nodes) if nodes else 0
+            nodes = nodes[k:] + nodes[:k]
+            return sorted(nodes, key=lambda n: n.active)
+
+    def route(self, room_id: str) -> list[NodeRecord]:
+        """One ready node per span, in span order, or RoomError(503) naming the missing spans."""
+        room = self.get(room_id)
+        if room.plan is None:
+            raise RoomError(f"room {room_id!r} is still forming: {len(room.nodes)}/{room.slots} nodes joined", 503)
+        route, missing = [], []
+        for span in room.plan.spans:
+            c = self.candidates(room_id, span.index)
+            if c:
+                route.append(c[0])
+            else:
+                missing.append(span.label)
+        if missing:
+            raise RoomError(f"room {room_id!r} has no live node for {', '.join(missing)}", 503)
+        return route
+
+    def set_active(self, node: NodeRecord, delta: int, served: bool = False) -> None:
+        with self._lock:
+            node.active += delta
+            node.served += int(served)
+
+    # ----- views --------------------------------------------------------------------------
+    def state(self, room: Room) -> str:
+        if room.plan is None:
+            return "forming"
+        spans = {n.span for n in room.nodes.values() if self.ready(room, n)}
+        return "ready" if len(spans) == len(room.plan.spans) else "degraded"
+
+    def view(self, room: Room) -> dict:
+        with self._lock:
+            nodes = [{"node_id": n.node_id, "address": n.address, "url": n.url, "memory": n.memory,
+                      "span": n.span, "ready": self.ready(room, n), "alive": self.alive(n), "failed": n.failed,
+                      "served": n.served} for n in room.nodes.values()]
+            return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
+                    "fingerprint": room.spec.fingerprint(), "slots": room.slots, "context": room.context,
+                    "state": self.state(room), "has_tokenizer": room.tokenizer is not None,
+                    "plan": room.plan.to_dict() if room.plan else None, "nodes": nodes}

@@ -1,0 +1,78 @@
+"""Binary frames that carry activations between the coordinator and nodes.
+
+Layout (little-endian), one frame per HTTP body, both directions:
+
+    magic  b"AILF"        4 bytes
+    version               u8   (1)
+    dtype code            u8   (0 f32, 1 f16, 2 bf16, 3 i64)
+    ndim                  u8
+    flags                 u8   (bit 0: reset — drop this request's cache before running)
+    start position        u32  (absolute position of the first row)
+    span start, span end  u32, u32 (units the sender expects the receiver to run)
+    request id length     u16, then the id in UTF-8
+    shape                 u32 × ndim
+    payload               the tensor's raw bytes, C order
+
+A decode step for Llama-2 7B therefore moves 4096 × 2 bytes plus ~60 bytes of header per hop,
+never a JSON array of floats.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import torch
+
+MAGIC = b"AILF"
+VERSION = 1
+CONTENT_TYPE = "application/x-ailo-frame"
+FLAG_RESET = 1
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64]
+_FIXED = struct.Struct("<4sBBBBIIIH")
+
+
+class WireError(ValueError):
+    pass
+
+
+@dataclass
+class Frame:
+    request_id: str
+    start: int
+    span: tuple[int, int]
+    tensor: torch.Tensor
+    reset: bool = False
+
+    def encode(self) -> bytes:
+        t = self.tensor.detach().contiguous().cpu()
+        if t.dtype not in _DTYPES:
+            raise WireError(f"dtype {t.dtype} cannot travel")
+        rid = self.request_id.encode()
+        head = _FIXED.pack(MAGIC, VERSION, _DTYPES.index(t.dtype), t.dim(), FLAG_RESET if self.reset else 0,
+                           self.start, self.span[0], self.span[1], len(rid))
+        shape = struct.pack(f"<{t.dim()}I", *t.shape)
+        return b"".join((head, rid, shape, t.view(torch.uint8).numpy().tobytes() if t.numel() else b""))
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Frame":
+        if len(data) < _FIXED.size:
+            raise WireError("frame too short")
+        magic, version, code, ndim, flags, start, s0, s1, rlen = _FIXED.unpack_from(data)
+        if magic != MAGIC or version != VERSION:
+            raise WireError("not an ailo activation frame")
+        if code >= len(_DTYPES):
+            raise WireError(f"unknown dtype code {code}")
+        off = _FIXED.size
+        rid = data[off:off + rlen].decode()
+        off += rlen
+        shape = struct.unpack_from(f"<{ndim}I", data, off)
+        off += 4 * ndim
+        dtype = _DTYPES[code]
+        n = 1
+        for d in shape:
+            n *= d
+        payload = data[off:]
+        if len(payload) != n * torch.empty((), dtype=dtype).element_size():
+            raise WireError(f"payload of {len(payload)} bytes does not match shape {shape} {dtype}")
+        tensor = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
+        return cls(rid, start, (s0, s1), tensor, bool(flags & FLAG_RESET))
