@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_JS := node_modules/.installed
+STAMP_CHROMIUM := $(VENV)/.chromium
 CORPUS := data/corpus/.fetched
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS)
+setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM)
 
 $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,12 @@ $(STAMP_PY): pyproject.toml
 
 $(STAMP_JS): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	npm run --silent build  # browser bundle → ailo/web/static/
+	touch $@
+
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
+$(STAMP_CHROMIUM): | $(STAMP_PY)
+	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $@
 
 $(CORPUS): $(STAMP_PY) ailo/assets.py

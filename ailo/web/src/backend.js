@@ -1,0 +1,89 @@
+// TensorFlow.js backend selection: WebGPU when the browser has a usable adapter, else WebGL
+// (the default on most machines), else wasm (XNNPACK; multi-threaded when the page is
+// cross-origin isolated), else the plain-JS cpu backend. No hand-written kernels: every op is
+// a stock TensorFlow.js kernel.
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-webgpu';
+import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+
+export const BACKEND_ORDER = ['webgpu', 'webgl', 'wasm', 'cpu'];
+
+let wasmConfigured = false;
+
+/** Where the tfjs wasm binaries are served (the build copies them to static/wasm/). */
+export function configureWasm(prefix) {
+  setWasmPaths(prefix);
+  wasmConfigured = true;
+}
+
+function defaultWasmPrefix() {
+  try {
+    return new URL('./wasm/', import.meta.url).href;
+  } catch {
+    return '/static/wasm/';
+  }
+}
+
+async function trySet(name) {
+  if (name === 'wasm' && !wasmConfigured) configureWasm(defaultWasmPrefix());
+  if (name === 'webgpu') {
+    if (!(typeof navigator !== 'undefined' && navigator.gpu)) return false;
+    try {
+      if (!(await navigator.gpu.requestAdapter())) return false;  // API present, no adapter (e.g. --disable-gpu)
+    } catch {
+      return false;
+    }
+  }
+  let ok = false;
+  try {
+    ok = await tf.setBackend(name);
+    await tf.ready();
+  } catch {
+    ok = false;
+  }
+  if (ok && name === 'webgl' && !tf.env().getBool('WEBGL_RENDER_FLOAT32_CAPABLE')) {
+    // Half-float textures cannot train this model faithfully; treat WebGL as unavailable.
+    ok = false;
+  }
+  return ok && tf.getBackend() === name;
+}
+
+/** Select a backend. `prefer` (a name or list) is tried first, then BACKEND_ORDER. Returns its name. */
+export async function initBackend(prefer = null) {
+  const wanted = prefer ? (Array.isArray(prefer) ? prefer : [prefer]) : [];
+  for (const name of [...wanted, ...BACKEND_ORDER.filter((b) => !wanted.includes(b))]) {
+    if (await trySet(name)) return name;
+  }
+  throw new Error('no TensorFlow.js backend could be initialised');
+}
+
+/** Use exactly this backend (no fallback); throws when it cannot run here. */
+export async function useBackend(name) {
+  if (!(await trySet(name))) throw new Error(`TensorFlow.js backend ${name} is not available in this browser`);
+  return name;
+}
+
+/** Every backend that initialises in this browser, in preference order. Leaves `current` selected. */
+export async function availableBackends() {
+  const current = tf.getBackend();
+  const out = [];
+  for (const name of BACKEND_ORDER) if (await trySet(name)) out.push(name);
+  if (current) await trySet(current);
+  return out;
+}
+
+/** What runs, for display: backend name and relevant capabilities. */
+export function backendInfo() {
+  const name = tf.getBackend();
+  const info = { backend: name, tfjs: tf.version.tfjs };
+  if (name === 'webgl') {
+    info.webglVersion = tf.env().getNumber('WEBGL_VERSION');
+    info.float32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
+  }
+  if (name === 'wasm') {
+    info.threads = typeof crossOriginIsolated !== 'undefined' && crossOriginIsolated;
+  }
+  return info;
+}
+
+export { tf };

@@ -1,0 +1,10 @@
+// Entry point of the browser bundle (static/ailo.js, an ES module).
+export * as tfjs from '@tensorflow/tfjs';
+export { initBackend, useBackend, availableBackends, backendInfo, configureWasm, BACKEND_ORDER } from './backend.js';
+export { GPT, PRESETS, getPreset, paramShapes, configFrom, lossFn, logits, crossEntropy } from './model.js';
+export { ChunkCache, ChunkLoader, ChunkIntegrityError, fetchManifest, assembleTensors, loadModelWeights } from './chunks.js';
+export { parseSafetensors, serializeSafetensors, toFloat32, SafetensorsError } from './safetensors.js';
+export { trainLocal, encodeUpdate, applyDelta, randomBatches, trainConfigFrom, AdamW, SGD, clipGradNorm, mulberry32, DEFAULT_TRAIN_CONFIG } from './train.js';
+export { GPT2Tokenizer } from './tokenizer.js';
+export { sha256, sha256Hex, toHex, fromHex } from './hash.js';
+export { KV } from './idb.js';

@@ -1,0 +1,186 @@
+// Local training in the page (SPEC R3 browser side, R4 step 2), mirroring ailo/training.py:
+// `trainLocal` runs S steps of AdamW (betas 0.9/0.95, eps 1e-8, decoupled weight decay) or
+// SGD, clips the global gradient norm like torch.nn.utils.clip_grad_norm_, optional linear
+// warm-up, and returns the pseudo-gradient Δ = M_start − M_end in float32 with n_k (samples
+// seen) and the mean train loss. `encodeUpdate(Δ)` gives the update body: a safetensors file
+// with the model's own tensor names, byte-identical to `safetensors.torch.save` of the same Δ.
+import * as tf from '@tensorflow/tfjs';
+import { serializeSafetensors } from './safetensors.js';
+
+export const DEFAULT_TRAIN_CONFIG = Object.freeze({
+  steps: 20, batchSize: 8, lr: 3e-3, optimizer: 'adamw', weightDecay: 0.0, gradClip: 1.0, warmupSteps: 0,
+});
+
+/** Coordinator task / Python TrainConfig field names → the JS config. */
+export function trainConfigFrom(x = {}) {
+  const pick = (...keys) => keys.map((k) => x[k]).find((v) => v !== undefined && v !== null);
+  const c = { ...DEFAULT_TRAIN_CONFIG };
+  c.steps = pick('steps') ?? c.steps;
+  c.batchSize = pick('batchSize', 'batch_size') ?? c.batchSize;
+  c.lr = pick('lr', 'learning_rate') ?? c.lr;
+  c.optimizer = pick('optimizer') ?? c.optimizer;
+  c.weightDecay = pick('weightDecay', 'weight_decay') ?? c.weightDecay;
+  c.gradClip = pick('gradClip', 'grad_clip') ?? c.gradClip;
+  c.warmupSteps = pick('warmupSteps', 'warmup_steps') ?? c.warmupSteps;
+  if (!['adamw', 'sgd'].includes(c.optimizer)) throw new Error(`unknown optimizer ${c.optimizer}; use adamw or sgd`);
+  return c;
+}
+
+/** torch.optim.AdamW semantics (amsgrad off, maximize off). */
+export class AdamW {
+  constructor(vars, { lr, betas = [0.9, 0.95], eps = 1e-8, weightDecay = 0 }) {
+    this.vars = vars;
+    this.lr = lr; this.b1 = betas[0]; this.b2 = betas[1]; this.eps = eps; this.wd = weightDecay;
+    this.t = 0;
+    this.m = vars.map((v) => tf.variable(tf.zerosLike(v), false));
+    this.v = vars.map((v) => tf.variable(tf.zerosLike(v), false));
+  }
+
+  step(grads, lr = this.lr) {
+    this.t += 1;
+    const bc1 = 1 - this.b1 ** this.t;
+    const bc2sqrt = Math.sqrt(1 - this.b2 ** this.t);
+    const stepSize = lr / bc1;
+    tf.tidy(() => {
+      this.vars.forEach((p, i) => {
+        const g = grads[i];
+        if (this.wd) p.assign(tf.mul(p, 1 - lr * this.wd));
+        const m = tf.add(tf.mul(this.m[i], this.b1), tf.mul(g, 1 - this.b1));
+        const v = tf.add(tf.mul(this.v[i], this.b2), tf.mul(tf.mul(g, g), 1 - this.b2));
+        this.m[i].assign(m);
+        this.v[i].assign(v);
+        const denom = tf.add(tf.div(tf.sqrt(v), bc2sqrt), this.eps);
+        p.assign(tf.sub(p, tf.mul(tf.div(m, denom), stepSize)));
+      });
+    });
+  }
+
+  dispose() { for (const t of [...this.m, ...this.v]) t.dispose(); }
+}
+
+/** torch.optim.SGD semantics (no momentum; weight decay added to the gradient). */
+export class SGD {
+  constructor(vars, { lr, weightDecay = 0 }) { this.vars = vars; this.lr = lr; this.wd = weightDecay; }
+
+  step(grads, lr = this.lr) {
+    tf.tidy(() => {
+      this.vars.forEach((p, i) => {
+        const g = this.wd ? tf.add(grads[i], tf.mul(p, this.wd)) : grads[i];
+        p.assign(tf.sub(p, tf.mul(g, lr)));
+      });
+    });
+  }
+
+  dispose() {}
+}
+
+export function makeOptimizer(model, cfg) {
+  const vars = model.variables();
+  if (cfg.optimizer === 'adamw') return new AdamW(vars, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+  if (cfg.optimizer === 'sgd') return new SGD(vars, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+  throw new Error(`unknown optimizer ${cfg.optimizer}`);
+}
+
+/** torch.nn.utils.clip_grad_norm_: g ← g · min(1, max_norm / (‖g‖₂ + 1e-6)), over all tensors. */
+export function clipGradNorm(grads, maxNorm) {
+  return tf.tidy(() => {
+    const total = tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g)))));
+    const coef = tf.minimum(tf.div(maxNorm, tf.add(total, 1e-6)), 1);
+    return grads.map((g) => tf.mul(g, coef));
+  });
+}
+
+/** A deterministic PRNG (mulberry32) for window sampling in the page. */
+export function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Endless batches {x: Int32Array, y: Int32Array, batch, seq} of random windows of a token stream. */
+export function* randomBatches(tokens, batchSize, seqLen, seed = 0) {
+  if (tokens.length <= seqLen + 1) throw new Error(`text of ${tokens.length} tokens is shorter than one window of ${seqLen + 1}`);
+  const rand = mulberry32(seed);
+  for (;;) {
+    const x = new Int32Array(batchSize * seqLen);
+    const y = new Int32Array(batchSize * seqLen);
+    for (let b = 0; b < batchSize; b++) {
+      const s = Math.floor(rand() * (tokens.length - seqLen - 1));
+      for (let t = 0; t < seqLen; t++) { x[b * seqLen + t] = tokens[s + t]; y[b * seqLen + t] = tokens[s + t + 1]; }
+    }
+    yield { x, y, batch: batchSize, seq: seqLen };
+  }
+}
+
+const nextTick = () => new Promise((r) => setTimeout(r, 0));
+
+/** Train `model` in place for at most cfg.steps batches; returns the pseudo-gradient.
+ *  `batches`: iterable of {x, y, batch, seq} (Int32Array token ids). `onStep({step, steps, loss, tokensPerS})`. */
+export async function trainLocal(model, batches, config = {}, { onStep = null, yieldEvery = 1 } = {}) {
+  const cfg = trainConfigFrom(config);
+  const vars = model.variables();
+  const start = vars.map((v) => tf.clone(v));
+  const opt = makeOptimizer(model, cfg);
+  const losses = [];
+  let nSamples = 0, tokens = 0;
+  const it = batches[Symbol.iterator] ? batches[Symbol.iterator]() : batches;
+  const t0 = performance.now();
+  try {
+    for (let step = 0; step < cfg.steps; step++) {
+      const nx = it.next();
+      if (nx.done) break;
+      const { x, y, batch, seq } = nx.value;
+      const lr = cfg.warmupSteps ? cfg.lr * Math.min(1, (step + 1) / cfg.warmupSteps) : cfg.lr;
+      const lossT = tf.tidy(() => {
+        const xi = tf.tensor2d(x, [batch, seq], 'int32');
+        const yi = tf.tensor2d(y, [batch, seq], 'int32');
+        const { loss, grads } = model.lossAndGrads(xi, yi);
+        let g = model.names.map((n) => grads[n]);
+        if (cfg.gradClip) g = clipGradNorm(g, cfg.gradClip);
+        opt.step(g, lr);
+        return loss;
+      });
+      const loss = (await lossT.data())[0];
+      lossT.dispose();
+      losses.push(loss);
+      nSamples += batch;
+      tokens += batch * seq;
+      if (onStep) onStep({ step: step + 1, steps: cfg.steps, loss, tokens, seconds: (performance.now() - t0) / 1000 });
+      if (yieldEvery && (step + 1) % yieldEvery === 0) await nextTick();
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const delta = new Map();
+    for (let i = 0; i < vars.length; i++) {
+      const d = tf.sub(start[i], vars[i]);
+      delta.set(model.names[i], { shape: model.shapes[i][1], dtype: 'F32', data: await d.data() });
+      d.dispose();
+    }
+    return {
+      delta, nSamples, tokens, steps: losses.length, seconds, losses,
+      trainLoss: losses.reduce((a, b) => a + b, 0) / Math.max(1, losses.length),
+    };
+  } finally {
+    start.forEach((t) => t.dispose());
+    opt.dispose();
+  }
+}
+
+/** The update body: Δ as a safetensors file (F32, model tensor names). */
+export function encodeUpdate(delta) {
+  return serializeSafetensors(delta);
+}
+
+/** M ← M − scale·Δ (what the coordinator does with an aggregate), for local checks. */
+export function applyDelta(model, delta, scale = 1) {
+  tf.tidy(() => {
+    for (const [name, d] of delta) {
+      const p = model.params[name];
+      p.assign(tf.sub(p, tf.mul(tf.tensor(d.data, d.shape, 'float32'), scale)));
+    }
+  });
+}
