@@ -174,3 +174,27 @@ def test_batched_blocks_and_pure_apply_block() -> None:
     assert after.height == 1 and after.balance(alice.address) == UNIT // 2 - 1000 - FEE
     tx = Transaction.from_json(chain[1]["txs"][4])
     assert tx.type == "TRANSFER" and tx.signature_valid(COORD.address)
+
+
+def test_concurrent_double_spend_accepts_exactly_one(net) -> None:
+    import threading
+    svc, _, alice, bob, carol = net
+    everything = UNIT // 2 - FEE
+    txs = [send(svc, alice, to, everything, nonce=1) for to in (bob, carol) * 4]
+    results: list[str] = []
+
+    def submit(tx) -> None:
+        try:
+            svc.submit_transfer(tx)
+            results.append("ok")
+        except LedgerError as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=submit, args=(tx,)) for tx in txs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 1 and set(results) <= {"ok", "bad_nonce"}
+    assert svc.balance(alice.address).spendable == 0
+    assert verify_chain(svc.chain(), now=svc.clock()).ok

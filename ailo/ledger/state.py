@@ -135,7 +135,9 @@ def end_block(state: LedgerState, block_hash: str, timestamp: int) -> None:
     transfer with settle_at <= this block's timestamp (recipient may now spend it)."""
     window = state.params.dispute_window_ms
     for txid in state.new_pending:
-        p = state.pending[txid]
+        p = state.pending.get(txid)
+        if p is None:                       # reversed inside its own block
+            continue
         state.pending[txid] = PendingTransfer(p.txid, p.sender, p.recipient, p.amount,
                                               p.height, timestamp + window)
     state.settle_queue.extend(state.new_pending)
