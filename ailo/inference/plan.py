@@ -40,14 +40,13 @@ class Span:
 
     @property
     def label(self) -> str:
-        def at(u: int) -> str:
-            return f"{u // 2}" if u % 2 == 0 else f"{u // 2}.mlp"
         if self.start % 2 == 0 and self.end % 2 == 0:
             a, b = self.start // 2, self.end // 2 - 1
-            text = f"layer {a}" if a == b else f"layers {a}-{b}"
-        else:
-            text = f"units {at(self.start)}..{at(self.end - 1)}"
-        return f"span {self.index} ({text})"
+        else:  # half-layer boundaries: name each end's half
+            def at(u: int) -> str:
+                return f"{u // 2}.{'mlp' if u % 2 else 'attn'}"
+            a, b = at(self.start), at(self.end - 1)
+        return f"span {self.index} (layer {a})" if a == b else f"span {self.index} (layers {a}-{b})"
 
     def to_dict(self) -> dict:
         return {"index": self.index, "start": self.start, "end": self.end, "first": self.first,
@@ -172,10 +171,11 @@ def plan_room(spec: ModelSpec, memory: list[int], *, dtype_bytes: int | None = N
         raise PlanError(f"room cannot fit {spec.name or spec.family}: it needs {total / GB:.2f} GB "
                         f"(weights + KV cache for {context} tokens) but its {len(memory)} nodes offer "
                         f"{offered / GB:.2f} GB")
-    biggest = max(half)
-    if biggest > max(memory):
-        raise PlanError(f"a half-layer of {spec.name or spec.family} needs {biggest / GB:.2f} GB but the "
-                        f"largest node offers {max(memory) / GB:.2f} GB")
+    u = max(range(len(half)), key=half.__getitem__)
+    if half[u] > max(memory):
+        extra = " with the embeddings" if u == 0 else " with the output head" if u == len(half) - 1 else ""
+        raise PlanError(f"layer {u // 2}'s {'MLP' if u % 2 else 'attention'}{extra} alone needs "
+                        f"{half[u] / GB:.2f} GB but the largest node of the room offers {max(memory) / GB:.2f} GB")
     raise PlanError(f"room cannot fit {spec.name or spec.family}: no contiguous split over "
                     f"{len(memory)} nodes fits every node's memory (needs {total / GB:.2f} GB of "
                     f"{offered / GB:.2f} GB offered)")
