@@ -47,13 +47,14 @@ class FedAvg:
                   server_lr: float = 1.0) -> StateDict:
         updates = list(updates)
         w = weights([u.n_samples for u in updates])
-        out: StateDict = {}
-        for name, tensor in base.items():
-            acc = torch.zeros_like(tensor, dtype=torch.float32)
-            for wk, u in zip(w, updates):
-                acc.add_(u.delta[name].to(torch.float32), alpha=wk)
-            out[name] = (tensor.to(torch.float32) - server_lr * acc).to(tensor.dtype)
-        return out
+        names = list(base)
+        # Multi-tensor (foreach) kernels: one pass per update over all tensors, no zero-fill,
+        # and the final step fused into a single sub(alpha=η) per tensor.
+        acc = torch._foreach_mul([updates[0].delta[n].to(torch.float32) for n in names], w[0])
+        for wk, u in zip(w[1:], updates[1:]):
+            torch._foreach_add_(acc, [u.delta[n].to(torch.float32) for n in names], alpha=wk)
+        return {n: torch.sub(base[n].to(torch.float32), a, alpha=server_lr).to(base[n].dtype)
+                for n, a in zip(names, acc)}
 
 
 AGGREGATORS: dict[str, Aggregator] = {"fedavg": FedAvg()}

@@ -208,14 +208,25 @@ class Coordinator:
         self.manifest = manifest
 
     # -- read side -------------------------------------------------------------------------
+    def record_chunk_bytes(self, n: int) -> None:
+        self.store.bump_counter("chunk_bytes_served", n)
+        self.store.bump_counter(f"chunk_bytes_served.round.{self.current_round().id}", n)
+
     def status(self) -> dict:
         with self.lock:
             rnd = self.current_round()
             accepted = self.store.updates(rnd.id, "accepted")
-            history = [{"version": v.version, "round": v.round_id, "val_loss": v.val_loss,
-                        "updates": len(self.store.updates(v.round_id, "accepted")) if v.round_id else 0}
-                       for v in self.store.versions()]
+            counters = self.store.counters()
+            history = []
+            for v in self.store.versions():
+                rows = self.store.updates(v.round_id) if v.round_id else []
+                history.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss,
+                                "updates": sum(u.status == "accepted" for u in rows),
+                                "refused": sum(u.status == "refused" for u in rows),
+                                "bytes_up": sum(u.size or 0 for u in rows),
+                                "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0)})
             return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
                     "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
                     "accepted_in_round": len(accepted), "clients": sorted({u.client_id for u in self.store.updates()}),
-                    "history": history, "counters": self.store.counters(), "config": asdict(self.config)}
+                    "history": history,
+                    "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}

@@ -58,7 +58,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
         size = path.stat().st_size
         rng = request.headers.get("range", "")
         sent = size - int(rng[6:].split("-")[0] or 0) if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit() else size
-        coord.store.bump_counter("chunk_bytes_served", max(0, sent))
+        coord.record_chunk_bytes(max(0, sent))
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
 

@@ -1,0 +1,132 @@
+"""`ailo demo`: a coordinator and several workers on this machine, on embedded defaults.
+
+Everything runs as real processes over loopback HTTP (the same code paths as a deployment):
+SQLite state and chunk files under `runs/demo/`, disjoint corpus shards per worker. Prints
+per round the global validation loss, the number of updates and the bytes moved, then a
+summary and a PNG plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ailo.cli.main import CLIError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a local federated-training demo (coordinator + workers)")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--local-steps", type=int, default=30)
+    p.add_argument("--preset", default="ailo-tiny")
+    p.add_argument("--out", default="runs/demo", help="state, logs and the plot go here (wiped first)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log: Path, threads: int = 1) -> subprocess.Popen:
+    # One math thread per process: N workers on a small machine must not oversubscribe its cores.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ailo.cli.main", *args], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise CLIError(f"coordinator exited early; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise CLIError(f"coordinator did not start; see {log}")
+
+
+def plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([h["version"] for h in history], [h["val_loss"] for h in history], marker="o")
+    ax.set_xlabel("round (model version)")
+    ax.set_ylabel("global validation loss (nats/token)")
+    ax.set_title("Ailo federated training")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "logs").mkdir(parents=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    coord_log = out / "logs" / "coordinator.log"
+    coord = _spawn(["coordinator", "--state", str(out / "coordinator"), "--port", str(port), "--preset", args.preset,
+                    "--rounds", str(args.rounds), "--min-updates", str(args.workers),
+                    "--local-steps", str(args.local_steps)], coord_log)
+    procs = [coord]
+    t0 = time.time()
+    try:
+        _wait_healthy(url, coord, coord_log)
+        say(f"coordinator {url} · {args.workers} workers · {args.rounds} rounds of {args.preset}")
+        for k in range(args.workers):
+            procs.append(_spawn(["worker", "--coordinator", url, "--shard", str(k), "--num-shards", str(args.workers),
+                                 "--client-id", f"worker-{k}", "--cache", str(out / f"cache-{k}"), "--quiet"],
+                                out / "logs" / f"worker-{k}.log"))
+        shown = 0
+        say(f"{'round':>5} {'val loss':>9} {'updates':>8} {'down':>10} {'up':>10}")
+        while True:
+            status = httpx.get(f"{url}/v1/status", timeout=30).json()
+            for h in status["history"][shown:]:
+                if h["version"] > 0 or shown == 0:
+                    say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} "
+                        f"{h['bytes_down'] / 1e6:>8.1f}MB {h['bytes_up'] / 1e6:>8.1f}MB")
+            shown = len(status["history"])
+            if status["finished"]:
+                break
+            dead = [p for p in procs[1:] if p.poll() not in (None, 0)]
+            if dead:
+                raise CLIError(f"a worker failed; see {out / 'logs'}")
+            time.sleep(0.5)
+        for p in procs[1:]:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+    history = status["history"]
+    plot(history, out / "val_loss.png")
+    summary = {"preset": args.preset, "workers": args.workers, "rounds": len(history) - 1,
+               "val_loss_start": history[0]["val_loss"], "val_loss_end": history[-1]["val_loss"],
+               "val_loss": [h["val_loss"] for h in history],
+               "bytes_down": sum(h["bytes_down"] for h in history), "bytes_up": sum(h["bytes_up"] for h in history),
+               "seconds": round(time.time() - t0, 1), "plot": str(out / "val_loss.png")}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        say(f"validation loss {summary['val_loss_start']:.3f} → {summary['val_loss_end']:.3f} in "
+            f"{summary['rounds']} rounds, {summary['seconds']} s; moved {summary['bytes_down'] / 1e6:.1f} MB down, "
+            f"{summary['bytes_up'] / 1e6:.1f} MB up; plot: {summary['plot']}")
+    return 0
