@@ -26,6 +26,7 @@ await build({
   platform: 'browser',
   target: ['es2020'],
   minify: true,
+  keepNames: true,  // error classes keep their names (ChunkIntegrityError, …)
   outfile: join(out, 'ailo.js'),
   legalComments: 'linked',
   logLevel: 'warning',

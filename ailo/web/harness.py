@@ -110,7 +110,10 @@ class LoopbackServer:
                 self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    try:
+                        self.wfile.write(body)
+                    except (BrokenPipeError, ConnectionResetError):  # the page navigated away
+                        return
                 path = self.path.split("?")[0]
                 server.log.append((self.command, path, len(body)))
                 server.bytes_sent[path] = server.bytes_sent.get(path, 0) + len(body)
