@@ -17,8 +17,12 @@ ZERO_HASH = "0" * 64
 MAX_SAFE_INT = 2**53 - 1
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                            allow_nan=False)
+
+
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -40,11 +40,20 @@ def _check_int(name: str, value: Any) -> None:
         raise MalformedError(f"{name} must be an integer in [0, 2^53-1]")
 
 
-def _check_address(name: str, value: Any) -> None:
+@lru_cache(maxsize=65536)
+def _address_problem(value: str) -> str | None:
+    """Cached: a chain mentions the same few addresses over and over."""
     try:
         public_key_from_address(value)
     except AddressError as exc:
-        raise AddressFormatError(f"{name}: {exc}") from None
+        return str(exc)
+    return None
+
+
+def _check_address(name: str, value: Any) -> None:
+    problem = _address_problem(value) if isinstance(value, str) else "must be a string"
+    if problem is not None:
+        raise AddressFormatError(f"{name}: {problem}")
 
 
 def _check_amount(name: str, value: Any) -> None:
@@ -92,6 +101,10 @@ SIGNER_FIELD: dict[str, str | None] = {
     REGISTER: "address", TRANSFER: "from", REPORT: "reporter",
     MINT_TRAINING: None, MINT_INFERENCE: None, REVERSAL: None,
 }
+
+
+_KEYS = {kind: frozenset(schema) | {"type"} for kind, schema in SCHEMAS.items()}
+_KEYS_SIGNED = {kind: keys | {"signature"} for kind, keys in _KEYS.items()}
 
 
 @lru_cache(maxsize=8192)
@@ -172,7 +185,7 @@ def parse_body(data: Any, with_signature: bool) -> dict[str, Any]:
                              f"{sorted(SCHEMAS)}", "bad_type")
     if with_signature and "signature" not in data:
         raise SignatureError(f"{kind} has no signature")
-    expected = schema.keys() | {"type"} | ({"signature"} if with_signature else set())
+    expected = _KEYS_SIGNED[kind] if with_signature else _KEYS[kind]
     if data.keys() != expected:
         missing = sorted(expected - data.keys())
         extra = sorted(data.keys() - expected)
