@@ -1,0 +1,194 @@
+"""Requests through a room of in-process nodes (real HTTP on loopback, one process): routing,
+failover to a replica, clear failure without one, cache rebuilds, and R9 rewards."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import torch
+
+from ailo.inference import devserver
+from ailo.inference.checkpoints import make_hf_checkpoint
+from ailo.inference.generate import GenerateParams, Generation
+from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.rewards import INFERENCE_REWARD_UNITS, UNITS_PER_ALC
+from ailo.inference.rooms import NodeRecord, RoomError, RoomRegistry
+from ailo.inference.serving import ThreadedServer
+from ailo.inference.spec import read_spec
+
+PROMPT = [3, 14, 15, 92, 65, 35]
+N_NEW = 24
+
+
+class FakeLedger:
+    """Records mints; refuses a repeated ref like the real ledger's idempotent mint."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, str]] = []
+
+    def mint_inference(self, address: str, amount: int, ref: str) -> None:
+        if any(ref == r for _, _, r in self.calls):
+            raise ValueError(f"duplicate ref {ref}")
+        self.calls.append((address, amount, ref))
+
+
+@dataclass
+class LocalNode:
+    service: NodeService
+    server: ThreadedServer
+    record: NodeRecord
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qwen")
+    ref = make_hf_checkpoint(d, "qwen2", layers=3, init_std=0.3, rope_theta=1e6)
+    want = ref.generate(torch.tensor([PROMPT]), max_new_tokens=N_NEW, do_sample=False)[0, len(PROMPT):].tolist()
+    return d, want
+
+
+@pytest.fixture
+def room(checkpoint):
+    """Spans 0..2 on nodes a, b, c (join order) and a replica d of span 0; nobody heartbeats,
+    so the registry's clock stands still."""
+    d, _ = checkpoint
+    reg = RoomRegistry(clock=lambda: 0.0)
+    reg.create_room("r", read_spec(d), 3)
+    nodes: dict[str, LocalNode] = {}
+    for name in "abcd":
+        service = NodeService(d)
+        server = ThreadedServer(build_node_app(service)).start()
+        rec = reg.join("r", url=server.url, memory=10 ** 9, fingerprint=service.spec.fingerprint(),
+                       address=f"ailo-addr-{name}")
+        nodes[name] = LocalNode(service, server, rec)
+    r = reg.get("r")
+    for n in nodes.values():
+        span = r.span_of(n.record)
+        n.service.load(span.start, span.end)
+        reg.heartbeat("r", n.record.node_id, (span.start, span.end))
+    assert [nodes[k].record.span for k in "abcd"] == [0, 1, 2, 0]
+    yield reg, nodes
+    for n in nodes.values():
+        n.server.stop()
+
+
+def by_id(nodes: dict[str, LocalNode], node_id: str) -> str:
+    return next(k for k, n in nodes.items() if n.record.node_id == node_id)
+
+
+def run(reg, ledger=None, requester=None, kill_after: int | None = None, kill=lambda: None):
+    gen = Generation(reg, "r", PROMPT, GenerateParams(max_new_tokens=N_NEW, stop_at_eos=False),
+                     requester=requester, rewards=ledger)
+    events = []
+    for e in gen.events():  # lazy: nothing runs ahead of the loop, so the kill lands exactly here
+        events.append(e)
+        if e["type"] == "token" and e["index"] + 1 == kill_after:
+            kill()
+    return events
+
+
+def test_greedy_through_the_room_and_rewards_exclude_the_requester(room, checkpoint):
+    reg, nodes = room
+    ledger = FakeLedger()
+    events = run(reg, ledger, requester="ailo-addr-b")  # b serves span 1 and asks
+    done = events[-1]
+    assert done["type"] == "done" and done["tokens"] == checkpoint[1]
+    assert [e["token"] for e in events if e["type"] == "token"] == checkpoint[1]
+    used = [by_id(nodes, n["node_id"]) for n in events[0]["route"]]
+    assert used[1:] == ["b", "c"] and used[0] in "ad"
+    rid = done["request_id"]
+    assert ledger.calls == [(f"ailo-addr-{used[0]}", INFERENCE_REWARD_UNITS, f"request:{rid}:ailo-addr-{used[0]}"),
+                            ("ailo-addr-c", INFERENCE_REWARD_UNITS, f"request:{rid}:ailo-addr-c")]
+    assert INFERENCE_REWARD_UNITS == UNITS_PER_ALC * 5 // 100  # 0.05 ALC
+    # one position per hop per new token: header + hidden (or logits) bytes, not the prompt again
+    spec = read_spec(checkpoint[0])
+    assert done["stats"]["decode_steps"] == N_NEW - 1
+    payload = 8 + 4 * (spec.hidden * 4) + spec.vocab * 4  # 1 id in, hidden 2x out+in, logits out (fp32)
+    headers = 6 * (22 + len(rid)) + 4 * (2 + 3 + 3 + 3 + 3 + 2)  # fixed part + id + shape dims, 6 frames
+    assert done["stats"]["bytes_per_token"] == payload + headers
+    # a second request is paid again, under its own refs
+    run(reg, ledger)
+    assert len(ledger.calls) == 5 and len({r for _, _, r in ledger.calls}) == 5
+
+
+def test_node_killed_mid_generation_fails_over_to_its_replica(room, checkpoint):
+    reg, nodes = room
+    ledger = FakeLedger()
+    nodes["d"].record.active += 10  # route span 0 through a: d looks busy
+    events = run(reg, ledger, kill_after=5, kill=nodes["a"].server.stop)
+    nodes["d"].record.active -= 10
+    assert by_id(nodes, events[0]["route"][0]["node_id"]) == "a"
+    kinds = [e["type"] for e in events]
+    assert kinds.count("failover") == 1 and kinds[-1] == "done"
+    fo = next(e for e in events if e["type"] == "failover")
+    assert (by_id(nodes, fo["from"]), by_id(nodes, fo["to"])) == ("a", "d") and "span 0" in fo["span"]
+    assert events[-1]["tokens"] == checkpoint[1]  # rebuilt cache on d: still exactly transformers' answer
+    assert events[-1]["failovers"] == 1 and events[-1]["stats"]["rebuild_bytes"] > 0
+    assert sorted(a for a, _, _ in ledger.calls) == ["ailo-addr-b", "ailo-addr-c", "ailo-addr-d"]
+    assert nodes["a"].record.failed  # and a is no longer routed
+    assert all(n.node_id != nodes["a"].record.node_id for n in reg.route("r"))
+
+
+def test_node_killed_without_replica_fails_clearly_and_pays_nobody(room):
+    reg, nodes = room
+    ledger = FakeLedger()
+    events = run(reg, ledger, kill_after=4, kill=nodes["c"].server.stop)
+    assert events[-1]["type"] == "error"
+    msg = events[-1]["error"]
+    assert "span 2 (layer 2)" in msg and "no live replica" in msg and nodes["c"].record.node_id in msg
+    assert len([e for e in events if e["type"] == "token"]) == 4  # nothing past the failure
+    assert ledger.calls == []
+    with pytest.raises(RoomError, match=r"no live node for span 2"):
+        Generation(reg, "r", PROMPT, GenerateParams())
+
+
+def test_lost_cache_is_rebuilt_in_place(room, checkpoint):
+    reg, nodes = room
+
+    def forget():  # e.g. the node restarted on the same URL, or evicted the request
+        for n in nodes.values():
+            n.service.caches.clear()
+
+    events = run(reg, kill_after=7, kill=forget)
+    assert events[-1]["type"] == "done" and events[-1]["tokens"] == checkpoint[1]
+    assert events[-1]["failovers"] == 0 and events[-1]["stats"]["rebuild_bytes"] > 0
+
+
+def test_rooms_router_over_http(room, checkpoint):
+    reg, nodes = room
+    ledger = FakeLedger()
+    server = devserver.serve(reg, ledger)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.get("/v1/rooms/r").json()["state"] == "ready"
+            body = {"input_ids": PROMPT, "max_new_tokens": N_NEW, "stop_at_eos": False, "requester": "ailo-addr-c"}
+            with http.stream("POST", "/v1/rooms/r/generate", json=body) as r:
+                assert r.headers["content-type"].startswith("application/x-ndjson")
+                events = [json.loads(line) for line in r.iter_lines() if line]
+            assert [e["type"] for e in events][:2] == ["start", "token"]
+            assert events[-1]["tokens"] == checkpoint[1]
+            assert "ailo-addr-c" not in {a for a, _, _ in ledger.calls} and len(ledger.calls) == 2
+            once = http.post("/v1/rooms/r/generate", json=dict(body, stream=False)).json()
+            assert once["tokens"] == checkpoint[1]
+            assert http.post("/v1/rooms/nope/generate", json=body).status_code == 404
+            r = http.post("/v1/rooms/r/generate", json={"prompt": "hi"})
+            assert r.status_code == 400 and "no tokenizer" in r.json()["detail"]
+            assert http.post("/v1/rooms/r/generate", json={"input_ids": [10 ** 6]}).status_code == 400
+            created = http.post("/v1/rooms", json={"id": "big", "preset": "llama-2-70b"})
+            assert created.status_code == 201 and created.json()["slots"] == 120
+            r = http.post("/v1/rooms/big/generate", json={"input_ids": [1]})
+            assert r.status_code == 503 and "forming: 0/120" in r.json()["detail"]
+            presets = {p["name"]: p for p in http.get("/v1/rooms/presets").json()}
+            assert len(presets["llama-2-70b"]["plan"]["spans"]) == 120
+    finally:
+        server.stop()
