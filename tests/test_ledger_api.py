@@ -148,3 +148,21 @@ def test_balance_of_bad_address(api) -> None:
     r = client.get(f"/v1/balance/{alice.address[:-1]}x")
     assert r.status_code == 400 and r.json()["detail"].startswith("bad_address")
     assert client.get("/v1/chain", params={"from": -1}).status_code == 422
+
+
+def test_cli_chain_verify_against_a_coordinator(api, monkeypatch, tmp_path, capsys) -> None:
+    from ailo.cli import chain as chain_cli
+    from ailo.cli.main import main
+    client, svc, alice, bob, _ = api
+    client.post("/v1/transfers", json=send(svc, alice, bob, 1000))
+    monkeypatch.setattr(chain_cli, "client_for", lambda url: LedgerClient(url, client))
+    saved = tmp_path / "chain.json"
+    assert main(["chain", "verify", "--coordinator", "http://coord", "--save", str(saved),
+                 "--now", str(svc.clock())]) == 0
+    height = svc.info()["height"]
+    assert capsys.readouterr().out.startswith(f"OK: height {height}, {height + 1} blocks, 7 ")
+    assert main(["chain", "verify", "--file", str(saved), "--now", str(svc.clock())]) == 0
+    monkeypatch.setattr(chain_cli, "client_for",
+                        lambda url: LedgerClient("http://127.0.0.1:9", timeout=0.5))
+    assert main(["chain", "verify", "--coordinator", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach" in capsys.readouterr().err

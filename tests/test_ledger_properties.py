@@ -62,7 +62,7 @@ def check_invariants(svc) -> None:
 def test_random_operations_keep_invariants(ops, auto_seal) -> None:
     clock = FakeClock()
     svc = service(clock=clock, auto_seal=auto_seal)
-    for i, w in enumerate(USERS):
+    for w in USERS:
         join(svc, w, mint=UNIT // 2 if w.username != "dave" else 0)
     minted, transfers, mints = (svc._working or svc._state).minted, [], []
     seen_txids: set[str] = set()

@@ -68,7 +68,8 @@ def test_primitives() -> None:
 
 
 def test_generator_is_deterministic_and_matches_committed_vectors() -> None:
-    spec = importlib.util.spec_from_file_location("mlv", ROOT / "scripts" / "make_ledger_vectors.py")
+    script = ROOT / "scripts" / "make_ledger_vectors.py"
+    spec = importlib.util.spec_from_file_location("make_ledger_vectors", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     built = module.build()

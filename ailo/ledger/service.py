@@ -24,6 +24,10 @@ registered. Amounts are integers of units (1 ALC = UNIT = 10**8 units).
 With `auto_seal=True` (default) every call seals its own block before returning, so a
 returned receipt is durable. With `auto_seal=False` transactions collect in an open block
 until `seal_block()` or `max_block_txs`; a failed store write then drops that batch.
+Received transfers settle in the first block sealed after their dispute window; the
+coordinator should call `seal_block()` every few seconds (it seals an empty block only when
+a settlement is due) so `balance()` moves them from pending to spendable without waiting
+for other traffic.
 """
 from __future__ import annotations
 
@@ -186,7 +190,9 @@ class LedgerService:
     def _apply(self, tx: Transaction) -> int:
         state = self._open()
         try:
-            apply_tx(state, tx, max_ts=self.clock() + state.params.max_future_ms)
+            # Half the skew budget: a verifier whose clock is up to max_future_ms / 2
+            # behind ours still accepts the block this transaction dates.
+            apply_tx(state, tx, max_ts=self.clock() + state.params.max_future_ms // 2)
         except LedgerError:
             if not self._open_txs:          # don't keep an empty block open (and stale)
                 self._working = None
