@@ -77,13 +77,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
             if r.status_code >= 400:
                 r.read()
                 raise CLIError(f"room {args.room}: {_detail(r)}")
+            printed = ""
             for line in r.iter_lines():
                 if not line:
                     continue
                 event = json.loads(line)
                 kind = event["type"]
                 if kind == "token":
-                    sys.stdout.write(event["text"] if event["text"] is not None else f"{event['token']} ")
+                    piece = event["text"] if event["text"] is not None else f"{event['token']} "
+                    printed += piece
+                    sys.stdout.write(piece)
                     sys.stdout.flush()
                 elif kind == "failover":
                     print(f"\nailo: {event['span']} moved from node {event['from']} to {event['to']} "
@@ -92,6 +95,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
                     sys.stdout.write("\n")
                     raise CLIError(event["error"])
                 elif kind == "done":
+                    text = event.get("text")
+                    if text and text.startswith(printed):  # a trailing partial character held back
+                        sys.stdout.write(text[len(printed):])
                     sys.stdout.write("\n")
                     if args.verbose:
                         print(json.dumps({k: event[k] for k in ("request_id", "finish_reason", "payees",

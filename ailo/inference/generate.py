@@ -12,6 +12,7 @@ with an error event naming the span and the failure. A node that answers 409 los
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ class HttpNodeClient:
     """Keep-alive HTTP to nodes: one client per request, so no pool is shared across threads."""
 
     def __init__(self) -> None:
-        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=256))
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # headers and body go out at once
+        self._http = httpx.Client(transport=httpx.HTTPTransport(socket_options=nodelay),
+                                  limits=httpx.Limits(max_keepalive_connections=256))
 
     def forward(self, url: str, body: bytes, timeout: float) -> bytes:
         try:
