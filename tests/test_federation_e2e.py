@@ -1,4 +1,5 @@
 """Real processes on loopback: a coordinator and 3 native workers run FedAvg rounds."""
+import json
 import signal
 import sqlite3
 
@@ -29,18 +30,24 @@ def test_three_workers_three_rounds_loss_falls_and_fedavg_exact(tmp_path):
     try:
         wait_healthy(url, coord)
         workers = [ailo("worker", "--coordinator", url, "--shard", str(k), "--num-shards", "3",
-                        "--client-id", f"w{k}", "--cache", str(tmp_path / f"cache{k}"), "--quiet",
+                        "--client-id", f"worker-{k}", "--cache", str(tmp_path / f"cache{k}"), "--quiet",
+                        "--wallet", str(tmp_path / f"wallet{k}.json"),
                         log=tmp_path / f"w{k}.log") for k in range(3)]
         for w in workers:
             assert w.wait(timeout=400) == 0, (tmp_path / "coord.log").read_text()
         status = httpx.get(f"{url}/v1/status").json()
+        balances = []
+        for k in range(3):
+            address = json.loads((tmp_path / f"wallet{k}.json").read_text())["address"]
+            balances.append(httpx.get(f"{url}/v1/balance/{address}").json()["spendable"])
     finally:
         for p in workers + [coord]:
             stop(p)
     losses = [h["val_loss"] for h in status["history"]]
     assert [h["version"] for h in status["history"]] == [0, 1, 2, 3]
     assert losses[3] < losses[2] < losses[1] < losses[0]
-    assert status["clients"] == ["w0", "w1", "w2"]
+    assert status["clients"] == ["worker-0", "worker-1", "worker-2"]
+    assert all(b >= 3 * 10**7 for b in balances), balances  # ≥ 0.1 ALC per accepted update
 
     # Recompute every aggregate independently from the stored updates and n_k.
     db = sqlite3.connect(state / "state.db")
@@ -62,7 +69,7 @@ def test_coordinator_killed_mid_round_keeps_accepted_updates(tmp_path):
     state = tmp_path / "coord"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "3")
+    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "3", "--open")
     coord = ailo(*args, log=tmp_path / "coord.log")
     try:
         wait_healthy(url, coord)

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--server-lr", type=float, default=1.0)
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--open", action="store_true",
+                   help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
+    c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -39,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--cache", default=None, help="chunk cache directory")
     w.add_argument("--rounds", type=int, default=None, help="stop after this many submitted rounds")
     w.add_argument("--device", default=None)
-    w.add_argument("--wallet", default=None, help="wallet key file used to sign updates")
+    w.add_argument("--wallet", default=None, help="wallet key file (created if missing) that signs updates "
+                   "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
+    w.add_argument("--username", default=None, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=run_worker)
 
@@ -56,7 +61,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     if args.min_updates < 1:
         raise CLIError("--min-updates must be at least 1")
-    app = build_app(coordinator_config(args), Path(args.state))
+    from ailo.federation.validate import ValidationConfig
+    from ailo.server.services import ServiceConfig
+
+    svc = ServiceConfig(proof_of_contribution=not args.open,
+                        validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour))
+    app = build_app(coordinator_config(args), Path(args.state), svc)
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -67,13 +77,19 @@ def run_worker(args: argparse.Namespace) -> int:
 
     client_id = args.client_id or f"worker-{os.getpid()}"
     cache = Path(args.cache) if args.cache else Path("data/worker-cache") / client_id
-    signer = None
+    wallet = None
     if args.wallet:
-        from ailo.federation.signing import wallet_signer
-        signer = wallet_signer(Path(args.wallet))
+        from ailo.wallet import Wallet
+        path = Path(args.wallet)
+        try:
+            wallet = Wallet.load(path) if path.exists() else Wallet.generate().with_username(args.username or client_id)
+        except (PermissionError, ValueError) as exc:
+            raise CLIError(f"wallet {path}: {exc}") from None
+        if not path.exists():
+            wallet.save(path)
     try:
         worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
-                        args.num_shards, cache, args.device, progress=not args.quiet, signer=signer)
+                        args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet)
         worker.run(args.rounds)
     except CoordinatorUnavailable as exc:
         raise CLIError(str(exc)) from None

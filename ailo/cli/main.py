@@ -18,8 +18,7 @@ COMMAND_MODULES = [
 ]
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as `ailo: error: ...` with exit status 2."""
+from ailo.cli.errors import CLIError  # noqa: E402  (re-exported for command modules)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,18 +54,20 @@ class Submission:
     sha256: str
     round: RoundRecord
     received: float
+    peer: str = ""
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
 Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
 AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
+RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
 
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, state_dir: Path,
                  pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
-                 on_accept: list[AcceptHook] | None = None):
+                 on_accept: list[AcceptHook] | None = None, on_round_closed: list[RoundHook] | None = None):
         self.config = config
         self.cfg = get_preset(config.preset)
         self.seq_len = config.seq_len or self.cfg.n_ctx
@@ -73,6 +75,7 @@ class Coordinator:
         self.aggregator = AGGREGATORS[config.aggregator]
         self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
         self.on_accept = on_accept or []
+        self.on_round_closed = on_round_closed or []
         self.lock = threading.RLock()
         self.tasks: dict[str, tuple[str, int, float]] = {}  # task id → (client, round, issued at)
         self.val_batches = TokenDataset.from_dir(config.data_dir, "val").fixed_batches(
@@ -131,12 +134,12 @@ class Coordinator:
                     "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task}
 
     # -- updates ---------------------------------------------------------------------------
-    def submit(self, meta: UpdateMeta, body: bytes) -> dict:
+    def submit(self, meta: UpdateMeta, body: bytes, peer: str = "") -> dict:
         """Validate and record one update; aggregates when the round has enough. Raises
         UpdateRejected (with an HTTP status) for anything refused; refusals are recorded."""
         with self.lock:
             rnd = self.current_round()
-            sub = Submission(meta, body, hashlib.sha256(body).hexdigest(), rnd, time.time())
+            sub = Submission(meta, body, hashlib.sha256(body).hexdigest(), rnd, time.time(), peer)
             try:
                 self._check(sub)
             except UpdateRejected as exc:
@@ -206,6 +209,11 @@ class Coordinator:
             self.model = previous_model  # nothing committed: keep serving the old version
             raise
         self.manifest = manifest
+        for hook in self.on_round_closed:
+            try:
+                hook(self, rnd.id)
+            except Exception as exc:  # the version is published; hooks (rewards) catch up on restart
+                print(f"round {rnd.id} hook {hook!r} failed: {exc!r}", flush=True)
 
     # -- read side -------------------------------------------------------------------------
     def record_chunk_bytes(self, n: int) -> None:

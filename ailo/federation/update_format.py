@@ -96,7 +96,7 @@ class UpdateMeta:
     address: str = ""
     signature: str = ""
     nonce: int = 0
-    timestamp: float = 0.0
+    timestamp: int = 0          # milliseconds since the epoch, as signed
 
     HEADER_PREFIX = "x-ailo-"
 
@@ -104,8 +104,9 @@ class UpdateMeta:
         fields = {"client": self.client_id, "round": self.round_id, "base-version": self.base_version,
                   "samples": self.n_samples, "train-loss": repr(self.train_loss), "task": self.task_id,
                   "address": self.address, "signature": self.signature, "nonce": self.nonce,
-                  "timestamp": repr(self.timestamp)}
-        return {f"X-Ailo-{k.title()}": str(v) for k, v in fields.items() if v not in ("", None)}
+                  "timestamp": self.timestamp}
+        optional = {"task", "address", "signature", "nonce", "timestamp"}
+        return {f"X-Ailo-{k.title()}": str(v) for k, v in fields.items() if k not in optional or v}
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> "UpdateMeta":
@@ -128,7 +129,7 @@ class UpdateMeta:
         meta = cls(client_id=get("client", str), round_id=get("round", int), base_version=get("base-version", int),
                    n_samples=get("samples", int), train_loss=get("train-loss", float), task_id=get("task", str, ""),
                    address=get("address", str, ""), signature=get("signature", str, ""),
-                   nonce=get("nonce", int, 0), timestamp=get("timestamp", float, 0.0))
+                   nonce=get("nonce", int, 0), timestamp=get("timestamp", int, 0))
         if meta.n_samples <= 0:
             raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count", 400)
         if not meta.client_id or len(meta.client_id) > 128:

@@ -11,18 +11,17 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import httpx
 from tqdm import tqdm
 
 from ailo.chunks import ChunkStore, Manifest
 from ailo.data import TokenDataset
+from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta, encode_update
 from ailo.model import build_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local
+from ailo.wallet import Wallet
 
-Signer = Callable[[UpdateMeta, str], UpdateMeta]  # (meta, sha256 of body) → meta with identity + signature
 
 
 class CoordinatorUnavailable(RuntimeError):
@@ -98,12 +97,14 @@ class Worker:
     device: str | None = None
     seed: int = 0
     progress: bool = True
-    signer: Signer | None = None
+    wallet: Wallet | None = None        # signs updates and receives rewards; None = open mode
+    http: httpx.Client | None = None    # injectable (tests use FastAPI's TestClient)
     timeout: float = 120.0
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=self.timeout)
+        if self.http is None:
+            self.http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=self.timeout)
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
         self.rounds_done = 0
@@ -149,8 +150,8 @@ class Worker:
         body = encode_update(upd.delta)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"])
-        if self.signer is not None:
-            meta = self.signer(meta, hashlib.sha256(body).hexdigest())
+        if self.wallet is not None:
+            meta = sign_update(self.wallet, meta, hashlib.sha256(body).hexdigest())
         resp = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
         result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
         result["http_status"] = resp.status_code
@@ -160,8 +161,22 @@ class Worker:
         self.rounds_done += 1
         return report
 
+    def ensure_registered(self) -> None:
+        """Bind the wallet's address to its username on the ledger, once (R5: no e-mail)."""
+        from ailo.ledger.tx import register_tx
+        from ailo.ledger.verify import now_ms
+
+        assert self.wallet is not None
+        info = self._json("GET", f"/v1/balance/{self.wallet.address}")
+        if info.get("username"):
+            return
+        username = self.wallet.username or self.client_id
+        self._json("POST", "/v1/register", json=register_tx(self.wallet, username, now_ms()).to_json())
+
     def run(self, max_rounds: int | None = None, poll: float = 0.5) -> list[RoundReport]:
         """Loop until the coordinator says done or `max_rounds` rounds were submitted."""
+        if self.wallet is not None:
+            self.ensure_registered()
         while max_rounds is None or self.rounds_done < max_rounds:
             report = self.run_round()
             if report is not None:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -70,7 +71,8 @@ def federation_router(coord: Coordinator) -> APIRouter:
     async def update(request: Request) -> dict:
         meta = UpdateMeta.from_headers(request.headers)
         body = await read_limited(request, max_update_bytes(coord.manifest))
-        return await asyncio.to_thread(coord.submit, meta, body)
+        peer = request.client.host if request.client else ""
+        return await asyncio.to_thread(coord.submit, meta, body, peer)
 
     @r.get("/status", summary="Round, version, clients and validation-loss history")
     def status() -> dict:
@@ -79,15 +81,19 @@ def federation_router(coord: Coordinator) -> APIRouter:
     return r
 
 
-def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None) -> FastAPI:
+def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
+               periodic: list[Callable[[], object]] | None = None) -> FastAPI:
+    """`periodic` jobs run every second beside the round deadline check (e.g. ledger sealing)."""
     stop = threading.Event()
+    jobs = [coord.tick, *(periodic or [])]
 
     def ticker() -> None:  # closes rounds whose deadline passed even when nobody calls
         while not stop.wait(1.0):
-            try:
-                coord.tick()
-            except Exception as exc:  # keep ticking; the error is visible in the log
-                print(f"coordinator tick failed: {exc!r}")
+            for job in jobs:
+                try:
+                    job()
+                except Exception as exc:  # keep ticking; the error is visible in the log
+                    print(f"periodic job {job!r} failed: {exc!r}", flush=True)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

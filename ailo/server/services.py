@@ -1,16 +1,78 @@
-"""Wires the coordinator's services together into one FastAPI app (composition root)."""
+"""Composition root: builds the coordinator's services and mounts them in one FastAPI app.
+
+    federation (rounds, FedAvg)  ── checks/hooks ──  Proof-of-Contribution ── mints ──  ledger
+    rooms (distributed inference) ── mints ──┘        web pages (browser client, dashboard)
+
+State lives under one directory: `state.db` + `chunks/` + `updates/` (federation),
+`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.poc import ProofOfContribution
+from ailo.federation.validate import TokenBucket, ValidationConfig
+from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
+from ailo.server.ledger_api import make_ledger_router
+from ailo.storage.ledger_store import SQLiteLedgerStore
+from ailo.wallet import Wallet
 
 
-def build_app(config: CoordinatorConfig, state_dir: Path) -> FastAPI:
+@dataclass(frozen=True)
+class ServiceConfig:
+    proof_of_contribution: bool = True     # False: open mode, unsigned updates, no rewards (experiments)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    ip_updates_per_minute: float = 240.0   # per network address (many volunteers may share a NAT)
+    ip_update_burst: int = 60
+
+
+def coordinator_wallet(state_dir: Path) -> Wallet:
+    path = state_dir / "coordinator-key.json"
+    if path.exists():
+        return Wallet.load(path)
+    wallet = Wallet.generate()
+    wallet.save(path)
+    return wallet
+
+
+def rate_limit_middleware(app: FastAPI, validation: ValidationConfig, svc: ServiceConfig) -> None:
+    """Per-network-address token buckets on the two write paths a Sybil would hammer."""
+    buckets = {
+        "/v1/register": (TokenBucket(validation.registrations_per_hour / 3600.0,
+                                     max(1, int(validation.registrations_per_hour))),
+                         f"{validation.registrations_per_hour:g} registrations per hour"),
+        "/v1/updates": (TokenBucket(svc.ip_updates_per_minute / 60.0, svc.ip_update_burst),
+                        f"{svc.ip_updates_per_minute:g} updates per minute"),
+    }
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next):
+        entry = buckets.get(request.url.path) if request.method == "POST" else None
+        if entry is not None:
+            host = request.client.host if request.client else "unknown"
+            if not entry[0].take(host):
+                return JSONResponse({"detail": f"rate_limited: network address {host} exceeds {entry[1]}",
+                                     "reason": "rate_limited"}, status_code=429)
+        return await call_next(request)
+
+
+def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = ServiceConfig()) -> FastAPI:
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
     coord = Coordinator(config, state_dir)
-    app = create_app(coord)
-    app.state.coordinator = coord
+    ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
+    routers = [make_ledger_router(ledger)]
+    poc = None
+    if svc.proof_of_contribution:
+        poc = ProofOfContribution(ledger, svc.validation)
+        poc.install(coord)
+    app = create_app(coord, routers, periodic=[ledger.seal_block])
+    rate_limit_middleware(app, svc.validation, svc)
+    app.state.coordinator, app.state.ledger, app.state.poc = coord, ledger, poc
     return app

@@ -169,6 +169,15 @@ class SQLiteRoundStore:
         self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
                          (name, amount, amount))
 
+    def set_counter(self, name: str, value: int) -> None:
+        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+                         (name, value, value))
+
+    def rounds(self) -> list[RoundRecord]:
+        rows = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                                "ORDER BY id").fetchall()
+        return [RoundRecord(*r[:5], json.loads(r[5]), r[6]) for r in rows]
+
     def counters(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 

@@ -1,0 +1,132 @@
+"""Proof-of-Contribution: wires the checks of `validate.py` into the coordinator and pays
+accepted updates on the ledger (SPEC R6, R7, R10).
+
+Order of checks for POST /v1/updates (cheapest first, nothing parsed before identity):
+    signature present → address format → registered → signature valid → timestamp window →
+    nonce strictly increasing (consumed once seen) → per-wallet rate limit →
+    [tensor parse: names, dtypes, shapes, NaN/Inf] → norm plausibility → loss reduction.
+Refusals are recorded with their reason and never paid. Rewards are minted when the round
+closes (the LossBonus needs the round's median) with ref `update:<id>`, which the ledger
+makes idempotent, so a restart between publishing and paying pays exactly once.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch.func import functional_call
+
+from ailo.data import TokenDataset
+from ailo.federation.rewards import RewardConfig, training_reward
+from ailo.federation.signing import update_message
+from ailo.federation.update_format import UpdateRejected
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_loss, check_norm,
+                                      check_timestamp)
+from ailo.wallet import is_valid_address, verify_signature
+
+if TYPE_CHECKING:
+    from ailo.federation.coordinator import Coordinator, Submission
+    from ailo.ledger.service import LedgerService
+
+
+@dataclass
+class ProofOfContribution:
+    ledger: "LedgerService"
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    holdout_batches: int = 2
+
+    def __post_init__(self) -> None:
+        v = self.validation
+        self.wallet_bucket = TokenBucket(v.updates_per_minute / 60.0, v.update_burst)
+        self._holdout: list | None = None
+        self._base_loss: dict[int, float] = {}
+
+    def install(self, coord: "Coordinator") -> None:
+        coord.pre_checks.append(self.check_identity)
+        coord.post_checks.append(self.check_contribution)
+        coord.on_round_closed.append(self.settle_round)
+        self.settle_all(coord)
+
+    # -- identity (before any tensor is parsed) --------------------------------------------
+    def check_identity(self, coord: "Coordinator", sub: "Submission") -> None:
+        m = sub.meta
+        if not m.signature or not m.address:
+            raise UpdateRejected("unsigned", "update must carry X-Ailo-Address and X-Ailo-Signature", 401)
+        if not is_valid_address(m.address):
+            raise UpdateRejected("bad_address", f"X-Ailo-Address {m.address[:80]!r} is not a valid address "
+                                 "(format or checksum)", 400)
+        if not self.ledger.is_registered(m.address):
+            raise UpdateRejected("unregistered", f"address {m.address} is not registered; POST /v1/register first", 403)
+        message = update_message(m.round_id, m.base_version, sub.sha256, m.n_samples, m.nonce, m.timestamp)
+        if not verify_signature(m.address, message, m.signature):
+            raise UpdateRejected("bad_signature", "signature does not verify for this address and update digest", 401)
+        check_timestamp(m.timestamp / 1000.0, sub.received, self.validation)
+        last = coord.store.counters().get(f"nonce:{m.address}", -1)
+        if m.nonce <= last:
+            raise UpdateRejected("replay", f"nonce {m.nonce} was already used (last {last}): replayed update", 409)
+        coord.store.set_counter(f"nonce:{m.address}", m.nonce)
+        if not self.wallet_bucket.take(m.address):
+            raise UpdateRejected("rate_limited", f"wallet {m.address} exceeds "
+                                 f"{self.validation.updates_per_minute:g} updates per minute", 429)
+        if any(u.address == m.address for u in coord.store.updates(sub.round.id, "accepted")):
+            raise UpdateRejected("duplicate", f"wallet {m.address} already has an accepted update in round "
+                                 f"{sub.round.id}", 409)
+
+    # -- contribution (after structural checks) --------------------------------------------
+    def holdout(self, coord: "Coordinator") -> list:
+        if self._holdout is None:
+            self._holdout = TokenDataset.from_dir(coord.config.data_dir, "holdout").fixed_batches(
+                self.holdout_batches, coord.config.batch_size, coord.seq_len, seed=99)
+        return self._holdout
+
+    @torch.no_grad()
+    def holdout_loss(self, coord: "Coordinator", params: dict[str, torch.Tensor] | None = None) -> float:
+        model = coord.model.eval()
+        total = 0.0
+        for x, y in self.holdout(coord):
+            loss = model(x, y) if params is None else functional_call(model, params, (x, y))
+            total += float(loss)
+        return total / len(self.holdout(coord))
+
+    def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
+        history = [u.extra["norm"] for u in coord.store.updates(status="accepted") if "norm" in u.extra]
+        norm = check_norm(sub.tensors, history, sub.round.task, self.validation)
+        version = coord.version
+        if version not in self._base_loss:
+            self._base_loss = {version: self.holdout_loss(coord)}
+        before = self._base_loss[version]
+        eta = coord.config.server_lr
+        params = {k: v - eta * sub.tensors[k] for k, v in coord.model.state_dict().items()}
+        after = self.holdout_loss(coord, params)
+        peers = [u.extra["reduction"] for r in (sub.round.id - 1, sub.round.id)
+                 for u in coord.store.updates(r, "accepted") if "reduction" in u.extra]
+        reduction = check_loss(before, after, peers, self.validation)
+        issued = coord.tasks.get(sub.meta.task_id)
+        seconds = sub.received - issued[2] if issued and issued[:2] == (sub.meta.client_id, sub.round.id) else None
+        sub.extra.update(norm=norm, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
+
+    # -- rewards ---------------------------------------------------------------------------
+    def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:
+        """(update id, address, units) for every accepted update of a closed round."""
+        accepted = [u for u in coord.store.updates(round_id, "accepted") if u.address]
+        if not accepted:
+            return []
+        task = next(r for r in coord.store.rounds() if r.id == round_id).task
+        task_samples = task["steps"] * task["batch_size"]
+        med = statistics.median(u.extra.get("reduction", 0.0) for u in accepted)
+        return [(u.id, u.address, training_reward(u.n_samples, task_samples, u.extra.get("reduction", 0.0), med,
+                                                  u.extra.get("seconds"), self.rewards)) for u in accepted]
+
+    def settle_round(self, coord: "Coordinator", round_id: int) -> None:
+        for update_id, address, amount in self.reward_plan(coord, round_id):
+            self.ledger.mint_training(address, amount, ref=f"update:{update_id}")
+
+    def settle_all(self, coord: "Coordinator") -> None:
+        """Pay any closed round left unpaid by a crash (mints are idempotent by ref)."""
+        for rnd in coord.store.rounds():
+            if rnd.status == "closed":
+                self.settle_round(coord, rnd.id)
