@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=30)
     p.add_argument("--preset", default="ailo-tiny")
+    p.add_argument("--cheater", default="sign-flip", choices=["sign-flip", "scale", "none"],
+                   help="add one worker that sends a corrupted update (refused and unpaid)")
     p.add_argument("--out", default="runs/demo", help="state, logs and the plot go here (wiped first)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
@@ -90,17 +92,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         _wait_healthy(url, coord, coord_log)
         say(f"coordinator {url} · {args.workers} workers · {args.rounds} rounds of {args.preset}")
-        for k in range(args.workers):
-            procs.append(_spawn(["worker", "--coordinator", url, "--shard", str(k), "--num-shards", str(args.workers),
-                                 "--client-id", f"worker-{k}", "--cache", str(out / f"cache-{k}"), "--quiet"],
-                                out / "logs" / f"worker-{k}.log"))
+        names = [f"worker-{k}" for k in range(args.workers)]
+        if args.cheater != "none":
+            names.append("cheater")
+        for k, name in enumerate(names):
+            cmd = ["worker", "--coordinator", url, "--shard", str(k % args.workers), "--num-shards", str(args.workers),
+                   "--client-id", name, "--cache", str(out / f"cache-{name}"), "--quiet",
+                   "--wallet", str(out / "wallets" / f"{name}.json")]
+            if name == "cheater":
+                cmd += ["--attack", args.cheater]
+                say(f"cheater: a worker that sends {args.cheater} updates")
+            procs.append(_spawn(cmd, out / "logs" / f"{name}.log"))
         shown = 0
-        say(f"{'round':>5} {'val loss':>9} {'updates':>8} {'down':>10} {'up':>10}")
+        say(f"{'round':>5} {'val loss':>9} {'updates':>8} {'refused':>8} {'down':>10} {'up':>10}")
         while True:
             status = httpx.get(f"{url}/v1/status", timeout=30).json()
             for h in status["history"][shown:]:
                 if h["version"] > 0 or shown == 0:
-                    say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} "
+                    say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} {h['refused']:>8} "
                         f"{h['bytes_down'] / 1e6:>8.1f}MB {h['bytes_up'] / 1e6:>8.1f}MB")
             shown = len(status["history"])
             if status["finished"]:
@@ -111,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         for p in procs[1:]:
             p.wait(timeout=60)
+        balances = _balances(url, out / "wallets", names)
+        verify = subprocess.run([sys.executable, "-m", "ailo.cli.main", "chain", "verify", "--coordinator", url],
+                                capture_output=True, text=True, timeout=300)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -122,11 +134,23 @@ def run(args: argparse.Namespace) -> int:
                "val_loss_start": history[0]["val_loss"], "val_loss_end": history[-1]["val_loss"],
                "val_loss": [h["val_loss"] for h in history],
                "bytes_down": sum(h["bytes_down"] for h in history), "bytes_up": sum(h["bytes_up"] for h in history),
-               "seconds": round(time.time() - t0, 1), "plot": str(out / "val_loss.png")}
+               "seconds": round(time.time() - t0, 1), "plot": str(out / "val_loss.png"),
+               "balances_alc": balances, "chain_verify_ok": verify.returncode == 0,
+               "chain_verify": verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}
     if args.json:
         print(json.dumps(summary))
     else:
         say(f"validation loss {summary['val_loss_start']:.3f} → {summary['val_loss_end']:.3f} in "
             f"{summary['rounds']} rounds, {summary['seconds']} s; moved {summary['bytes_down'] / 1e6:.1f} MB down, "
             f"{summary['bytes_up'] / 1e6:.1f} MB up; plot: {summary['plot']}")
-    return 0
+        say("balances (ALC): " + ", ".join(f"{n} {b:.8f}" for n, b in balances.items()))
+        say(f"ailo chain verify: {summary['chain_verify']}")
+    return 0 if summary["chain_verify_ok"] else 1
+
+
+def _balances(url: str, wallet_dir: Path, names: list[str]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        address = json.loads((wallet_dir / f"{name}.json").read_text())["address"]
+        out[name] = httpx.get(f"{url}/v1/balance/{address}", timeout=30).json()["spendable"] / 1e8
+    return out

@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
     w.add_argument("--username", default=None, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true")
+    w.add_argument("--attack", choices=["sign-flip", "scale"], default=None, help=argparse.SUPPRESS)
     w.set_defaults(func=run_worker)
 
 
@@ -89,7 +90,8 @@ def run_worker(args: argparse.Namespace) -> int:
             wallet.save(path)
     try:
         worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
-                        args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet)
+                        args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet,
+                        attack=args.attack)
         worker.run(args.rounds)
     except CoordinatorUnavailable as exc:
         raise CLIError(str(exc)) from None

@@ -23,8 +23,8 @@ from ailo.data import TokenDataset
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_loss, check_norm,
-                                      check_timestamp)
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_loss,
+                                      check_norm, check_timestamp)
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class ProofOfContribution:
         v = self.validation
         self.wallet_bucket = TokenBucket(v.updates_per_minute / 60.0, v.update_burst)
         self._holdout: list | None = None
-        self._base_loss: dict[int, float] = {}
+        self._reference: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}  # version → (loss, ∇loss)
 
     def install(self, coord: "Coordinator") -> None:
         coord.pre_checks.append(self.check_identity)
@@ -84,21 +84,34 @@ class ProofOfContribution:
         return self._holdout
 
     @torch.no_grad()
-    def holdout_loss(self, coord: "Coordinator", params: dict[str, torch.Tensor] | None = None) -> float:
-        model = coord.model.eval()
+    def holdout_loss(self, coord: "Coordinator", params: dict[str, torch.Tensor]) -> float:
+        """Holdout loss of the global model's architecture with `params` swapped in."""
         total = 0.0
         for x, y in self.holdout(coord):
-            loss = model(x, y) if params is None else functional_call(model, params, (x, y))
-            total += float(loss)
+            total += float(functional_call(coord.model, params, (x, y)))
         return total / len(self.holdout(coord))
+
+    def reference(self, coord: "Coordinator") -> tuple[float, dict[str, torch.Tensor]]:
+        """Holdout loss and its gradient at the current global model, once per version."""
+        if coord.version not in self._reference:
+            model = coord.model
+            model.zero_grad(set_to_none=True)
+            batches = self.holdout(coord)
+            total = 0.0
+            for x, y in batches:
+                loss = model(x, y) / len(batches)
+                loss.backward()
+                total += float(loss)
+            grad = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+            model.zero_grad(set_to_none=True)
+            self._reference = {coord.version: (total, grad)}
+        return self._reference[coord.version]
 
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
         history = [u.extra["norm"] for u in coord.store.updates(status="accepted") if "norm" in u.extra]
         norm = check_norm(sub.tensors, history, sub.round.task, self.validation)
-        version = coord.version
-        if version not in self._base_loss:
-            self._base_loss = {version: self.holdout_loss(coord)}
-        before = self._base_loss[version]
+        before, grad = self.reference(coord)
+        cosine = check_direction(sub.tensors, grad, self.validation)
         eta = coord.config.server_lr
         params = {k: v - eta * sub.tensors[k] for k, v in coord.model.state_dict().items()}
         after = self.holdout_loss(coord, params)
@@ -107,7 +120,7 @@ class ProofOfContribution:
         reduction = check_loss(before, after, peers, self.validation)
         issued = coord.tasks.get(sub.meta.task_id)
         seconds = sub.received - issued[2] if issued and issued[:2] == (sub.meta.client_id, sub.round.id) else None
-        sub.extra.update(norm=norm, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
+        sub.extra.update(norm=norm, cosine=cosine, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
 
     # -- rewards ---------------------------------------------------------------------------
     def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:

@@ -5,6 +5,7 @@ None or raises `UpdateRejected` with its own reason code; the coordinator compos
 - `check_norm` — the update's magnitude against robust statistics (median, MAD) of recently
   accepted updates, in log space; before enough history exists, a hard per-coordinate bound
   that AdamW cannot exceed (|Δ| ≤ c·lr·steps).
+- `check_direction` — Δ must have a positive component along the holdout-loss gradient.
 - `check_loss` — the update applied alone must lower the loss on the coordinator's private
   holdout batch by more than the tolerance.
 - `TokenBucket` — per-key rate limiting (wallet, network address, registrations).
@@ -26,6 +27,7 @@ from ailo.federation.update_format import UpdateRejected
 class ValidationConfig:
     min_loss_reduction: float = 1e-3  # nats: an update must lower the holdout loss by at least this...
     relative_loss_reduction: float = 0.05  # ...and by this share of the median of comparable accepted ones
+    min_cosine: float = 0.0           # cos(Δ, ∇L_holdout) must exceed this: Δ must point downhill
     norm_history: int = 50            # accepted updates kept for the robust statistics
     norm_min_history: int = 3         # below this, only the hard AdamW bound applies
     norm_max_z: float = 6.0           # robust z-score limit on log ‖Δ‖
@@ -67,6 +69,23 @@ def check_norm(delta: Mapping[str, torch.Tensor], history: list[float], task: Ma
             raise UpdateRejected("implausible_norm", f"update norm {norm:.4g} is {z:.1f} robust deviations from the "
                                  f"median {math.exp(med):.4g} of {len(recent)} recent accepted updates")
     return norm
+
+
+def check_direction(delta: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor],
+                    cfg: ValidationConfig) -> float:
+    """Returns cos(Δ, g) with g the holdout-loss gradient at M_t, or raises `wrong_direction`.
+
+    Since M_{t+1} = M_t − ηΔ, an honest Δ has a positive first-order descent term ⟨Δ, g⟩.
+    This catches a sign-flipped update even where, by second-order effects of tied
+    embeddings near initialisation, applying it alone still happens to lower the loss.
+    """
+    dot = sum(float((delta[k].double() * g.double()).sum()) for k, g in grad.items())
+    gnorm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grad.values()))
+    cos = dot / max(update_norm(delta) * gnorm, 1e-30)
+    if cos <= cfg.min_cosine:
+        raise UpdateRejected("wrong_direction", f"update points uphill: cos(Δ, ∇L_holdout) = {cos:.4f} "
+                             f"(must exceed {cfg.min_cosine})")
+    return cos
 
 
 def check_loss(loss_before: float, loss_after: float, peer_reductions: list[float], cfg: ValidationConfig) -> float:

@@ -69,6 +69,12 @@ def with_retries(fn, *, attempts: int = 8, base_delay: float = 0.5, what: str = 
             time.sleep(min(base_delay * 2 ** i, 10.0))
 
 
+ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team tests)
+    "sign-flip": lambda delta: {k: -v for k, v in delta.items()},
+    "scale": lambda delta: {k: 100 * v for k, v in delta.items()},
+}
+
+
 def _batch_seed(seed: int, client_id: str, round_id: int) -> int:
     """Deterministic across processes (unlike hash(), which Python salts per process)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{client_id}:{round_id}".encode()).digest()[:4], "little")
@@ -99,6 +105,7 @@ class Worker:
     progress: bool = True
     wallet: Wallet | None = None        # signs updates and receives rewards; None = open mode
     http: httpx.Client | None = None    # injectable (tests use FastAPI's TestClient)
+    attack: str | None = None           # red-team only: "sign-flip" | "scale" (demo's cheating worker)
     timeout: float = 120.0
     reports: list[RoundReport] = field(default_factory=list)
 
@@ -108,6 +115,7 @@ class Worker:
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
         self.rounds_done = 0
+        self.refused_round: int | None = None  # don't retry a round the coordinator refused us in
 
     def _json(self, method: str, path: str, **kw) -> dict:
         def call():
@@ -135,7 +143,8 @@ class Worker:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
         self.last_status = task["status"]
-        if task["status"] != "train":
+        if task["status"] != "train" or task["round"] == self.refused_round:
+            self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
         manifest = Manifest.from_json(self.http.get("/v1/model").content)
         if manifest.version != task["version"]:
@@ -147,7 +156,7 @@ class Worker:
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
                                            seed=_batch_seed(self.seed, self.client_id, task["round"]))
         upd = train_local(self.model, batches, cfg, pick_device(self.device))
-        body = encode_update(upd.delta)
+        body = encode_update(ATTACKS[self.attack](upd.delta) if self.attack else upd.delta)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"])
         if self.wallet is not None:
@@ -155,6 +164,8 @@ class Worker:
         resp = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
         result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
         result["http_status"] = resp.status_code
+        if resp.status_code != 200:
+            self.refused_round = task["round"]
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
                              downloaded, len(body), result)
         self.reports.append(report)
