@@ -101,7 +101,7 @@ class ProofOfContribution:
             for x, y in batches:
                 loss = model(x, y) / len(batches)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             grad = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
             model.zero_grad(set_to_none=True)
             self._reference = {coord.version: (total, grad)}
