@@ -174,6 +174,14 @@ def test_ask_streams_text_to_stdout(env):
     assert bad.returncode == 2 and "no room 'nope'" in bad.stderr
 
 
+def test_node_with_another_checkpoint_is_refused(env):
+    out = subprocess.run([*AILO, "node", "--room", "llama", "--model-dir", str(env["dirs"]["qwen"]),
+                          "--coordinator", env["url"], "--memory", "1GB"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert out.returncode == 2
+    assert "checkpoint does not match room 'llama'" in out.stderr
+
+
 def test_rewards_go_to_the_processing_nodes_not_the_requester(env):
     view = env["http"].get("/v1/rooms/llama").json()
     requester = next(n["address"] for n in view["nodes"] if n["span"] == 1)  # serves span 1, and asks

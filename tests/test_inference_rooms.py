@@ -86,9 +86,9 @@ def by_id(nodes: dict[str, LocalNode], node_id: str) -> str:
     return next(k for k, n in nodes.items() if n.record.node_id == node_id)
 
 
-def run(reg, ledger=None, requester=None, kill_after: int | None = None, kill=lambda: None):
+def run(reg, ledger=None, requester=None, kill_after: int | None = None, kill=lambda: None, hop_timeout=30.0):
     gen = Generation(reg, "r", PROMPT, GenerateParams(max_new_tokens=N_NEW, stop_at_eos=False),
-                     requester=requester, rewards=ledger)
+                     requester=requester, rewards=ledger, hop_timeout=hop_timeout)
     events = []
     for e in gen.events():  # lazy: nothing runs ahead of the loop, so the kill lands exactly here
         events.append(e)
@@ -150,6 +150,22 @@ def test_node_killed_without_replica_fails_clearly_and_pays_nobody(room):
     assert ledger.calls == []
     with pytest.raises(RoomError, match=r"no live node for span 2"):
         Generation(reg, "r", PROMPT, GenerateParams())
+
+
+def test_node_that_stops_answering_times_out_and_fails_over(room, checkpoint):
+    reg, nodes = room
+    ledger = FakeLedger()
+    nodes["d"].record.active += 10
+    hung = nodes["a"].service.lock  # a's next forward blocks: alive socket, no answer
+    try:
+        events = run(reg, ledger, kill_after=3, kill=hung.acquire, hop_timeout=1.0)
+    finally:
+        hung.release()
+    nodes["d"].record.active -= 10
+    fo = next(e for e in events if e["type"] == "failover")
+    assert "no answer within 1 s" in fo["reason"] and by_id(nodes, fo["to"]) == "d"
+    assert events[-1]["tokens"] == checkpoint[1]
+    assert "ailo-addr-a" not in {a for a, _, _ in ledger.calls}
 
 
 def test_lost_cache_is_rebuilt_in_place(room, checkpoint):

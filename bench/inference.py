@@ -1,0 +1,137 @@
+"""Distributed-inference throughput: a room of 4 local node processes against one process.
+
+Same random Llama checkpoint, prompt and greedy decoding on both sides. The single-process
+baseline runs the very same span code over all layers with its KV cache, so the ratio
+measures what distribution costs (HTTP hops, frame encoding, coordinator work), not a
+difference in kernels. Runs alternate (best of --repeats) so drift on a shared machine hits
+both. Prints one JSON line.
+
+    .venv/bin/python bench/inference.py
+    .venv/bin/python bench/inference.py --hidden 2048 --layers 8 --new-tokens 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from ailo.inference import devserver  # noqa: E402
+from ailo.inference.blocks import RequestCache  # noqa: E402
+from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
+from ailo.inference.loader import load_span  # noqa: E402
+from ailo.inference.rooms import RoomRegistry  # noqa: E402
+from ailo.inference.spec import read_spec  # noqa: E402
+
+AILO = [sys.executable, "-c", "import sys; from ailo.cli.main import main; sys.exit(main())"]
+
+
+def local_generate(model, prompt: list[int], n: int) -> tuple[list[int], float]:
+    """Greedy decoding in this process with the span code over all units; (tokens, seconds)."""
+    cache, out = RequestCache(), []
+    t0 = time.perf_counter()
+    x, pos = torch.tensor([prompt]), 0
+    for _ in range(n):
+        logits = model(x, pos, cache)
+        pos += x.shape[1]
+        out.append(int(torch.argmax(logits[0])))
+        x = torch.tensor([[out[-1]]])
+    return out, time.perf_counter() - t0
+
+
+def room_generate(http: httpx.Client, prompt: list[int], n: int) -> tuple[list[int], float, dict]:
+    t0 = time.perf_counter()
+    r = http.post("/v1/rooms/bench/generate", json={"input_ids": prompt, "max_new_tokens": n,
+                                                     "stop_at_eos": False, "stream": False})
+    dt = time.perf_counter() - t0
+    r.raise_for_status()
+    done = r.json()
+    return done["tokens"], dt, done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=1536)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=4096)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="ailo-bench-inference-")
+    d = Path(tmp.name)
+    ref = make_hf_checkpoint(d, "llama", vocab=args.vocab, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                             kv_heads=args.kv_heads, intermediate=args.intermediate, init_std=0.05)
+    del ref
+    spec = read_spec(d)
+    prompt = torch.randint(0, args.vocab, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    server = devserver.serve(RoomRegistry(heartbeat_interval=1.0, heartbeat_timeout=10.0))
+    http = httpx.Client(base_url=server.url, timeout=300)
+    http.post("/v1/rooms", json={"id": "bench", "slots": args.nodes,
+                                 "model": json.loads((d / "config.json").read_text())}).raise_for_status()
+    logs = open(d / "nodes.log", "w")
+    procs = [subprocess.Popen([*AILO, "node", "--room", "bench", "--model-dir", str(d), "--coordinator", server.url,
+                               "--memory", "4GB", "--address", f"bench-node-{i}"],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=logs, stderr=subprocess.STDOUT)
+             for i in range(args.nodes)]
+    try:
+        model = load_span(d, 0, spec.n_units).model
+        deadline = time.monotonic() + 300
+        while http.get("/v1/rooms/bench").json()["state"] != "ready":
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit(f"room did not become ready:\n{(d / 'nodes.log').read_text()}")
+            time.sleep(0.2)
+        local_generate(model, prompt, 4)  # warm up both paths
+        room_generate(http, prompt, 4)
+        local_s, room_s, match, done = [], [], True, {}
+        for _ in range(args.repeats):
+            a, t_local = local_generate(model, prompt, args.new_tokens)
+            b, t_room, done = room_generate(http, prompt, args.new_tokens)
+            local_s.append(t_local)
+            room_s.append(t_room)
+            match = match and a == b
+        local_tps, room_tps = args.new_tokens / min(local_s), args.new_tokens / min(room_s)
+        stats = done["stats"]
+        print(json.dumps({
+            "bench": "inference", "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
+                                            "heads": args.heads, "kv_heads": args.kv_heads,
+                                            "intermediate": args.intermediate, "vocab": args.vocab,
+                                            "parameters": spec.param_count(), "dtype": spec.dtype},
+            "nodes": args.nodes, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+            "spans": [s["label"] for s in http.get("/v1/rooms/bench").json()["plan"]["spans"]],
+            "local_tokens_per_s": round(local_tps, 2), "room_tokens_per_s": round(room_tps, 2),
+            "ratio": round(room_tps / local_tps, 3), "tokens_match": match,
+            "bytes_per_token": round(stats["bytes_per_token"]), "prefill_bytes": stats["prefill_bytes"],
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        }))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        http.close()
+        server.stop()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
