@@ -32,6 +32,7 @@ from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
 from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.inference.spec import read_spec  # noqa: E402
+from ailo.wallet import Wallet  # noqa: E402
 
 AILO = [sys.executable, "-c", "import sys; from ailo.cli.main import main; sys.exit(main())"]
 
@@ -87,7 +88,7 @@ def main() -> None:
                                  "model": json.loads((d / "config.json").read_text())}).raise_for_status()
     logs = open(d / "nodes.log", "w")
     procs = [subprocess.Popen([*AILO, "node", "--room", "bench", "--model-dir", str(d), "--coordinator", server.url,
-                               "--memory", "4GB", "--address", f"bench-node-{i}"],
+                               "--memory", "4GB", "--address", Wallet.from_label(f"bench-node-{i}").address],
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=logs, stderr=subprocess.STDOUT)
              for i in range(args.nodes)]
     try:

@@ -19,6 +19,7 @@ from ailo.inference import devserver
 from ailo.inference.checkpoints import make_byte_bpe_tokenizer, make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.spec import read_spec
+from ailo.wallet import Wallet
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,7 @@ PROMPT = [7, 100, 42, 9, 250, 3, 77]
 LONG = 200
 # What the `ailo` console script runs. (`python -m ailo.cli.main` would load main.py twice, as
 # __main__ and as ailo.cli.main, and then not recognise CLIError raised by command modules.)
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json")
 AILO = [sys.executable, "-c", "import sys; from ailo.cli.main import main; sys.exit(main())"]
 
 
@@ -74,13 +76,13 @@ def env(tmp_path_factory):
     procs: dict[str, subprocess.Popen] = {}  # node URL -> process
     logs = base / "logs"
     logs.mkdir()
-    node_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    node_env = dict(ENV, OMP_NUM_THREADS="1")
     for i, (room, d) in enumerate([("llama", llama_dir)] * 4 + [("qwen", qwen_dir)] * 3):
         port = free_port()
         log = open(logs / f"node{i}.log", "w")
         procs[f"http://127.0.0.1:{port}"] = subprocess.Popen(
             [*AILO, "node", "--room", room, "--model-dir", str(d),
-             "--coordinator", server.url, "--port", str(port), "--memory", "1GB", "--address", f"addr-{room}-{i}"],
+             "--coordinator", server.url, "--port", str(port), "--memory", "1GB", "--address", Wallet.from_label(f"{room}-{i}").address],
             cwd=ROOT, env=node_env, stdout=log, stderr=subprocess.STDOUT)
     refs = {"llama": greedy(llama, PROMPT, LONG), "qwen": greedy(qwen, PROMPT, LONG)}  # while nodes start
     deadline = time.monotonic() + 120
@@ -165,19 +167,19 @@ def test_ask_streams_text_to_stdout(env):
     want = tok.decode(greedy(env["llama"], ids, 20))
     out = subprocess.run([*AILO, "ask", "--room", "llama", "--coordinator",
                           env["url"], "--max-tokens", "20", prompt], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                         env=ENV, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == want + "\n"
     bad = subprocess.run([*AILO, "ask", "--room", "nope", "--coordinator",
                           env["url"], "hi"], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                         env=ENV, timeout=60)
     assert bad.returncode == 2 and "no room 'nope'" in bad.stderr
 
 
 def test_node_with_another_checkpoint_is_refused(env):
     out = subprocess.run([*AILO, "node", "--room", "llama", "--model-dir", str(env["dirs"]["qwen"]),
                           "--coordinator", env["url"], "--memory", "1GB"], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                         env=ENV, timeout=60)
     assert out.returncode == 2
     assert "checkpoint does not match room 'llama'" in out.stderr
 

@@ -17,9 +17,11 @@ from ailo.inference.rewards import INFERENCE_REWARD_UNITS, UNITS_PER_ALC
 from ailo.inference.rooms import NodeRecord, RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
+from ailo.wallet import Wallet
 
 PROMPT = [3, 14, 15, 92, 65, 35]
 N_NEW = 24
+ADDR = {k: Wallet.from_label(f"room-node-{k}").address for k in "abcd"}
 
 
 class FakeLedger:
@@ -69,7 +71,7 @@ def room(checkpoint):
         service = NodeService(d)
         server = ThreadedServer(build_node_app(service)).start()
         rec = reg.join("r", url=server.url, memory=10 ** 9, fingerprint=service.spec.fingerprint(),
-                       address=f"ailo-addr-{name}")
+                       address=ADDR[name])
         nodes[name] = LocalNode(service, server, rec)
     r = reg.get("r")
     for n in nodes.values():
@@ -100,15 +102,15 @@ def run(reg, ledger=None, requester=None, kill_after: int | None = None, kill=la
 def test_greedy_through_the_room_and_rewards_exclude_the_requester(room, checkpoint):
     reg, nodes = room
     ledger = FakeLedger()
-    events = run(reg, ledger, requester="ailo-addr-b")  # b serves span 1 and asks
+    events = run(reg, ledger, requester=ADDR["b"])  # b serves span 1 and asks
     done = events[-1]
     assert done["type"] == "done" and done["tokens"] == checkpoint[1]
     assert [e["token"] for e in events if e["type"] == "token"] == checkpoint[1]
     used = [by_id(nodes, n["node_id"]) for n in events[0]["route"]]
     assert used[1:] == ["b", "c"] and used[0] in "ad"
     rid = done["request_id"]
-    assert ledger.calls == [(f"ailo-addr-{used[0]}", INFERENCE_REWARD_UNITS, f"request:{rid}:ailo-addr-{used[0]}"),
-                            ("ailo-addr-c", INFERENCE_REWARD_UNITS, f"request:{rid}:ailo-addr-c")]
+    assert ledger.calls == [(ADDR[used[0]], INFERENCE_REWARD_UNITS, f"request:{rid}:{ADDR[used[0]]}"),
+                            (ADDR["c"], INFERENCE_REWARD_UNITS, f"request:{rid}:{ADDR['c']}")]
     assert INFERENCE_REWARD_UNITS == UNITS_PER_ALC * 5 // 100  # 0.05 ALC
     # one position per hop per new token: header + hidden (or logits) bytes, not the prompt again
     spec = read_spec(checkpoint[0])
@@ -134,7 +136,7 @@ def test_node_killed_mid_generation_fails_over_to_its_replica(room, checkpoint):
     assert (by_id(nodes, fo["from"]), by_id(nodes, fo["to"])) == ("a", "d") and "span 0" in fo["span"]
     assert events[-1]["tokens"] == checkpoint[1]  # rebuilt cache on d: still exactly transformers' answer
     assert events[-1]["failovers"] == 1 and events[-1]["stats"]["rebuild_bytes"] > 0
-    assert sorted(a for a, _, _ in ledger.calls) == ["ailo-addr-b", "ailo-addr-c", "ailo-addr-d"]
+    assert sorted(a for a, _, _ in ledger.calls) == sorted(ADDR[k] for k in "bcd")
     assert nodes["a"].record.failed  # and a is no longer routed
     assert all(n.node_id != nodes["a"].record.node_id for n in reg.route("r"))
 
@@ -165,7 +167,7 @@ def test_node_that_stops_answering_times_out_and_fails_over(room, checkpoint):
     fo = next(e for e in events if e["type"] == "failover")
     assert "no answer within 1 s" in fo["reason"] and by_id(nodes, fo["to"]) == "d"
     assert events[-1]["tokens"] == checkpoint[1]
-    assert "ailo-addr-a" not in {a for a, _, _ in ledger.calls}
+    assert ADDR["a"] not in {a for a, _, _ in ledger.calls}
 
 
 def test_lost_cache_is_rebuilt_in_place(room, checkpoint):
@@ -187,13 +189,15 @@ def test_rooms_router_over_http(room, checkpoint):
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             assert http.get("/v1/rooms/r").json()["state"] == "ready"
-            body = {"input_ids": PROMPT, "max_new_tokens": N_NEW, "stop_at_eos": False, "requester": "ailo-addr-c"}
+            body = {"input_ids": PROMPT, "max_new_tokens": N_NEW, "stop_at_eos": False, "requester": ADDR["c"]}
             with http.stream("POST", "/v1/rooms/r/generate", json=body) as r:
                 assert r.headers["content-type"].startswith("application/x-ndjson")
                 events = [json.loads(line) for line in r.iter_lines() if line]
             assert [e["type"] for e in events][:2] == ["start", "token"]
             assert events[-1]["tokens"] == checkpoint[1]
-            assert "ailo-addr-c" not in {a for a, _, _ in ledger.calls} and len(ledger.calls) == 2
+            assert ADDR["c"] not in {a for a, _, _ in ledger.calls} and len(ledger.calls) == 2
+            r = http.post("/v1/rooms/r/generate", json=dict(body, requester="ailo-addr-c"))
+            assert r.status_code == 400 and "not a wallet address" in r.json()["detail"]
             once = http.post("/v1/rooms/r/generate", json=dict(body, stream=False)).json()
             assert once["tokens"] == checkpoint[1]
             assert http.post("/v1/rooms/nope/generate", json=body).status_code == 404

@@ -22,6 +22,25 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
 
 
+def resolve_address(given: str | None, role: str) -> str | None:
+    """--address, else the local wallet's address (AILO_WALLET or ~/.ailo/wallet.json), else None."""
+    from ailo.wallet import AddressError, Wallet, default_wallet_path, normalize_address
+
+    if given:
+        try:
+            return normalize_address(given)
+        except AddressError as exc:
+            raise CLIError(f"--address: {exc}") from None
+    path = default_wallet_path()
+    if path.exists():
+        try:
+            return Wallet.load(path).address
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"wallet {path}: {exc}") from None
+    print(f"ailo: no --address and no wallet at {path}: {role}", file=sys.stderr)
+    return None
+
+
 def _detail(response) -> str:
     try:
         return str(response.json().get("detail", response.text))
@@ -42,10 +61,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     except SpecError as exc:
         raise CLIError(str(exc)) from None
     memory = parse_size(args.memory) if args.memory else available_memory(device)
+    address = resolve_address(args.address, "this node will serve without rewards")
     server = ThreadedServer(build_node_app(service), args.host, args.port).start()
     url = (args.advertise_url or server.url).rstrip("/")
     print(f"ailo node: serving on {url}", flush=True)
-    agent = RoomAgent(service, args.coordinator, args.room, url, memory, address=args.address,
+    agent = RoomAgent(service, args.coordinator, args.room, url, memory, address=address,
                       on_event=lambda msg: print(msg, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     try:
@@ -64,7 +84,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     import httpx
 
     body: dict = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                  "seed": args.seed, "requester": args.address}
+                  "seed": args.seed, "requester": resolve_address(args.address, "asking anonymously")}
     if args.ids:
         body["input_ids"] = [int(t) for t in args.ids.split(",")]
     elif args.prompt:
@@ -156,7 +176,7 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=0, help="0 = any free port")
     p.add_argument("--advertise-url", help="URL the coordinator should use (default http://HOST:PORT)")
     p.add_argument("--memory", help="memory offered to the room, e.g. 2GB (default: what is free)")
-    p.add_argument("--address", help="wallet address that receives inference rewards")
+    p.add_argument("--address", help="wallet address that receives inference rewards (default: your wallet's)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_node)
@@ -170,7 +190,7 @@ def register(subparsers) -> None:
     a.add_argument("--temperature", type=float, default=0.0)
     a.add_argument("--top-p", type=float, default=1.0)
     a.add_argument("--seed", type=int)
-    a.add_argument("--address", help="your wallet address (requesters are never rewarded)")
+    a.add_argument("--address", help="your wallet address (default: your wallet's; requesters are never rewarded)")
     a.add_argument("-v", "--verbose", action="store_true", help="print request stats to stderr")
     a.set_defaults(func=cmd_ask)
 

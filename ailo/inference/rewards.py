@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class InferenceRewardSink(Protocol):
-    def mint_inference(self, address: str, amount: int, ref: str) -> None:
-        """Mint `amount` units to `address`; a repeated `ref` must not mint twice."""
+    def mint_inference(self, address: str, amount: int, ref: str) -> object:
+        """Mint `amount` units to `address`; a repeated `ref` must not mint twice.
+        (`LedgerService.mint_inference` returns a receipt; the result is not used.)"""
 
 
 def reward_ref(request_id: str, address: str) -> str:

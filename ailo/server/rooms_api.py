@@ -29,6 +29,7 @@ from ailo.inference.plan import PRESETS, PlanError, get_preset
 from ailo.inference.rewards import InferenceRewardSink
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
+from ailo.wallet import is_valid_address
 
 
 class CreateRoom(BaseModel):
@@ -66,6 +67,11 @@ class GenerateBody(BaseModel):
     stop_at_eos: bool = True
     requester: str | None = Field(None, description="the requester's wallet address (never rewarded)")
     stream: bool = True
+
+
+def _check_address(address: str | None, what: str) -> None:
+    if address is not None and not is_valid_address(address):
+        raise RoomError(f"{what} {address!r} is not a wallet address (ailo1 + 72 hex digits)", 400)
 
 
 def _http(exc: Exception) -> HTTPException:
@@ -153,6 +159,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/join")
     def join(room_id: str, body: Join) -> dict:
         try:
+            _check_address(body.address, "node address")
             node = rooms.join(room_id, url=body.url.rstrip("/"), memory=body.memory,
                               fingerprint=body.fingerprint, address=body.address)
             return {"node_id": node.node_id, "room": room_id, "span": span_dict(room_id, node.node_id),
@@ -181,6 +188,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     def generate(room_id: str, body: GenerateBody):
         try:
             room = rooms.get(room_id)
+            _check_address(body.requester, "requester")
             codec = codecs.get(room_id, room.tokenizer)
             if (body.prompt is None) == (body.input_ids is None):
                 raise RoomError("give exactly one of 'prompt' or 'input_ids'", 400)
