@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.poc import ProofOfContribution
 from ailo.federation.validate import TokenBucket, ValidationConfig
+from ailo.inference.rooms import RoomRegistry
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.ledger_api import make_ledger_router
+from ailo.server.rooms_api import make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
 from ailo.wallet import Wallet
 
@@ -67,12 +69,13 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     state_dir.mkdir(parents=True, exist_ok=True)
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
-    routers = [make_ledger_router(ledger)]
+    rooms = RoomRegistry()
+    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger)]
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)
         poc.install(coord)
     app = create_app(coord, routers, periodic=[ledger.seal_block])
     rate_limit_middleware(app, svc.validation, svc)
-    app.state.coordinator, app.state.ledger, app.state.poc = coord, ledger, poc
+    app.state.coordinator, app.state.ledger, app.state.poc, app.state.rooms = coord, ledger, poc, rooms
     return app
