@@ -12,75 +12,23 @@ with an error event naming the span and the failure. A node that answers 409 los
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import httpx
 import torch
 
 from ailo.inference.plan import Span
 from ailo.inference.rewards import InferenceRewardSink, pay_request
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
-from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
+from ailo.inference.wire import Frame, WireError
 
 log = logging.getLogger(__name__)
 
 
-class NodeUnavailable(Exception):
-    """The node did not produce a usable answer; route around it."""
-
-
-class CacheMiss(Exception):
-    """The node is alive but does not hold the positions we expected (HTTP 409)."""
-
-
 class GenerationError(Exception):
     """The request cannot be completed correctly; the message is shown to the requester."""
-
-
-class NodeClient(Protocol):
-    def forward(self, url: str, body: bytes, timeout: float) -> bytes: ...
-    def release(self, url: str, request_id: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class HttpNodeClient:
-    """Keep-alive HTTP to nodes: one client per request, so no pool is shared across threads."""
-
-    def __init__(self) -> None:
-        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # headers and body go out at once
-        self._http = httpx.Client(transport=httpx.HTTPTransport(socket_options=nodelay),
-                                  limits=httpx.Limits(max_keepalive_connections=256))
-
-    def forward(self, url: str, body: bytes, timeout: float) -> bytes:
-        try:
-            r = self._http.post(f"{url}/v1/node/forward", content=body,
-                                headers={"content-type": CONTENT_TYPE}, timeout=timeout)
-        except httpx.TimeoutException:
-            raise NodeUnavailable(f"no answer within {timeout:g} s") from None
-        except httpx.HTTPError as exc:
-            raise NodeUnavailable(f"{type(exc).__name__}: {exc or 'connection lost'}") from None
-        if r.status_code == 200:
-            return r.content
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        if r.status_code == 409:
-            raise CacheMiss(str(detail))
-        raise NodeUnavailable(f"HTTP {r.status_code}: {detail}")
-
-    def release(self, url: str, request_id: str) -> None:
-        try:
-            self._http.delete(f"{url}/v1/node/requests/{request_id}", timeout=1.0)
-        except httpx.HTTPError:
-            pass
-
-    def close(self) -> None:
-        self._http.close()
 
 
 @dataclass
@@ -125,7 +73,8 @@ class Generation:
     rewards: InferenceRewardSink | None = None
     hop_timeout: float = 30.0
     max_failovers: int = 4
-    decode_text: object | None = None  # callable ids -> str, when the room has a tokenizer
+    decode_text: Callable[[list[int]], str] | None = None  # when the room has a tokenizer
+    client_factory: Callable[[], NodeClient] = HttpNodeClient
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -145,7 +94,7 @@ class Generation:
         self.failed: set[str] = set()
         self.stats = _Stats()
         self._used: dict[str, NodeRecord] = {}
-        self._client: NodeClient = HttpNodeClient()
+        self._client: NodeClient = self.client_factory()
 
     # ----- pipeline -----------------------------------------------------------------------
     def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
