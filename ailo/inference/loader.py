@@ -114,7 +114,9 @@ def load_span(model_dir: str | Path, start: int, end: int, *, dtype: str | torch
     reader = CheckpointReader(model_dir)
     try:
         names = checkpoint_names(spec, model, has_lm_head="lm_head.weight" in reader)
-        state = {key: reader.get(name).to(device=device, dtype=dtype) for key, name in names.items()}
+        # copy=True: safetensors hands out tensors backed by the file's mmap; owning the memory
+        # keeps weights out of the page cache (no eviction, no refaults, huge pages possible)
+        state = {key: reader.get(name).to(device=device, dtype=dtype, copy=True) for key, name in names.items()}
     finally:
         reader.close()
     model.load_state_dict(state, strict=True, assign=True)
