@@ -100,14 +100,18 @@ def main() -> None:
             time.sleep(0.2)
         local_generate(model, prompt, 4)  # warm up both paths
         room_generate(http, prompt, 4)
-        local_s, room_s, match, done = [], [], True, {}
+        load_before = os.getloadavg()[0]
+        local_s, room_s, compute_s, match = [], [], [], True
         for _ in range(args.repeats):
             a, t_local = local_generate(model, prompt, args.new_tokens)
             b, t_room, done = room_generate(http, prompt, args.new_tokens)
             local_s.append(t_local)
             room_s.append(t_room)
+            compute_s.append(done["stats"]["node_compute_ms"] / 1000)
             match = match and a == b
+        best = min(range(args.repeats), key=room_s.__getitem__)
         local_tps, room_tps = args.new_tokens / min(local_s), args.new_tokens / min(room_s)
+        pair_ratios = sorted(t_l / t_r for t_l, t_r in zip(local_s, room_s))
         stats = done["stats"]
         print(json.dumps({
             "bench": "inference", "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
@@ -117,9 +121,14 @@ def main() -> None:
             "nodes": args.nodes, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "spans": [s["label"] for s in http.get("/v1/rooms/bench").json()["plan"]["spans"]],
             "local_tokens_per_s": round(local_tps, 2), "room_tokens_per_s": round(room_tps, 2),
-            "ratio": round(room_tps / local_tps, 3), "tokens_match": match,
+            "ratio": round(room_tps / local_tps, 3),
+            "ratio_median_of_pairs": round(pair_ratios[len(pair_ratios) // 2], 3), "tokens_match": match,
+            "room_ms_per_token": round(1000 * room_s[best] / args.new_tokens, 2),
+            "node_compute_ms_per_token": round(1000 * compute_s[best] / args.new_tokens, 2),
+            "local_ms_per_token": round(1000 * min(local_s) / args.new_tokens, 2),
             "bytes_per_token": round(stats["bytes_per_token"]), "prefill_bytes": stats["prefill_bytes"],
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }))
     finally:
         for p in procs:

@@ -154,6 +154,22 @@ def test_node_killed_without_replica_fails_clearly_and_pays_nobody(room):
         Generation(reg, "r", PROMPT, GenerateParams())
 
 
+def test_replica_dead_too_reports_the_failover_then_the_error(room):
+    reg, nodes = room
+    ledger = FakeLedger()
+    nodes["d"].record.active += 10
+
+    def kill_both():
+        nodes["a"].server.stop()
+        nodes["d"].server.stop()
+
+    events = run(reg, ledger, kill_after=2, kill=kill_both)
+    kinds = [e["type"] for e in events]
+    assert kinds[-2:] == ["failover", "error"] and kinds.count("token") == 2
+    assert "span 0 (layer 0)" in events[-1]["error"] and nodes["d"].record.node_id in events[-1]["error"]
+    assert ledger.calls == []
+
+
 def test_node_that_stops_answering_times_out_and_fails_over(room, checkpoint):
     reg, nodes = room
     ledger = FakeLedger()

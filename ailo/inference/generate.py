@@ -95,6 +95,7 @@ class Generation:
         self.stats = _Stats()
         self._used: dict[str, NodeRecord] = {}
         self._client: NodeClient = self.client_factory()
+        self._notes: list[dict] = []  # failover events, streamed before the next token or error
 
     # ----- pipeline -----------------------------------------------------------------------
     def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
@@ -159,8 +160,12 @@ class Generation:
         self.registry.set_active(options[0], +1)
         self.route[k] = options[0]
         self.stats.failovers += 1
-        self._pending_failover = {"type": "failover", "span": span.label, "from": node.node_id,
-                                  "to": options[0].node_id, "reason": reason}
+        self._notes.append({"type": "failover", "span": span.label, "from": node.node_id,
+                            "to": options[0].node_id, "reason": reason})
+
+    def _drain(self) -> list[dict]:
+        notes, self._notes = self._notes, []
+        return notes
 
     # ----- request ------------------------------------------------------------------------
     def events(self) -> Iterator[dict]:
@@ -168,7 +173,6 @@ class Generation:
         budget = min(p.max_new_tokens, spec.max_positions - len(self.prompt))
         gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
         eos = set(spec.eos_token_ids) if p.stop_at_eos else set()
-        self._pending_failover: dict | None = None
         for n in self.route:
             self.registry.set_active(n, +1)
         completed, emitted, finish = False, "", "length"
@@ -179,9 +183,7 @@ class Generation:
             new, start = list(self.prompt), 0
             for i in range(budget):
                 logits = self._forward(new, start)
-                if self._pending_failover:
-                    yield self._pending_failover
-                    self._pending_failover = None
+                yield from self._drain()
                 tok = sample(logits, p.temperature, p.top_p, gen)
                 start = len(self.tokens)
                 self.tokens.append(tok)
@@ -198,6 +200,7 @@ class Generation:
                     break
             completed = True
         except GenerationError as exc:
+            yield from self._drain()
             yield {"type": "error", "request_id": self.request_id, "error": str(exc)}
         finally:
             for n in self.route:
@@ -216,7 +219,8 @@ class Generation:
                    "reward_errors": errors, "failovers": self.stats.failovers,
                    "stats": {"prefill_bytes": self.stats.prefill_bytes, "decode_bytes": self.stats.decode_bytes,
                              "decode_steps": self.stats.decode_steps, "rebuild_bytes": self.stats.rebuild_bytes,
-                             "bytes_per_token": self.stats.decode_bytes / steps}}
+                             "bytes_per_token": self.stats.decode_bytes / steps,
+                             "node_compute_ms": round(getattr(self._client, "node_compute_ms", 0.0), 3)}}
 
 
 class _HopFailed(Exception):

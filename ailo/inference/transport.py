@@ -44,6 +44,7 @@ class HttpNodeClient:
     def __init__(self) -> None:
         self._http = httpx.Client(transport=httpx.HTTPTransport(socket_options=_NODELAY),
                                   limits=httpx.Limits(max_keepalive_connections=256))
+        self.node_compute_ms = 0.0  # what the nodes report spending in their spans (x-ailo-compute-ms)
 
     def forward(self, url: str, body: bytes, timeout: float) -> bytes:
         try:
@@ -54,6 +55,7 @@ class HttpNodeClient:
         except httpx.HTTPError as exc:
             raise NodeUnavailable(f"{type(exc).__name__}: {exc or 'connection lost'}") from None
         if r.status_code == 200:
+            self.node_compute_ms += float(r.headers.get("x-ailo-compute-ms") or 0.0)
             return r.content
         try:
             detail = str(r.json().get("detail", r.text))
