@@ -66,22 +66,28 @@ def room(checkpoint):
     d, _ = checkpoint
     reg = RoomRegistry(clock=lambda: 0.0)
     reg.create_room("r", read_spec(d), 3)
-    nodes: dict[str, LocalNode] = {}
-    for name in "abcd":
-        service = NodeService(d)
-        server = ThreadedServer(build_node_app(service)).start()
-        rec = reg.join("r", url=server.url, memory=10 ** 9, fingerprint=service.spec.fingerprint(),
-                       address=ADDR[name])
-        nodes[name] = LocalNode(service, server, rec)
-    r = reg.get("r")
-    for n in nodes.values():
-        span = r.span_of(n.record)
-        n.service.load(span.start, span.end)
-        reg.heartbeat("r", n.record.node_id, (span.start, span.end))
+    nodes = start_nodes(reg, "r", d, "abcd")
     assert [nodes[k].record.span for k in "abcd"] == [0, 1, 2, 0]
     yield reg, nodes
     for n in nodes.values():
         n.server.stop()
+
+
+def start_nodes(reg: RoomRegistry, room_id: str, model_dir, names: str) -> dict[str, LocalNode]:
+    """In-process nodes on loopback, joined in order, span loaded, reported ready."""
+    nodes: dict[str, LocalNode] = {}
+    for name in names:
+        service = NodeService(model_dir)
+        server = ThreadedServer(build_node_app(service)).start()
+        rec = reg.join(room_id, url=server.url, memory=10 ** 9, fingerprint=service.spec.fingerprint(),
+                       address=ADDR.get(name))
+        nodes[name] = LocalNode(service, server, rec)
+    room = reg.get(room_id)
+    for n in nodes.values():
+        span = room.span_of(n.record)
+        n.service.load(span.start, span.end)
+        reg.heartbeat(room_id, n.record.node_id, (span.start, span.end))
+    return nodes
 
 
 def by_id(nodes: dict[str, LocalNode], node_id: str) -> str:
@@ -226,5 +232,38 @@ def test_rooms_router_over_http(room, checkpoint):
             assert r.status_code == 503 and "forming: 0/120" in r.json()["detail"]
             presets = {p["name"]: p for p in http.get("/v1/rooms/presets").json()}
             assert len(presets["llama-2-70b"]["plan"]["spans"]) == 120
+    finally:
+        server.stop()
+
+
+def test_ailo_gpt_room_answers_a_text_prompt_like_the_model(tmp_path):
+    """An `ailo` preset checkpoint served by a room, GPT-2 BPE on the coordinator."""
+    from ailo import tokenizer
+    from ailo.inference.loader import save_ailo_checkpoint
+    from ailo.model import build_model
+
+    gpt = build_model("ailo-tiny", seed=3).eval()
+    save_ailo_checkpoint(gpt, tmp_path)
+    prompt = "To be, or not to be"
+    ids = tokenizer.encode(prompt)
+    with torch.no_grad():
+        seq = list(ids)
+        for _ in range(12):
+            seq.append(int(gpt(torch.tensor([seq]))[0, -1].argmax()))
+    want = seq[len(ids):]
+    reg = RoomRegistry(clock=lambda: 0.0)
+    server = devserver.serve(reg)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            config = json.loads((tmp_path / "config.json").read_text())
+            created = http.post("/v1/rooms", json={"id": "g", "slots": 2, "model": config})
+            assert created.status_code == 201 and created.json()["has_tokenizer"]  # gpt2 by default
+            nodes = start_nodes(reg, "g", tmp_path, "xy")
+            done = http.post("/v1/rooms/g/generate", json={"prompt": prompt, "max_new_tokens": 12,
+                                                           "stop_at_eos": False, "stream": False}).json()
+            assert done["tokens"] == want and done["text"] == tokenizer.decode(want)
+            assert [n.service.span for n in nodes.values()] == [(0, 2), (2, 4)]
+            for n in nodes.values():
+                n.server.stop()
     finally:
         server.stop()
