@@ -29,7 +29,7 @@ LOAD_JS = """async (concurrency) => {
     await fetch('/result', { method: 'POST', body: ailo.serializeSafetensors(r.tensors) });
     return { ok: true, stats: r.stats, version: r.manifest.version, cached: (await cache.keys()).sort() };
   } catch (e) {
-    return { ok: false, error: e.message, name: e.constructor.name, cached: (await cache.keys()).sort() };
+    return { ok: false, error: e.message, name: e.name, cached: (await cache.keys()).sort() };
   } finally {
     cache.kv.close();
   }

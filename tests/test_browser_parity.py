@@ -127,6 +127,8 @@ def test_loss_and_gradients_match_pytorch(page, reference, backend):
           f"worst grad {worst} rel {errs[worst]:.2e}; fwd+bwd {out['ms']:.0f} ms")
     assert loss_err <= TOL
     assert errs[worst] <= TOL, errs
+    # e.g. tfjs-wasm's pthread workers failing to start in a minified bundle show up here.
+    assert not [m for m in page.ailo_console if m.startswith("pageerror") or "worker sent an error" in m], page.ailo_console
     for n in ref:
         assert tuple(grads[n].shape) == tuple(ref[n].shape) and grads[n].dtype == torch.float32
 

@@ -25,8 +25,11 @@ await build({
   format: 'esm',
   platform: 'browser',
   target: ['es2020'],
-  minify: true,
-  keepNames: true,  // error classes keep their names (ChunkIntegrityError, …)
+  minifySyntax: true,
+  minifyWhitespace: true,
+  // No identifier renaming and no keepNames (__name helper): tfjs-backend-wasm builds its pthread
+  // workers from Function.prototype.toString(), which must not refer to renamed bindings.
+  minifyIdentifiers: false,
   outfile: join(out, 'ailo.js'),
   legalComments: 'linked',
   logLevel: 'warning',

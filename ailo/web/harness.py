@@ -148,6 +148,7 @@ class LoopbackServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.routes.setdefault("/", HARNESS_HTML)
+        self.routes.setdefault("/favicon.ico", lambda body, headers: (204, b"", "image/x-icon"))
 
     @property
     def url(self) -> str:

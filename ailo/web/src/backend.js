@@ -4,7 +4,7 @@
 // a stock TensorFlow.js kernel.
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-webgpu';
-import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 
 export const BACKEND_ORDER = ['webgpu', 'webgl', 'wasm', 'cpu'];
 
@@ -81,7 +81,7 @@ export function backendInfo() {
     info.float32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
   }
   if (name === 'wasm') {
-    info.threads = typeof crossOriginIsolated !== 'undefined' && crossOriginIsolated;
+    info.threads = getThreadsCount();  // > 1 only when the page is cross-origin isolated
   }
   return info;
 }

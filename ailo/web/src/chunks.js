@@ -12,7 +12,9 @@ import { KV } from './idb.js';
 import { sha256Hex } from './hash.js';
 import { parseSafetensors, toFloat32, TORCH_TO_ST } from './safetensors.js';
 
-export class ChunkIntegrityError extends Error {}
+export class ChunkIntegrityError extends Error {
+  get name() { return 'ChunkIntegrityError'; }
+}
 
 const STORE = 'chunks';
 

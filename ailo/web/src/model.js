@@ -3,9 +3,10 @@
 // Pre-LayerNorm blocks (eps 1e-5), learned absolute positions, tanh-approximated GELU MLP,
 // causal multi-head attention with 1/sqrt(head_dim) scaling, tied input/output embeddings,
 // loss = mean token cross-entropy (as torch.nn.functional.cross_entropy). Linear weights are
-// stored [out, in] like torch.nn.Linear. Stock TensorFlow.js ops only; the embedding lookup and
-// the cross-entropy get closed-form gradients (scatter-add and softmax − one-hot) so every
-// backend, wasm included, can train.
+// stored [out, in] like torch.nn.Linear. Stock TensorFlow.js ops only; the embedding lookup,
+// the cross-entropy and (on wasm/cpu) x·Wᵀ get closed-form gradients written with those ops
+// (scatter-add, softmax − one-hot, plain matmuls), so every backend, wasm included, trains, and
+// fast.
 import * as tf from '@tensorflow/tfjs';
 
 export const GPT2_VOCAB = 50257;
@@ -53,8 +54,32 @@ export function configFrom(x) {
   return cfg;
 }
 
+// tfjs-backend-wasm (and cpu) run a matmul with a transposed operand several times slower than a
+// plain one (1.3 s vs 0.2 s for the [512,64]·[64,50257] LM head), so on those backends
+// x·Wᵀ transposes W explicitly and gets a gradient made of plain matmuls. GPU backends fold the
+// transpose into the shader and keep tf.matMul's own gradient.
+const EXPLICIT_TRANSPOSE = new Set(['wasm', 'cpu']);
+// Scatter/gather over the 25.7 M-entry logits are cheap on CPU backends but pathological in
+// tfjs's WebGL shaders (every output texel loops over all updates); GPU backends use one-hot
+// products instead.
+const cpuLike = () => EXPLICIT_TRANSPOSE.has(tf.getBackend());
+const oneHotF32 = (ids, depth) => tf.cast(tf.oneHot(ids, depth), 'float32');  // wasm's float32 OneHot is broken
+
+/** a [M, K] · b[N, K]ᵀ → [M, N] (torch's F.linear without bias). */
+export function matmulNT(a, b) {
+  if (!EXPLICIT_TRANSPOSE.has(tf.getBackend())) return tf.matMul(a, b, false, true);
+  const f = tf.customGrad((x, w, save) => {
+    save([x, w]);
+    return {
+      value: tf.matMul(x, tf.transpose(w)),
+      gradFunc: (dy, [xs, ws]) => [tf.matMul(dy, ws), tf.matMul(tf.transpose(dy), xs)],
+    };
+  });
+  return f(a, b);
+}
+
 function linear(x2d, w, b) {
-  return tf.add(tf.matMul(x2d, w, false, true), b);
+  return tf.add(matmulNT(x2d, w), b);
 }
 
 function layerNorm(x, w, b, eps) {
@@ -72,26 +97,51 @@ function geluTanh(x) {
 /** table[idx] whose gradient is a scatter-add (works on every backend). */
 function embedding(table, idxFlat) {
   const [V, C] = table.shape;
-  const f = tf.customGrad((tbl) => ({
-    value: tf.gather(tbl, idxFlat),
-    gradFunc: (dy) => tf.scatterND(tf.reshape(idxFlat, [-1, 1]), dy, [V, C]),
-  }));
+  // Tensors a gradFunc uses must go through save(): the forward's scope is disposed before backward.
+  const f = tf.customGrad((tbl, save) => {
+    save([idxFlat]);
+    return {
+      value: tf.gather(tbl, idxFlat),
+      gradFunc: (dy, [ids]) => (cpuLike()
+        ? tf.scatterND(tf.reshape(ids, [-1, 1]), dy, [V, C])
+        : tf.matMul(oneHotF32(ids, V), dy, true, false)),
+    };
+  });
   return f(table);
 }
 
-/** Mean cross-entropy of logits [N, V] against int32 targets [N]; d/dlogits = (softmax − onehot)/N.
- *  (The one-hot is made as int32 then cast: tfjs-backend-wasm 4.22 writes integer bits into a
- *  float32 OneHot.) */
+/** Mean cross-entropy of logits [N, V] against int32 targets [N] (torch's F.cross_entropy).
+ *  Forward: logsumexp − logit[target] from one max/exp/sum sweep; backward: (softmax − onehot)/N
+ *  from the saved exponentials. CPU backends pick and patch the N target entries with
+ *  gather/scatter; GPU backends use a one-hot mask. */
 export function crossEntropy(logits, targets) {
   const [N, V] = logits.shape;
   const f = tf.customGrad((lg, save) => {
-    const logp = tf.logSoftmax(lg);
-    save([logp]);
-    const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
-    const value = tf.neg(tf.mean(tf.gather(tf.reshape(logp, [-1]), flat)));
+    const z = tf.sub(lg, tf.max(lg, 1, true));
+    const e = tf.exp(z);
+    const s = tf.sum(e, 1, true);
+    const lse = tf.log(tf.reshape(s, [-1]));
+    if (cpuLike()) {
+      const rows = tf.range(0, N, 1, 'int32');
+      const flat = tf.add(tf.mul(rows, tf.scalar(V, 'int32')), targets);
+      save([e, s, tf.stack([rows, targets], 1), flat]);
+      return {
+        value: tf.mean(tf.sub(lse, tf.gather(tf.reshape(z, [-1]), flat))),
+        gradFunc: (dy, [es, ss, at, fl]) => {
+          const scale = tf.div(dy, N);
+          const g = tf.mul(es, tf.div(scale, ss));
+          return tf.tensorScatterUpdate(g, at, tf.sub(tf.gather(tf.reshape(g, [-1]), fl), scale));
+        },
+      };
+    }
+    const oh = oneHotF32(targets, V);
+    save([e, s, oh]);
     return {
-      value,
-      gradFunc: (dy, [lp]) => tf.mul(tf.sub(tf.exp(lp), tf.cast(tf.oneHot(targets, V), 'float32')), tf.div(dy, N)),
+      value: tf.mean(tf.sub(lse, tf.sum(tf.mul(z, oh), 1))),
+      gradFunc: (dy, [es, ss, o]) => {
+        const scale = tf.div(dy, N);
+        return tf.sub(tf.mul(es, tf.div(scale, ss)), tf.mul(o, scale));
+      },
     };
   });
   return f(logits);
@@ -135,7 +185,7 @@ export function hidden(cfg, p, idx) {
 
 /** Logits [B*T, V] (tied output matrix = wte). */
 export function logits(cfg, p, idx) {
-  return tf.matMul(hidden(cfg, p, idx), p['wte.weight'], false, true);
+  return matmulNT(hidden(cfg, p, idx), p['wte.weight']);
 }
 
 export function lossFn(cfg, p, idx, targets) {

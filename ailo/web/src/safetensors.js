@@ -12,7 +12,9 @@ const DTYPE_RANK = ['BOOL', 'U8', 'I8', 'F8_E5M2', 'F8_E4M3', 'I16', 'U16', 'F16
 // torch dtype names used in the chunk manifest → safetensors dtype codes.
 export const TORCH_TO_ST = { float32: 'F32', float16: 'F16', bfloat16: 'BF16', int64: 'I64', int32: 'I32', uint8: 'U8', float64: 'F64' };
 
-export class SafetensorsError extends Error {}
+export class SafetensorsError extends Error {
+  get name() { return 'SafetensorsError'; }
+}
 
 const numel = (shape) => shape.reduce((a, b) => a * b, 1);
 
