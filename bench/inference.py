@@ -70,8 +70,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="ailo-bench-inference-")
@@ -98,8 +98,8 @@ def main() -> None:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit(f"room did not become ready:\n{(d / 'nodes.log').read_text()}")
             time.sleep(0.2)
-        local_generate(model, prompt, 4)  # warm up both paths
-        room_generate(http, prompt, 4)
+        local_generate(model, prompt, args.new_tokens)  # warm up both paths (and fault weights in)
+        room_generate(http, prompt, args.new_tokens)
         load_before = os.getloadavg()[0]
         local_s, room_s, compute_s, match = [], [], [], True
         for _ in range(args.repeats):
