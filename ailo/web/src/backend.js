@@ -4,15 +4,18 @@
 // a stock TensorFlow.js kernel.
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-webgpu';
-import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
+import { setWasmPaths, setThreadsCount, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 
 export const BACKEND_ORDER = ['webgpu', 'webgl', 'wasm', 'cpu'];
 
 let wasmConfigured = false;
 
-/** Where the tfjs wasm binaries are served (the build copies them to static/wasm/). */
-export function configureWasm(prefix) {
+/** Where the tfjs wasm binaries are served (the build copies them to static/wasm/), and optionally
+ *  how many XNNPACK threads to ask for (threads need a cross-origin isolated page; tfjs's default
+ *  is half the logical cores; backendInfo().threads reports what XNNPACK actually runs). */
+export function configureWasm(prefix, threads = null) {
   setWasmPaths(prefix);
+  if (threads) setThreadsCount(threads);
   wasmConfigured = true;
 }
 
