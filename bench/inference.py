@@ -6,8 +6,8 @@ measures what distribution costs (HTTP hops, frame encoding, coordinator work), 
 difference in kernels. Runs alternate (best of --repeats) so drift on a shared machine hits
 both. Prints one JSON line.
 
-    .venv/bin/python bench/inference.py
-    .venv/bin/python bench/inference.py --hidden 2048 --layers 8 --new-tokens 32
+    .venv/bin/python bench/inference.py        # Llama, hidden 2048, 8 layers, 492 M parameters
+    .venv/bin/python bench/inference.py --hidden 1536 --heads 12 --intermediate 4096
 """
 from __future__ import annotations
 
@@ -62,11 +62,11 @@ def room_generate(http: httpx.Client, prompt: list[int], n: int) -> tuple[list[i
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--hidden", type=int, default=1536)
+    ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--intermediate", type=int, default=4096)
+    ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--prompt-tokens", type=int, default=16)
