@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from ailo.cli.main import CLIError
 
+DEFAULT_COORDINATOR = os.environ.get("AILO_COORDINATOR", "http://127.0.0.1:8400")  # `ailo coordinator`'s port
+COORDINATOR_HELP = "coordinator URL (default $AILO_COORDINATOR or %(default)s)"
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?)b?\s*$", re.I)
 
 
@@ -171,7 +174,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("node", help="join a distributed-inference room and serve a span of its model")
     p.add_argument("--room", required=True)
     p.add_argument("--model-dir", required=True, help="folder with config.json and *.safetensors")
-    p.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = any free port")
     p.add_argument("--advertise-url", help="URL the coordinator should use (default http://HOST:PORT)")
@@ -184,7 +187,7 @@ def register(subparsers) -> None:
     a = subparsers.add_parser("ask", help="send a prompt to a room and stream the answer")
     a.add_argument("prompt", nargs="?")
     a.add_argument("--room", required=True)
-    a.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    a.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     a.add_argument("--ids", help="comma-separated token ids instead of a text prompt")
     a.add_argument("--max-tokens", type=int, default=64)
     a.add_argument("--temperature", type=float, default=0.0)
@@ -197,7 +200,7 @@ def register(subparsers) -> None:
     r = subparsers.add_parser("room", help="create, list or plan distributed-inference rooms")
     r.add_argument("action", choices=["create", "list", "show", "plan"])
     r.add_argument("--room")
-    r.add_argument("--coordinator", default="http://127.0.0.1:8700")
+    r.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     r.add_argument("--model-dir")
     r.add_argument("--preset", help="qwen-1.8b, llama-2-7b or llama-2-70b")
     r.add_argument("--slots", type=int)
