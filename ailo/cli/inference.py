@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ailo.cli.main import CLIError
+from ailo.cli.errors import CLIError
 
 DEFAULT_COORDINATOR = os.environ.get("AILO_COORDINATOR", "http://127.0.0.1:8400")  # `ailo coordinator`'s port
 COORDINATOR_HELP = "coordinator URL (default $AILO_COORDINATOR or %(default)s)"
