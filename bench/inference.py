@@ -34,7 +34,7 @@ from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.inference.spec import read_spec  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
-AILO = [sys.executable, "-c", "import sys; from ailo.cli.main import main; sys.exit(main())"]
+AILO = [sys.executable, "-m", "ailo.cli.main"]
 
 
 def local_generate(model, prompt: list[int], n: int) -> tuple[list[int], float]:

@@ -25,10 +25,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [7, 100, 42, 9, 250, 3, 77]
 LONG = 200
-# What the `ailo` console script runs. (`python -m ailo.cli.main` would load main.py twice, as
-# __main__ and as ailo.cli.main, and then not recognise CLIError raised by command modules.)
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json")
-AILO = [sys.executable, "-c", "import sys; from ailo.cli.main import main; sys.exit(main())"]
+AILO = [sys.executable, "-m", "ailo.cli.main"]
 
 
 class FakeLedger:
