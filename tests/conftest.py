@@ -15,3 +15,13 @@ def corpus_dir() -> Path:
     d = cd()
     assert (d / ".fetched").exists(), "run `make setup` first (fetches the corpus)"
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: intra-op threads only add contention."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
