@@ -23,6 +23,7 @@ from ailo.server.app import create_app
 from ailo.server.ledger_api import make_ledger_router
 from ailo.server.rooms_api import make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
+from ailo.web.routes import make_web_router
 from ailo.wallet import Wallet
 
 
@@ -70,7 +71,7 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
     rooms = RoomRegistry()
-    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger)]
+    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger), make_web_router(coord)]
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)

@@ -20,8 +20,16 @@ mkdirSync(join(out, 'wasm'), { recursive: true });
 mkdirSync(join(out, 'tokenizer'), { recursive: true });
 
 await build({
-  entryPoints: [join(here, 'src', 'index.js')],
+  // ailo.js: the library (tests, benches); contributor.js / dashboard.js: the two pages.
+  // Shared code (TensorFlow.js, noble, ledger) goes to common chunks loaded once.
+  entryPoints: {
+    ailo: join(here, 'src', 'index.js'),
+    contributor: join(here, 'src', 'pages', 'contributor.js'),
+    dashboard: join(here, 'src', 'pages', 'dashboard.js'),
+  },
   bundle: true,
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   format: 'esm',
   platform: 'browser',
   target: ['es2020'],
@@ -30,7 +38,7 @@ await build({
   // No identifier renaming and no keepNames (__name helper): tfjs-backend-wasm builds its pthread
   // workers from Function.prototype.toString(), which must not refer to renamed bindings.
   minifyIdentifiers: false,
-  outfile: join(out, 'ailo.js'),
+  outdir: out,
   legalComments: 'linked',
   logLevel: 'warning',
   // tfjs-backend-wasm references Node built-ins behind runtime checks; never used in a page.

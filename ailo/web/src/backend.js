@@ -20,8 +20,10 @@ export function configureWasm(prefix, threads = null) {
 }
 
 function defaultWasmPrefix() {
+  // The build puts the wasm binaries in static/wasm/; this code may sit in static/chunks/.
   try {
-    return new URL('./wasm/', import.meta.url).href;
+    const here = import.meta.url;
+    return new URL(here.includes('/chunks/') ? '../wasm/' : './wasm/', here).href;
   } catch {
     return '/static/wasm/';
   }
@@ -51,11 +53,30 @@ async function trySet(name) {
   return ok && tf.getBackend() === name;
 }
 
-/** Select a backend. `prefer` (a name or list) is tried first, then BACKEND_ORDER. Returns its name. */
+/** The WebGL renderer string, and whether it is a software rasteriser (SwiftShader, llvmpipe):
+ *  those run tfjs-webgl ~10× slower than tfjs-wasm on the same CPU. */
+export function webglRenderer() {
+  try {
+    const gl = tf.backend().gpgpu.gl;
+    const ext = gl.getExtension('WEBGL_debug_renderer_info');
+    const renderer = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    return { renderer, software: /swiftshader|llvmpipe|softpipe|software/i.test(renderer) };
+  } catch {
+    return { renderer: 'unknown', software: false };
+  }
+}
+
+/** Select a backend. `prefer` (a name or list) is tried first, then WebGPU, hardware WebGL,
+ *  wasm, software WebGL, cpu. Returns its name. */
 export async function initBackend(prefer = null) {
   const wanted = prefer ? (Array.isArray(prefer) ? prefer : [prefer]) : [];
-  for (const name of [...wanted, ...BACKEND_ORDER.filter((b) => !wanted.includes(b))]) {
-    if (await trySet(name)) return name;
+  for (const name of wanted) if (await trySet(name)) return name;
+  let softwareGl = false;
+  for (const name of BACKEND_ORDER) {
+    if (!(await trySet(name))) continue;
+    if (name === 'webgl' && webglRenderer().software) { softwareGl = true; continue; }
+    if (name === 'cpu' && softwareGl && (await trySet('webgl'))) return 'webgl';
+    return name;
   }
   throw new Error('no TensorFlow.js backend could be initialised');
 }
@@ -82,6 +103,7 @@ export function backendInfo() {
   if (name === 'webgl') {
     info.webglVersion = tf.env().getNumber('WEBGL_VERSION');
     info.float32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
+    Object.assign(info, webglRenderer());
   }
   if (name === 'wasm') {
     info.threads = getThreadsCount();  // > 1 only when the page is cross-origin isolated

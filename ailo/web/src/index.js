@@ -8,3 +8,8 @@ export { trainLocal, encodeUpdate, applyDelta, randomBatches, trainConfigFrom, A
 export { GPT2Tokenizer } from './tokenizer.js';
 export { sha256, sha256Hex, toHex, fromHex } from './hash.js';
 export { KV } from './idb.js';
+export { Wallet, updateMessage, USERNAME_RE } from './wallet.js';
+export { addressFromPublicKey, publicKeyFromAddress, isValidAddress, keyFromSeed, generateKey, sign as ed25519Sign, verify as ed25519Verify, hasWebCryptoEd25519, forceNoble } from './ed25519.js';
+export { verifyChain, checkBlock, canonicalJson, parseJson, merkleRoot, merkleLeaf, signTx, formatAlc, LedgerError, Transaction, UNIT, FEE } from './ledger.js';
+export { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from './client.js';
+export { webglRenderer } from './backend.js';

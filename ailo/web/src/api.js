@@ -1,0 +1,101 @@
+// The coordinator's HTTP protocol from the browser (docs/ARCHITECTURE.md "Federation",
+// docs/LEDGER.md §11) and the in-page chain sync + verification (R11). No TensorFlow.js here,
+// so the dashboard loads without it.
+import { fetchManifest } from './chunks.js';
+import { KV } from './idb.js';
+import { parseJson, verifyChain } from './ledger.js';
+
+export class HttpError extends Error {
+  constructor(status, detail, reason) { super(detail); this.status = status; this.reason = reason; }
+  get name() { return 'HttpError'; }
+}
+
+export class CoordinatorClient {
+  constructor(base = '') { this.base = base; }
+
+  async request(path, { method = 'GET', json, body, headers = {}, text = false } = {}) {
+    const init = { method, headers: { ...headers }, cache: 'no-store' };
+    if (json !== undefined) { init.body = JSON.stringify(json); init.headers['Content-Type'] = 'application/json'; }
+    if (body !== undefined) init.body = body;
+    const res = await fetch(this.base + path, init);
+    const raw = await res.text();
+    if (!res.ok) {
+      let detail = raw, reason;
+      try { const d = JSON.parse(raw); detail = typeof d.detail === 'string' ? d.detail : JSON.stringify(d.detail); reason = d.reason; } catch { /* keep text */ }
+      if (!reason && typeof detail === 'string' && /^[a-z_]+:/.test(detail)) reason = detail.split(':')[0];
+      throw new HttpError(res.status, `${method} ${path}: HTTP ${res.status}: ${detail}`, reason);
+    }
+    return text ? raw : JSON.parse(raw);
+  }
+
+  manifest() { return fetchManifest(this.base); }
+
+  task(clientId, address) { return this.request('/v1/tasks', { method: 'POST', json: { client_id: clientId, address } }); }
+
+  register(tx) { return this.request('/v1/register', { method: 'POST', json: tx }); }
+
+  balance(address) { return this.request(`/v1/balance/${address}`); }
+
+  status() { return this.request('/v1/status'); }
+
+  ledgerInfo() { return this.request('/v1/ledger/info'); }
+
+  updates(limit = 200) { return this.request(`/v1/dashboard/updates?limit=${limit}`); }
+
+  rooms() { return this.request('/v1/rooms'); }
+
+  samples() { return this.request('/v1/samples'); }
+
+  sample(name) { return this.request(`/v1/samples/${encodeURIComponent(name)}`, { text: true }); }
+
+  async chain(from = 0, limit = 1000) {
+    return parseJson(await this.request(`/v1/chain?from=${from}&limit=${limit}`, { text: true }));
+  }
+
+  /** POST /v1/updates: safetensors body + X-Ailo-* headers (ailo/federation/update_format.py). */
+  submitUpdate(body, meta) {
+    const h = {
+      'Content-Type': 'application/octet-stream',
+      'X-Ailo-Client': meta.clientId, 'X-Ailo-Round': String(meta.round), 'X-Ailo-Base-Version': String(meta.baseVersion),
+      'X-Ailo-Samples': String(meta.nSamples), 'X-Ailo-Train-Loss': String(meta.trainLoss), 'X-Ailo-Task': meta.taskId || '',
+      'X-Ailo-Address': meta.address, 'X-Ailo-Signature': meta.signature, 'X-Ailo-Nonce': String(meta.nonce),
+      'X-Ailo-Timestamp': String(meta.timestamp),
+    };
+    for (const k of Object.keys(h)) if (h[k] === '') delete h[k];
+    return this.request('/v1/updates', { method: 'POST', body, headers: h });
+  }
+}
+
+/** Download the chain (only blocks not stored yet), verify all of it with the ledger rules,
+ *  store verified blocks in IndexedDB. Returns the verification report (+ fetched count). */
+export async function syncChain(client, { dbName = 'ailo-chain', now = Date.now() } = {}) {
+  const kv = await KV.open(dbName, ['blocks']);
+  try {
+    const stored = (await kv.getAll('blocks')).sort((a, b) => a.height - b.height);
+    const fetchFrom = async (from) => {
+      const out = [];
+      for (;;) {
+        const page = await client.chain(from + out.length, 1000);
+        out.push(...page.blocks);
+        if (!page.blocks.length || from + out.length > page.height) return out;
+      }
+    };
+    let fresh = await fetchFrom(stored.length);
+    let blocks = [...stored, ...fresh];
+    let report = await verifyChain(blocks, { now });
+    if (!report.ok && stored.length) {
+      // The stored copy does not extend to what the coordinator serves (or was damaged
+      // locally): start over from genesis and judge the served chain alone.
+      await kv.clear('blocks');
+      stored.length = 0;
+      fresh = await fetchFrom(0);
+      blocks = fresh;
+      report = await verifyChain(blocks, { now });
+    }
+    const verifiedCount = report.ok ? blocks.length : report.blocks;
+    for (let i = stored.length; i < verifiedCount; i++) await kv.put('blocks', i, blocks[i]);
+    return { ...report, fetched: fresh.length, stored: verifiedCount };
+  } finally {
+    kv.close();
+  }
+}

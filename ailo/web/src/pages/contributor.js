@@ -1,0 +1,218 @@
+// The contributor page (`/`): wallet + registration, model download through the IndexedDB
+// chunk cache, local training, signed update submission, balance, in-page chain verification.
+// Page state is mirrored in `window.ailoPage` (read by the end-to-end test).
+import { initBackend, backendInfo } from '../backend.js';
+import { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from '../client.js';
+import { GPT2Tokenizer } from '../tokenizer.js';
+import { Wallet, USERNAME_RE } from '../wallet.js';
+import { formatAlc } from '../ledger.js';
+import { hasWebCryptoEd25519 } from '../ed25519.js';
+
+const $ = (id) => document.getElementById(id);
+const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], chain: null, errors: [] });
+const client = new CoordinatorClient('');
+const params = new URLSearchParams(location.search);
+let wallet = null;
+let tokenizer = null;
+
+const mb = (n) => `${(n / 1e6).toFixed(2)} MB`;
+function setText(id, text, cls) {
+  const el = $(id);
+  el.textContent = text;
+  if (cls !== undefined) el.className = cls;
+}
+function fail(where, e) {
+  state.errors.push(`${where}: ${e.message || e}`);
+  return e.message || String(e);
+}
+
+function showWallet() {
+  if (!wallet) return;
+  setText('wallet-address', wallet.address);
+  setText('wallet-kind', `(${wallet.kind === 'webcrypto' ? 'WebCrypto Ed25519, key not extractable' : '@noble/ed25519'})`);
+  if (wallet.registered) {
+    $('register-form').hidden = true;
+    setText('register-status', `Registered as ${wallet.username}.`, 'ok');
+  }
+  state.wallet = { address: wallet.address, username: wallet.username, registered: wallet.registered, kind: wallet.kind };
+}
+
+async function refreshBalance() {
+  if (!wallet || !wallet.registered) return null;
+  try {
+    const b = await client.balance(wallet.address);
+    setText('balance', formatAlc(b.spendable));
+    setText('balance-pending', b.pending ? `(+ ${formatAlc(b.pending)} pending)` : '');
+    state.balance = b;
+    return b;
+  } catch (e) {
+    fail('balance', e);
+    return null;
+  }
+}
+
+async function register() {
+  const name = $('username').value.trim().toLowerCase();
+  if (!USERNAME_RE.test(name)) {
+    setText('register-status', 'Username: 3–32 characters of a-z, 0-9, _ and -, starting with a letter or digit.', 'bad');
+    return;
+  }
+  $('register').disabled = true;
+  try {
+    if (!wallet) {
+      wallet = await Wallet.generate();
+      await wallet.save();  // keep the key even if this name is taken
+    }
+    const tx = await wallet.registerTx(name);
+    setText('register-status', 'Registering…', 'muted');
+    await client.register(tx);
+    wallet.username = name;
+    wallet.registered = true;
+    await wallet.save();
+    showWallet();
+    await refreshBalance();
+    updateTrainButton();
+  } catch (e) {
+    const msg = e instanceof HttpError && e.reason === 'username_taken' ? `“${name}” is taken, pick another.` : fail('register', e);
+    setText('register-status', msg, 'bad');
+  } finally {
+    $('register').disabled = false;
+  }
+}
+
+const holder = new ModelHolder(client, {
+  onProgress: (p) => {
+    if (p.kind === 'chunk') {
+      $('model-progress').max = p.total;
+      $('model-progress').value = p.done;
+      setText('model-status', `chunk ${p.done}/${p.total} · downloaded ${mb(p.stats.downloadedBytes)} · from this browser's cache ${p.stats.cacheHits}`, 'muted');
+    }
+  },
+});
+
+async function loadModel() {
+  try {
+    await holder.ensure();
+    const s = holder.stats;
+    state.model = { version: holder.manifest.version, preset: holder.manifest.preset, downloadedBytes: s.downloadedBytes, cacheHits: s.cacheHits, chunks: s.chunks, totalBytes: s.totalBytes };
+    $('model-progress').max = 1;
+    $('model-progress').value = 1;
+    setText('model-status', `${holder.manifest.preset} version ${holder.manifest.version}: ${s.chunks} chunks (${mb(s.totalBytes)}), ` +
+      `${mb(s.downloadedBytes)} downloaded, ${s.cacheHits} from this browser's cache — verified (sha256)`, 'ok');
+  } catch (e) {
+    setText('model-status', `Model download failed: ${fail('model', e)} (reload to resume)`, 'bad');
+  }
+}
+
+async function loadSamples() {
+  try {
+    const { samples } = await client.samples();
+    const sel = $('text-source');
+    for (const s of samples) {
+      const o = document.createElement('option');
+      o.value = s.name;
+      o.textContent = `sample: ${s.name}`;
+      sel.appendChild(o);
+    }
+    if (samples.length) sel.value = samples[0].name;
+  } catch (e) {
+    fail('samples', e);
+  }
+}
+
+function updateTrainButton() {
+  $('train').disabled = !(wallet && wallet.registered && holder.manifest);
+}
+
+async function trainingTokens() {
+  tokenizer ||= await GPT2Tokenizer.load('/static/tokenizer');
+  const src = $('text-source').value;
+  const text = src ? await client.sample(src) : $('own-text').value;
+  if (!text || text.length < 2000) throw new Error('give at least a few paragraphs of text (2,000 characters)');
+  const ids = [];
+  for (const para of text.split(/\n{2,}/)) { ids.push(...tokenizer.encode(para + '\n\n')); }
+  return Int32Array.from(ids);
+}
+
+async function train() {
+  $('train').disabled = true;
+  setText('round-status', '');
+  const t0 = performance.now();
+  try {
+    setText('train-status', 'Tokenizing your text (in this page)…', 'muted');
+    const tokens = await trainingTokens();
+    const out = await contributeRound({
+      client, wallet, holder, tokens,
+      onStatus: ({ phase, task }) => {
+        const what = { task: 'Asking the coordinator for work…', wait: 'Waiting for the next round…', model: `Loading model version ${task && task.version}…`,
+          train: `Training round ${task && task.round} on ${tokens.length} tokens (${backendInfo().backend})…`, sign: 'Signing the update…', submit: 'Submitting the update…' }[phase];
+        setText('train-status', what, 'muted');
+      },
+      onStep: ({ step, steps, loss, tokens: n, seconds }) => {
+        $('train-progress').max = steps;
+        $('train-progress').value = step;
+        setText('loss', loss.toFixed(4));
+        setText('throughput', `step ${step}/${steps} · ${(n / seconds).toFixed(0)} tokens/s`);
+      },
+    });
+    if (out.status !== 'submitted') {
+      setText('train-status', out.status === 'done' ? 'Training has finished on this network.' : `Coordinator says: ${out.status}`, 'muted');
+      return;
+    }
+    state.rounds.push({ round: out.task.round, version: out.task.version, reply: out.reply, trainLoss: out.result.trainLoss, losses: out.result.losses,
+      steps: out.result.steps, tokens: out.result.tokens, seconds: out.result.seconds, bytes: out.bytes, sha256: out.sha256, backend: out.backend,
+      wallSeconds: (performance.now() - t0) / 1000 });
+    setText('train-status', `Trained ${out.result.steps} steps (${out.result.tokens} tokens) in ${out.result.seconds.toFixed(1)} s on ${out.backend}; sent ${mb(out.bytes)}.`, 'muted');
+    setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round}.` + (out.reply.aggregated ? ' The round closed: rewards are minted.' : ''), 'ok');
+    for (let i = 0; i < 20; i++) {  // the reward is minted when the round closes
+      const b = await refreshBalance();
+      if (b && b.spendable > 0 && out.reply.aggregated) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    await verifyChain();
+    await loadModel();  // the next version, if the round closed (only changed chunks download)
+  } catch (e) {
+    const msg = e instanceof HttpError ? `Refused (${e.reason || e.status}): ${e.message}` : fail('train', e);
+    setText('round-status', msg, 'bad');
+    state.rounds.push({ error: msg, reason: e.reason || null });
+  } finally {
+    updateTrainButton();
+  }
+}
+
+async function verifyChain() {
+  setText('chain-status', 'Downloading and verifying…', 'muted');
+  try {
+    const r = await syncChain(client);
+    state.chain = { ok: r.ok, height: r.height, blocks: r.blocks, txCount: r.tx_count, supply: r.supply, fetched: r.fetched, violation: r.violation || null };
+    if (r.ok) {
+      setText('chain-status', `Chain OK: height ${r.height}, ${r.blocks} blocks and ${r.tx_count} transactions verified in this page (${r.fetched} newly downloaded), supply ${formatAlc(r.supply)}`, 'ok');
+    } else {
+      const v = r.violation;
+      setText('chain-status', `Chain REJECTED at block ${v.block}${v.tx !== null ? `, tx ${v.tx}` : ''}: ${v.code}: ${v.message}`, 'bad');
+    }
+  } catch (e) {
+    setText('chain-status', `Chain check failed: ${fail('chain', e)}`, 'bad');
+  }
+}
+
+async function main() {
+  $('register').addEventListener('click', register);
+  $('train').addEventListener('click', train);
+  $('verify-chain').addEventListener('click', verifyChain);
+  $('text-source').addEventListener('change', () => { $('own-text').hidden = !!$('text-source').value; });
+  const backend = await initBackend(params.get('backend') || null);
+  const info = backendInfo();
+  state.backend = backend;
+  setText('backend', `${backend}${info.threads ? ` (${info.threads} thread${info.threads > 1 ? 's' : ''})` : ''}${info.software ? ' (software GL)' : ''}`);
+  wallet = await Wallet.load();
+  state.webcryptoEd25519 = await hasWebCryptoEd25519();
+  showWallet();
+  await Promise.all([loadModel(), loadSamples(), refreshBalance()]);
+  $('own-text').hidden = !!$('text-source').value;
+  updateTrainButton();
+  await verifyChain();
+  state.ready = true;
+}
+
+main().catch((e) => { fail('startup', e); setText('backend', `error: ${e.message}`, 'bad'); });
