@@ -26,8 +26,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 ADDRESS_PREFIX = "ailo1"
 ADDRESS_LENGTH = len(ADDRESS_PREFIX) + 2 * (32 + 4)
-_ADDRESS_RE = re.compile(r"^ailo1[0-9a-f]{72}$")
-USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,31}$")
+_ADDRESS_RE = re.compile(r"^ailo1[0-9a-f]{72}\Z")
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,31}\Z")
 KEY_FILE_VERSION = 1
 
 

@@ -136,3 +136,14 @@ def test_wallet_cli_user_errors(tmp_path, capsys, coordinator) -> None:
     join(coordinator, wallet("dana"), mint=0)
     assert main(["wallet", "register", "dana", "--wallet", path]) == 2
     assert "username_taken" in capsys.readouterr().err
+
+
+def test_trailing_newline_is_not_a_valid_address_or_username():
+    """`$` in a regex also matches before a final newline; the rules must not (docs/LEDGER.md)."""
+    from ailo.ledger.tx import REF_RE
+    from ailo.wallet import Wallet, is_valid_address, is_valid_username
+
+    address = Wallet.from_label("newline").address
+    assert is_valid_address(address) and not is_valid_address(address + "\n")
+    assert is_valid_username("bob") and not is_valid_username("bob\n")
+    assert REF_RE.match("update:1") and not REF_RE.match("update:1\n")

@@ -24,8 +24,8 @@ from .errors import ChainError, MalformedError
 from .params import ChainParams
 from .tx import Transaction, _verify_key
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SIG = re.compile(r"^[0-9a-f]{128}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_SIG = re.compile(r"^[0-9a-f]{128}\Z")
 HEADER_FIELDS = ("height", "prev", "timestamp", "merkle_root", "tx_count")
 
 

@@ -29,10 +29,10 @@ REVERSAL = "REVERSAL"
 MINT_TYPES = frozenset({MINT_TRAINING, MINT_INFERENCE})
 SYSTEM_TYPES = MINT_TYPES | {REVERSAL}          # signed by the coordinator
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SIG = re.compile(r"^[0-9a-f]{128}$")
-REF_RE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}$")
-REASON_RE = re.compile(r"^[\x20-\x7e]{0,200}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_SIG = re.compile(r"^[0-9a-f]{128}\Z")
+REF_RE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}\Z")
+REASON_RE = re.compile(r"^[\x20-\x7e]{0,200}\Z")
 
 
 def _check_int(name: str, value: Any) -> None:
