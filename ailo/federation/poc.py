@@ -115,8 +115,7 @@ class ProofOfContribution:
         eta = coord.config.server_lr
         params = {k: v - eta * sub.tensors[k] for k, v in coord.model.state_dict().items()}
         after = self.holdout_loss(coord, params)
-        peers = [u.extra["reduction"] for r in (sub.round.id - 1, sub.round.id)
-                 for u in coord.store.updates(r, "accepted") if "reduction" in u.extra]
+        peers = [u.extra["reduction"] for u in coord.store.updates(sub.round.id, "accepted") if "reduction" in u.extra]
         reduction = check_loss(before, after, peers, self.validation)
         issued = coord.tasks.get(sub.meta.task_id)
         seconds = sub.received - issued[2] if issued and issued[:2] == (sub.meta.client_id, sub.round.id) else None

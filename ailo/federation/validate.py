@@ -26,7 +26,7 @@ from ailo.federation.update_format import UpdateRejected
 @dataclass(frozen=True)
 class ValidationConfig:
     min_loss_reduction: float = 1e-3  # nats: an update must lower the holdout loss by at least this...
-    relative_loss_reduction: float = 0.05  # ...and by this share of the median of comparable accepted ones
+    relative_loss_reduction: float = 0.05  # ...and by this share of the median of the round's accepted ones
     min_cosine: float = 0.0           # cos(Δ, ∇L_holdout) must exceed this: Δ must point downhill
     norm_history: int = 50            # accepted updates kept for the robust statistics
     norm_min_history: int = 3         # below this, only the hard AdamW bound applies
@@ -92,7 +92,8 @@ def check_loss(loss_before: float, loss_after: float, peer_reductions: list[floa
     """Returns the reduction (before − after) or raises `no_loss_reduction`.
 
     The bar is max(min_loss_reduction, relative_loss_reduction × median of `peer_reductions`)
-    (reductions of updates accepted on the same or previous model version): a near-zero
+    (reductions of updates already accepted on the same model version; earlier versions are not
+    comparable, the reductions shrink by 10× within a few rounds): a near-zero
     random perturbation lowers the loss by luck half the time and must not earn a reward.
     """
     if not math.isfinite(loss_after):

@@ -75,9 +75,15 @@ ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team 
 }
 
 
-def _batch_seed(seed: int, client_id: str, round_id: int) -> int:
+# Refusals worth another try on fresh batches (the work may pass on other data); any other
+# refusal (stale round, duplicate, bad signature...) means this round is over for us.
+RETRYABLE = {"no_loss_reduction", "wrong_direction", "implausible_norm", "rate_limited"}
+
+
+def _batch_seed(seed: int, client_id: str, round_id: int, attempt: int = 0) -> int:
     """Deterministic across processes (unlike hash(), which Python salts per process)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{client_id}:{round_id}".encode()).digest()[:4], "little")
+    key = f"{seed}:{client_id}:{round_id}:{attempt}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
 @dataclass
@@ -107,6 +113,7 @@ class Worker:
     http: httpx.Client | None = None    # injectable (tests use FastAPI's TestClient)
     attack: str | None = None           # red-team only: "sign-flip" | "scale" (demo's cheating worker)
     timeout: float = 120.0
+    max_attempts: int = 3               # submissions per round before giving the round up
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -115,7 +122,7 @@ class Worker:
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
         self.rounds_done = 0
-        self.refused_round: int | None = None  # don't retry a round the coordinator refused us in
+        self.attempts: dict[int, int] = {}   # round → refused submissions so far
 
     def _json(self, method: str, path: str, **kw) -> dict:
         def call():
@@ -143,7 +150,7 @@ class Worker:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
         self.last_status = task["status"]
-        if task["status"] != "train" or task["round"] == self.refused_round:
+        if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
         manifest = Manifest.from_json(self.http.get("/v1/model").content)
@@ -154,7 +161,8 @@ class Worker:
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
                           optimizer=task["optimizer"], progress=self.progress)
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
-                                           seed=_batch_seed(self.seed, self.client_id, task["round"]))
+                                           seed=_batch_seed(self.seed, self.client_id, task["round"],
+                                                            self.attempts.get(task["round"], 0)))
         upd = train_local(self.model, batches, cfg, pick_device(self.device))
         body = encode_update(ATTACKS[self.attack](upd.delta) if self.attack else upd.delta)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
@@ -165,7 +173,8 @@ class Worker:
         result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
         result["http_status"] = resp.status_code
         if resp.status_code != 200:
-            self.refused_round = task["round"]
+            retry = result.get("reason") in RETRYABLE
+            self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1 if retry else self.max_attempts
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
                              downloaded, len(body), result)
         self.reports.append(report)
