@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add one worker that sends a corrupted update (refused and unpaid)")
     p.add_argument("--out", default="runs/demo", help="state, logs and the plot go here (wiped first)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--stall-seconds", type=float, default=900.0, help="give up when no round closes this long")
     p.set_defaults(func=run)
 
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 cmd += ["--attack", args.cheater]
                 say(f"cheater: a worker that sends {args.cheater} updates")
             procs.append(_spawn(cmd, out / "logs" / f"{name}.log"))
-        shown = 0
+        shown, last_progress = 0, time.time()
         say(f"{'round':>5} {'val loss':>9} {'updates':>8} {'refused':>8} {'down':>10} {'up':>10}")
         while True:
             status = httpx.get(f"{url}/v1/status", timeout=30).json()
@@ -111,9 +112,13 @@ def run(args: argparse.Namespace) -> int:
                 if h["version"] > 0 or shown == 0:
                     say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} {h['refused']:>8} "
                         f"{h['bytes_down'] / 1e6:>8.1f}MB {h['bytes_up'] / 1e6:>8.1f}MB")
+            if len(status["history"]) > shown:
+                last_progress = time.time()
             shown = len(status["history"])
             if status["finished"]:
                 break
+            if time.time() - last_progress > args.stall_seconds:
+                raise CLIError(f"no round closed for {args.stall_seconds:.0f} s; see {out / 'logs'}")
             dead = [p for p in procs[1:] if p.poll() not in (None, 0)]
             if dead:
                 raise CLIError(f"a worker failed; see {out / 'logs'}")
