@@ -62,6 +62,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     if args.min_updates < 1:
         raise CLIError("--min-updates must be at least 1")
+    if args.max_updates is not None and args.max_updates < args.min_updates:
+        raise CLIError(f"--max-updates ({args.max_updates}) must be at least --min-updates ({args.min_updates})")
     from ailo.federation.validate import ValidationConfig
     from ailo.server.services import ServiceConfig
 
