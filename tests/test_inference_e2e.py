@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from ailo.inference.checkpoints import make_byte_bpe_tokenizer, make_hf_checkpoi
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.spec import read_spec
 from ailo.wallet import Wallet
+from tests.fakes import FakeLedger
+from tests.procs import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,25 +28,6 @@ PROMPT = [7, 100, 42, 9, 250, 3, 77]
 LONG = 200
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json")
 AILO = [sys.executable, "-m", "ailo.cli.main"]
-
-
-class FakeLedger:
-    def __init__(self):
-        self.calls: list[tuple[str, int, str]] = []
-
-    def mint_inference(self, address: str, amount: int, ref: str) -> None:
-        if any(ref == r for _, _, r in self.calls):
-            raise ValueError(f"duplicate ref {ref}")
-        self.calls.append((address, amount, ref))
-
-    def for_request(self, rid: str) -> list[tuple[str, int, str]]:
-        return [c for c in self.calls if c[2].startswith(f"request:{rid}:")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def greedy(model, prompt: list[int], n: int) -> list[int]:

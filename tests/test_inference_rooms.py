@@ -18,22 +18,11 @@ from ailo.inference.rooms import NodeRecord, RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
 from ailo.wallet import Wallet
+from tests.fakes import FakeLedger
 
 PROMPT = [3, 14, 15, 92, 65, 35]
 N_NEW = 24
 ADDR = {k: Wallet.from_label(f"room-node-{k}").address for k in "abcd"}
-
-
-class FakeLedger:
-    """Records mints; refuses a repeated ref like the real ledger's idempotent mint."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, int, str]] = []
-
-    def mint_inference(self, address: str, amount: int, ref: str) -> None:
-        if any(ref == r for _, _, r in self.calls):
-            raise ValueError(f"duplicate ref {ref}")
-        self.calls.append((address, amount, ref))
 
 
 @dataclass
