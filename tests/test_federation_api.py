@@ -119,3 +119,16 @@ def test_round_closes_with_fedavg_and_new_chunks_served(api):
     status = client.get("/v1/status").json()
     assert [h["version"] for h in status["history"]] == [0, 1] and status["round"] == 2
     assert "/v1/updates" in client.get("/openapi.json").json()["paths"]
+
+
+def test_client_learning_rate_decays_per_round_and_survives_restart(tmp_path):
+    cfg = CoordinatorConfig(min_updates=1, val_batches=1, lr=4e-3, lr_decay=0.5)
+    coord = Coordinator(cfg, tmp_path / "state")
+    with TestClient(create_app(coord)) as client:
+        assert client.post("/v1/tasks", json={"client_id": "a"}).json()["lr"] == pytest.approx(4e-3)
+        assert _post(client, encode_update(_delta(coord))).json()["aggregated"] is True
+        task = client.post("/v1/tasks", json={"client_id": "a"}).json()
+        assert task["round"] == 2 and task["lr"] == pytest.approx(2e-3)
+    coord.store.close()
+    again = Coordinator(cfg, tmp_path / "state")
+    assert again.current_round().task["lr"] == pytest.approx(2e-3)

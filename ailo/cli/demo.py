@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="state, logs and the plot go here (wiped first)")
     p.add_argument("--round-seconds", type=float, default=90.0,
                    help="deadline: a round closes early with one update per worker, else at the deadline")
+    p.add_argument("--lr-decay", type=float, default=0.8, help="client learning rate × this per round")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--stall-seconds", type=float, default=900.0, help="give up when no round closes this long")
     p.set_defaults(func=run)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     coord_log = out / "logs" / "coordinator.log"
     coord = _spawn(["coordinator", "--state", str(out / "coordinator"), "--port", str(port), "--preset", args.preset,
                     "--rounds", str(args.rounds), "--max-updates", str(args.workers), "--min-updates", "1",
-                    "--round-seconds", str(args.round_seconds),
+                    "--round-seconds", str(args.round_seconds), "--lr-decay", str(args.lr_decay),
                     "--local-steps", str(args.local_steps)], coord_log)
     procs = [coord]
     t0 = time.time()

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--local-steps", type=int, default=20)
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
     c.add_argument("--server-lr", type=float, default=1.0)
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
     c.add_argument("--seed", type=int, default=0)

@@ -39,6 +39,7 @@ class CoordinatorConfig:
     batch_size: int = 8
     seq_len: int | None = None
     lr: float = 3e-3
+    lr_decay: float = 1.0                # client learning rate of round r: lr · lr_decay^(r−1)
     optimizer: str = "adamw"
     server_lr: float = 1.0
     aggregator: str = "fedavg"
@@ -98,13 +99,14 @@ class Coordinator:
 
     def _genesis(self) -> None:
         self.manifest = self._split(0)
-        self.store.start(self.manifest.to_json(), evaluate(self.model, self.val_batches), self._task_spec(),
+        self.store.start(self.manifest.to_json(), evaluate(self.model, self.val_batches), self._task_spec(1),
                          self.config.min_updates, time.time() + self.config.round_seconds)
 
-    def _task_spec(self) -> dict:
+    def _task_spec(self, round_id: int) -> dict:
+        """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
         c = self.config
-        return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len, "lr": c.lr,
-                "optimizer": c.optimizer}
+        return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
+                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer}
 
     @property
     def version(self) -> int:
@@ -203,7 +205,7 @@ class Coordinator:
         previous_model, self.model = self.model, candidate
         try:
             manifest = self._split(self.version + 1)
-            self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(),
+            self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
         except BaseException:
             self.model = previous_model  # nothing committed: keep serving the old version

@@ -108,8 +108,8 @@ class ProofOfContribution:
         return self._reference[coord.version]
 
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
-        history = [u.extra["norm"] for u in coord.store.updates(status="accepted") if "norm" in u.extra]
-        norm = check_norm(sub.tensors, history, sub.round.task, self.validation)
+        history = [u.extra["norm_per_work"] for u in coord.store.updates(status="accepted") if "norm_per_work" in u.extra]
+        norm_per_work = check_norm(sub.tensors, history, sub.round.task, self.validation)
         before, grad = self.reference(coord)
         cosine = check_direction(sub.tensors, grad, self.validation)
         eta = coord.config.server_lr
@@ -119,7 +119,7 @@ class ProofOfContribution:
         reduction = check_loss(before, after, peers, self.validation)
         issued = coord.tasks.get(sub.meta.task_id)
         seconds = sub.received - issued[2] if issued and issued[:2] == (sub.meta.client_id, sub.round.id) else None
-        sub.extra.update(norm=norm, cosine=cosine, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
+        sub.extra.update(norm_per_work=norm_per_work, cosine=cosine, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
 
     # -- rewards ---------------------------------------------------------------------------
     def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:

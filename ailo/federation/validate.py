@@ -2,8 +2,8 @@
 None or raises `UpdateRejected` with its own reason code; the coordinator composes them.
 
 - `check_signature` — Ed25519 over the canonical update digest (see `signing.py`).
-- `check_norm` — the update's magnitude against robust statistics (median, MAD) of recently
-  accepted updates, in log space; before enough history exists, a hard per-coordinate bound
+- `check_norm` — the update's magnitude per unit of requested work (‖Δ‖ / (lr·steps)) against
+  robust statistics (median, MAD) of recently accepted updates, in log space; before enough history exists, a hard per-coordinate bound
   that AdamW cannot exceed (|Δ| ≤ c·lr·steps).
 - `check_direction` — Δ must have a positive component along the holdout-loss gradient.
 - `check_loss` — the update applied alone must lower the loss on the coordinator's private
@@ -49,26 +49,31 @@ def max_abs(delta: Mapping[str, torch.Tensor]) -> float:
 
 
 def check_norm(delta: Mapping[str, torch.Tensor], history: list[float], task: Mapping, cfg: ValidationConfig) -> float:
-    """Returns ‖Δ‖ or raises `implausible_norm`."""
+    """Returns ‖Δ‖ / (lr·steps) — the update's size per unit of requested work, comparable across
+    rounds whose learning rate decays — or raises `implausible_norm`. `history` holds that
+    scaled norm for recently accepted updates."""
     norm = update_norm(delta)
     if norm == 0.0:
         raise UpdateRejected("implausible_norm", "update is all zeros: no training happened")
+    work = task["lr"] * task["steps"]
     if task.get("optimizer") == "adamw":
-        bound = cfg.adamw_bound_factor * task["lr"] * task["steps"]
+        bound = cfg.adamw_bound_factor * work
         biggest = max_abs(delta)
         if biggest > bound:
             raise UpdateRejected("implausible_norm", f"largest coordinate |Δ| = {biggest:.4g} exceeds "
                                  f"{cfg.adamw_bound_factor}·lr·steps = {bound:.4g}, impossible for AdamW")
+    scaled = norm / work
     recent = history[-cfg.norm_history:]
     if len(recent) >= cfg.norm_min_history:
         logs = [math.log(h) for h in recent]
         med = statistics.median(logs)
         mad = statistics.median(abs(x - med) for x in logs)
-        z = abs(math.log(norm) - med) / max(1.4826 * mad, cfg.norm_log_floor)
+        z = abs(math.log(scaled) - med) / max(1.4826 * mad, cfg.norm_log_floor)
         if z > cfg.norm_max_z:
-            raise UpdateRejected("implausible_norm", f"update norm {norm:.4g} is {z:.1f} robust deviations from the "
-                                 f"median {math.exp(med):.4g} of {len(recent)} recent accepted updates")
-    return norm
+            raise UpdateRejected("implausible_norm", f"update norm {norm:.4g} (per lr·step {scaled:.4g}) is {z:.1f} "
+                                 f"robust deviations from the median {math.exp(med):.4g} of {len(recent)} recent "
+                                 "accepted updates")
+    return scaled
 
 
 def check_direction(delta: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor],
