@@ -26,7 +26,8 @@ $(STAMP_JS): package.json package-lock.json
 
 # Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
 $(STAMP_CHROMIUM): | $(STAMP_PY)
-	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	command -v chromium || { [ "$$(id -u)" = 0 ] && SUDO= || SUDO="sudo -n"; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
 	touch $@
 
 $(CORPUS): $(STAMP_PY) ailo/assets.py
