@@ -132,3 +132,11 @@ def test_client_learning_rate_decays_per_round_and_survives_restart(tmp_path):
     coord.store.close()
     again = Coordinator(cfg, tmp_path / "state")
     assert again.current_round().task["lr"] == pytest.approx(2e-3)
+
+
+def test_store_returns_newest_updates_in_id_order(tmp_path):
+    from ailo.storage.rounds_store import SQLiteRoundStore
+    store = SQLiteRoundStore(tmp_path / "s")
+    ids = [store.record_update(1, f"c{i}", None, 1, 1.0, None, 0, "accepted") for i in range(5)]
+    assert [u.id for u in store.updates(limit=2)] == ids[:2]
+    assert [u.id for u in store.updates(limit=2, newest=True)] == ids[-2:]

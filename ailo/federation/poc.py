@@ -108,7 +108,8 @@ class ProofOfContribution:
         return self._reference[coord.version]
 
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
-        history = [u.extra["norm_per_work"] for u in coord.store.updates(status="accepted") if "norm_per_work" in u.extra]
+        recent = coord.store.updates(status="accepted", limit=self.validation.norm_history, newest=True)
+        history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra]
         norm_per_work = check_norm(sub.tensors, history, sub.round.task, self.validation)
         before, grad = self.reference(coord)
         cosine = check_direction(sub.tensors, grad, self.validation)
@@ -127,7 +128,7 @@ class ProofOfContribution:
         accepted = [u for u in coord.store.updates(round_id, "accepted") if u.address]
         if not accepted:
             return []
-        task = next(r for r in coord.store.rounds() if r.id == round_id).task
+        task = coord.store.round(round_id).task
         task_samples = task["steps"] * task["batch_size"]
         med = statistics.median(u.extra.get("reduction", 0.0) for u in accepted)
         return [(u.id, u.address, training_reward(u.n_samples, task_samples, u.extra.get("reduction", 0.0), med,

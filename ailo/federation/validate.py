@@ -16,7 +16,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -137,8 +137,3 @@ class TokenBucket:
             return False
         self._state[key] = (tokens - 1.0, now)
         return True
-
-
-def median(values: Iterable[float]) -> float:
-    values = list(values)
-    return statistics.median(values) if values else 0.0

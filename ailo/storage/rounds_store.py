@@ -124,13 +124,18 @@ class SQLiteRoundStore:
                                "WHERE status = 'open' ORDER BY id DESC LIMIT 1").fetchone()
         return RoundRecord(*row[:5], json.loads(row[5]), row[6]) if row else None
 
-    def updates(self, round_id: int | None = None, status: str | None = None, limit: int = 1000) -> list[UpdateRecord]:
+    def updates(self, round_id: int | None = None, status: str | None = None, limit: int = 1000,
+                newest: bool = False) -> list[UpdateRecord]:
+        """Matching rows in id order: the first `limit`, or with `newest` the last `limit`."""
         q, args = "SELECT * FROM updates WHERE 1=1", []
         if round_id is not None:
             q, args = q + " AND round_id = ?", args + [round_id]
         if status is not None:
             q, args = q + " AND status = ?", args + [status]
-        rows = self._db.execute(q + " ORDER BY id LIMIT ?", args + [limit]).fetchall()
+        order = "DESC" if newest else "ASC"
+        rows = self._db.execute(q + f" ORDER BY id {order} LIMIT ?", args + [limit]).fetchall()
+        if newest:
+            rows.reverse()
         return [UpdateRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
 
     def record_update(self, round_id: int, client_id: str, address: str | None, n_samples: int,
@@ -172,6 +177,13 @@ class SQLiteRoundStore:
     def set_counter(self, name: str, value: int) -> None:
         self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
                          (name, value, value))
+
+    def round(self, round_id: int) -> RoundRecord:
+        row = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                               "WHERE id = ?", (round_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no round {round_id}")
+        return RoundRecord(*row[:5], json.loads(row[5]), row[6])
 
     def rounds(self) -> list[RoundRecord]:
         rows = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "

@@ -74,7 +74,7 @@ def make_web_router(coord=None, static_dir: Path = STATIC_DIR, samples_dir: Path
     def updates(limit: int = Query(200, ge=1, le=1000)) -> dict:
         if coord is None:
             return {"updates": []}
-        rows = coord.store.updates(limit=100000)[-limit:]
+        rows = coord.store.updates(limit=limit, newest=True)
         keep = ("norm_per_work", "cosine", "reduction", "loss_before", "loss_after", "seconds")
         return {"updates": [{"id": u.id, "round": u.round_id, "client": u.client_id, "address": u.address,
                              "n_samples": u.n_samples, "train_loss": u.train_loss, "status": u.status,
