@@ -237,6 +237,6 @@ class Coordinator:
                                 "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0)})
             return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
                     "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
-                    "accepted_in_round": len(accepted), "clients": sorted({u.client_id for u in self.store.updates()}),
+                    "accepted_in_round": len(accepted), "clients": self.store.clients(),
                     "history": history,
                     "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}

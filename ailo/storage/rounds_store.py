@@ -138,6 +138,9 @@ class SQLiteRoundStore:
             rows.reverse()
         return [UpdateRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
 
+    def clients(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT client_id FROM updates ORDER BY client_id")]
+
     def record_update(self, round_id: int, client_id: str, address: str | None, n_samples: int,
                       train_loss: float, sha256: str | None, size: int, status: str,
                       reason: str | None = None, detail: str | None = None, extra: dict | None = None) -> int:
