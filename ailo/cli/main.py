@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "wallet",       # ailo wallet new|show|balance|send
     "chain",        # ailo chain verify
     "inference",    # ailo node, ailo ask
+    "release",      # ailo export, ailo generate
 ]
 
 

@@ -4,7 +4,8 @@
     rooms (distributed inference) ── mints ──┘        web pages (browser client, dashboard)
 
 State lives under one directory: `state.db` + `chunks/` + `updates/` (federation),
-`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600).
+`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600), and
+`exports/` (model releases written by `ailo export`, served read-only).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ailo.federation.validate import TokenBucket, ValidationConfig
 from ailo.inference.rooms import RoomRegistry
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
+from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
 from ailo.server.rooms_api import make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
@@ -71,7 +73,8 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
     rooms = RoomRegistry()
-    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger), make_web_router(coord)]
+    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger), make_web_router(coord),
+               make_exports_router(state_dir / "exports")]
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)

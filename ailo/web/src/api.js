@@ -44,6 +44,8 @@ export class CoordinatorClient {
 
   rooms() { return this.request('/v1/rooms'); }
 
+  exports() { return this.request('/v1/exports'); }
+
   samples() { return this.request('/v1/samples'); }
 
   sample(name) { return this.request(`/v1/samples/${encodeURIComponent(name)}`, { text: true }); }

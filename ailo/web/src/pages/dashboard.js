@@ -37,14 +37,22 @@ function lossPlot(points) {
 }
 
 async function render() {
-  const [status, updates, info, rooms] = await Promise.all([
-    client.status(), client.updates().catch(() => ({ updates: [] })), client.ledgerInfo(), client.rooms().catch(() => null)]);
+  const [status, updates, info, rooms, releases] = await Promise.all([
+    client.status(), client.updates().catch(() => ({ updates: [] })), client.ledgerInfo(), client.rooms().catch(() => null),
+    client.exports().catch(() => ({ latest: null }))]);
   const chain = await syncChain(client, { dbName: 'ailo-chain-dashboard' });
   $('kpi-round').textContent = status.finished ? `${status.round} (finished)` : status.round;
   $('kpi-version').textContent = status.version;
   $('kpi-height').textContent = info.height;
   $('kpi-supply').textContent = formatAlc(info.supply);
   $('kpi-chain').innerHTML = chain.ok ? '<span class="ok">verified ✓</span>' : `<span class="bad">REJECTED: ${esc(chain.violation.code)}</span>`;
+
+  const rel = releases.latest;
+  if (rel) {
+    const kind = rel.format === 'hf' ? 'Hugging Face GPT-2 folder' : 'Ailo safetensors + manifest';
+    $('release').innerHTML = `<a id="release-link" href="${esc(rel.url)}export.json">model version ${esc(rel.version)}</a> ` +
+      `(${esc(rel.preset)}, ${esc(kind)}): ${rel.files.map((f) => `<a href="${esc(f.url)}">${esc(f.name)}</a>`).join(' · ')}`;
+  }
 
   const points = status.history.filter((h) => typeof h.val_loss === 'number').map((h) => ({ x: h.version, y: h.val_loss }));
   $('loss-plot').innerHTML = lossPlot(points);
@@ -83,7 +91,7 @@ async function render() {
       `<tr><td>${esc(r.id)}</td><td>${esc(r.model)}</td><td>${(r.nodes || []).filter((n) => n.alive).length} / ${esc(r.slots)}</td><td>${esc(r.state)}</td></tr>`).join('')}</tbody></table>`
     : 'No inference rooms.';
   $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
-  Object.assign(state, { status, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
+  Object.assign(state, { status, release: rel, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
     contributors: rows.map(([address, p]) => ({ address, ...p })), points });
 }
 
