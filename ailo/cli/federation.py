@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--open", action="store_true",
                    help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
     c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
+    c.add_argument("--room-checkpoints", default=None, help="folder of checkpoint folders whose span weights "
+                   "browser nodes may fetch (GET /v1/rooms/{id}/weights)")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -69,7 +71,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from ailo.server.services import ServiceConfig
 
     svc = ServiceConfig(proof_of_contribution=not args.open,
-                        validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour))
+                        validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
+                        room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None)
     app = build_app(coordinator_config(args), Path(args.state), svc)
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

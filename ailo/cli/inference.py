@@ -148,6 +148,8 @@ def cmd_room(args: argparse.Namespace) -> int:
     try:
         if args.action == "create":
             body: dict = {"id": args.room, "slots": args.slots, "context": args.context}
+            if args.checkpoint:
+                body["checkpoint"] = args.checkpoint
             if args.preset:
                 body["preset"] = args.preset
             elif args.model_dir:
@@ -205,6 +207,8 @@ def register(subparsers) -> None:
     r.add_argument("--preset", help="qwen-1.8b, llama-2-7b or llama-2-70b")
     r.add_argument("--slots", type=int)
     r.add_argument("--context", type=int, default=2048)
+    r.add_argument("--checkpoint", help="create: checkpoint folder (under the coordinator's --room-checkpoints) "
+                   "whose span weights browser nodes fetch")
     r.add_argument("--nodes", type=int, help="plan: number of nodes (default: the preset's)")
     r.add_argument("--memory", help="plan: memory per node, e.g. 2GiB")
     r.set_defaults(func=cmd_room)

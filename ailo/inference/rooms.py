@@ -51,6 +51,7 @@ class Room:
     context: int
     dtype_bytes: int
     tokenizer: str | None = None
+    checkpoint: str | None = None  # folder the coordinator serves span weights from (browser nodes)
     created_at: float = field(default_factory=time.time)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     plan: Plan | None = None
@@ -71,7 +72,8 @@ class RoomRegistry:
 
     # ----- rooms --------------------------------------------------------------------------
     def create_room(self, room_id: str, spec: ModelSpec, slots: int, *, context: int = 2048,
-                    tokenizer: str | None = None, dtype_bytes: int | None = None) -> Room:
+                    tokenizer: str | None = None, dtype_bytes: int | None = None,
+                    checkpoint: str | None = None) -> Room:
         if not room_id or "/" in room_id:
             raise RoomError("room id must be a non-empty name without '/'", 400)
         if not 1 <= slots <= spec.n_units:
@@ -80,7 +82,7 @@ class RoomRegistry:
             if room_id in self._rooms:
                 raise RoomError(f"room {room_id!r} already exists", 409)
             room = Room(room_id, spec, slots, min(context, spec.max_positions), dtype_bytes or spec.dtype_bytes,
-                        tokenizer)
+                        tokenizer, checkpoint)
             self._rooms[room_id] = room
             return room
 

@@ -39,6 +39,8 @@ class CreateRoom(BaseModel):
     preset: str | None = Field(None, description="one of GET /v1/rooms/presets")
     tokenizer: str | None = Field(None, description="'gpt2' or the contents of a tokenizer.json")
     context: int = 2048
+    checkpoint: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                   description="checkpoint folder the coordinator serves to browser nodes")
 
 
 class Join(BaseModel):
@@ -132,7 +134,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             if slots is None:
                 raise RoomError("'slots' is required with 'model'", 400)
             tokenizer = body.tokenizer or ("gpt2" if spec.family == "ailo" else None)
-            room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer)
+            room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
+                                     checkpoint=body.checkpoint)
         except (RoomError, SpecError, PlanError) as exc:
             raise _http(exc) from None
         return rooms.view(room)

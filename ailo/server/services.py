@@ -35,6 +35,7 @@ class ServiceConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     ip_updates_per_minute: float = 240.0   # per network address (many volunteers may share a NAT)
     ip_update_burst: int = 60
+    room_checkpoints: Path | None = None   # folder of checkpoint folders served to browser nodes
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -75,6 +76,10 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     rooms = RoomRegistry()
     routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger), make_web_router(coord),
                make_exports_router(state_dir / "exports")]
+    if svc.room_checkpoints is not None:
+        from ailo.inference.weights import CheckpointLibrary
+        from ailo.server.room_weights_api import make_room_weights_router
+        routers.append(make_room_weights_router(rooms, CheckpointLibrary(svc.room_checkpoints)))
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)

@@ -72,8 +72,10 @@ async function verify(info, bytes, origin) {
 
 /** Fetches chunks through the IndexedDB cache, verifying every byte. */
 export class ChunkLoader {
-  constructor({ base = '', cache = null, concurrency = 3, onProgress = null, fetchImpl = null } = {}) {
+  constructor({ base = '', cache = null, concurrency = 3, onProgress = null, fetchImpl = null, chunkPath = null } = {}) {
     this.base = base;
+    // Where a chunk is served, by hash (a room's checkpoint pieces live under /v1/rooms/{id}/chunks/).
+    this.chunkPath = chunkPath || ((sha) => `/v1/chunks/${sha}`);
     this.cache = cache;
     this.concurrency = concurrency;
     this.onProgress = onProgress;
@@ -82,8 +84,9 @@ export class ChunkLoader {
   }
 
   async _download(info) {
-    const res = await this.fetch(`${this.base}/v1/chunks/${info.sha256}`, { cache: 'no-store' });
-    if (!res.ok) throw new Error(`GET /v1/chunks/${info.sha256.slice(0, 12)}…: HTTP ${res.status}`);
+    const path = this.chunkPath(info.sha256);
+    const res = await this.fetch(`${this.base}${path}`, { cache: 'no-store' });
+    if (!res.ok) throw new Error(`GET ${path.slice(0, -52)}${info.sha256.slice(0, 12)}…: HTTP ${res.status}`);
     const out = new Uint8Array(info.size);
     let got = 0;
     const reader = res.body.getReader();

@@ -13,3 +13,6 @@ export { addressFromPublicKey, publicKeyFromAddress, isValidAddress, keyFromSeed
 export { verifyChain, checkBlock, canonicalJson, parseJson, merkleRoot, merkleLeaf, signTx, formatAlc, LedgerError, Transaction, UNIT, FEE } from './ledger.js';
 export { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from './client.js';
 export { webglRenderer } from './backend.js';
+export { BrowserSpan, SpanCache, spanTensorNames, rotaryTables } from './span.js';
+export { fetchSpanManifest, loadSpanWeights, assembleSpan } from './spanweights.js';
+export { decodeFrame, encodeFrame, WireError } from './wire.js';
