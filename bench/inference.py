@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ailo.inference import devserver  # noqa: E402
+from ailo.inference.auth import sign_request  # noqa: E402
 from ailo.inference.blocks import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
@@ -50,10 +51,14 @@ def local_generate(model, prompt: list[int], n: int) -> tuple[list[int], float]:
     return out, time.perf_counter() - t0
 
 
+ASKER = Wallet.from_label("bench-asker")
+
+
 def room_generate(http: httpx.Client, prompt: list[int], n: int) -> tuple[list[int], float, dict]:
     t0 = time.perf_counter()
-    r = http.post("/v1/rooms/bench/generate", json={"input_ids": prompt, "max_new_tokens": n,
-                                                     "stop_at_eos": False, "stream": False})
+    body = json.dumps({"input_ids": prompt, "max_new_tokens": n, "stop_at_eos": False, "stream": False}).encode()
+    headers = {"content-type": "application/json", **sign_request(ASKER, "POST", "/v1/rooms/bench/generate", body)}
+    r = http.post("/v1/rooms/bench/generate", content=body, headers=headers)
     dt = time.perf_counter() - t0
     r.raise_for_status()
     done = r.json()
@@ -85,10 +90,12 @@ def main() -> None:
     server = devserver.serve(RoomRegistry(heartbeat_interval=1.0, heartbeat_timeout=10.0))
     http = httpx.Client(base_url=server.url, timeout=300)
     http.post("/v1/rooms", json={"id": "bench", "slots": args.nodes,
-                                 "model": json.loads((d / "config.json").read_text())}).raise_for_status()
+                                 "model": json.loads((d / "config.json").read_text())},
+              headers={"authorization": f"Bearer {server.operator_token}"}).raise_for_status()
     logs = open(d / "nodes.log", "w")
+    keys = [Wallet.from_label(f"bench-node-{i}").save(d / f"node-{i}.json") for i in range(args.nodes)]
     procs = [subprocess.Popen([*AILO, "node", "--room", "bench", "--model-dir", str(d), "--coordinator", server.url,
-                               "--memory", "4GB", "--address", Wallet.from_label(f"bench-node-{i}").address],
+                               "--memory", "4GB", "--wallet", str(keys[i])],
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=logs, stderr=subprocess.STDOUT)
              for i in range(args.nodes)]
     try:

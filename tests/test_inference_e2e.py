@@ -21,6 +21,7 @@ from ailo.inference.spec import read_spec
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.procs import free_port
+from tests.room_helpers import operator, signed_stream
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,11 +49,13 @@ def env(tmp_path_factory):
     ledger = FakeLedger()
     server = devserver.serve(RoomRegistry(heartbeat_interval=0.5, heartbeat_timeout=3.0), ledger)
     http = httpx.Client(base_url=server.url, timeout=60)
+    wallets = {}  # address -> (wallet, key file)
+    (base / "wallets").mkdir()
     for name, d in (("llama", llama_dir), ("qwen", qwen_dir)):
         body = {"id": name, "slots": 3, "model": json.loads((d / "config.json").read_text())}
         if (d / "tokenizer.json").exists():
             body["tokenizer"] = (d / "tokenizer.json").read_text()
-        assert http.post("/v1/rooms", json=body).status_code == 201
+        assert http.post("/v1/rooms", json=body, headers=operator(server)).status_code == 201
     procs: dict[str, subprocess.Popen] = {}  # node URL -> process
     logs = base / "logs"
     logs.mkdir()
@@ -60,9 +63,11 @@ def env(tmp_path_factory):
     for i, (room, d) in enumerate([("llama", llama_dir)] * 4 + [("qwen", qwen_dir)] * 3):
         port = free_port()
         log = open(logs / f"node{i}.log", "w")
+        wallet = Wallet.from_label(f"{room}-{i}")
+        wallets[wallet.address] = (wallet, wallet.save(base / "wallets" / f"{room}-{i}.json"))
         procs[f"http://127.0.0.1:{port}"] = subprocess.Popen(
-            [*AILO, "node", "--room", room, "--model-dir", str(d),
-             "--coordinator", server.url, "--port", str(port), "--memory", "1GB", "--address", Wallet.from_label(f"{room}-{i}").address],
+            [*AILO, "node", "--room", room, "--model-dir", str(d), "--coordinator", server.url,
+             "--port", str(port), "--memory", "1GB", "--wallet", str(wallets[wallet.address][1])],
             cwd=ROOT, env=node_env, stdout=log, stderr=subprocess.STDOUT)
     refs = {"llama": greedy(llama, PROMPT, LONG), "qwen": greedy(qwen, PROMPT, LONG)}  # while nodes start
     deadline = time.monotonic() + 120
@@ -76,7 +81,10 @@ def env(tmp_path_factory):
             text = "\n".join(p.read_text() for p in logs.iterdir())
             pytest.fail(f"room did not become ready (dead nodes {dead}):\n{text}")
         time.sleep(0.2)
+    asker = Wallet.from_label("e2e-asker")
+    asker.save(base / "wallets" / "asker.json")
     yield {"http": http, "url": server.url, "ledger": ledger, "procs": procs, "refs": refs, "llama": llama,
+           "wallets": wallets, "asker": asker, "asker_file": base / "wallets" / "asker.json",
            "dirs": {"llama": llama_dir, "qwen": qwen_dir}, "tokenizer": llama_dir / "tokenizer.json"}
     for p in procs.values():
         p.terminate()
@@ -89,9 +97,9 @@ def env(tmp_path_factory):
     server.stop()
 
 
-def stream(env, room: str, body: dict, on_token=None) -> list[dict]:
+def stream(env, room: str, body: dict, on_token=None, wallet=None) -> list[dict]:
     events = []
-    with env["http"].stream("POST", f"/v1/rooms/{room}/generate", json=body) as r:
+    with signed_stream(env["http"], f"/v1/rooms/{room}/generate", wallet or env["asker"], body) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             if line:
@@ -145,21 +153,23 @@ def test_ask_streams_text_to_stdout(env):
     prompt = "the quick brown fox"
     ids = tok.encode(prompt).ids
     want = tok.decode(greedy(env["llama"], ids, 20))
-    out = subprocess.run([*AILO, "ask", "--room", "llama", "--coordinator",
-                          env["url"], "--max-tokens", "20", prompt], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([*AILO, "ask", "--room", "llama", "--coordinator", env["url"], "--max-tokens", "20",
+                          "--wallet", str(env["asker_file"]), prompt], cwd=ROOT, capture_output=True, text=True,
                          env=ENV, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == want + "\n"
-    bad = subprocess.run([*AILO, "ask", "--room", "nope", "--coordinator",
-                          env["url"], "hi"], cwd=ROOT, capture_output=True, text=True,
-                         env=ENV, timeout=60)
+    bad = subprocess.run([*AILO, "ask", "--room", "nope", "--coordinator", env["url"], "--wallet",
+                          str(env["asker_file"]), "hi"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=60)
     assert bad.returncode == 2 and "no room 'nope'" in bad.stderr
+    no_wallet = subprocess.run([*AILO, "ask", "--room", "llama", "--coordinator", env["url"], "hi"], cwd=ROOT,
+                               capture_output=True, text=True, env=ENV, timeout=60)
+    assert no_wallet.returncode == 2 and "no wallet at /nonexistent/ailo-wallet.json" in no_wallet.stderr
 
 
 def test_node_with_another_checkpoint_is_refused(env):
     out = subprocess.run([*AILO, "node", "--room", "llama", "--model-dir", str(env["dirs"]["qwen"]),
-                          "--coordinator", env["url"], "--memory", "1GB"], cwd=ROOT, capture_output=True, text=True,
-                         env=ENV, timeout=60)
+                          "--coordinator", env["url"], "--memory", "1GB", "--wallet", str(env["asker_file"])],
+                         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=60)
     assert out.returncode == 2
     assert "checkpoint does not match room 'llama'" in out.stderr
 
@@ -167,7 +177,7 @@ def test_node_with_another_checkpoint_is_refused(env):
 def test_rewards_go_to_the_processing_nodes_not_the_requester(env):
     view = env["http"].get("/v1/rooms/llama").json()
     requester = next(n["address"] for n in view["nodes"] if n["span"] == 1)  # serves span 1, and asks
-    events = stream(env, "llama", {"input_ids": PROMPT, "max_new_tokens": 8, "requester": requester})
+    events = stream(env, "llama", {"input_ids": PROMPT, "max_new_tokens": 8}, wallet=env["wallets"][requester][0])
     done = events[-1]
     addr = {n["node_id"]: n["address"] for n in view["nodes"]}
     route = [addr[r["node_id"]] for r in events[0]["route"]]
@@ -213,5 +223,6 @@ def test_killed_node_fails_over_to_replica_then_no_replica_fails_clearly(env):
     tokens = [e["token"] for e in events if e["type"] == "token"]
     assert tokens == env["refs"]["qwen"][:len(tokens)] and len(tokens) < LONG
     assert len(ledger.calls) == paid_before
-    r = env["http"].post("/v1/rooms/qwen/generate", json={"input_ids": PROMPT})
+    from tests.room_helpers import signed
+    r = signed(env["http"], "/v1/rooms/qwen/generate", env["asker"], {"input_ids": PROMPT})
     assert r.status_code == 503 and "no live node for span 1" in r.json()["detail"]

@@ -19,10 +19,13 @@ from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
+from tests.room_helpers import operator, signed, signed_stream
 
 PROMPT = [3, 14, 15, 92, 65, 35]
 N_NEW = 24
-ADDR = {k: Wallet.from_label(f"room-node-{k}").address for k in "abcd"}
+WALLETS = {k: Wallet.from_label(f"room-node-{k}") for k in "abcd"}
+ADDR = {k: w.address for k, w in WALLETS.items()}
+ASKER = Wallet.from_label("room-asker")
 
 
 @dataclass
@@ -195,24 +198,24 @@ def test_rooms_router_over_http(room, checkpoint):
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             assert http.get("/v1/rooms/r").json()["state"] == "ready"
-            body = {"input_ids": PROMPT, "max_new_tokens": N_NEW, "stop_at_eos": False, "requester": ADDR["c"]}
-            with http.stream("POST", "/v1/rooms/r/generate", json=body) as r:
+            gen = "/v1/rooms/r/generate"
+            body = {"input_ids": PROMPT, "max_new_tokens": N_NEW, "stop_at_eos": False,
+                    "requester": ADDR["a"]}  # ignored: the requester is always the signer
+            with signed_stream(http, gen, WALLETS["c"], body) as r:
                 assert r.headers["content-type"].startswith("application/x-ndjson")
                 events = [json.loads(line) for line in r.iter_lines() if line]
             assert [e["type"] for e in events][:2] == ["start", "token"]
             assert events[-1]["tokens"] == checkpoint[1]
             assert ADDR["c"] not in {a for a, _, _ in ledger.calls} and len(ledger.calls) == 2
-            r = http.post("/v1/rooms/r/generate", json=dict(body, requester="ailo-addr-c"))
-            assert r.status_code == 400 and "not a wallet address" in r.json()["detail"]
-            once = http.post("/v1/rooms/r/generate", json=dict(body, stream=False)).json()
+            once = signed(http, gen, ASKER, dict(body, stream=False)).json()
             assert once["tokens"] == checkpoint[1]
-            assert http.post("/v1/rooms/nope/generate", json=body).status_code == 404
-            r = http.post("/v1/rooms/r/generate", json={"prompt": "hi"})
+            assert signed(http, "/v1/rooms/nope/generate", ASKER, body).status_code == 404
+            r = signed(http, gen, ASKER, {"prompt": "hi"})
             assert r.status_code == 400 and "no tokenizer" in r.json()["detail"]
-            assert http.post("/v1/rooms/r/generate", json={"input_ids": [10 ** 6]}).status_code == 400
-            created = http.post("/v1/rooms", json={"id": "big", "preset": "llama-2-70b"})
+            assert signed(http, gen, ASKER, {"input_ids": [10 ** 6]}).status_code == 400
+            created = http.post("/v1/rooms", json={"id": "big", "preset": "llama-2-70b"}, headers=operator(server))
             assert created.status_code == 201 and created.json()["slots"] == 120
-            r = http.post("/v1/rooms/big/generate", json={"input_ids": [1]})
+            r = signed(http, "/v1/rooms/big/generate", ASKER, {"input_ids": [1]})
             assert r.status_code == 503 and "forming: 0/120" in r.json()["detail"]
             presets = {p["name"]: p for p in http.get("/v1/rooms/presets").json()}
             assert len(presets["llama-2-70b"]["plan"]["spans"]) == 120
@@ -240,11 +243,11 @@ def test_ailo_gpt_room_answers_a_text_prompt_like_the_model(tmp_path):
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             config = json.loads((tmp_path / "config.json").read_text())
-            created = http.post("/v1/rooms", json={"id": "g", "slots": 2, "model": config})
+            created = http.post("/v1/rooms", json={"id": "g", "slots": 2, "model": config}, headers=operator(server))
             assert created.status_code == 201 and created.json()["has_tokenizer"]  # gpt2 by default
             nodes = start_nodes(reg, "g", tmp_path, "xy")
-            done = http.post("/v1/rooms/g/generate", json={"prompt": prompt, "max_new_tokens": 12,
-                                                           "stop_at_eos": False, "stream": False}).json()
+            done = signed(http, "/v1/rooms/g/generate", ASKER, {"prompt": prompt, "max_new_tokens": 12,
+                                                               "stop_at_eos": False, "stream": False}).json()
             assert done["tokens"] == want and done["text"] == tokenizer.decode(want)
             assert [n.service.span for n in nodes.values()] == [(0, 2), (2, 4)]
             for n in nodes.values():

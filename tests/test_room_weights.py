@@ -28,11 +28,14 @@ def lib(tmp_path_factory):
     return root
 
 
+TOKEN = "room-weights-operator-token"
+
+
 @pytest.fixture()
 def client(lib):
     rooms = RoomRegistry()
-    app = devserver.build_app(rooms, checkpoints=lib)
-    with TestClient(app) as c:
+    app = devserver.build_app(rooms, policy=devserver.dev_policy(operator_token=TOKEN), checkpoints=lib)
+    with TestClient(app, headers={"authorization": f"Bearer {TOKEN}"}) as c:  # operator: may create rooms
         c.rooms = rooms
         for rid, folder in (("q", "qwen"), ("l", "llama")):
             body = {"id": rid, "slots": 2, "model": json.loads((lib / folder / "config.json").read_text())}
@@ -99,7 +102,8 @@ def test_two_checkpoints_of_one_model_need_a_name(lib, tmp_path):
     shutil.copytree(lib / "llama", root / "a")
     shutil.copytree(lib / "llama", root / "b")
     rooms = RoomRegistry()
-    with TestClient(devserver.build_app(rooms, checkpoints=root)) as c:
+    app = devserver.build_app(rooms, policy=devserver.dev_policy(operator_token=TOKEN), checkpoints=root)
+    with TestClient(app, headers={"authorization": f"Bearer {TOKEN}"}) as c:
         cfg = json.loads((root / "a" / "config.json").read_text())
         c.post("/v1/rooms", json={"id": "r", "slots": 2, "model": cfg})
         c.post("/v1/rooms", json={"id": "s", "slots": 2, "model": cfg, "checkpoint": "b"})

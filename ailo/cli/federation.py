@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
     c.add_argument("--room-checkpoints", default=None, help="folder of checkpoint folders whose span weights "
                    "browser nodes may fetch (GET /v1/rooms/{id}/weights)")
+    c.add_argument("--allow-private-node-urls", action=argparse.BooleanOptionalAction, default=None,
+                   help="rooms: accept node URLs on loopback/private/link-local networks (default: only when "
+                   "--host is a loopback address, i.e. a local dev coordinator)")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -70,11 +73,16 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from ailo.federation.validate import ValidationConfig
     from ailo.server.services import ServiceConfig
 
+    allow_private = args.allow_private_node_urls
+    if allow_private is None:
+        allow_private = args.host in ("127.0.0.1", "localhost", "::1")
     svc = ServiceConfig(proof_of_contribution=not args.open,
                         validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
-                        room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None)
+                        room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None,
+                        allow_private_node_urls=allow_private)
     app = build_app(coordinator_config(args), Path(args.state), svc)
-    print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs)", flush=True)
+    print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
+          f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -25,23 +25,42 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
 
 
-def resolve_address(given: str | None, role: str) -> str | None:
-    """--address, else the local wallet's address (AILO_WALLET or ~/.ailo/wallet.json), else None."""
-    from ailo.wallet import AddressError, Wallet, default_wallet_path, normalize_address
+def load_wallet(given: str | None, role: str):
+    """--wallet, else $AILO_WALLET or ~/.ailo/wallet.json (as `ailo wallet`). Room calls are signed
+    by this key: a node's rewards go to its address, a requester pays from it."""
+    from ailo.wallet import Wallet, default_wallet_path
 
-    if given:
-        try:
-            return normalize_address(given)
-        except AddressError as exc:
-            raise CLIError(f"--address: {exc}") from None
-    path = default_wallet_path()
-    if path.exists():
-        try:
-            return Wallet.load(path).address
-        except (OSError, ValueError) as exc:
-            raise CLIError(f"wallet {path}: {exc}") from None
-    print(f"ailo: no --address and no wallet at {path}: {role}", file=sys.stderr)
-    return None
+    path = Path(given) if given else default_wallet_path()
+    if not path.exists():
+        raise CLIError(f"no wallet at {path}: {role} needs one. Create and register it with "
+                       f"`ailo wallet new --wallet {path}` and `ailo wallet register NAME --wallet {path}`")
+    try:
+        return Wallet.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(f"wallet {path}: {exc}") from None
+
+
+def operator_token(args: argparse.Namespace) -> str:
+    """$AILO_OPERATOR_TOKEN, else the token file (--operator-token-file, default <state>/operator-token)."""
+    if os.environ.get("AILO_OPERATOR_TOKEN"):
+        return os.environ["AILO_OPERATOR_TOKEN"].strip()
+    path = Path(args.operator_token_file)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise CLIError(f"operator token {path}: {exc} (only the coordinator's operator may create or delete "
+                       "rooms; pass --operator-token-file STATE_DIR/operator-token)") from None
+
+
+def signed_post(http, url: str, wallet, payload: dict, **kw):
+    """POST `payload` as JSON signed by `wallet` (headers from `ailo.inference.auth.sign_request`)."""
+    import httpx
+
+    from ailo.inference.auth import sign_request
+
+    body = json.dumps(payload).encode()
+    headers = {"content-type": "application/json", **sign_request(wallet, "POST", httpx.URL(url).path, body)}
+    return http(url, content=body, headers=headers, **kw)
 
 
 def _detail(response) -> str:
@@ -64,11 +83,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     except SpecError as exc:
         raise CLIError(str(exc)) from None
     memory = parse_size(args.memory) if args.memory else available_memory(device)
-    address = resolve_address(args.address, "this node will serve without rewards")
+    wallet = load_wallet(args.wallet, "a room node")
     server = ThreadedServer(build_node_app(service), args.host, args.port).start()
     url = (args.advertise_url or server.url).rstrip("/")
     print(f"ailo node: serving on {url}", flush=True)
-    agent = RoomAgent(service, args.coordinator, args.room, url, memory, address=address,
+    agent = RoomAgent(service, args.coordinator, args.room, url, memory, wallet,
                       on_event=lambda msg: print(msg, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     try:
@@ -86,8 +105,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     import httpx
 
+    wallet = load_wallet(args.wallet, "asking a room")
     body: dict = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                  "seed": args.seed, "requester": resolve_address(args.address, "asking anonymously")}
+                  "seed": args.seed}
     if args.ids:
         body["input_ids"] = [int(t) for t in args.ids.split(",")]
     elif args.prompt:
@@ -96,7 +116,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise CLIError("give a prompt, or --ids 1,2,3")
     url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
     try:
-        with httpx.stream("POST", url, json=body, timeout=httpx.Timeout(10.0, read=None)) as r:
+        with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), url, wallet, body,
+                         timeout=httpx.Timeout(10.0, read=None)) as r:
             if r.status_code >= 400:
                 r.read()
                 raise CLIError(f"room {args.room}: {_detail(r)}")
@@ -159,7 +180,10 @@ def cmd_room(args: argparse.Namespace) -> int:
                     body["tokenizer"] = (d / "tokenizer.json").read_text()
             else:
                 raise CLIError("give --model-dir or --preset")
-            r = httpx.post(base, json=body, timeout=30)
+            r = httpx.post(base, json=body, timeout=30, headers={"authorization": f"Bearer {operator_token(args)}"})
+        elif args.action == "delete":
+            r = httpx.delete(f"{base}/{args.room}", timeout=10,
+                             headers={"authorization": f"Bearer {operator_token(args)}"})
         elif args.action == "show":
             r = httpx.get(f"{base}/{args.room}", timeout=10)
         else:
@@ -181,7 +205,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=0, help="0 = any free port")
     p.add_argument("--advertise-url", help="URL the coordinator should use (default http://HOST:PORT)")
     p.add_argument("--memory", help="memory offered to the room, e.g. 2GB (default: what is free)")
-    p.add_argument("--address", help="wallet address that receives inference rewards (default: your wallet's)")
+    p.add_argument("--wallet", help="key file that signs this node's calls and receives its rewards "
+                   "(default $AILO_WALLET or ~/.ailo/wallet.json)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_node)
@@ -195,12 +220,17 @@ def register(subparsers) -> None:
     a.add_argument("--temperature", type=float, default=0.0)
     a.add_argument("--top-p", type=float, default=1.0)
     a.add_argument("--seed", type=int)
-    a.add_argument("--address", help="your wallet address (default: your wallet's; requesters are never rewarded)")
+    a.add_argument("--wallet", help="key file that signs (and pays for) the request "
+                   "(default $AILO_WALLET or ~/.ailo/wallet.json)")
     a.add_argument("-v", "--verbose", action="store_true", help="print request stats to stderr")
     a.set_defaults(func=cmd_ask)
 
-    r = subparsers.add_parser("room", help="create, list or plan distributed-inference rooms")
-    r.add_argument("action", choices=["create", "list", "show", "plan"])
+    r = subparsers.add_parser("room", help="create, delete (operator), list, show or plan distributed-inference rooms")
+    r.add_argument("action", choices=["create", "delete", "list", "show", "plan"])
+    r.add_argument("--operator-token-file", default=os.environ.get("AILO_OPERATOR_TOKEN_FILE",
+                                                                   "runs/coordinator/operator-token"),
+                   help="create/delete: the coordinator's operator token (default $AILO_OPERATOR_TOKEN, "
+                   "else $AILO_OPERATOR_TOKEN_FILE or %(default)s)")
     r.add_argument("--room")
     r.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     r.add_argument("--model-dir")

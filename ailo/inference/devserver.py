@@ -4,10 +4,15 @@ The real coordinator (`ailo.server.app`) mounts the very same router next to tra
 the ledger; this one mounts only `make_rooms_router`, so rooms can be exercised alone:
 
     python -m ailo.inference.devserver --port 8700
+
+Dev defaults: node URLs on loopback/private networks are allowed, the operator token is
+random per start (printed; `server.operator_token` in tests), and with no ledger any valid
+wallet signature is accepted (there is no registry to check against) and nobody is paid.
 """
 from __future__ import annotations
 
 import argparse
+import secrets
 import time
 from pathlib import Path
 
@@ -16,15 +21,21 @@ from fastapi import FastAPI
 from ailo.inference.rewards import InferenceRewardSink
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
-from ailo.server.rooms_api import make_rooms_router
+from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 
 
-def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *,
+def dev_policy(rewards: InferenceRewardSink | None = None, **overrides) -> RoomPolicy:
+    registered = getattr(rewards, "is_registered", None)
+    base = dict(operator_token=secrets.token_urlsafe(32), allow_private_urls=True, is_registered=registered)
+    return RoomPolicy(**{**base, **overrides})
+
+
+def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, policy: RoomPolicy | None = None, *,
               checkpoints: str | Path | None = None, web: bool = False, **router_kw) -> FastAPI:
     """`checkpoints`: a folder of checkpoint folders served to browser nodes (span weights);
     `web`: also serve the browser bundle under /static/ (browser-node tests and benches)."""
     app = FastAPI(title="Ailo rooms (dev coordinator)")
-    app.include_router(make_rooms_router(rooms, rewards, **router_kw))
+    app.include_router(make_rooms_router(rooms, rewards, policy=policy or dev_policy(rewards), **router_kw))
     if checkpoints is not None:
         from ailo.inference.weights import CheckpointLibrary
         from ailo.server.room_weights_api import make_room_weights_router
@@ -36,9 +47,13 @@ def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *
 
 
 def serve(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, host: str = "127.0.0.1",
-          port: int = 0, **kw) -> ThreadedServer:
-    """Start on a background thread; returns the running server (`.url`, `.stop()`)."""
-    return ThreadedServer(build_app(rooms, rewards, **kw), host, port).start()
+          port: int = 0, policy: RoomPolicy | None = None, **kw) -> ThreadedServer:
+    """Start on a background thread; returns the running server (`.url`, `.stop()`,
+    `.operator_token`, `.policy`)."""
+    policy = policy or dev_policy(rewards)
+    server = ThreadedServer(build_app(rooms, rewards, policy, **kw), host, port).start()
+    server.policy, server.operator_token = policy, policy.operator_token
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     server = serve(RoomRegistry(heartbeat_timeout=args.heartbeat_timeout), None, args.host, args.port,
                    checkpoints=args.room_checkpoints, web=args.room_checkpoints is not None)
-    print(f"rooms coordinator on {server.url}", flush=True)
+    print(f"rooms coordinator on {server.url}; operator token: {server.operator_token}", flush=True)
     try:
         while True:
             time.sleep(3600)

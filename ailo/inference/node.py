@@ -9,6 +9,7 @@ Status codes the coordinator acts on: 409 = "I do not hold the positions you ass
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,10 +21,12 @@ import httpx
 import torch
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from ailo.inference.auth import sign_request
 from ailo.inference.blocks import RequestCache, SpanModel
 from ailo.inference.loader import load_span
 from ailo.inference.spec import read_spec
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+from ailo.wallet import Wallet
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +170,15 @@ class JoinRefused(RuntimeError):
 
 @dataclass
 class RoomAgent:
-    """Join → heartbeat → load the assigned span → keep heartbeating; rejoin when forgotten."""
+    """Join → heartbeat → load the assigned span → keep heartbeating; rejoin when forgotten.
+    Every call is signed by `wallet` (see `ailo.inference.auth`); rewards go to its address."""
 
     service: NodeService
     coordinator: str
     room: str
     url: str
     memory: int
-    address: str | None = None
+    wallet: Wallet
     interval: float = 2.0
     on_event: object = print
 
@@ -183,7 +187,11 @@ class RoomAgent:
         self._http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=10.0)
 
     def _post(self, path: str, payload: dict) -> dict:
-        r = self._http.post(f"/v1/rooms/{self.room}/{path}", json=payload)
+        body = json.dumps(payload).encode()
+        route = f"/v1/rooms/{self.room}/{path}"
+        headers = {"content-type": "application/json",
+                   **sign_request(self.wallet, "POST", httpx.URL(self.coordinator.rstrip("/") + route).path, body)}
+        r = self._http.post(route, content=body, headers=headers)
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)
@@ -195,7 +203,7 @@ class RoomAgent:
         return r.json()
 
     def _join(self) -> None:
-        reply = self._post("join", {"url": self.url, "memory": self.memory, "address": self.address,
+        reply = self._post("join", {"url": self.url, "memory": self.memory,
                                     "fingerprint": self.service.spec.fingerprint()})
         self.service.node_id, self.service.room = reply["node_id"], self.room
         self.interval = float(reply.get("heartbeat_interval", self.interval))

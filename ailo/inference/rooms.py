@@ -9,9 +9,9 @@ memory behind one lock: joins arrive on the event loop, generations run in worke
 """
 from __future__ import annotations
 
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,9 +22,11 @@ from ailo.inference.spec import ModelSpec
 class RoomError(Exception):
     """A request the room cannot serve; `status` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 409):
+    def __init__(self, message: str, status: int = 409, reason: str | None = None):
         super().__init__(message)
         self.status = status
+        self.reason = reason or {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict",
+                                 503: "unavailable"}.get(status, "refused")
 
 
 @dataclass
@@ -111,6 +113,8 @@ class RoomRegistry:
         return span is not None and node.loaded == (span.start, span.end) and self.alive(node)
 
     def join(self, room_id: str, *, url: str, memory: int, fingerprint: str, address: str | None = None) -> NodeRecord:
+        """`address` is the signer of the join (its reward address). A URL already used by a
+        live node of ANOTHER owner is refused; the same owner (a restart) replaces its old record."""
         room = self.get(room_id)
         if fingerprint != room.spec.fingerprint():
             raise RoomError(f"checkpoint does not match room {room_id!r}'s model "
@@ -121,8 +125,10 @@ class RoomRegistry:
         with self._lock:
             for other in list(room.nodes.values()):  # a restarted node reuses its URL: forget the old one
                 if other.url == url:
+                    if other.address != address and self.alive(other):
+                        raise RoomError(f"URL {url} is served by a live node of another wallet", 409, "url_in_use")
                     del room.nodes[other.node_id]
-            node = NodeRecord(uuid.uuid4().hex[:12], address, url, int(memory), now, now)
+            node = NodeRecord(secrets.token_hex(16), address, url, int(memory), now, now)
             if room.plan is None:
                 for other in list(room.nodes.values()):
                     if not self.alive(other):
@@ -156,12 +162,20 @@ class RoomRegistry:
                 live[n.span] += 1
         return min(live, key=lambda i: (live[i], i))
 
-    def heartbeat(self, room_id: str, node_id: str, loaded: tuple[int, int] | None) -> NodeRecord:
+    def owned(self, room: Room, node_id: str, owner: str | None) -> NodeRecord:
+        """The node, if `owner` (the request's signer) registered it; 404 / 403 otherwise."""
+        node = room.nodes.get(node_id)
+        if node is None:
+            raise RoomError(f"node {node_id} is not in room {room.room_id!r}; join again", 404)
+        if owner is not None and node.address != owner:
+            raise RoomError(f"node {node_id} belongs to another wallet", 403, "not_owner")
+        return node
+
+    def heartbeat(self, room_id: str, node_id: str, loaded: tuple[int, int] | None,
+                  owner: str | None = None) -> NodeRecord:
         room = self.get(room_id)
         with self._lock:
-            node = room.nodes.get(node_id)
-            if node is None:
-                raise RoomError(f"node {node_id} is not in room {room_id!r}; join again", 404)
+            node = self.owned(room, node_id, owner)
             now = self._clock()
             if node.failed is not None and now - node.failed_at >= self.heartbeat_interval:
                 node.failed = None  # alive after all (e.g. a slow answer): routable again
@@ -169,9 +183,10 @@ class RoomRegistry:
             node.loaded = tuple(loaded) if loaded else None
             return node
 
-    def leave(self, room_id: str, node_id: str) -> None:
+    def leave(self, room_id: str, node_id: str, owner: str | None = None) -> None:
         room = self.get(room_id)
         with self._lock:
+            self.owned(room, node_id, owner)
             room.nodes.pop(node_id, None)
 
     def mark_failed(self, room_id: str, node_id: str, reason: str) -> None:

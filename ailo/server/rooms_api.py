@@ -1,84 +1,117 @@
 """Distributed-inference rooms over HTTP (SPEC R8, R9): an APIRouter the coordinator mounts.
 
-    app.include_router(make_rooms_router(RoomRegistry(), rewards=ledger_service))
+    app.include_router(make_rooms_router(RoomRegistry(), rewards=ledger_service, policy=RoomPolicy(...)))
 
-Endpoints (JSON unless noted):
-  GET    /v1/rooms/presets             the whitepaper's rooms and their plans
-  POST   /v1/rooms                     create {id, slots, model: config.json | preset, tokenizer?, context?}
-  GET    /v1/rooms, /v1/rooms/{id}     state, plan, nodes
-  DELETE /v1/rooms/{id}
-  POST   /v1/rooms/{id}/join           node → {node_id, span?, heartbeat_interval}
-  POST   /v1/rooms/{id}/heartbeat      node → {span?, state}
-  POST   /v1/rooms/{id}/leave
-  POST   /v1/rooms/{id}/generate       {prompt | input_ids, max_new_tokens, temperature, top_p, seed,
-                                        requester} → NDJSON stream of start/token/failover/done|error events
+Endpoints (JSON unless noted; who may call them: docs/ARCHITECTURE.md, "Rooms: who may do what"):
+  GET    /v1/rooms/presets             anyone: the whitepaper's rooms and their plans
+  POST   /v1/rooms                     OPERATOR (Bearer token): create {id, slots, model | preset, tokenizer?, context?}
+  GET    /v1/rooms, /v1/rooms/{id}     anyone: state, plan, nodes, price, verification events
+  DELETE /v1/rooms/{id}                OPERATOR
+  POST   /v1/rooms/{id}/join           signed by the node's wallet → {node_id, span?, heartbeat_interval}
+  POST   /v1/rooms/{id}/heartbeat      signed by the node's owner → {span?, state}
+  POST   /v1/rooms/{id}/leave          signed by the node's owner
+  POST   /v1/rooms/{id}/generate       signed by the requester {prompt | input_ids, max_new_tokens, temperature,
+                                        top_p, seed, payment?} → NDJSON stream of start/token/failover/done|error
+Refusals are JSON {"detail": "...", "reason": "<code>"} with a 4xx status (429 carries Retry-After).
 """
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier, check_node_url, check_operator
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.plan import PRESETS, PlanError, get_preset
 from ailo.inference.rewards import InferenceRewardSink
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
-from ailo.wallet import is_valid_address
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a tokenizer.json rides along with `create`
 
 
 class CreateRoom(BaseModel):
-    id: str
-    slots: int | None = None
+    id: str = Field(min_length=1, max_length=64)
+    slots: int | None = Field(None, ge=1, le=100_000)
     model: dict[str, Any] | None = Field(None, description="the checkpoint's config.json")
     preset: str | None = Field(None, description="one of GET /v1/rooms/presets")
     tokenizer: str | None = Field(None, description="'gpt2' or the contents of a tokenizer.json")
-    context: int = 2048
+    context: int = Field(2048, ge=1, le=1_000_000)
     checkpoint: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                                    description="checkpoint folder the coordinator serves to browser nodes")
 
 
 class Join(BaseModel):
-    url: str
-    memory: int
-    fingerprint: str
-    address: str | None = None
+    url: str = Field(max_length=512)
+    memory: int = Field(ge=1, le=2 ** 53)
+    fingerprint: str = Field(max_length=128)
+    address: str | None = Field(None, description="optional; must equal the signer (rewards go to the signer)")
 
 
 class Heartbeat(BaseModel):
-    node_id: str
-    loaded: list[int] | None = None
+    node_id: str = Field(max_length=64)
+    loaded: list[int] | None = Field(None, max_length=2)
 
 
 class Leave(BaseModel):
-    node_id: str
+    node_id: str = Field(max_length=64)
 
 
 class GenerateBody(BaseModel):
-    prompt: str | None = None
-    input_ids: list[int] | None = None
+    prompt: str | None = Field(None, max_length=200_000)
+    input_ids: list[int] | None = Field(None, max_length=200_000)
     max_new_tokens: int = Field(64, ge=1, le=8192)
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2 ** 63 - 1)
     stop_at_eos: bool = True
-    requester: str | None = Field(None, description="the requester's wallet address (never rewarded)")
     stream: bool = True
+    payment: dict[str, Any] | None = Field(None, description="signed PAY_INFERENCE transaction (docs/LEDGER.md)")
 
 
-def _check_address(address: str | None, what: str) -> None:
-    if address is not None and not is_valid_address(address):
-        raise RoomError(f"{what} {address!r} is not a wallet address (ailo1 + 72 hex digits)", 400)
+@dataclass
+class RoomPolicy:
+    """Who may do what, and how often. `allow_private_urls` is for loopback dev rooms, tests and
+    the demo; a public coordinator leaves it off so nodes cannot point it at internal services."""
+
+    operator_token: str | None = None
+    allow_private_urls: bool = False
+    is_registered: Callable[[str], bool] | None = None  # None: any valid signer (dev coordinator, no ledger)
+    generate_per_wallet_per_min: float = 60.0
+    generate_wallet_burst: int = 10
+    generate_per_ip_per_min: float = 240.0
+    generate_ip_burst: int = 40
+    join_per_ip_per_min: float = 60.0
+    join_ip_burst: int = 30
 
 
-def _http(exc: Exception) -> HTTPException:
-    status = exc.status if isinstance(exc, RoomError) else 400
-    return HTTPException(status, str(exc))
+def _refusal(exc: Exception) -> JSONResponse:
+    if isinstance(exc, AuthError):
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status, headers=exc.headers)
+    if isinstance(exc, RoomError):
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status)
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": f"invalid body: {problems}", "reason": "invalid_body"}, 422)
+    return JSONResponse({"detail": str(exc), "reason": "bad_request"}, 400)
+
+
+async def _body(request: Request) -> bytes:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise AuthError(413, "too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    return raw
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 class _Codecs:
@@ -103,10 +136,24 @@ class _Codecs:
 
 
 def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *,
-                      hop_timeout: float = 30.0, max_failovers: int = 4) -> APIRouter:
+                      policy: RoomPolicy | None = None, hop_timeout: float = 30.0,
+                      max_failovers: int = 4) -> APIRouter:
     """Room registry, node membership and generation endpoints under /v1/rooms."""
+    policy = policy or RoomPolicy()
     router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
     codecs = _Codecs()
+    verifier = RequestVerifier()
+    per_wallet = RateLimiter(policy.generate_per_wallet_per_min, policy.generate_wallet_burst, "wallet")
+    per_ip = RateLimiter(policy.generate_per_ip_per_min, policy.generate_ip_burst, "network address")
+    joins_per_ip = RateLimiter(policy.join_per_ip_per_min, policy.join_ip_burst, "network address")
+
+    async def signed(request: Request, model: type[BaseModel]) -> tuple[str, Any]:
+        """(signer, parsed body): signature, replay and registration checked first."""
+        raw = await _body(request)
+        signer = verifier.verify(request.method, request.url.path, request.headers, raw)
+        if policy.is_registered is not None and not policy.is_registered(signer):
+            raise AuthError(403, "unregistered", f"wallet {signer} is not registered; run `ailo wallet register NAME`")
+        return signer, model.model_validate_json(raw or b"{}")
 
     def span_dict(room_id: str, node_id: str) -> dict | None:
         room = rooms.get(room_id)
@@ -120,8 +167,10 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                 for p in PRESETS.values()]
 
     @router.post("", status_code=201)
-    def create(body: CreateRoom) -> dict:
+    async def create(request: Request):
         try:
+            check_operator(request.headers.get("authorization"), policy.operator_token)
+            body = CreateRoom.model_validate_json(await _body(request))
             if (body.model is None) == (body.preset is None):
                 raise RoomError("give exactly one of 'model' (a config.json) or 'preset'", 400)
             if body.id == "presets":
@@ -136,63 +185,76 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             tokenizer = body.tokenizer or ("gpt2" if spec.family == "ailo" else None)
             room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
                                      checkpoint=body.checkpoint)
-        except (RoomError, SpecError, PlanError) as exc:
-            raise _http(exc) from None
-        return rooms.view(room)
+        except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:
+            return _refusal(exc)
+        return JSONResponse(rooms.view(room), 201)
 
     @router.get("")
     def list_rooms() -> list[dict]:
         return [rooms.view(r) for r in rooms.rooms()]
 
     @router.get("/{room_id}")
-    def show(room_id: str) -> dict:
+    def show(room_id: str):
         try:
             return rooms.view(rooms.get(room_id))
         except RoomError as exc:
-            raise _http(exc) from None
+            return _refusal(exc)
 
     @router.delete("/{room_id}")
-    def delete(room_id: str) -> dict:
+    async def delete(room_id: str, request: Request):
         try:
+            check_operator(request.headers.get("authorization"), policy.operator_token)
             rooms.delete_room(room_id)
-        except RoomError as exc:
-            raise _http(exc) from None
+        except (AuthError, RoomError) as exc:
+            return _refusal(exc)
         return {"deleted": room_id}
 
     @router.post("/{room_id}/join")
-    def join(room_id: str, body: Join) -> dict:
+    async def join(room_id: str, request: Request):
         try:
-            _check_address(body.address, "node address")
-            node = rooms.join(room_id, url=body.url.rstrip("/"), memory=body.memory,
-                              fingerprint=body.fingerprint, address=body.address)
-            return {"node_id": node.node_id, "room": room_id, "span": span_dict(room_id, node.node_id),
-                    "heartbeat_interval": rooms.heartbeat_interval, "heartbeat_timeout": rooms.heartbeat_timeout}
-        except RoomError as exc:
-            raise _http(exc) from None
+            joins_per_ip.take(_peer(request))
+            signer, body = await signed(request, Join)
+            if body.address is not None and body.address != signer:
+                raise AuthError(400, "address_not_signer", "rewards go to the signing wallet: 'address' must be "
+                                f"the signer {signer} (or left out)")
+            url = check_node_url(body.url, policy.allow_private_urls)
+            node = rooms.join(room_id, url=url, memory=body.memory, fingerprint=body.fingerprint, address=signer)
+            return {"node_id": node.node_id, "room": room_id, "address": signer,
+                    "span": span_dict(room_id, node.node_id), "heartbeat_interval": rooms.heartbeat_interval,
+                    "heartbeat_timeout": rooms.heartbeat_timeout}
+        except (AuthError, RoomError, ValidationError) as exc:
+            return _refusal(exc)
 
     @router.post("/{room_id}/heartbeat")
-    def heartbeat(room_id: str, body: Heartbeat) -> dict:
+    async def heartbeat(room_id: str, request: Request):
         try:
-            node = rooms.heartbeat(room_id, body.node_id, tuple(body.loaded) if body.loaded else None)
+            signer, body = await signed(request, Heartbeat)
+            loaded = tuple(body.loaded) if body.loaded else None
+            if loaded is not None and len(loaded) != 2:
+                raise RoomError("'loaded' is [start, end]", 400)
+            node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer)
             room = rooms.get(room_id)
             return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room)}
-        except RoomError as exc:
-            raise _http(exc) from None
+        except (AuthError, RoomError, ValidationError) as exc:
+            return _refusal(exc)
 
     @router.post("/{room_id}/leave")
-    def leave(room_id: str, body: Leave) -> dict:
+    async def leave(room_id: str, request: Request):
         try:
-            rooms.leave(room_id, body.node_id)
-        except RoomError as exc:
-            raise _http(exc) from None
+            signer, body = await signed(request, Leave)
+            rooms.leave(room_id, body.node_id, owner=signer)
+        except (AuthError, RoomError, ValidationError) as exc:
+            return _refusal(exc)
         return {"left": body.node_id}
 
     @router.post("/{room_id}/generate")
-    def generate(room_id: str, body: GenerateBody):
+    async def generate(room_id: str, request: Request):
         try:
+            per_ip.take(_peer(request))
+            signer, body = await signed(request, GenerateBody)
+            per_wallet.take(signer)
             room = rooms.get(room_id)
-            _check_address(body.requester, "requester")
-            codec = codecs.get(room_id, room.tokenizer)
+            codec = await run_in_threadpool(codecs.get, room_id, room.tokenizer)
             if (body.prompt is None) == (body.input_ids is None):
                 raise RoomError("give exactly one of 'prompt' or 'input_ids'", 400)
             if body.prompt is not None and codec is None:
@@ -200,18 +262,18 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             ids = body.input_ids if body.input_ids is not None else codec.encode(body.prompt).ids
             params = GenerateParams(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop_at_eos)
             decode: Callable | None = codec.decode if codec is not None else None
-            gen = Generation(rooms, room_id, list(ids), params, requester=body.requester, rewards=rewards,
+            gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
                              hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode)
-        except RoomError as exc:
-            raise _http(exc) from None
+        except (AuthError, RoomError, ValidationError) as exc:
+            return _refusal(exc)
         if body.stream:
             def lines() -> Iterator[str]:
                 for event in gen.events():
                     yield json.dumps(event) + "\n"
             return StreamingResponse(lines(), media_type="application/x-ndjson")
-        final = list(gen.events())[-1]
+        final = (await run_in_threadpool(lambda: list(gen.events())))[-1]
         if final["type"] == "error":
-            raise HTTPException(502, final["error"])
+            return JSONResponse({"detail": final["error"], "reason": "generation_failed"}, 502)
         return final
 
     return router

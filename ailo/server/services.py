@@ -4,7 +4,8 @@
     rooms (distributed inference) ── mints ──┘        web pages (browser client, dashboard)
 
 State lives under one directory: `state.db` + `chunks/` + `updates/` (federation),
-`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600), and
+`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600),
+`operator-token` (the Bearer token that creates and deletes rooms, 0600), and
 `exports/` (model releases written by `ailo export`, served read-only).
 """
 from __future__ import annotations
@@ -18,12 +19,13 @@ from fastapi.responses import JSONResponse
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.poc import ProofOfContribution
 from ailo.federation.validate import TokenBucket, ValidationConfig
+from ailo.inference.auth import load_operator_token
 from ailo.inference.rooms import RoomRegistry
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
-from ailo.server.rooms_api import make_rooms_router
+from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
 from ailo.web.routes import make_web_router
 from ailo.wallet import Wallet
@@ -36,6 +38,7 @@ class ServiceConfig:
     ip_updates_per_minute: float = 240.0   # per network address (many volunteers may share a NAT)
     ip_update_burst: int = 60
     room_checkpoints: Path | None = None   # folder of checkpoint folders served to browser nodes
+    allow_private_node_urls: bool = False  # rooms: let nodes advertise loopback/private URLs (dev, demo)
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -74,8 +77,10 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
     rooms = RoomRegistry()
-    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger), make_web_router(coord),
-               make_exports_router(state_dir / "exports")]
+    policy = RoomPolicy(operator_token=load_operator_token(state_dir), allow_private_urls=svc.allow_private_node_urls,
+                        is_registered=ledger.is_registered)
+    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy),
+               make_web_router(coord), make_exports_router(state_dir / "exports")]
     if svc.room_checkpoints is not None:
         from ailo.inference.weights import CheckpointLibrary
         from ailo.server.room_weights_api import make_room_weights_router
