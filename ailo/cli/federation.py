@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--lr", type=float, default=3e-3)
     c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
     c.add_argument("--server-lr", type=float, default=1.0)
+    c.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
+                   help="update codec named in every task (sparse: top-k + 2-bit with client error feedback)")
+    c.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")
+    c.add_argument("--ef-decay", type=float, default=1.0, help="lossy codecs: client error feedback e ← decay·e + Δ")
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--open", action="store_true",
@@ -66,6 +70,11 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     from ailo.server.services import build_app
 
+    from ailo.federation.codecs import CodecSpec
+    try:
+        CodecSpec(args.codec, args.codec_density, args.ef_decay)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.min_updates < 1:
         raise CLIError("--min-updates must be at least 1")
     if args.max_updates is not None and args.max_updates < args.min_updates:

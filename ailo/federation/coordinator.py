@@ -20,6 +20,7 @@ import torch
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.federation.aggregate import AGGREGATORS, WeightedDelta
+from ailo.federation.codecs import CodecSpec
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
@@ -43,6 +44,9 @@ class CoordinatorConfig:
     optimizer: str = "adamw"
     server_lr: float = 1.0
     aggregator: str = "fedavg"
+    codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
+    codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
+    ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
     val_batches: int = 4
     data_dir: str | None = None
 
@@ -74,6 +78,7 @@ class Coordinator:
         self.seq_len = config.seq_len or self.cfg.n_ctx
         self.store = SQLiteRoundStore(state_dir)
         self.aggregator = AGGREGATORS[config.aggregator]
+        self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
         self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
@@ -106,7 +111,7 @@ class Coordinator:
         """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
         c = self.config
         return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
-                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer}
+                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task()}
 
     @property
     def version(self) -> int:
@@ -177,7 +182,7 @@ class Coordinator:
             raise UpdateRejected("duplicate", f"client {meta.client_id!r} already has an accepted update in round {rnd.id}", 409)
         for check in self.pre_checks:
             check(self, sub)
-        sub.tensors = decode_update(sub.body, self.manifest)
+        sub.tensors = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task))
         for check in self.post_checks:
             check(self, sub)
 
@@ -195,7 +200,8 @@ class Coordinator:
 
     def _close_round(self, rnd: RoundRecord) -> None:
         accepted = self.store.updates(rnd.id, "accepted")
-        updates = [WeightedDelta(decode_update(self.store.update_blob(u.sha256), self.manifest), u.n_samples)
+        codec = CodecSpec.from_task(rnd.task)
+        updates = [WeightedDelta(decode_update(self.store.update_blob(u.sha256), self.manifest, codec), u.n_samples)
                    for u in accepted]
         base = self.model.state_dict()
         new_state = self.aggregator.aggregate(base, updates, self.config.server_lr)

@@ -1,5 +1,6 @@
-"""The update wire format: a safetensors file of float32 pseudo-gradients, one tensor per
-model parameter with the model's own names. Metadata (round, base version, n_k, loss,
+"""The update wire format: a safetensors file of pseudo-gradients in the round's codec
+(`codecs.py`: `fp32` = one float32 tensor per model parameter with the model's own names;
+`int8` and `sparse` = packed arrays, decoded here to the same float32 tensors). Metadata (round, base version, n_k, loss,
 identity and signature) travels in `X-Ailo-*` HTTP headers so the body's sha256 is the exact
 thing a contributor signs. Never JSON number arrays.
 """
@@ -16,6 +17,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ailo.chunks import Manifest
+from ailo.federation.codecs import CodecError, CodecSpec, body_metadata, decode as codec_decode
+from ailo.federation.codecs import encode as codec_encode, max_body_bytes
+
+FP32 = CodecSpec()
 
 
 class UpdateRejected(Exception):
@@ -27,8 +32,11 @@ class UpdateRejected(Exception):
         self.status = status
 
 
-def encode_update(delta: Mapping[str, torch.Tensor]) -> bytes:
-    return st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()})
+def encode_update(delta: Mapping[str, torch.Tensor], codec: CodecSpec = FP32) -> bytes:
+    """Δ in `codec`, without error feedback (the worker uses `codecs.compress`)."""
+    if codec.name == "fp32":
+        return st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()})
+    return codec_encode(delta, codec)
 
 
 def expected_update_bytes(manifest: Manifest) -> int:
@@ -36,20 +44,33 @@ def expected_update_bytes(manifest: Manifest) -> int:
     return sum(4 * math.prod(t.shape) for t in manifest.tensors.values())
 
 
-def max_update_bytes(manifest: Manifest) -> int:
-    header_allowance = 256 * len(manifest.tensors) + 4096
-    return expected_update_bytes(manifest) + header_allowance
+def max_update_bytes(manifest: Manifest, codec: CodecSpec = FP32) -> int:
+    """Largest acceptable body under `codec` (fp32, the default, bounds every codec)."""
+    if codec.name == "fp32":
+        return expected_update_bytes(manifest) + 256 * len(manifest.tensors) + 4096
+    return max_body_bytes({n: t.shape for n, t in manifest.tensors.items()}, codec)
 
 
-def decode_update(body: bytes, manifest: Manifest) -> dict[str, torch.Tensor]:
-    """Parse and check an update against the model it claims to update.
+def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32) -> dict[str, torch.Tensor]:
+    """Parse and check an update against the model it claims to update, in the round's codec.
 
     Order matters: cheap structural checks first (size, header), then names, dtypes, shapes,
     finiteness. Every failure names the problem.
     """
-    if len(body) > max_update_bytes(manifest):
+    limit = max_update_bytes(manifest, codec)
+    if len(body) > limit:
         raise UpdateRejected("too_large", f"update body of {len(body)} bytes exceeds the limit of "
-                             f"{max_update_bytes(manifest)} bytes for model version {manifest.version}", 413)
+                             f"{limit} bytes for model version {manifest.version} in codec {codec.name}", 413)
+    if codec.name != "fp32" or len(body) >= 8:
+        try:
+            meta = body_metadata(body)
+            if codec.name != "fp32":
+                return codec_decode(body, {n: t.shape for n, t in manifest.tensors.items()}, codec)
+        except CodecError as exc:
+            raise UpdateRejected(exc.reason, str(exc), exc.status) from None
+        if meta.get("codec", "fp32") != "fp32":
+            raise UpdateRejected("codec_mismatch", f"body is encoded as {meta.get('codec')!r} but this round asks "
+                                 "for 'fp32'")
     if len(body) < 8:
         raise UpdateRejected("truncated", "update body is shorter than a safetensors header", 400)
     (header_len,) = struct.unpack("<Q", body[:8])

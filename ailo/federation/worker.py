@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from ailo.chunks import ChunkStore, Manifest
+from ailo.chunks import ChunkStore, Manifest, _atomic_write
+from ailo.federation.codecs import CodecSpec, compress
 from ailo.data import TokenDataset
 from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.update_format import UpdateMeta
 from ailo.model import build_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local
 from ailo.wallet import Wallet
@@ -146,6 +147,32 @@ class Worker:
         bar.close()
         return source.bytes_read
 
+    # -- error feedback: what lossy codecs did not send yet, kept between rounds ---------------
+    @property
+    def error_feedback_path(self) -> Path:
+        return Path(self.cache_dir) / "error_feedback.safetensors"
+
+    def load_error_feedback(self, preset: str, codec: CodecSpec) -> dict | None:
+        """The residual of earlier rounds, if it was made for this model and codec."""
+        path = self.error_feedback_path
+        if not codec.lossy or not path.exists():
+            return None
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("preset") != preset or meta.get("codec") != codec.name:
+                    return None
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception:  # a damaged file only loses the residual: start from zero
+            return None
+
+    def save_error_feedback(self, preset: str, codec: CodecSpec, residual: dict) -> None:
+        from safetensors.torch import save as st_save
+        Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.error_feedback_path,
+                      st_save({k: v.contiguous() for k, v in residual.items()}, {"preset": preset, "codec": codec.name}))
+
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
@@ -164,7 +191,9 @@ class Worker:
                                            seed=_batch_seed(self.seed, self.client_id, task["round"],
                                                             self.attempts.get(task["round"], 0)))
         upd = train_local(self.model, batches, cfg, pick_device(self.device))
-        body = encode_update(ATTACKS[self.attack](upd.delta) if self.attack else upd.delta)
+        codec = CodecSpec.from_task(task)
+        delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
+        body, residual = compress(delta, self.load_error_feedback(manifest.preset, codec), codec)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"])
         if self.wallet is not None:
@@ -172,6 +201,8 @@ class Worker:
         resp = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
         result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
         result["http_status"] = resp.status_code
+        if resp.status_code == 200 and codec.lossy:
+            self.save_error_feedback(manifest.preset, codec, residual)  # only what was really applied
         if resp.status_code != 200:
             retry = result.get("reason") in RETRYABLE
             self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1 if retry else self.max_attempts
