@@ -6,7 +6,7 @@ import { KV } from './idb.js';
 import { parseJson, verifyChain } from './ledger.js';
 
 export class HttpError extends Error {
-  constructor(status, detail, reason) { super(detail); this.status = status; this.reason = reason; }
+  constructor(status, detail, reason, retryAfter = null) { super(detail); this.status = status; this.reason = reason; this.retryAfter = retryAfter; }
   get name() { return 'HttpError'; }
 }
 
@@ -23,7 +23,8 @@ export class CoordinatorClient {
       let detail = raw, reason;
       try { const d = JSON.parse(raw); detail = typeof d.detail === 'string' ? d.detail : JSON.stringify(d.detail); reason = d.reason; } catch { /* keep text */ }
       if (!reason && typeof detail === 'string' && /^[a-z_]+:/.test(detail)) reason = detail.split(':')[0];
-      throw new HttpError(res.status, `${method} ${path}: HTTP ${res.status}: ${detail}`, reason);
+      const ra = Number(res.headers.get('Retry-After'));  // seconds, when the coordinator says wait
+      throw new HttpError(res.status, `${method} ${path}: HTTP ${res.status}: ${detail}`, reason, Number.isFinite(ra) && ra > 0 ? ra : null);
     }
     return text ? raw : JSON.parse(raw);
   }

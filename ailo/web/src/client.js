@@ -13,6 +13,7 @@ export class ModelHolder {
   constructor(client, { onProgress = null, dbName = 'ailo-chunks' } = {}) {
     this.client = client; this.onProgress = onProgress; this.dbName = dbName;
     this.manifest = null; this.tensors = null; this.stats = null;
+    this.bytesDownloaded = 0;  // chunk bytes fetched over the network by this holder, all versions
   }
 
   /** Load the served model (or keep the one in memory when its version is current). */
@@ -25,7 +26,12 @@ export class ModelHolder {
     try {
       const manifest = await this.client.manifest();
       const loader = new ChunkLoader({ base: this.client.base, cache, onProgress: this.onProgress });
-      const bytes = await loader.loadAll(manifest);
+      let bytes;
+      try {
+        bytes = await loader.loadAll(manifest);
+      } finally {
+        this.bytesDownloaded += loader.stats.downloadedBytes;
+      }
       this.tensors = assembleTensors(manifest, bytes);
       this.manifest = manifest;
       this.stats = { ...loader.stats, chunks: manifest.chunks.length, totalBytes: manifest.chunks.reduce((s, c) => s + c.size, 0) };
@@ -39,11 +45,12 @@ export class ModelHolder {
 
 /** One federated round from this page: task → model → local training on the visitor's tokens
  *  → Δ → sign → submit. The text never leaves the page; only Δ (and n_k, loss) is sent. */
-export async function contributeRound({ client, wallet, holder, tokens, onStatus = () => {}, onStep = null, seed = Date.now() }) {
+export async function contributeRound({ client, wallet, holder, tokens, onStatus = () => {}, onStep = null, seed = Date.now(), shouldStop = null }) {
   if (!wallet.registered) throw new Error('register a username first');
   onStatus({ phase: 'task' });
   let task = await client.task(wallet.username, wallet.address);
   for (let tries = 0; task.status === 'wait' && tries < 600; tries++) {
+    if (shouldStop && shouldStop()) return { status: 'stopped', task };
     onStatus({ phase: 'wait', task });
     await new Promise((r) => setTimeout(r, 1000 * Math.min(5, Math.max(0.5, task.retry_after || 1))));
     task = await client.task(wallet.username, wallet.address);

@@ -16,3 +16,4 @@ export { webglRenderer } from './backend.js';
 export { BrowserSpan, SpanCache, spanTensorNames, rotaryTables } from './span.js';
 export { fetchSpanManifest, loadSpanWeights, assembleSpan } from './spanweights.js';
 export { decodeFrame, encodeFrame, WireError } from './wire.js';
+export { ContinuousContributor, backoffSeconds, isTransient } from './continuous.js';

@@ -7,6 +7,7 @@ import { GPT2Tokenizer } from '../tokenizer.js';
 import { Wallet, USERNAME_RE } from '../wallet.js';
 import { formatAlc } from '../ledger.js';
 import { hasWebCryptoEd25519 } from '../ed25519.js';
+import { ContinuousContributor } from '../continuous.js';
 
 const $ = (id) => document.getElementById(id);
 const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], chain: null, errors: [] });
@@ -120,8 +121,42 @@ async function loadSamples() {
   }
 }
 
+let continuous = null;
+
 function updateTrainButton() {
-  $('train').disabled = !(wallet && wallet.registered && holder.manifest);
+  const can = !!(wallet && wallet.registered && holder.manifest);
+  $('train').disabled = !can || !!(continuous && continuous.running);
+  $('continuous').disabled = !can;
+}
+
+const PHASES = { task: 'asking for work', wait: 'waiting for the next round', model: 'loading the model', train: 'training',
+  sign: 'signing', submit: 'submitting', backoff: 'coordinator busy: backing off', paused: 'paused (tab hidden)',
+  starting: 'starting', stopped: 'stopped', finished: 'training has finished on this network', idle: '—' };
+
+function showContinuous(st) {
+  $('continuous-status').hidden = false;
+  setText('cont-round', st.round ?? '—');
+  setText('cont-loss', st.loss === null ? '—' : st.loss.toFixed(4));
+  setText('cont-accepted', `${st.accepted}${st.refused ? ` (${st.refused} refused)` : ''}`);
+  setText('cont-earned', formatAlc(Math.max(0, st.earned)));
+  setText('cont-bytes', `${mb(st.bytesDown)} down, ${mb(st.bytesUp)} up`);
+  setText('cont-phase', (PHASES[st.phase] || st.phase) + (st.phase === 'backoff' ? ` ${st.backoffS} s` : '') + (st.lastError ? ` — last error: ${st.lastError}` : ''));
+  state.continuous = { ...st, rounds: st.rounds.slice() };
+  if (st.rounds.length) refreshBalance();
+}
+
+async function toggleContinuous() {
+  if ($('continuous').checked) {
+    continuous = new ContinuousContributor({
+      client, wallet, holder, getTokens: trainingTokens, onChange: showContinuous, pauseWhenHidden: $('pause-hidden').checked,
+      onStep: ({ step, steps, loss }) => { $('train-progress').max = steps; $('train-progress').value = step; setText('loss', loss.toFixed(4)); },
+    });
+    continuous.start().catch((e) => fail('continuous', e)).finally(() => { $('continuous').checked = false; updateTrainButton(); });
+    updateTrainButton();
+  } else if (continuous) {
+    await continuous.stop();
+    updateTrainButton();
+  }
 }
 
 async function trainingTokens() {
@@ -200,6 +235,8 @@ async function main() {
   $('register').addEventListener('click', register);
   $('train').addEventListener('click', train);
   $('verify-chain').addEventListener('click', verifyChain);
+  $('continuous').addEventListener('change', toggleContinuous);
+  $('pause-hidden').addEventListener('change', () => { if (continuous) { continuous.pauseWhenHidden = $('pause-hidden').checked; continuous._poke(); } });
   $('text-source').addEventListener('change', () => { $('own-text').hidden = !!$('text-source').value; });
   const backend = await initBackend(params.get('backend') || null);
   const info = backendInfo();

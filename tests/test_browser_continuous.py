@@ -1,0 +1,118 @@
+"""Continuous contribution (issue 16, part 2): a real coordinator, Debian's Chromium, the page `/`.
+
+The visitor registers and ticks "Keep contributing": with nobody touching the page it trains
+at least three consecutive rounds, each accepted and aggregated, shows the round, loss, ALC
+earned and bytes moved; hiding the tab (with "pause while hidden") stops training until it is
+visible again; unticking stops the loop.
+"""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from ailo.web.harness import chromium, ensure_built
+from procs import ailo, free_port, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+USERNAME = "cora_continuous"
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    ensure_built()
+    state = tmp_path_factory.mktemp("coord")
+    port = free_port()
+    log = state / "coordinator.log"
+    proc = ailo("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "1",
+                "--local-steps", "2", "--batch-size", "4", "--chunks", "4", "--round-seconds", "600", log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, timeout=120)
+        yield url
+    finally:
+        stop(proc)
+        print(log.read_text()[-3000:])
+
+
+def cont(page) -> dict:
+    return page.evaluate("window.ailoPage.continuous || null")
+
+
+def set_visibility(page, state: str) -> None:
+    page.evaluate("""(s) => {
+      Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => s });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }""", state)
+
+
+def test_page_keeps_training_round_after_round(coordinator):
+    url = coordinator
+    with chromium() as ctx:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/?backend=wasm")
+        page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+        page.fill("#username", USERNAME)
+        page.click("#register")
+        page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
+        address = page.evaluate("window.ailoPage.wallet.address")
+        first_round = httpx.get(f"{url}/v1/status").json()["round"]
+
+        assert page.is_checked("#pause-hidden")
+        page.check("#continuous")
+        page.wait_for_function("window.ailoPage.continuous && window.ailoPage.continuous.accepted >= 3", timeout=300_000)
+        st = cont(page)
+        rounds = st["rounds"][:3]
+        assert [r["status"] for r in rounds] == ["accepted"] * 3, st
+        assert [r["round"] for r in rounds] == [first_round, first_round + 1, first_round + 2]
+        assert all(r["aggregated"] for r in rounds) and st["refused"] == 0
+        assert st["bytesUp"] >= sum(r["bytes"] for r in rounds) and st["bytesDown"] > 0
+        assert page.is_disabled("#train")  # one loop at a time
+        assert page.inner_text("#cont-accepted").startswith(str(st["accepted"]))
+
+        # Rewards minted at each close: the page shows what it earned since the toggle.
+        page.wait_for_function("window.ailoPage.continuous.earned > 0", timeout=120_000)
+        st = cont(page)
+        bal = httpx.get(f"{url}/v1/balance/{address}").json()
+        assert 0 < st["earned"] <= bal["spendable"] + bal.get("pending", 0)
+        assert page.inner_text("#cont-earned").endswith("ALC") and page.inner_text("#cont-earned") != "0.00000000 ALC"
+        server = [u for u in httpx.get(f"{url}/v1/dashboard/updates").json()["updates"] if u["client"] == USERNAME]
+        assert len(server) >= 3 and {u["status"] for u in server} == {"accepted"}
+
+        # Hidden tab: the loop finishes its round, then pauses; visible again: it resumes.
+        set_visibility(page, "hidden")
+        page.wait_for_function("window.ailoPage.continuous.phase === 'paused'", timeout=120_000)
+        paused_at = cont(page)["accepted"]
+        time.sleep(3)
+        assert cont(page)["accepted"] == paused_at and cont(page)["phase"] == "paused"
+        set_visibility(page, "visible")
+        page.wait_for_function(f"window.ailoPage.continuous.accepted > {paused_at}", timeout=120_000)
+
+        # Unticking stops the loop after the round in flight.
+        page.uncheck("#continuous")
+        page.wait_for_function("window.ailoPage.continuous.running === false", timeout=120_000)
+        done = cont(page)["accepted"]
+        time.sleep(2)
+        assert cont(page)["accepted"] == done and cont(page)["phase"] == "stopped"
+        assert not errors, errors
+        backoff_rule(page)
+
+
+def backoff_rule(page) -> None:
+    """Pure back-off rule in the page: doubling from 1 s, never below Retry-After, capped."""
+    got = page.evaluate("""async () => {
+      const { backoffSeconds, isTransient } = await import('/static/ailo.js');
+      const api = await import('/static/ailo.js');
+      const busy = new api.HttpError(429, 'rate_limited', 'rate_limited', 7);
+      const down = new api.HttpError(503, 'x', null, null);
+      const refused = new api.HttpError(409, 'stale', 'stale_round', null);
+      return { seq: [backoffSeconds(0, down), backoffSeconds(1, down), backoffSeconds(2, down), backoffSeconds(32, down), backoffSeconds(60, down)],
+               said: backoffSeconds(0, busy), ok: backoffSeconds(8, null),
+               transient: [isTransient(busy), isTransient(down), isTransient(refused), isTransient(new TypeError('Failed to fetch'))] };
+    }""")
+    assert got["seq"] == [1, 2, 4, 60, 60]
+    assert got["said"] == 7 and got["ok"] == 0
+    assert got["transient"] == [True, True, False, True]
