@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_JS := node_modules/.installed
 STAMP_CHROMIUM := $(VENV)/.chromium
+STAMP_SERVERS := $(VENV)/.servers
 CORPUS := data/corpus/.fetched
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM)
+setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM) $(STAMP_SERVERS)
 
 $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,12 @@ $(STAMP_JS): package.json package-lock.json
 $(STAMP_CHROMIUM): | $(STAMP_PY)
 	command -v chromium || { [ "$$(id -u)" = 0 ] && SUDO= || SUDO="sudo -n"; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+	touch $@
+
+# Debian's nginx (chunk-mirror tests) and PostgreSQL 15 (storage tests start their own cluster).
+$(STAMP_SERVERS): | $(STAMP_PY)
+	{ [ -x /usr/sbin/nginx ] && [ -x /usr/lib/postgresql/15/bin/initdb ]; } || { [ "$$(id -u)" = 0 ] && SUDO= || SUDO="sudo -n"; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y nginx-light postgresql; }
 	touch $@
 
 $(CORPUS): $(STAMP_PY) ailo/assets.py

@@ -68,14 +68,18 @@ class Manifest:
     chunks: list[ChunkInfo]
     tensors: dict[str, TensorEntry]
     config: dict = field(default_factory=dict)
+    mirrors: list[str] = field(default_factory=list)  # base URLs serving `<base>/<sha256>` (untrusted)
 
     def to_json(self) -> str:
-        return json.dumps({
+        d = {
             "version": self.version, "preset": self.preset, "config": self.config,
             "chunks": [asdict(c) for c in self.chunks],
             "tensors": {n: {"shape": list(t.shape), "dtype": t.dtype,
                             "parts": [asdict(p) for p in t.parts]} for n, t in self.tensors.items()},
-        }, sort_keys=True)
+        }
+        if self.mirrors:  # added when served, never stored: the stored manifest stays mirror-free
+            d["mirrors"] = list(self.mirrors)
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
@@ -85,6 +89,7 @@ class Manifest:
             chunks=[ChunkInfo(**c) for c in d["chunks"]],
             tensors={n: TensorEntry(n, tuple(t["shape"]), t["dtype"], tuple(Part(**p) for p in t["parts"]))
                      for n, t in d["tensors"].items()},
+            mirrors=[str(m) for m in d.get("mirrors", [])],
         )
 
     @property

@@ -167,3 +167,38 @@ def test_corrupted_chunks_are_refused(env):
     assert again["ok"] and again["stats"]["droppedCorrupt"] == 1 and origin.requested == [bad]
     back = st_load(origin.result)
     assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_mirror_first_cross_origin_and_lying_mirror(env, tmp_path):
+    """Chunks from a real nginx mirror on another origin (CORS + CORP headers under COEP);
+    a corrupted mirror file and a dead mirror each cost one request, then the coordinator."""
+    from tests.servers import NGINX, nginx_mirror
+    if NGINX is None:
+        pytest.skip("nginx is not installed (make setup)")
+    origin, page, server = env
+    page.evaluate("() => ailo.ChunkCache.open('ailo-chunks').then((c) => c.clear())")
+    state = build_model("ailo-tiny", seed=11).state_dict()
+    m = origin.publish(state, version=4)
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for c in m.chunks:
+        (folder / c.sha256).write_bytes(origin.blobs[c.sha256])
+    bad = m.chunks[1]
+    data = bytearray(origin.blobs[bad.sha256])
+    data[200] ^= 0x10
+    (folder / bad.sha256).write_bytes(bytes(data))
+    with nginx_mirror(folder, tmp_path / "nginx") as (url, _):
+        from tests.procs import free_port
+        m.mirrors = [f"http://127.0.0.1:{free_port()}", url + "/"]   # a dead mirror first
+        origin.manifest_json = m.to_json().encode()
+        origin.requested.clear()
+        out = page.evaluate(LOAD_JS, 1)
+    assert out["ok"], out
+    assert origin.requested == [bad.sha256]                  # the coordinator served only the bad one
+    stats = out["stats"]
+    assert stats["mirrorChunks"] == len(m.chunks) - 1
+    assert stats["mirrorBytes"] == m.total_bytes - bad.size
+    assert len(stats["mirrorFailures"]) == 2, stats["mirrorFailures"]   # dead mirror once, lie once
+    assert any(f"{url}: " in f and "sha256 mismatch" in f for f in stats["mirrorFailures"])
+    back = st_load(origin.result)
+    assert all(torch.equal(back[k], state[k]) for k in state)

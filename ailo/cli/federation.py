@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--allow-private-node-urls", action=argparse.BooleanOptionalAction, default=None,
                    help="rooms: accept node URLs on loopback/private/link-local networks (default: only when "
                    "--host is a loopback address, i.e. a local dev coordinator)")
+    c.add_argument("--mirror", action="append", default=[], dest="mirrors", metavar="URL",
+                   help="chunk mirror base URL serving <URL>/<sha256> (repeatable; see `ailo mirror sync`); "
+                   "clients try mirrors first and verify every chunk")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -62,7 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def coordinator_config(args: argparse.Namespace) -> CoordinatorConfig:
     names = {f.name for f in fields(CoordinatorConfig)}
-    return CoordinatorConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if "mirrors" in values:
+        from ailo.mirrors import valid_mirror_url
+        try:
+            values["mirrors"] = tuple(valid_mirror_url(m) for m in values["mirrors"])
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    return CoordinatorConfig(**values)
 
 
 def run_coordinator(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "chain",        # ailo chain verify
     "inference",    # ailo node, ailo ask
     "release",      # ailo export, ailo generate
+    "mirror",       # ailo mirror sync|nginx-conf
 ]
 
 

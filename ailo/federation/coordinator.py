@@ -49,6 +49,7 @@ class CoordinatorConfig:
     ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
     val_batches: int = 4
     data_dir: str | None = None
+    mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
 
 
 @dataclass

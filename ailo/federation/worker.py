@@ -19,6 +19,7 @@ from ailo.federation.codecs import CodecSpec, compress
 from ailo.data import TokenDataset
 from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta
+from ailo.mirrors import MirroredSource
 from ailo.model import build_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local
 from ailo.wallet import Wallet
@@ -122,6 +123,7 @@ class Worker:
             self.http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=self.timeout)
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
+        self.mirror_stats = None             # MirrorStats of the last model load that used mirrors
         self.rounds_done = 0
         self.attempts: dict[int, int] = {}   # round → refused submissions so far
 
@@ -141,10 +143,16 @@ class Worker:
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
         source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar)
-        store = ChunkStore(manifest, source, self.cache_dir / "chunks")
+        mirrored = MirroredSource(manifest, manifest.mirrors, source) if manifest.mirrors else None
+        store = ChunkStore(manifest, mirrored or source, self.cache_dir / "chunks")
         bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
         self.model.load_state_dict(with_retries(store.state_dict, what="chunk download"))
         bar.close()
+        if mirrored is not None:  # mirrors first (verified), the coordinator only for what they lack
+            self.mirror_stats = mirrored.stats
+            for line in mirrored.stats.failures:
+                print(f"[{self.client_id}] mirror refused, fell back: {line}", flush=True)
+            return sum(mirrored.stats.bytes_by_origin.values())
         return source.bytes_read
 
     # -- error feedback: what lossy codecs did not send yet, kept between rounds ---------------

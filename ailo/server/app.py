@@ -3,6 +3,7 @@ are mounted beside the federation endpoints when the caller provides them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,7 +44,10 @@ def federation_router(coord: Coordinator) -> APIRouter:
 
     @r.get("/model", summary="Manifest of the current global model (version, preset, chunk hashes)")
     def model() -> Response:
-        return Response(coord.manifest.to_json(), media_type="application/json",
+        manifest = coord.manifest
+        if coord.config.mirrors:  # clients try these first (verified), then /v1/chunks
+            manifest = dataclasses.replace(manifest, mirrors=list(coord.config.mirrors))
+        return Response(manifest.to_json(), media_type="application/json",
                         headers={"Cache-Control": "no-cache", "X-Ailo-Version": str(coord.version)})
 
     @r.get("/chunks/{sha256}", summary="One immutable weight chunk (safetensors bytes); Range supported")

@@ -4,6 +4,11 @@
 // per tensor, its shape, torch dtype and row-slices `parts` [{chunk, start, stop, key}]. Each
 // chunk is a safetensors file named by its sha256 and served at GET /v1/chunks/{sha256}.
 //
+// Mirrors: a manifest may list `mirrors` (base URLs of static servers holding `<base>/<sha256>`,
+// see ailo/mirrors.py). They are tried first, in order; their bytes are verified like any
+// other, and a mirror that lies, lacks a chunk or is down costs one request before the next
+// mirror or the coordinator is asked (an unreachable mirror is skipped for the rest of the load).
+//
 // Every chunk is verified (size + sha256) before use, and stored in IndexedDB keyed by its hash
 // the moment it is verified: a second visit downloads zero chunk bytes, a changed model
 // downloads only the chunks whose hash changed, and a reload in the middle of a download
@@ -72,21 +77,24 @@ async function verify(info, bytes, origin) {
 
 /** Fetches chunks through the IndexedDB cache, verifying every byte. */
 export class ChunkLoader {
-  constructor({ base = '', cache = null, concurrency = 3, onProgress = null, fetchImpl = null, chunkPath = null } = {}) {
+  constructor({ base = '', cache = null, concurrency = 3, onProgress = null, fetchImpl = null, chunkPath = null, mirrors = null } = {}) {
     this.base = base;
     // Where a chunk is served, by hash (a room's checkpoint pieces live under /v1/rooms/{id}/chunks/).
     this.chunkPath = chunkPath || ((sha) => `/v1/chunks/${sha}`);
+    this.mirrors = mirrors;   // null: take the manifest's list in loadAll
+    this.down = new Set();
     this.cache = cache;
     this.concurrency = concurrency;
     this.onProgress = onProgress;
     this.fetch = fetchImpl || globalThis.fetch.bind(globalThis);
-    this.stats = { downloadedBytes: 0, downloadedChunks: 0, cacheHits: 0, cacheBytes: 0, droppedCorrupt: 0 };
+    this.stats = { downloadedBytes: 0, downloadedChunks: 0, cacheHits: 0, cacheBytes: 0, droppedCorrupt: 0,
+      mirrorBytes: 0, mirrorChunks: 0, mirrorFailures: [] };
   }
 
-  async _download(info) {
+  async _download(info, url = null, origin = 'network') {
     const path = this.chunkPath(info.sha256);
-    const res = await this.fetch(`${this.base}${path}`, { cache: 'no-store' });
-    if (!res.ok) throw new Error(`GET ${path.slice(0, -52)}${info.sha256.slice(0, 12)}…: HTTP ${res.status}`);
+    const res = await this.fetch(url || `${this.base}${path}`, { cache: 'no-store' });
+    if (!res.ok) throw new Error(`GET ${url || `${path.slice(0, -52)}${info.sha256.slice(0, 12)}…`}: HTTP ${res.status}`);
     const out = new Uint8Array(info.size);
     let got = 0;
     const reader = res.body.getReader();
@@ -96,7 +104,7 @@ export class ChunkLoader {
       this.stats.downloadedBytes += value.byteLength;
       if (got + value.byteLength > info.size) {
         await reader.cancel();
-        throw new ChunkIntegrityError(`chunk ${info.index} (${info.sha256.slice(0, 12)}) from network: more than ${info.size} bytes`);
+        throw new ChunkIntegrityError(`chunk ${info.index} (${info.sha256.slice(0, 12)}) from ${origin}: more than ${info.size} bytes`);
       }
       out.set(value, got);
       got += value.byteLength;
@@ -122,14 +130,33 @@ export class ChunkLoader {
         }
       }
     }
-    const bytes = await verify(info, await this._download(info), 'network');
+    const bytes = await this._fromNetwork(info);
     this.stats.downloadedChunks++;
     if (this.cache) await this.cache.put(info.sha256, bytes);
     return bytes;
   }
 
+  /** Verified bytes from the first mirror that delivers them, else from the coordinator. */
+  async _fromNetwork(info) {
+    for (const m of this.mirrors || []) {
+      if (this.down.has(m)) continue;
+      const origin = `mirror ${m}`;
+      try {
+        const bytes = await verify(info, await this._download(info, `${m}/${info.sha256}`, origin), origin);
+        this.stats.mirrorBytes += bytes.byteLength;
+        this.stats.mirrorChunks++;
+        return bytes;
+      } catch (e) {
+        if (e instanceof TypeError) this.down.add(m);  // network failure (down, CORS refused): skip it from now on
+        this.stats.mirrorFailures.push(`${m}: ${e.message}`);
+      }
+    }
+    return verify(info, await this._download(info), 'network');
+  }
+
   /** All chunks of a manifest → Map index → bytes. */
   async loadAll(manifest) {
+    if (this.mirrors === null) this.mirrors = (manifest.mirrors || []).map((m) => String(m).replace(/\/+$/, ''));
     const out = new Map();
     const queue = [...manifest.chunks];
     let done = 0;

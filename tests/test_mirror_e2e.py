@@ -1,0 +1,104 @@
+"""Chunk mirrors with real processes: a coordinator listing a dead mirror and an nginx mirror
+(Debian nginx serving a folder kept by `ailo mirror sync`), and native workers.
+
+Round 1: every chunk comes from nginx; the coordinator serves 0 chunk bytes. Round 2: the
+mirror lies (a corrupted file, a truncated one, a missing one): the worker detects each,
+fetches exactly those chunks from the coordinator and trains on the right weights; a
+second `ailo mirror sync` finds and repairs the damage.
+"""
+import hashlib
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from ailo.chunks import Manifest
+from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
+from tests.servers import NGINX, nginx_mirror
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make setup)")]
+
+
+def sync(url: str, out) -> str:
+    r = subprocess.run([sys.executable, "-m", "ailo.cli.main", "mirror", "sync", "--coordinator", url,
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def run_worker(url: str, tmp_path, name: str) -> str:
+    log = tmp_path / f"{name}.log"
+    w = ailo("worker", "--coordinator", url, "--client-id", name, "--cache", str(tmp_path / f"cache-{name}"),
+             "--rounds", "1", "--quiet", log=log)
+    try:
+        assert w.wait(timeout=300) == 0, log.read_text()
+    finally:
+        stop(w)
+    return log.read_text()
+
+
+def counters(url: str) -> dict:
+    return httpx.get(f"{url}/v1/status").json()["counters"]
+
+
+def test_round_from_nginx_mirror_and_lying_mirror_recovered(tmp_path):
+    mirror_dir = tmp_path / "mirror"
+    mirror_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dead_mirror = f"http://127.0.0.1:{free_port()}"   # nobody listens: costs a refused connection
+    with nginx_mirror(mirror_dir, tmp_path / "nginx") as (mirror_url, nginx_prefix):
+        coord = ailo("coordinator", "--state", str(tmp_path / "state"), "--port", str(port), "--open",
+                     "--rounds", "2", "--min-updates", "1", "--local-steps", "2", "--batch-size", "2",
+                     "--mirror", dead_mirror, "--mirror", mirror_url + "/", log=tmp_path / "coord.log")
+        try:
+            wait_healthy(url, coord)
+            manifest = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
+            assert manifest.mirrors == [dead_mirror, mirror_url] and manifest.version == 0
+            out = sync(url, mirror_dir)
+            assert f"{len(manifest.chunks)} chunks downloaded" in out
+            base = counters(url).get("chunk_bytes_served", 0)  # the sync itself used the coordinator
+
+            # Round 1: every chunk from nginx, none from the coordinator.
+            log = run_worker(url, tmp_path, "w1")
+            refusals = [line for line in log.splitlines() if "mirror refused" in line]
+            assert len(refusals) == 1 and f"{dead_mirror}: unreachable" in refusals[0], log
+            assert httpx.get(f"{url}/v1/status").json()["version"] == 1
+            assert counters(url).get("chunk_bytes_served", 0) - base == 0
+            access = (nginx_prefix / "access.log").read_text()
+            for c in manifest.chunks:
+                assert f"GET /{c.sha256} HTTP/1.1\" 200 {c.size}" in access
+
+            # Round 2: the mirror holds version 1, then three of its files go bad.
+            manifest1 = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
+            sync(url, mirror_dir)
+            before = counters(url).get("chunk_bytes_served", 0)
+            corrupt, short, gone = manifest1.chunks[0], manifest1.chunks[1], manifest1.chunks[2]
+            data = bytearray((mirror_dir / corrupt.sha256).read_bytes())
+            data[len(data) // 2] ^= 0xFF                          # same size, wrong hash
+            (mirror_dir / corrupt.sha256).write_bytes(bytes(data))
+            (mirror_dir / short.sha256).write_bytes((mirror_dir / short.sha256).read_bytes()[:-10])
+            (mirror_dir / gone.sha256).unlink()
+
+            log = run_worker(url, tmp_path, "w2")
+            assert f"{mirror_url}/{corrupt.sha256}: sha256 mismatch" in log
+            assert f"{mirror_url}/{short.sha256}: {short.size - 10} bytes" in log
+            assert f"{mirror_url}/{gone.sha256}: HTTP 404" in log
+            status = httpx.get(f"{url}/v1/status").json()
+            assert status["version"] == 2                          # trained on the right weights, accepted
+            served = counters(url).get("chunk_bytes_served", 0) - before
+            assert served == corrupt.size + short.size + gone.size  # only the three bad chunks
+
+            # `ailo mirror sync` re-hashes every file: damage is found and repaired.
+            manifest2 = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
+            assert "0 damaged" in sync(url, mirror_dir)
+            bad = manifest2.chunks[3]
+            data = bytearray((mirror_dir / bad.sha256).read_bytes())
+            data[0] ^= 0x01
+            (mirror_dir / bad.sha256).write_bytes(bytes(data))
+            out = sync(url, mirror_dir)
+            assert "0 chunks downloaded, 1 damaged files replaced" in out
+            assert hashlib.sha256((mirror_dir / bad.sha256).read_bytes()).hexdigest() == bad.sha256
+        finally:
+            stop(coord)
