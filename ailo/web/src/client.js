@@ -3,7 +3,8 @@ import * as tf from '@tensorflow/tfjs';
 import { ChunkCache, ChunkLoader, assembleTensors } from './chunks.js';
 import { sha256Hex } from './hash.js';
 import { GPT } from './model.js';
-import { trainLocal, encodeUpdate, randomBatches } from './train.js';
+import { trainLocal, randomBatches } from './train.js';
+import { codecFromTask, compress, ErrorFeedbackStore } from './codecs.js';
 import { updateMessage } from './wallet.js';
 
 export { CoordinatorClient, HttpError, syncChain } from './api.js';
@@ -70,16 +71,25 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
     model.dispose();
   }
   onStatus({ phase: 'sign', task, result });
-  const body = encodeUpdate(result.delta);
+  // The round's codec, with error feedback kept in IndexedDB and committed only once accepted.
+  const codec = codecFromTask(task);
+  const ef = codec.name === 'fp32' ? null : await ErrorFeedbackStore.open();
+  const { body, error } = compress(result.delta, ef ? await ef.load(holder.manifest.preset, codec) : null, codec);
   const sha = await sha256Hex(body);
   const nonce = await wallet.nextNonce();
   const timestamp = Date.now();
   const signature = await wallet.signHex(updateMessage(task.round, task.version, sha, result.nSamples, nonce, timestamp));
   onStatus({ phase: 'submit', task, result, bytes: body.byteLength });
-  const reply = await client.submitUpdate(body, {
-    clientId: wallet.username, round: task.round, baseVersion: task.version, nSamples: result.nSamples,
-    trainLoss: result.trainLoss, taskId: task.task_id, address: wallet.address, signature, nonce, timestamp,
-  });
-  return { status: 'submitted', task, result: { ...result, delta: undefined }, reply, sha256: sha, bytes: body.byteLength, backend: tf.getBackend() };
+  let reply;
+  try {
+    reply = await client.submitUpdate(body, {
+      clientId: wallet.username, round: task.round, baseVersion: task.version, nSamples: result.nSamples,
+      trainLoss: result.trainLoss, taskId: task.task_id, address: wallet.address, signature, nonce, timestamp,
+    });
+    if (ef) await ef.save(holder.manifest.preset, codec, error);
+  } finally {
+    if (ef) ef.close();
+  }
+  return { status: 'submitted', codec: codec.name, task, result: { ...result, delta: undefined }, reply, sha256: sha, bytes: body.byteLength, backend: tf.getBackend() };
 }
 

@@ -5,6 +5,7 @@ export { GPT, PRESETS, getPreset, paramShapes, configFrom, lossFn, logits, cross
 export { ChunkCache, ChunkLoader, ChunkIntegrityError, fetchManifest, assembleTensors, loadModelWeights } from './chunks.js';
 export { parseSafetensors, serializeSafetensors, toFloat32, SafetensorsError } from './safetensors.js';
 export { trainLocal, encodeUpdate, applyDelta, randomBatches, trainConfigFrom, AdamW, SGD, clipGradNorm, mulberry32, DEFAULT_TRAIN_CONFIG } from './train.js';
+export { codecFromTask, compress, sparseK, ErrorFeedbackStore, CODECS, INT8_BLOCK } from './codecs.js';
 export { GPT2Tokenizer } from './tokenizer.js';
 export { sha256, sha256Hex, toHex, fromHex } from './hash.js';
 export { KV } from './idb.js';
