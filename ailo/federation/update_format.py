@@ -23,6 +23,9 @@ from ailo.federation.codecs import encode as codec_encode, max_body_bytes
 FP32 = CodecSpec()
 
 
+INT64_MAX = 2**63 - 1
+
+
 class UpdateRejected(Exception):
     """A refused update. `reason` is a stable machine code; str() is the human message."""
 
@@ -145,14 +148,16 @@ class UpdateMeta:
                 raise UpdateRejected("bad_field", f"header X-Ailo-{name.title()}: {raw!r} is not a valid {cast.__name__}", 400) from None
             if cast is float and not math.isfinite(value):
                 raise UpdateRejected("bad_field", f"header X-Ailo-{name.title()} must be finite", 400)
+            if cast is int and not 0 <= value <= INT64_MAX and name != "samples":  # stored/signed as int64
+                raise UpdateRejected("bad_field", f"header X-Ailo-{name.title()}: {value} is outside [0, 2^63-1]", 400)
             return value
 
         meta = cls(client_id=get("client", str), round_id=get("round", int), base_version=get("base-version", int),
                    n_samples=get("samples", int), train_loss=get("train-loss", float), task_id=get("task", str, ""),
                    address=get("address", str, ""), signature=get("signature", str, ""),
                    nonce=get("nonce", int, 0), timestamp=get("timestamp", int, 0))
-        if meta.n_samples <= 0:
-            raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count", 400)
+        if not 0 < meta.n_samples <= INT64_MAX:
+            raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count below 2^63", 400)
         if not meta.client_id or len(meta.client_id) > 128:
             raise UpdateRejected("bad_field", "X-Ailo-Client must be 1–128 characters", 400)
         return meta

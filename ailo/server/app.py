@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from ailo.federation.coordinator import Coordinator
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
+from ailo.server.contract import install_contract
 
 
 class TaskRequest(BaseModel):
@@ -119,5 +120,6 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
     app.include_router(federation_router(coord))
     for router in extra_routers or []:
         app.include_router(router)
+    install_contract(app, {("POST", "/v1/updates"): max_update_bytes(coord.manifest)})
 
     return app

@@ -9,41 +9,40 @@
     POST /v1/reports                body: signed REPORT tx     -> {..., "status",
                                                                    "reversal_txid"}
 
-Bad input gets a 4xx with {"detail": "<code>: <message>"} and nothing is written: the
-service checks every rule on a working copy before anything reaches the store.
+Bad input gets a 4xx with {"detail": "<code>: <message>", "reason": "<code>"} and nothing is
+written: the service checks every rule on a working copy before anything reaches the store.
+Bodies are limited (size, JSON depth) by ailo.server.limits before they are parsed.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any, Callable
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ailo.ledger.errors import LedgerError
 from ailo.ledger.service import LedgerService
+from ailo.server.errors import ApiError
+from ailo.server.limits import INT64_MAX, LEDGER_TX_BYTES, parse_json
 from ailo.wallet import AddressError, public_key_from_address
 
-MAX_BODY_BYTES = 16 * 1024
+MAX_BODY_BYTES = LEDGER_TX_BYTES
 MAX_CHAIN_PAGE = 1000
 
 
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        raise HTTPException(413, detail=f"too_large: body exceeds {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, detail=f"malformed: body is not valid JSON ({exc})") from None
+        raise ApiError(413, f"too_large: body exceeds {MAX_BODY_BYTES} bytes", "too_large")
+    return parse_json(raw)
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return await run_in_threadpool(fn, *args)
     except LedgerError as exc:
-        raise HTTPException(exc.http_status, detail=str(exc)) from None
+        raise ApiError(exc.http_status, str(exc), exc.code) from None
 
 
 def make_ledger_router(service: LedgerService) -> APIRouter:
@@ -51,7 +50,7 @@ def make_ledger_router(service: LedgerService) -> APIRouter:
     router = APIRouter(tags=["ledger"])
 
     @router.get("/v1/chain")
-    async def get_chain(from_: int = Query(0, alias="from", ge=0),
+    async def get_chain(from_: int = Query(0, alias="from", ge=0, le=INT64_MAX),
                         limit: int = Query(MAX_CHAIN_PAGE, ge=1, le=MAX_CHAIN_PAGE)) -> dict:
         blocks = await run_in_threadpool(service.chain, from_, limit)
         return {"height": service.info()["height"], "from": from_, "blocks": blocks}
@@ -61,7 +60,7 @@ def make_ledger_router(service: LedgerService) -> APIRouter:
         try:
             public_key_from_address(address)
         except AddressError as exc:
-            raise HTTPException(400, detail=f"bad_address: {exc}") from None
+            raise ApiError(400, f"bad_address: {exc}", "bad_address") from None
         bal = await run_in_threadpool(service.balance, address)
         return {**asdict(bal), "next_nonce": bal.nonce + 1}
 

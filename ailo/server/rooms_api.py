@@ -121,6 +121,16 @@ class _Codecs:
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def check(source: str) -> None:
+        """Refuse a room whose tokenizer cannot be built, at creation rather than at generate."""
+        if source != "gpt2":
+            from tokenizers import Tokenizer
+            try:
+                Tokenizer.from_str(source)
+            except Exception as exc:
+                raise RoomError(f"tokenizer is not 'gpt2' nor a valid tokenizer.json ({exc})", 400, "bad_tokenizer") from None
+
     def get(self, room_id: str, source: str | None):
         if source is None:
             return None
@@ -131,7 +141,10 @@ class _Codecs:
                     self._cache[room_id] = load_tokenizer()
                 else:
                     from tokenizers import Tokenizer
-                    self._cache[room_id] = Tokenizer.from_str(source)
+                    try:
+                        self._cache[room_id] = Tokenizer.from_str(source)
+                    except Exception as exc:  # the tokenizers library raises a bare Exception
+                        raise RoomError(f"room {room_id!r}: tokenizer is not a valid tokenizer.json ({exc})", 400, "bad_tokenizer") from None
             return self._cache[room_id]
 
 
@@ -183,6 +196,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             if slots is None:
                 raise RoomError("'slots' is required with 'model'", 400)
             tokenizer = body.tokenizer or ("gpt2" if spec.family == "ailo" else None)
+            if tokenizer is not None:
+                codecs.check(tokenizer)
             room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
                                      checkpoint=body.checkpoint)
         except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:

@@ -13,18 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.poc import ProofOfContribution
-from ailo.federation.validate import TokenBucket, ValidationConfig
+from ailo.federation.validate import ValidationConfig
 from ailo.inference.auth import load_operator_token
 from ailo.inference.rooms import RoomRegistry
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
+from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
 from ailo.web.routes import make_web_router
@@ -39,6 +39,8 @@ class ServiceConfig:
     ip_update_burst: int = 60
     room_checkpoints: Path | None = None   # folder of checkpoint folders served to browser nodes
     allow_private_node_urls: bool = False  # rooms: let nodes advertise loopback/private URLs (dev, demo)
+    ip_junk_per_minute: float = 30.0       # malformed requests per address, counted apart from the above
+    ip_junk_burst: int = 20
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -51,24 +53,18 @@ def coordinator_wallet(state_dir: Path) -> Wallet:
 
 
 def rate_limit_middleware(app: FastAPI, validation: ValidationConfig, svc: ServiceConfig) -> None:
-    """Per-network-address token buckets on the two write paths a Sybil would hammer."""
-    buckets = {
-        "/v1/register": (TokenBucket(validation.registrations_per_hour / 3600.0,
-                                     max(1, int(validation.registrations_per_hour))),
-                         f"{validation.registrations_per_hour:g} registrations per hour"),
-        "/v1/updates": (TokenBucket(svc.ip_updates_per_minute / 60.0, svc.ip_update_burst),
-                        f"{svc.ip_updates_per_minute:g} updates per minute"),
+    """Per-network-address token buckets on the two write paths a Sybil would hammer; malformed
+    requests count in a separate bucket (ailo.server.ratelimit), so junk cannot lock an address out."""
+    def junk() -> Buckets:
+        return Buckets(svc.ip_junk_per_minute / 60.0, svc.ip_junk_burst)
+    limits = {
+        "/v1/register": Limit(Buckets(validation.registrations_per_hour / 3600.0,
+                                      max(1, int(validation.registrations_per_hour))), junk(),
+                              f"{validation.registrations_per_hour:g} registrations per hour"),
+        "/v1/updates": Limit(Buckets(svc.ip_updates_per_minute / 60.0, svc.ip_update_burst), junk(),
+                             f"{svc.ip_updates_per_minute:g} updates per minute"),
     }
-
-    @app.middleware("http")
-    async def limit(request: Request, call_next):
-        entry = buckets.get(request.url.path) if request.method == "POST" else None
-        if entry is not None:
-            host = request.client.host if request.client else "unknown"
-            if not entry[0].take(host):
-                return JSONResponse({"detail": f"rate_limited: network address {host} exceeds {entry[1]}",
-                                     "reason": "rate_limited"}, status_code=429)
-        return await call_next(request)
+    app.add_middleware(RateLimitMiddleware, limits=limits)
 
 
 def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = ServiceConfig()) -> FastAPI:
