@@ -79,8 +79,12 @@ def test_stale_unknown_round_version_and_duplicates(api):
     r = _post(client, body, version=3)
     assert r.status_code == 409 and "version 3" in r.json()["detail"]
     _unchanged(coord, client, before)
-    assert _post(client, body).status_code == 200
-    r = _post(client, body)
+    first = _post(client, body)
+    assert first.status_code == 200
+    again = _post(client, body)  # the same update resent (lost reply): the original verdict, counted once
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert again.json()["update_id"] == first.json()["update_id"] and again.json()["accepted_in_round"] == 1
+    r = _post(client, encode_update(_delta(coord, 2e-3)))  # another update from the same client
     assert r.status_code == 409 and "already has an accepted update" in r.json()["detail"]
     assert _post(client, body, client_id="bob").json()["aggregated"] is True
     r = _post(client, body, client_id="carol", round_id=1)

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--min-updates", type=int, default=3)
     c.add_argument("--max-updates", type=int, default=None)
     c.add_argument("--round-seconds", type=float, default=300.0)
+    c.add_argument("--quorum", type=int, default=1, dest="quorum_updates",
+                   help="liveness: a round still short of --min-updates at twice --round-seconds closes "
+                        "with this many accepted updates (default 1; = --min-updates disables it)")
     c.add_argument("--rounds", type=int, default=None, dest="max_rounds", help="stop after this many rounds")
     c.add_argument("--local-steps", type=int, default=20)
     c.add_argument("--batch-size", type=int, default=8)
@@ -107,7 +110,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from ailo.federation.worker import CoordinatorUnavailable, Worker
+    from ailo.federation.worker import CoordinatorUnavailable, Refused, Worker
 
     client_id = args.client_id or f"worker-{os.getpid()}"
     cache = Path(args.cache) if args.cache else Path("data/worker-cache") / client_id
@@ -126,7 +129,7 @@ def run_worker(args: argparse.Namespace) -> int:
                         args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet,
                         attack=args.attack)
         worker.run(args.rounds)
-    except CoordinatorUnavailable as exc:
+    except (CoordinatorUnavailable, Refused) as exc:
         raise CLIError(str(exc)) from None
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ailo.cli.main import CLIError
+from ailo.backoff import QUICK, Unavailable
 from ailo.ledger.client import LedgerClient
 from ailo.ledger.errors import LedgerError
 from ailo.ledger.params import FEE, format_alc, parse_alc
@@ -18,8 +19,9 @@ DEFAULT_COORDINATOR = "http://127.0.0.1:8400"
 
 
 def client_for(url: str) -> LedgerClient:
-    """Factory kept separate so tests can point the CLI at an in-process app."""
-    return LedgerClient(url)
+    """Factory kept separate so tests can point the CLI at an in-process app. The CLI rides out
+    a coordinator restart (QUICK back-off, ~30 s) before reporting it unreachable."""
+    return LedgerClient(url, policy=QUICK)
 
 
 def add_coordinator_arg(p: argparse.ArgumentParser) -> None:
@@ -158,5 +160,5 @@ def _http(call):
         return call()
     except LedgerError as exc:
         raise CLIError(f"coordinator refused: {exc}") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, Unavailable) as exc:
         raise CLIError(f"cannot reach the coordinator: {exc}") from None

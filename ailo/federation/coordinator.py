@@ -19,6 +19,7 @@ import torch
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
+from ailo.faults import crash_point
 from ailo.federation.aggregate import AGGREGATORS, WeightedDelta
 from ailo.federation.codecs import CodecSpec
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
@@ -35,6 +36,7 @@ class CoordinatorConfig:
     min_updates: int = 3
     max_updates: int | None = None       # close early when reached (default: min_updates)
     round_seconds: float = 300.0         # deadline; at the deadline a round with ≥ min_updates closes
+    quorum_updates: int = 1              # liveness: a round 2×round_seconds old closes with this many
     max_rounds: int | None = None        # after this many rounds tasks answer "done"
     local_steps: int = 20
     batch_size: int = 8
@@ -148,6 +150,9 @@ class Coordinator:
         with self.lock:
             rnd = self.current_round()
             sub = Submission(meta, body, hashlib.sha256(body).hexdigest(), rnd, time.time(), peer)
+            replayed = self._replayed(meta, sub.sha256)
+            if replayed is not None:
+                return replayed
             try:
                 self._check(sub)
             except UpdateRejected as exc:
@@ -159,6 +164,7 @@ class Coordinator:
             update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
                                                  meta.train_loss, sub.sha256, len(body), "accepted", extra=sub.extra)
             self.store.bump_counter("update_bytes_received", len(body))
+            crash_point("after_accept")
             for hook in self.on_accept:
                 hook(self, sub, update_id)
             accepted = len(self.store.updates(rnd.id, "accepted"))
@@ -168,6 +174,15 @@ class Coordinator:
                 result["aggregated"] = True
             result["version"] = self.version
             return result
+
+    def _replayed(self, meta: UpdateMeta, sha256: str) -> dict | None:
+        """The original verdict when this exact update (round, client, wallet, body) was already
+        accepted: a client retrying after a lost reply (coordinator crash) is counted once."""
+        prior = self.store.accepted_update(meta.round_id, meta.client_id, sha256)
+        if prior is None or (prior.address or "") != (meta.address or ""):
+            return None
+        return {"status": "accepted", "update_id": prior.id, "round": prior.round_id, "replayed": True,
+                "accepted_in_round": len(self.store.updates(prior.round_id, "accepted")), "version": self.version}
 
     def _check(self, sub: Submission) -> None:
         meta, rnd = sub.meta, sub.round
@@ -189,12 +204,17 @@ class Coordinator:
 
     # -- rounds ----------------------------------------------------------------------------
     def tick(self) -> None:
-        """Deadline handling: close a due round that has enough updates, else extend it."""
+        """Deadline handling (the liveness rule, docs/ARCHITECTURE.md): a due round closes with
+        ≥ min_updates accepted, or — once it is 2 × round_seconds old (extended once) — with
+        ≥ quorum_updates (≥ 1); otherwise its deadline moves on by round_seconds."""
         with self.lock:
             rnd = self.current_round()
-            if self.finished() or time.time() < rnd.deadline:
+            now = time.time()
+            if self.finished() or now < rnd.deadline:
                 return
-            if len(self.store.updates(rnd.id, "accepted")) >= self.config.min_updates:
+            accepted = len(self.store.updates(rnd.id, "accepted"))
+            overdue = now >= rnd.created + 2 * self.config.round_seconds
+            if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
                 self._close_round(rnd)
             else:
                 self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
@@ -212,12 +232,14 @@ class Coordinator:
         previous_model, self.model = self.model, candidate
         try:
             manifest = self._split(self.version + 1)
+            crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
         except BaseException:
             self.model = previous_model  # nothing committed: keep serving the old version
             raise
         self.manifest = manifest
+        crash_point("after_publish")
         for hook in self.on_round_closed:
             try:
                 hook(self, rnd.id)

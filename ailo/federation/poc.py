@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call
 
 from ailo.data import TokenDataset
+from ailo.faults import crash_point
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
@@ -137,6 +138,7 @@ class ProofOfContribution:
     def settle_round(self, coord: "Coordinator", round_id: int) -> None:
         for update_id, address, amount in self.reward_plan(coord, round_id):
             self.ledger.mint_training(address, amount, ref=f"update:{update_id}")
+            crash_point("mid_settle")
 
     def settle_all(self, coord: "Coordinator") -> None:
         """Pay any closed round left unpaid by a crash (mints are idempotent by ref)."""

@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
 from ailo.chunks import ChunkStore, Manifest, _atomic_write
 from ailo.federation.codecs import CodecSpec, compress
 from ailo.data import TokenDataset
 from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta
+from ailo.federation.uploader import submit_update
 from ailo.mirrors import MirroredSource
 from ailo.model import build_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local
@@ -26,29 +28,43 @@ from ailo.wallet import Wallet
 
 
 
-class CoordinatorUnavailable(RuntimeError):
-    pass
+CoordinatorUnavailable = Unavailable   # the name the CLI catches
+
+
+class Refused(RuntimeError):
+    """A clear 4xx verdict on a call other than an update (e.g. registration refused)."""
 
 
 @dataclass
 class HTTPChunkSource:
-    """Chunks over HTTP with resume: partial bytes are kept in `<cache>/<sha>.part`."""
+    """Chunks over HTTP with resume: partial bytes are kept in `<cache>/<sha>.part`, and a
+    connection lost mid-chunk (coordinator restart) is resumed with a Range request."""
     client: httpx.Client
     partial_dir: Path
     progress: tqdm | None = None
     bytes_read: int = 0
+    policy: Backoff = DEFAULT
 
     def fetch(self, sha256: str) -> bytes:
+        return retrying(lambda: self._fetch_once(sha256), self.policy, what=f"GET chunk {sha256[:12]}")
+
+    def _fetch_once(self, sha256: str) -> bytes:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         part = self.partial_dir / f"{sha256}.part"
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         with self.client.stream("GET", f"/v1/chunks/{sha256}", headers=headers) as r:
+            if is_transient(r.status_code):
+                raise TransientStatus(r)
+            if r.status_code == 416:  # nothing left to send: the part file is complete (or too long)
+                if have:
+                    part.unlink()
+                raise TransientStatus(r)
             if r.status_code == 200 and have:  # server ignored the range: start over
                 have = 0
                 part.unlink()
             elif r.status_code not in (200, 206):
-                raise RuntimeError(f"GET chunk {sha256[:12]}: HTTP {r.status_code} {r.read()[:200]!r}")
+                raise Refused(f"GET chunk {sha256[:12]}: HTTP {r.status_code} {r.read()[:200]!r}")
             with open(part, "ab") as f:
                 for piece in r.iter_bytes(1 << 16):
                     f.write(piece)
@@ -60,17 +76,6 @@ class HTTPChunkSource:
         return data
 
 
-def with_retries(fn, *, attempts: int = 8, base_delay: float = 0.5, what: str = "coordinator"):
-    """Retry on connection errors and 5xx with exponential back-off."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except (httpx.TransportError, CoordinatorUnavailable) as exc:
-            if i == attempts - 1:
-                raise CoordinatorUnavailable(f"{what} unreachable after {attempts} attempts: {exc}") from exc
-            time.sleep(min(base_delay * 2 ** i, 10.0))
-
-
 ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team tests)
     "sign-flip": lambda delta: {k: -v for k, v in delta.items()},
     "scale": lambda delta: {k: 100 * v for k, v in delta.items()},
@@ -80,6 +85,8 @@ ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team 
 # Refusals worth another try on fresh batches (the work may pass on other data); any other
 # refusal (stale round, duplicate, bad signature...) means this round is over for us.
 RETRYABLE = {"no_loss_reduction", "wrong_direction", "implausible_norm", "rate_limited"}
+# The round closed while we trained or uploaded: nothing to give up, the next task is a new round.
+ROUND_MOVED_ON = {"stale_round", "stale_version"}
 
 
 def _batch_seed(seed: int, client_id: str, round_id: int, attempt: int = 0) -> int:
@@ -116,6 +123,7 @@ class Worker:
     attack: str | None = None           # red-team only: "sign-flip" | "scale" (demo's cheating worker)
     timeout: float = 120.0
     max_attempts: int = 3               # submissions per round before giving the round up
+    policy: Backoff = DEFAULT           # back-off on connection errors and 5xx (ailo.backoff)
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -126,27 +134,33 @@ class Worker:
         self.mirror_stats = None             # MirrorStats of the last model load that used mirrors
         self.rounds_done = 0
         self.attempts: dict[int, int] = {}   # round → refused submissions so far
+        self.outages = 0                     # calls that needed at least one retry
+
+    def _retry_note(self, attempt: int, wait: float, why: str) -> None:
+        if attempt == 1:
+            self.outages += 1
+        if self.progress or attempt == 1:
+            print(f"[{self.client_id}] coordinator unavailable ({why}); retry {attempt} in {wait:.1f} s", flush=True)
+
+    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        return request(self.http, method, path, self.policy, on_retry=self._retry_note, **kw)
 
     def _json(self, method: str, path: str, **kw) -> dict:
-        def call():
-            r = self.http.request(method, path, **kw)
-            if r.status_code >= 500:
-                raise CoordinatorUnavailable(f"{method} {path}: HTTP {r.status_code}")
-            if r.status_code >= 400:
-                raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
-            return r.json()
-        return with_retries(call)
+        r = self._call(method, path, **kw)
+        if r.status_code >= 400:
+            raise Refused(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
+        return r.json()
 
     def load_model(self, manifest: Manifest):
         if self.model is None or self.model.cfg.name != manifest.preset:
             self.model = build_model(get_preset(manifest.preset), seed=self.seed)
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
-        source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar)
+        source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar, policy=self.policy)
         mirrored = MirroredSource(manifest, manifest.mirrors, source) if manifest.mirrors else None
         store = ChunkStore(manifest, mirrored or source, self.cache_dir / "chunks")
         bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
-        self.model.load_state_dict(with_retries(store.state_dict, what="chunk download"))
+        self.model.load_state_dict(store.state_dict())
         bar.close()
         if mirrored is not None:  # mirrors first (verified), the coordinator only for what they lack
             self.mirror_stats = mirrored.stats
@@ -181,6 +195,9 @@ class Worker:
         _atomic_write(self.error_feedback_path,
                       st_save({k: v.contiguous() for k, v in residual.items()}, {"preset": preset, "codec": codec.name}))
 
+    def _sign(self, meta: UpdateMeta, sha256: str) -> UpdateMeta:
+        return sign_update(self.wallet, meta, sha256) if self.wallet is not None else meta
+
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
@@ -188,7 +205,7 @@ class Worker:
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
-        manifest = Manifest.from_json(self.http.get("/v1/model").content)
+        manifest = Manifest.from_json(self._call("GET", "/v1/model").content)
         if manifest.version != task["version"]:
             self.last_status = "wait"  # the model moved on between the two calls
             return None
@@ -204,16 +221,18 @@ class Worker:
         body, residual = compress(delta, self.load_error_feedback(manifest.preset, codec), codec)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"])
-        if self.wallet is not None:
-            meta = sign_update(self.wallet, meta, hashlib.sha256(body).hexdigest())
-        resp = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
-        result = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-        result["http_status"] = resp.status_code
-        if resp.status_code == 200 and codec.lossy:
+        sha = hashlib.sha256(body).hexdigest()
+        result = submit_update(self.http, body, self._sign(meta, sha), policy=self.policy,
+                               resign=(lambda m: self._sign(m, sha)) if self.wallet is not None else None,
+                               on_retry=self._retry_note)
+        if result.get("status") == "accepted" and codec.lossy:
             self.save_error_feedback(manifest.preset, codec, residual)  # only what was really applied
-        if resp.status_code != 200:
-            retry = result.get("reason") in RETRYABLE
-            self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1 if retry else self.max_attempts
+        if result.get("status") != "accepted":
+            reason = result.get("reason")
+            if reason in RETRYABLE:        # another try on fresh batches, within max_attempts
+                self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1
+            elif reason not in ROUND_MOVED_ON:  # this round is over for us: wait for the next one
+                self.attempts[task["round"]] = self.max_attempts
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
                              downloaded, len(body), result)
         self.reports.append(report)
@@ -221,7 +240,8 @@ class Worker:
         return report
 
     def ensure_registered(self) -> None:
-        """Bind the wallet's address to its username on the ledger, once (R5: no e-mail)."""
+        """Bind the wallet's address to its username on the ledger, once (R5: no e-mail).
+        A registration whose reply was lost in a restart is recognised on the next look."""
         from ailo.ledger.tx import register_tx
         from ailo.ledger.verify import now_ms
 
@@ -230,14 +250,23 @@ class Worker:
         if info.get("username"):
             return
         username = self.wallet.username or self.client_id
-        self._json("POST", "/v1/register", json=register_tx(self.wallet, username, now_ms()).to_json())
+        r = self._call("POST", "/v1/register", json=register_tx(self.wallet, username, now_ms()).to_json())
+        if r.status_code >= 400 and self._json("GET", f"/v1/balance/{self.wallet.address}").get("username") != username:
+            raise Refused(f"POST /v1/register: HTTP {r.status_code}: {r.text[:300]}")
 
     def run(self, max_rounds: int | None = None, poll: float = 0.5) -> list[RoundReport]:
-        """Loop until the coordinator says done or `max_rounds` rounds were submitted."""
+        """Loop until the coordinator says done or `max_rounds` rounds were submitted. A
+        coordinator outage never ends the loop (calls back off and retry; a policy with a budget
+        that runs out waits a while and starts the round over); only a 4xx verdict does."""
         if self.wallet is not None:
             self.ensure_registered()
         while max_rounds is None or self.rounds_done < max_rounds:
-            report = self.run_round()
+            try:
+                report = self.run_round()
+            except Unavailable as exc:
+                print(f"[{self.client_id}] {exc}; starting the round over", flush=True)
+                time.sleep(self.policy.cap)
+                continue
             if report is not None:
                 if self.progress:
                     ok = report.response.get("status", report.response.get("reason"))

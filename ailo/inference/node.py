@@ -21,6 +21,7 @@ import httpx
 import torch
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from ailo.backoff import Backoff, is_transient
 from ailo.inference.auth import sign_request
 from ailo.inference.blocks import RequestCache, SpanModel
 from ailo.inference.loader import load_span
@@ -168,10 +169,19 @@ class JoinRefused(RuntimeError):
     """The coordinator will not take this node (wrong checkpoint, too little memory, no room)."""
 
 
+class CoordinatorBusy(RuntimeError):
+    """A transient answer (5xx/429, or the room not restored yet after a restart): back off."""
+
+
 @dataclass
 class RoomAgent:
     """Join → heartbeat → load the assigned span → keep heartbeating; rejoin when forgotten.
-    Every call is signed by `wallet` (see `ailo.inference.auth`); rewards go to its address."""
+    Every call is signed by `wallet` (see `ailo.inference.auth`); rewards go to its address.
+
+    The coordinator is restartable: connection errors, 5xx/429 and — once this node has been
+    in the room — a 404 for the room itself are retried under `policy` (ailo.backoff), the
+    node keeps serving meanwhile; only a clear refusal (409 wrong checkpoint / does not fit,
+    or an unknown room at the very first join) raises JoinRefused."""
 
     service: NodeService
     coordinator: str
@@ -181,10 +191,14 @@ class RoomAgent:
     wallet: Wallet
     interval: float = 2.0
     on_event: object = print
+    policy: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0))
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
         self._http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=10.0)
+        self._joined_once = False
+        self.failures = 0      # consecutive failed steps (drives the back-off)
+        self.outages = 0       # times the coordinator became unavailable
 
     def _post(self, path: str, payload: dict) -> dict:
         body = json.dumps(payload).encode()
@@ -197,8 +211,12 @@ class RoomAgent:
                 detail = r.json().get("detail", r.text)
             except ValueError:
                 detail = r.text
+            if is_transient(r.status_code):
+                raise CoordinatorBusy(f"{path}: HTTP {r.status_code}: {detail}")
             if r.status_code == 404 and path == "heartbeat":
                 raise LookupError(detail)
+            if r.status_code == 404 and path == "join" and self._joined_once:
+                raise CoordinatorBusy(f"room {self.room} not there (yet) after a restart: {detail}")
             raise JoinRefused(f"{path} refused by {self.coordinator} (HTTP {r.status_code}): {detail}")
         return r.json()
 
@@ -206,6 +224,7 @@ class RoomAgent:
         reply = self._post("join", {"url": self.url, "memory": self.memory,
                                     "fingerprint": self.service.spec.fingerprint()})
         self.service.node_id, self.service.room = reply["node_id"], self.room
+        self._joined_once = True
         self.interval = float(reply.get("heartbeat_interval", self.interval))
         self.on_event(f"ailo node: joined room {self.room} as {reply['node_id']} at {self.url}")
 
@@ -227,13 +246,21 @@ class RoomAgent:
             self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span})
 
     def run(self) -> None:
-        """Loop until `stop` is set; transport errors are retried, refusals raise JoinRefused."""
+        """Loop until `stop` is set; outages back off and retry, refusals raise JoinRefused."""
         while not self.stop.is_set():
             try:
                 self.step()
-            except httpx.HTTPError as exc:
-                log.warning("coordinator unreachable: %s", exc)
-            self.stop.wait(self.interval)
+                if self.failures:
+                    self.on_event(f"ailo node: coordinator back after {self.failures} failed attempts")
+                self.failures, wait = 0, self.interval
+            except (httpx.HTTPError, CoordinatorBusy) as exc:
+                if self.failures == 0:
+                    self.outages += 1
+                    self.on_event(f"ailo node: coordinator unavailable ({exc}); backing off")
+                wait = self.policy.delay(self.failures)
+                self.failures += 1
+                log.warning("coordinator unavailable: %s", exc)
+            self.stop.wait(wait)
 
     def leave(self) -> None:
         if self.service.node_id is not None:

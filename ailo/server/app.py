@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
@@ -100,9 +101,12 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
                 except Exception as exc:  # keep ticking; the error is visible in the log
                     print(f"periodic job {job!r} failed: {exc!r}", flush=True)
 
+    started: dict[str, float] = {}
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         threading.Thread(target=ticker, name="round-ticker", daemon=True).start()
+        started["at"] = time.time()
         yield
         stop.set()
 
@@ -115,7 +119,23 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict:
+        """Liveness: the process answers HTTP (it may still be starting; see /v1/ready)."""
         return {"ok": True, "version": coord.version}
+
+    @app.get("/v1/ready", summary="Readiness after a (re)start: 200 when tasks, updates and the ledger are served")
+    def ready() -> JSONResponse:
+        """200 once start-up finished (state reopened, leftovers removed, unpaid rewards
+        settled, round ticker running) and the round store answers; else 503 + Retry-After."""
+        if "at" not in started:
+            return JSONResponse({"ready": False, "reason": "starting"}, 503, headers={"Retry-After": "1"})
+        try:
+            rnd = coord.current_round()
+        except Exception as exc:  # the store does not answer: not ready, say why
+            return JSONResponse({"ready": False, "reason": "store", "detail": repr(exc)[:200]}, 503,
+                                headers={"Retry-After": "1"})
+        return JSONResponse({"ready": True, "version": coord.version, "round": rnd.id,
+                             "uptime_s": round(time.time() - started["at"], 3),
+                             "removed_at_start": coord.store.removed_at_start})
 
     app.include_router(federation_router(coord))
     for router in extra_routers or []:

@@ -4,9 +4,9 @@
     rooms (distributed inference) ── mints ──┘        web pages (browser client, dashboard)
 
 State lives under one directory: `state.db` + `chunks/` + `updates/` (federation),
-`ledger.db` (chain), `coordinator-key.json` (the key that signs blocks and mints, 0600),
-`operator-token` (the Bearer token that creates and deletes rooms, 0600), and
-`exports/` (model releases written by `ailo export`, served read-only).
+`ledger.db` (chain), `rooms.json` (room definitions, restored at start-up),
+`coordinator-key.json` (the key that signs blocks and mints, 0600), `operator-token` (the
+Bearer token that creates and deletes rooms, 0600), and `exports/` (model releases written by `ailo export`, served read-only).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.poc import ProofOfContribution
 from ailo.federation.validate import ValidationConfig
 from ailo.inference.auth import load_operator_token
-from ailo.inference.rooms import RoomRegistry
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.exports_api import make_exports_router
@@ -27,6 +26,7 @@ from ailo.server.ledger_api import make_ledger_router
 from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.ledger_store import SQLiteLedgerStore
+from ailo.storage.rooms_file import DurableRoomRegistry
 from ailo.web.routes import make_web_router
 from ailo.wallet import Wallet
 
@@ -72,7 +72,7 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     state_dir.mkdir(parents=True, exist_ok=True)
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
-    rooms = RoomRegistry()
+    rooms = DurableRoomRegistry(state_dir / "rooms.json")
     policy = RoomPolicy(operator_token=load_operator_token(state_dir), allow_private_urls=svc.allow_private_node_urls,
                         is_registered=ledger.is_registered)
     routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy),

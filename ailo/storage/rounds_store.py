@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ailo.faults import crash_point
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -31,6 +34,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_client
     ON updates(round_id, client_id) WHERE status = 'accepted';
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,24 @@ class SQLiteRoundStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self.removed_at_start = self.remove_leftovers()
+
+    def remove_leftovers(self) -> dict[str, int]:
+        """Start-up hygiene: delete what an interrupted write left behind — `.*.tmp` blob files
+        (killed mid-write) and update blobs no row references (killed between the file and its
+        row). Chunk files are content-addressed and may be shared, so only their temporary
+        files go. Call only while nothing else writes to this directory."""
+        removed = {"tmp": 0, "updates": 0}
+        for d in (self.chunks_dir, self.updates_dir):
+            for tmp in d.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed["tmp"] += 1
+        known = {r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM updates WHERE sha256 IS NOT NULL")}
+        for f in self.updates_dir.iterdir():
+            if _SHA256.fullmatch(f.name) and f.name not in known:
+                f.unlink(missing_ok=True)
+                removed["updates"] += 1
+        return removed
 
     # -- blobs -------------------------------------------------------------------------
     @staticmethod
@@ -92,7 +115,10 @@ class SQLiteRoundStore:
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.write(data[: len(data) // 2])
+            f.flush()
+            crash_point("blob_write")
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -137,6 +163,11 @@ class SQLiteRoundStore:
         if newest:
             rows.reverse()
         return [UpdateRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    def accepted_update(self, round_id: int, client_id: str, sha256: str) -> UpdateRecord | None:
+        row = self._db.execute("SELECT * FROM updates WHERE round_id = ? AND client_id = ? AND sha256 = ? "
+                               "AND status = 'accepted'", (round_id, client_id, sha256)).fetchone()
+        return UpdateRecord(*row[:12], json.loads(row[12] or "{}")) if row else None
 
     def clients(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT client_id FROM updates ORDER BY client_id")]

@@ -1,0 +1,48 @@
+"""Room definitions that survive a coordinator restart.
+
+`RoomRegistry` keeps rooms in memory (membership is soft state: nodes re-join after a
+restart). What an operator created — the room id, its model spec, slots and options — is
+written to `rooms.json` in the state directory on every create/delete (temporary file, fsync,
+rename: a crash leaves the old file or the new one) and re-created at start-up, so `ailo node`
+processes that ride out the restart find their room again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ailo.inference.rooms import Room, RoomRegistry
+from ailo.inference.spec import ModelSpec
+
+
+class DurableRoomRegistry(RoomRegistry):
+    def __init__(self, path: Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.path = Path(path)
+        self._defs: dict[str, dict] = {}
+        if self.path.exists():
+            for d in json.loads(self.path.read_text()):
+                super().create_room(d["id"], ModelSpec.from_dict(d["spec"]), d["slots"], **d["options"])
+                self._defs[d["id"]] = d
+        self.path.with_name(f".{self.path.name}.tmp").unlink(missing_ok=True)
+
+    def create_room(self, room_id: str, spec: ModelSpec, slots: int, **options: Any) -> Room:
+        room = super().create_room(room_id, spec, slots, **options)
+        self._defs[room_id] = {"id": room_id, "spec": spec.to_dict(), "slots": slots, "options": options}
+        self._save()
+        return room
+
+    def delete_room(self, room_id: str) -> None:
+        super().delete_room(room_id)
+        self._defs.pop(room_id, None)
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(list(self._defs.values()), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
