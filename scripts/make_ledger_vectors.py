@@ -23,7 +23,8 @@ from ailo.ledger.codec import (block_signing_bytes, canonical_json, merkle_root,
                                sha256_hex, tx_signing_bytes)
 from ailo.ledger.params import FEE, UNIT, ChainParams  # noqa: E402
 from ailo.ledger.service import LedgerService  # noqa: E402
-from ailo.ledger.tx import Transaction, register_tx, report_tx, transfer_tx  # noqa: E402
+from ailo.ledger.tx import (Transaction, pay_inference_tx, register_tx, report_tx,  # noqa: E402
+                            transfer_tx)
 from ailo.ledger.verify import verify_chain  # noqa: E402
 from ailo.storage.ledger_store import SQLiteLedgerStore  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
@@ -37,6 +38,9 @@ POOL = Wallet.from_label("ailo-vectors/pool")
 ALICE, BOB, CAROL, DAVE = (Wallet.from_label(f"ailo-vectors/{n}", n)
                            for n in ("alice", "bob", "carol", "dave"))
 MALLORY = Wallet.from_label("ailo-vectors/mallory")
+RID = hashlib.sha256(b"ailo-vectors/request-1").hexdigest()[:32]    # a paid inference request
+RID2 = hashlib.sha256(b"ailo-vectors/request-2").hexdigest()[:32]
+PRICE = UNIT // 20                                                  # one span's reward
 PARAMS = ChainParams(COORD.address, POOL.address, dispute_window_ms=60_000,
                      active_window_ms=3_600_000, dispute_quorum=2)
 
@@ -66,7 +70,8 @@ def base_chain() -> tuple[list[dict], Clock]:
     svc.mint_training(ALICE.address, UNIT // 10, "update:1")
     svc.mint_training(BOB.address, UNIT // 10 + UNIT // 20, "update:2")
     svc.mint_training(CAROL.address, UNIT // 10, "update:3")
-    svc.mint_inference(ALICE.address, UNIT // 20, "request:1:alice")
+    svc.pay_inference(pay_inference_tx(BOB, RID, PRICE, clock()).to_json())   # bob asks ...
+    svc.mint_inference(DAVE.address, PRICE, f"request:{RID}:{DAVE.address}")  # ... dave serves
     svc.seal_block()                                                   # block 2
     clock.t += 1_000
     svc.submit_transfer(transfer_tx(ALICE, BOB.address, 3 * UNIT // 100, 1, clock()).to_json())
@@ -185,6 +190,26 @@ def invalid_cases(base: list[dict]) -> dict[str, tuple[str, list[dict]]]:
     bad("invalid_mint_over_max", "mint above max_mint",
         [raw_tx({"type": "MINT_TRAINING", "to": ALICE.address, "amount": UNIT + 1,
                  "ref": "update:big", "timestamp": t}, COORD)])
+    def pay(w: Wallet, rid: str, amount: int) -> Transaction:
+        return raw_tx({"type": "PAY_INFERENCE", "from": w.address, "request": rid, "amount": amount,
+                       "fee": FEE, "timestamp": t}, w)
+
+    def mint_inf(to: Wallet, rid: str, amount: int = PRICE, ref: str | None = None) -> Transaction:
+        return raw_tx({"type": "MINT_INFERENCE", "to": to.address, "amount": amount,
+                       "ref": ref or f"request:{rid}:{to.address}", "timestamp": t}, COORD)
+
+    bad("invalid_inference_unpaid", "MINT_INFERENCE for a request nobody paid for",
+        [mint_inf(CAROL, RID2)])
+    bad("invalid_inference_to_payer", "the requester minted a reward for its own request",
+        [pay(CAROL, RID2, PRICE), mint_inf(CAROL, RID2)])
+    bad("invalid_inference_over_budget", "a request's mints exceed what its requester paid",
+        [pay(CAROL, RID2, PRICE), mint_inf(ALICE, RID2), mint_inf(DAVE, RID2)])
+    bad("invalid_inference_bad_ref", "MINT_INFERENCE whose ref does not name request and recipient",
+        [pay(CAROL, RID2, PRICE), mint_inf(ALICE, RID2, ref=f"request:{RID2}:{DAVE.address}")])
+    bad("invalid_pay_inference_twice", "a second payment for an already paid request id",
+        [pay(CAROL, RID, PRICE)])
+    bad("invalid_pay_inference_overspend", "a payment larger than the payer's balance",
+        [pay(CAROL, RID2, UNIT)])
     bad("invalid_mint_not_coordinator", "mint signed by a user key",
         [raw_tx({"type": "MINT_INFERENCE", "to": ALICE.address, "amount": 1000,
                  "ref": "request:x", "timestamp": t}, ALICE)])
@@ -204,8 +229,8 @@ def invalid_cases(base: list[dict]) -> dict[str, tuple[str, list[dict]]]:
                   "to": ALICE.address, "amount": 1000, "timestamp": t}, COORD)
     bad("invalid_reversal_without_quorum", "reported by inactive dave and alice: 1 of 3 "
         "active nodes, below 51%", [pay, rep, rep2, rev])
-    spend = raw_tx(transfer_body(BOB, CAROL.address, UNIT // 10 + UNIT // 20 + 1000 - FEE,
-                                 1, t), BOB)
+    bob_spendable = UNIT // 10 + UNIT // 20 - PRICE - FEE           # training reward - one paid request
+    spend = raw_tx(transfer_body(BOB, CAROL.address, bob_spendable + 1000 - FEE, 1, t), BOB)
     bad("invalid_spend_pending", "bob spends a received transfer inside its dispute window",
         [pay, spend])
     cases["invalid_malformed_tx"] = ("a transaction with an unknown field", extend(
@@ -236,6 +261,12 @@ EXPECT = {   # name -> (block, tx, code): the hand-checked first violation
     "invalid_mint_duplicate_ref": (3, 0, "duplicate_ref"),
     "invalid_mint_over_max": (3, 0, "bad_amount"),
     "invalid_mint_not_coordinator": (3, 0, "bad_signature"),
+    "invalid_inference_unpaid": (3, 0, "unpaid_request"),
+    "invalid_inference_to_payer": (3, 1, "self_dealing"),
+    "invalid_inference_over_budget": (3, 2, "over_budget"),
+    "invalid_inference_bad_ref": (3, 1, "bad_ref"),
+    "invalid_pay_inference_twice": (3, 0, "duplicate_request"),
+    "invalid_pay_inference_overspend": (3, 0, "insufficient_funds"),
     "invalid_username_taken": (3, 0, "username_taken"),
     "invalid_reversal_of_mint": (3, 0, "not_reversible"),
     "invalid_reversal_without_quorum": (3, 3, "no_quorum"),
@@ -271,8 +302,10 @@ def build() -> dict[str, dict[str, Any]]:
     st = report.state
     assert st is not None
     vectors["valid_basic"] = {
-        "description": "registrations, training and inference mints, transfers with fee "
-                       "and burn, a settlement, a dispute reaching 51% and its REVERSAL",
+        "description": "registrations, training mints, a paid inference request (PAY_INFERENCE "
+                       "burns the price, MINT_INFERENCE to the serving node, which does not become "
+                       "ACTIVE), transfers with fee and burn, a settlement, a dispute reaching 51% "
+                       "of the ACTIVE nodes and its REVERSAL",
         "now_ms": NOW, "chain": base,
         "expect": {**{k: v for k, v in report.to_json().items() if k != "violation"},
                    "balances": {a: {"spendable": st.spendable.get(a, 0),

@@ -6,7 +6,7 @@ import pytest
 
 from ailo.ledger import LedgerError, UNIT, FEE, apply_block, fee_split, verify_chain
 from ailo.ledger.params import format_alc, parse_alc
-from ailo.ledger.tx import Transaction
+from ailo.ledger.tx import Transaction, pay_inference_tx
 
 from ledger_helpers import COORD, POOL, FakeClock, join, report, send, service, wallet
 
@@ -71,13 +71,15 @@ def test_nonce_replay_self_transfer_and_amounts(net) -> None:
 
 
 def test_mints_are_idempotent_by_ref_and_capped(net) -> None:
-    svc, _, alice, bob, _ = net
-    r1 = svc.mint_inference(alice.address, UNIT // 20, "request:7:alice")
-    r2 = svc.mint_inference(alice.address, UNIT // 20, "request:7:alice")
+    svc, clock, alice, bob, carol = net
+    rid = "7" * 32
+    svc.pay_inference(pay_inference_tx(carol, rid, UNIT // 10, clock()).to_json())
+    ref = f"request:{rid}:{alice.address}"
+    r1 = svc.mint_inference(alice.address, UNIT // 20, ref)
+    r2 = svc.mint_inference(alice.address, UNIT // 20, ref)
     assert r1.created and not r2.created and r1.txid == r2.txid and r1.height == r2.height
     assert svc.balance(alice.address).spendable == UNIT // 2 + UNIT // 20
-    assert code_of(svc.mint_inference, bob.address, UNIT // 20, "request:7:alice") \
-        == "ref_conflict"
+    assert code_of(svc.mint_inference, bob.address, UNIT // 20, ref) == "ref_conflict"
     assert code_of(svc.mint_training, alice.address, UNIT + 1, "update:big") == "bad_amount"
     assert code_of(svc.mint_training, wallet("stranger").address, 10, "u:s") == "unregistered"
     assert code_of(svc.mint_training, COORD.address, 10, "u:c") == "unregistered"
@@ -198,3 +200,37 @@ def test_concurrent_double_spend_accepts_exactly_one(net) -> None:
     assert results.count("ok") == 1 and set(results) <= {"ok", "bad_nonce"}
     assert svc.balance(alice.address).spendable == 0
     assert verify_chain(svc.chain(), now=svc.clock()).ok
+
+
+def test_inference_is_paid_by_the_requester_and_never_mints_more_than_it_paid(net) -> None:
+    """PAY_INFERENCE burns the price; MINT_INFERENCE needs a paid request, never pays the
+    payer, never exceeds the payment; inference mints do not make an address ACTIVE."""
+    svc, clock, alice, bob, carol = net
+    rid, price = "a" * 32, 2 * (UNIT // 20)
+    before = svc.state()
+    svc.pay_inference(pay_inference_tx(alice, rid, price, clock()).to_json())
+    burned, pooled = fee_split()
+    assert svc.balance(alice.address).spendable == UNIT // 2 - price - FEE
+    assert svc.state().burned == before.burned + price + burned
+    assert code_of(svc.pay_inference, pay_inference_tx(alice, rid, price, clock()).to_json()) \
+        == "duplicate_request"
+    assert code_of(svc.pay_inference, pay_inference_tx(bob, "b" * 32, UNIT, clock()).to_json()) \
+        == "insufficient_funds"
+    forged = {**pay_inference_tx(bob, "c" * 32, 1, clock()).to_json(), "from": alice.address}
+    assert code_of(svc.pay_inference, forged) == "bad_signature"
+    assert code_of(svc.mint_inference, alice.address, UNIT // 20, f"request:{rid}:{alice.address}") \
+        == "self_dealing"
+    assert code_of(svc.mint_inference, bob.address, UNIT // 20, f"request:{'d' * 32}:{bob.address}") \
+        == "unpaid_request"
+    assert code_of(svc.mint_inference, bob.address, UNIT // 20, f"request:{rid}:{carol.address}") \
+        == "bad_ref"
+    svc.mint_inference(bob.address, UNIT // 20, f"request:{rid}:{bob.address}")
+    svc.mint_inference(carol.address, UNIT // 20, f"request:{rid}:{carol.address}")
+    dave = wallet("dave")
+    join(svc, dave, mint=0)
+    assert code_of(svc.mint_inference, dave.address, 1, f"request:{rid}:{dave.address}") == "over_budget"
+    after = svc.state()
+    assert after.supply < before.supply  # the whole loop destroyed money: price paid >= minted, plus a fee
+    assert after.requests[rid].remaining == 0
+    # inference mints leave ACTIVE untouched:
+    assert after.last_work.get(bob.address) == before.last_work.get(bob.address)

@@ -83,8 +83,8 @@ def test_cli_chain_verify_file_ok(capsys) -> None:
     now = str(load(path)["now_ms"])
     assert main(["chain", "verify", "--file", str(path), "--now", now]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: height 7, 8 blocks, 14 transactions")
-    assert "supply 0.38500000 ALC" in out
+    assert out.startswith("OK: height 7, 8 blocks, 15 transactions")
+    assert "supply 0.33000000 ALC" in out  # the paid inference request burned 0.05 + half its fee
 
 
 @pytest.mark.parametrize("name,where", [

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mirror", action="append", default=[], dest="mirrors", metavar="URL",
                    help="chunk mirror base URL serving <URL>/<sha256> (repeatable; see `ailo mirror sync`); "
                    "clients try mirrors first and verify every chunk")
+    c.add_argument("--room-requests-per-minute", type=float, default=60.0,
+                   help="rooms: generate requests per requester wallet per minute (burst 1/6 of it; 4x per network address)")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -101,7 +103,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
     svc = ServiceConfig(proof_of_contribution=not args.open,
                         validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
                         room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None,
-                        allow_private_node_urls=allow_private)
+                        allow_private_node_urls=allow_private,
+                        room_requests_per_minute=args.room_requests_per_minute)
     app = build_app(coordinator_config(args), Path(args.state), svc)
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
           f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)

@@ -52,6 +52,24 @@ def operator_token(args: argparse.Namespace) -> str:
                        "rooms; pass --operator-token-file STATE_DIR/operator-token)") from None
 
 
+def payment_for(coordinator: str, room: str, wallet) -> dict | None:
+    """A PAY_INFERENCE for one request at the room's price (None when the coordinator charges nothing)."""
+    import secrets
+    import time
+
+    import httpx
+
+    from ailo.ledger.tx import pay_inference_tx
+
+    r = httpx.get(f"{coordinator.rstrip('/')}/v1/rooms/{room}", timeout=10)
+    if r.status_code >= 400:
+        raise CLIError(f"room {room}: {_detail(r)}")
+    price = r.json().get("price")
+    if not price:
+        return None
+    return pay_inference_tx(wallet, secrets.token_hex(16), price, int(time.time() * 1000)).to_json()
+
+
 def signed_post(http, url: str, wallet, payload: dict, **kw):
     """POST `payload` as JSON signed by `wallet` (headers from `ailo.inference.auth.sign_request`)."""
     import httpx
@@ -116,6 +134,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise CLIError("give a prompt, or --ids 1,2,3")
     url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
     try:
+        body["payment"] = payment_for(args.coordinator, args.room, wallet)
         with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), url, wallet, body,
                          timeout=httpx.Timeout(10.0, read=None)) as r:
             if r.status_code >= 400:

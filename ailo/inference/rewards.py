@@ -24,6 +24,19 @@ class InferenceRewardSink(Protocol):
         (`LedgerService.mint_inference` returns a receipt; the result is not used.)"""
 
 
+@runtime_checkable
+class InferencePayments(Protocol):
+    def pay_inference(self, signed_tx: dict) -> object:
+        """Apply a requester's signed PAY_INFERENCE (ledger rules: docs/LEDGER.md) or raise
+        `ailo.ledger.errors.LedgerError`. (`LedgerService.pay_inference`.)"""
+
+
+def request_price(n_spans: int) -> int:
+    """What one request costs its requester: the most it can mint — one reward per span
+    (a span's work is paid to one node; failed nodes are dropped, never added)."""
+    return INFERENCE_REWARD_UNITS * n_spans
+
+
 def reward_ref(request_id: str, address: str) -> str:
     return f"request:{request_id}:{address}"
 

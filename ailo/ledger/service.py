@@ -9,6 +9,7 @@ Stable API for the rest of the system::
     svc.mint_inference(address: str, amount: int, ref: str) -> MintReceipt
     svc.submit_transfer(signed_tx: dict) -> Accepted
     svc.submit_report(signed_report: dict) -> Accepted            # may trigger a REVERSAL
+    svc.pay_inference(signed_pay: dict) -> Accepted               # PAY_INFERENCE (burns the price)
     svc.balance(address: str) -> Balance
     svc.chain(from_height: int = 0, limit: int | None = None) -> list[dict]
     svc.seal_block() -> dict | None
@@ -43,7 +44,7 @@ from .block import genesis_block, seal_block
 from .errors import ConflictError, LedgerError, MalformedError
 from .params import ChainParams
 from .state import LedgerState, apply_tx, begin_block, end_block
-from .tx import (MINT_INFERENCE, MINT_TRAINING, REGISTER, REPORT, REVERSAL, TRANSFER,
+from .tx import (MINT_INFERENCE, MINT_TRAINING, PAY_INFERENCE, REGISTER, REPORT, REVERSAL, TRANSFER,
                  Transaction)
 from .verify import check_block, now_ms
 
@@ -122,6 +123,11 @@ class LedgerService:
 
     def submit_transfer(self, signed_tx: Mapping[str, Any]) -> Accepted:
         return self._submit_signed(signed_tx, TRANSFER)
+
+    def pay_inference(self, signed_tx: Mapping[str, Any]) -> Accepted:
+        """A requester's signed PAY_INFERENCE: the price leaves its balance (burned) and the
+        request may then fund MINT_INFERENCE up to that amount, never to the payer."""
+        return self._submit_signed(signed_tx, PAY_INFERENCE)
 
     def submit_report(self, signed_report: Mapping[str, Any]) -> Accepted:
         with self._lock:

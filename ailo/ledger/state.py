@@ -12,6 +12,7 @@ holds after every transaction (see `check_invariants`).
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,9 +22,11 @@ from .errors import (AmountError, ConflictError, DisputeError, InsufficientFunds
                      LedgerError, NonceError, NotRegisteredError, SelfTransferError,
                      SupplyError, TimestampError)
 from .params import REVERSAL_PERCENT, ChainParams, fee_split
-from .tx import (MINT_TYPES, REGISTER, REPORT, REVERSAL, TRANSFER, Transaction)
+from .tx import (MINT_INFERENCE, MINT_TRAINING, MINT_TYPES, PAY_INFERENCE, REGISTER, REPORT, REVERSAL,
+                 TRANSFER, Transaction)
 
 REPORTED, DISPUTED, REVERSED = "REPORTED", "DISPUTED", "REVERSED"
+INFERENCE_REF_RE = re.compile(r"^request:([0-9a-f]{32}):(ailo1[0-9a-f]{72})\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,14 @@ class PendingTransfer:
     amount: int
     height: int
     settle_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBudget:
+    """A paid inference request: who paid, and how much MINT_INFERENCE it may still fund."""
+
+    payer: str
+    remaining: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,7 @@ class LedgerState:
     reporters: dict[str, frozenset[str]] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)        # txid -> REPORTED/...
     kinds: dict[str, str] = field(default_factory=dict)         # txid -> type, every tx
+    requests: dict[str, RequestBudget] = field(default_factory=dict)  # paid inference requests
     minted: int = 0
     burned: int = 0
     tx_count: int = 0
@@ -79,7 +91,7 @@ class LedgerState:
     def copy(self) -> "LedgerState":
         c = LedgerState(self.params, self.height, self.tip_hash, self.tip_ts)
         for name in ("spendable", "pending_in", "nonces", "usernames", "names", "refs",
-                     "last_work", "pending", "reporters", "status", "kinds"):
+                     "last_work", "pending", "reporters", "status", "kinds", "requests"):
             setattr(c, name, dict(getattr(self, name)))
         c.settle_queue = deque(self.settle_queue)
         c.minted, c.burned, c.tx_count = self.minted, self.burned, self.tx_count
@@ -203,11 +215,41 @@ def _mint(state: LedgerState, tx: Transaction) -> None:
         raise SelfTransferError("the coordinator cannot mint to itself", "self_mint")
     if ref in state.refs:
         raise ConflictError(f"ref {ref!r} was already minted", "duplicate_ref")
+    if tx.type == MINT_INFERENCE:
+        m = INFERENCE_REF_RE.match(ref)
+        if m is None or m.group(2) != to:
+            raise LedgerError("MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address>",
+                              "bad_ref")
+        budget = state.requests.get(m.group(1))
+        if budget is None:
+            raise LedgerError(f"request {m.group(1)} was never paid (no PAY_INFERENCE)", "unpaid_request")
+        if to == budget.payer:
+            raise LedgerError("the requester cannot be paid for its own request", "self_dealing")
+        if amount > budget.remaining:
+            raise LedgerError(f"mint of {amount} exceeds the {budget.remaining} units left of request "
+                              f"{m.group(1)}'s payment", "over_budget")
+        state.requests[m.group(1)] = RequestBudget(budget.payer, budget.remaining - amount)
     _credit(state.spendable, to, amount)
     state.minted += amount
     state.refs[ref] = MintRecord(tx.txid, tx.type, to, amount, state.open_height or 0)
-    state.last_work[to] = max(state.last_work.get(to, 0), tx.timestamp)
+    if tx.type == MINT_TRAINING:  # only verified training makes an address ACTIVE (R12)
+        state.last_work[to] = max(state.last_work.get(to, 0), tx.timestamp)
     state.touched.add(to)
+
+
+def _pay_inference(state: LedgerState, tx: Transaction) -> None:
+    payer, request, amount, fee = tx["from"], tx["request"], tx["amount"], tx["fee"]
+    if request in state.requests:
+        raise ConflictError(f"request {request} is already paid", "duplicate_request")
+    have = state.spendable.get(payer, 0)
+    if have < amount + fee:
+        raise InsufficientFundsError(f"spendable balance {have} < amount {amount} + fee {fee}")
+    burned, to_pool = fee_split(fee)
+    state.spendable[payer] = have - amount - fee
+    _credit(state.spendable, state.params.pool, to_pool)
+    state.burned += amount + burned
+    state.requests[request] = RequestBudget(payer, amount)
+    state.touched.update((payer, state.params.pool))
 
 
 def _transfer(state: LedgerState, tx: Transaction) -> None:
@@ -291,5 +333,6 @@ def _reversal(state: LedgerState, tx: Transaction) -> None:
 
 _RULES: dict[str, Callable[[LedgerState, Transaction], None]] = {
     REGISTER: _register, TRANSFER: _transfer, REPORT: _report, REVERSAL: _reversal,
+    PAY_INFERENCE: _pay_inference,
     **{kind: _mint for kind in MINT_TYPES},
 }

@@ -1,4 +1,4 @@
-"""Transactions: the six kinds, their exact JSON schemas, ids and signatures.
+"""Transactions: the seven kinds, their exact JSON schemas, ids and signatures.
 
 A transaction on the wire is one flat JSON object: the *body* (every field except
 `signature`) plus `signature`, the hex Ed25519 signature of `tx_signing_bytes(body)` by the
@@ -26,10 +26,12 @@ MINT_INFERENCE = "MINT_INFERENCE"
 TRANSFER = "TRANSFER"
 REPORT = "REPORT"
 REVERSAL = "REVERSAL"
+PAY_INFERENCE = "PAY_INFERENCE"                 # a requester pays (burns) the price of one request
 MINT_TYPES = frozenset({MINT_TRAINING, MINT_INFERENCE})
 SYSTEM_TYPES = MINT_TYPES | {REVERSAL}          # signed by the coordinator
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+REQUEST_RE = re.compile(r"^[0-9a-f]{32}\Z")    # an inference request id
 _SIG = re.compile(r"^[0-9a-f]{128}\Z")
 REF_RE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}\Z")
 REASON_RE = re.compile(r"^[\x20-\x7e]{0,200}\Z")
@@ -74,6 +76,7 @@ _username = _pattern(USERNAME_RE, "3-32 chars of a-z 0-9 _ - (starting with a-z 
 _txid = _pattern(_HEX64, "a 64-char lowercase hex transaction id")
 _ref = _pattern(REF_RE, "1-128 chars of A-Z a-z 0-9 : . _ / -")
 _reason = _pattern(REASON_RE, "at most 200 printable ASCII characters")
+_request = _pattern(REQUEST_RE, "a 32-char lowercase hex request id")
 
 
 def _fee(name: str, value: Any) -> None:
@@ -95,10 +98,12 @@ SCHEMAS: dict[str, dict[str, Callable[[str, Any], None]]] = {
              "timestamp": _check_int},
     REVERSAL: {"target": _txid, "from": _check_address, "to": _check_address,
                "amount": _check_amount, "timestamp": _check_int},
+    PAY_INFERENCE: {"from": _check_address, "request": _request, "amount": _check_amount,
+                    "fee": _fee, "timestamp": _check_int},
 }
 # Which body field names the signer (None: the chain's coordinator).
 SIGNER_FIELD: dict[str, str | None] = {
-    REGISTER: "address", TRANSFER: "from", REPORT: "reporter",
+    REGISTER: "address", TRANSFER: "from", REPORT: "reporter", PAY_INFERENCE: "from",
     MINT_TRAINING: None, MINT_INFERENCE: None, REVERSAL: None,
 }
 
@@ -212,3 +217,10 @@ def transfer_tx(wallet: Wallet, to: str, amount: int, nonce: int,
 def report_tx(wallet: Wallet, target: str, reason: str, timestamp: int) -> Transaction:
     return Transaction.create({"type": REPORT, "reporter": wallet.address, "target": target,
                                "reason": reason, "timestamp": timestamp}, wallet)
+
+
+def pay_inference_tx(wallet: Wallet, request: str, amount: int, timestamp: int) -> Transaction:
+    """Pay `amount` units (the room's price, at least every MINT_INFERENCE the request can
+    trigger) for inference request `request` (32 hex chars, chosen by the requester)."""
+    return Transaction.create({"type": PAY_INFERENCE, "from": wallet.address, "request": request,
+                               "amount": amount, "fee": FEE, "timestamp": timestamp}, wallet)

@@ -30,9 +30,10 @@ from starlette.concurrency import run_in_threadpool
 from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier, check_node_url, check_operator
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.plan import PRESETS, PlanError, get_preset
-from ailo.inference.rewards import InferenceRewardSink
+from ailo.inference.rewards import InferencePayments, InferenceRewardSink, request_price
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
+from ailo.ledger.errors import LedgerError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a tokenizer.json rides along with `create`
 
@@ -159,6 +160,31 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     per_wallet = RateLimiter(policy.generate_per_wallet_per_min, policy.generate_wallet_burst, "wallet")
     per_ip = RateLimiter(policy.generate_per_ip_per_min, policy.generate_ip_burst, "network address")
     joins_per_ip = RateLimiter(policy.join_per_ip_per_min, policy.join_ip_burst, "network address")
+    payments = rewards if isinstance(rewards, InferencePayments) else None  # a ledger: requests are paid
+
+    def price(room) -> int | None:
+        return request_price(len(room.plan.spans)) if payments is not None and room.plan is not None else None
+
+    def view(room) -> dict:
+        return {**rooms.view(room), "price": price(room)}
+
+    def charge(payment: dict | None, signer: str, room) -> str:
+        """Apply the requester's PAY_INFERENCE to the ledger; returns the paid request id."""
+        due = price(room)
+        if payment is None:
+            raise AuthError(402, "payment_required", f"room {room.room_id!r} costs {due} units per request: send "
+                            "'payment', a PAY_INFERENCE transaction signed by your wallet (docs/LEDGER.md)")
+        if payment.get("type") != "PAY_INFERENCE" or payment.get("from") != signer:
+            raise AuthError(400, "bad_payment", "'payment' must be a PAY_INFERENCE from the request's signer")
+        if type(payment.get("amount")) is not int or payment["amount"] < due:
+            raise AuthError(402, "underpaid", f"room {room.room_id!r} costs {due} units per request, "
+                            f"the payment offers {payment.get('amount')!r}")
+        try:
+            payments.pay_inference(payment)
+        except LedgerError as exc:
+            status = 402 if exc.code == "insufficient_funds" else exc.http_status
+            raise AuthError(status, exc.code, f"payment refused: {exc}") from None
+        return payment["request"]
 
     async def signed(request: Request, model: type[BaseModel]) -> tuple[str, Any]:
         """(signer, parsed body): signature, replay and registration checked first."""
@@ -202,16 +228,16 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                                      checkpoint=body.checkpoint)
         except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:
             return _refusal(exc)
-        return JSONResponse(rooms.view(room), 201)
+        return JSONResponse(view(room), 201)
 
     @router.get("")
     def list_rooms() -> list[dict]:
-        return [rooms.view(r) for r in rooms.rooms()]
+        return [view(r) for r in rooms.rooms()]
 
     @router.get("/{room_id}")
     def show(room_id: str):
         try:
-            return rooms.view(rooms.get(room_id))
+            return view(rooms.get(room_id))
         except RoomError as exc:
             return _refusal(exc)
 
@@ -279,6 +305,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             decode: Callable | None = codec.decode if codec is not None else None
             gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
                              hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode)
+            if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
+                gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
         except (AuthError, RoomError, ValidationError) as exc:
             return _refusal(exc)
         if body.stream:

@@ -41,6 +41,7 @@ class ServiceConfig:
     allow_private_node_urls: bool = False  # rooms: let nodes advertise loopback/private URLs (dev, demo)
     ip_junk_per_minute: float = 30.0       # malformed requests per address, counted apart from the above
     ip_junk_burst: int = 20
+    room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -73,8 +74,11 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
     coord = Coordinator(config, state_dir)
     ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
     rooms = DurableRoomRegistry(state_dir / "rooms.json")
+    rpm = svc.room_requests_per_minute
     policy = RoomPolicy(operator_token=load_operator_token(state_dir), allow_private_urls=svc.allow_private_node_urls,
-                        is_registered=ledger.is_registered)
+                        is_registered=ledger.is_registered, generate_per_wallet_per_min=rpm,
+                        generate_wallet_burst=max(1, int(rpm / 6)), generate_per_ip_per_min=4 * rpm,
+                        generate_ip_burst=max(1, int(4 * rpm / 6)))
     routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy),
                make_web_router(coord), make_exports_router(state_dir / "exports")]
     if svc.room_checkpoints is not None:

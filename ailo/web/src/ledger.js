@@ -113,13 +113,15 @@ export function merkleRoot(leaves) {
 }
 
 // ---- transactions (tx.py) -----------------------------------------------------------------
-export const TX_TYPES = ['REGISTER', 'MINT_TRAINING', 'MINT_INFERENCE', 'TRANSFER', 'REPORT', 'REVERSAL'];
+export const TX_TYPES = ['REGISTER', 'MINT_TRAINING', 'MINT_INFERENCE', 'TRANSFER', 'REPORT', 'REVERSAL', 'PAY_INFERENCE'];
 const MINT_TYPES = new Set(['MINT_TRAINING', 'MINT_INFERENCE']);
 const HEX64 = /^[0-9a-f]{64}$/;
 const SIG = /^[0-9a-f]{128}$/;
 const USERNAME_RE = /^[a-z0-9][a-z0-9_-]{2,31}$/;
 const REF_RE = /^[A-Za-z0-9:._/-]{1,128}$/;
 const REASON_RE = /^[\x20-\x7e]{0,200}$/;
+const REQUEST_RE = /^[0-9a-f]{32}$/;
+const INFERENCE_REF_RE = /^request:([0-9a-f]{32}):(ailo1[0-9a-f]{72})$/;
 
 function checkInt(name, v) {
   if (!isInt(v) || v < 0 || v > MAX_SAFE_INT) throw new LedgerError('malformed', `${name} must be an integer in [0, 2^53-1]`);
@@ -139,6 +141,7 @@ const checkUsername = pattern(USERNAME_RE, '3-32 chars of a-z 0-9 _ - (starting 
 const checkTxid = pattern(HEX64, 'a 64-char lowercase hex transaction id');
 const checkRef = pattern(REF_RE, '1-128 chars of A-Z a-z 0-9 : . _ / -');
 const checkReason = pattern(REASON_RE, 'at most 200 printable ASCII characters');
+const checkRequest = pattern(REQUEST_RE, 'a 32-char lowercase hex request id');
 function checkFee(name, v) {
   if (!isInt(v)) throw new LedgerError('malformed', 'fee must be an integer number of units');
   if (v !== FEE) throw new LedgerError('bad_amount', `fee must be exactly ${FEE} units (0.01 ALC), got ${v}`);
@@ -153,8 +156,9 @@ export const SCHEMAS = {
     ['nonce', checkInt], ['timestamp', checkInt]],
   REPORT: [['reporter', checkAddress], ['target', checkTxid], ['reason', checkReason], ['timestamp', checkInt]],
   REVERSAL: [['target', checkTxid], ['from', checkAddress], ['to', checkAddress], ['amount', checkAmount], ['timestamp', checkInt]],
+  PAY_INFERENCE: [['from', checkAddress], ['request', checkRequest], ['amount', checkAmount], ['fee', checkFee], ['timestamp', checkInt]],
 };
-const SIGNER_FIELD = { REGISTER: 'address', TRANSFER: 'from', REPORT: 'reporter', MINT_TRAINING: null, MINT_INFERENCE: null, REVERSAL: null };
+const SIGNER_FIELD = { REGISTER: 'address', TRANSFER: 'from', REPORT: 'reporter', PAY_INFERENCE: 'from', MINT_TRAINING: null, MINT_INFERENCE: null, REVERSAL: null };
 
 const sameKeys = (obj, expected) => {
   const keys = Object.keys(obj);
@@ -276,7 +280,7 @@ export class LedgerState {
     this.spendable = new Map(); this.pendingIn = new Map(); this.nonces = new Map();
     this.usernames = new Map(); this.names = new Map(); this.refs = new Map(); this.lastWork = new Map();
     this.pending = new Map(); this.settleQueue = []; this.reporters = new Map(); this.status = new Map();
-    this.kinds = new Map();
+    this.kinds = new Map(); this.requests = new Map(); // paid inference request -> { payer, remaining }
     this.minted = 0; this.burned = 0; this.txCount = 0; this.openHeight = null; this.newPending = [];
   }
 
@@ -364,10 +368,31 @@ const RULES = {
     if (!s.names.has(to)) throw new LedgerError('unregistered', `mint recipient ${to} is not registered`);
     if (to === s.params.coordinator) throw new LedgerError('self_mint', 'the coordinator cannot mint to itself');
     if (s.refs.has(ref)) throw new LedgerError('duplicate_ref', `ref '${ref}' was already minted`);
+    if (tx.type === 'MINT_INFERENCE') {
+      const m = INFERENCE_REF_RE.exec(ref);
+      if (!m || m[2] !== to) throw new LedgerError('bad_ref', 'MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address>');
+      const budget = s.requests.get(m[1]);
+      if (!budget) throw new LedgerError('unpaid_request', `request ${m[1]} was never paid (no PAY_INFERENCE)`);
+      if (to === budget.payer) throw new LedgerError('self_dealing', 'the requester cannot be paid for its own request');
+      if (amount > budget.remaining) throw new LedgerError('over_budget', `mint of ${amount} exceeds the ${budget.remaining} units left of request ${m[1]}'s payment`);
+      s.requests.set(m[1], { payer: budget.payer, remaining: budget.remaining - amount });
+    }
     credit(s.spendable, to, amount);
     s.minted += amount;
     s.refs.set(ref, { txid: tx.txid, type: tx.type, to, amount, height: s.openHeight || 0 });
-    s.lastWork.set(to, Math.max(s.lastWork.get(to) || 0, tx.timestamp));
+    // only verified training makes an address ACTIVE (R12); inference is paid by requesters
+    if (tx.type === 'MINT_TRAINING') s.lastWork.set(to, Math.max(s.lastWork.get(to) || 0, tx.timestamp));
+  },
+  PAY_INFERENCE(s, tx) {
+    const { from: payer, request, amount, fee } = tx.body;
+    if (s.requests.has(request)) throw new LedgerError('duplicate_request', `request ${request} is already paid`);
+    const have = s.spendable.get(payer) || 0;
+    if (have < amount + fee) throw new LedgerError('insufficient_funds', `spendable balance ${have} < amount ${amount} + fee ${fee}`);
+    const burned = Math.floor((fee * BURN_BPS) / 10000);
+    s.spendable.set(payer, have - amount - fee);
+    credit(s.spendable, s.params.pool, fee - burned);
+    s.burned += amount + burned;
+    s.requests.set(request, { payer, remaining: amount });
   },
   TRANSFER(s, tx) {
     const { from: sender, to, amount, fee, nonce } = tx.body;
