@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--lr", type=float, default=3e-3)
     c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
-    c.add_argument("--server-lr", type=float, default=1.0)
+    c.add_argument("--server-lr", type=float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
+    c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
+                   help="outer optimizer on the averaged pseudo-gradient (sgd = FedAvg); state persists across restarts")
+    c.add_argument("--outer-momentum", type=float, default=0.9, help="nesterov: momentum")
     c.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
                    help="update codec named in every task (sparse: top-k + 2-bit with client error feedback)")
     c.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")

@@ -58,3 +58,11 @@ class FedAvg:
 
 
 AGGREGATORS: dict[str, Aggregator] = {"fedavg": FedAvg()}
+
+
+def average_delta(aggregator: Aggregator, base: Mapping[str, torch.Tensor],
+                  updates: Iterable[WeightedDelta]) -> StateDict:
+    """The round's averaged pseudo-gradient ḡ under any averaging rule, for an outer optimizer
+    (`outer.py`): the rule applied with η = 1 to a zero model gives −ḡ (exact for FedAvg)."""
+    zeros = {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in base.items()}
+    return {n: t.neg_() for n, t in aggregator.aggregate(zeros, updates, 1.0).items()}

@@ -20,8 +20,10 @@ import torch
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
-from ailo.federation.aggregate import AGGREGATORS, WeightedDelta
+from ailo.federation.aggregate import AGGREGATORS, WeightedDelta, average_delta
 from ailo.federation.codecs import CodecSpec
+from ailo.federation.outer import make_outer
+from ailo.federation.outer_store import OuterStateStore
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
@@ -46,6 +48,8 @@ class CoordinatorConfig:
     optimizer: str = "adamw"
     server_lr: float = 1.0
     aggregator: str = "fedavg"
+    outer: str = "sgd"                   # outer optimizer on the averaged Δ: sgd (FedAvg) | nesterov | fedadam
+    outer_momentum: float = 0.9          # nesterov: momentum μ (server_lr is the outer learning rate)
     codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
     codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
     ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
@@ -82,6 +86,8 @@ class Coordinator:
         self.store = SQLiteRoundStore(state_dir)
         self.aggregator = AGGREGATORS[config.aggregator]
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
+        self.outer = make_outer(config.outer, config.server_lr, config.outer_momentum)
+        self.outer_store = OuterStateStore(Path(state_dir) / "outer")
         self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
@@ -96,6 +102,7 @@ class Coordinator:
         else:
             self.manifest = Manifest.from_json(latest.manifest)
             self.model.load_state_dict(ChunkStore(self.manifest, DirectorySource(self.store.chunks_dir)).state_dict())
+            self.outer_store.restore(self.outer, self.manifest.version)
 
     # -- model versions --------------------------------------------------------------------
     def _split(self, version: int) -> Manifest:
@@ -225,18 +232,24 @@ class Coordinator:
         updates = [WeightedDelta(decode_update(self.store.update_blob(u.sha256), self.manifest, codec), u.n_samples)
                    for u in accepted]
         base = self.model.state_dict()
-        new_state = self.aggregator.aggregate(base, updates, self.config.server_lr)
+        outer_before = self.outer.state_dict()
+        if self.config.outer == "sgd":
+            new_state = self.aggregator.aggregate(base, updates, self.config.server_lr)
+        else:  # the outer optimizer steps on the averaged pseudo-gradient
+            new_state = self.outer.step(base, average_delta(self.aggregator, base, updates))
         candidate = copy.deepcopy(self.model)
         candidate.load_state_dict(new_state)
         val_loss = evaluate(candidate, self.val_batches)
         previous_model, self.model = self.model, candidate
         try:
+            self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
             manifest = self._split(self.version + 1)
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
         except BaseException:
             self.model = previous_model  # nothing committed: keep serving the old version
+            self.outer.load_state_dict(outer_before)
             raise
         self.manifest = manifest
         crash_point("after_publish")
