@@ -25,3 +25,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL cluster (Debian's binaries, initdb + pg_ctl on a free port) for the
+    whole session; tests needing it skip when the binaries are not installed."""
+    from tests.servers import pg_available, postgres_server
+    if not pg_available():
+        pytest.skip("PostgreSQL binaries not installed (make setup installs postgresql)")
+    with postgres_server() as admin_url:
+        yield admin_url
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg_server.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

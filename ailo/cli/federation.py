@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "clients try mirrors first and verify every chunk")
     c.add_argument("--room-requests-per-minute", type=float, default=60.0,
                    help="rooms: generate requests per requester wallet per minute (burst 1/6 of it; 4x per network address)")
+    c.add_argument("--db", default=None, metavar="URL",
+                   help="postgresql://user@host:port/dbname for rounds and ledger (default: SQLite files in --state); "
+                   "keep the password out of the URL: psycopg reads PGPASSWORD or ~/.pgpass")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -106,9 +109,17 @@ def run_coordinator(args: argparse.Namespace) -> int:
     svc = ServiceConfig(proof_of_contribution=not args.open,
                         validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
                         room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None,
-                        allow_private_node_urls=allow_private,
+                        allow_private_node_urls=allow_private, db_url=args.db,
                         room_requests_per_minute=args.room_requests_per_minute)
-    app = build_app(coordinator_config(args), Path(args.state), svc)
+    from ailo.storage.factory import StoreConfigError, is_postgres
+    try:
+        app = build_app(coordinator_config(args), Path(args.state), svc)
+    except StoreConfigError as exc:
+        raise CLIError(str(exc)) from None
+    except Exception as exc:
+        if is_postgres(args.db) and type(exc).__module__.startswith("psycopg"):
+            raise CLIError(f"cannot use the database {args.db}: {exc}") from None
+        raise
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
           f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -79,11 +79,13 @@ RoundHook = Callable[["Coordinator", int], None]                # called with th
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, state_dir: Path,
                  pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
-                 on_accept: list[AcceptHook] | None = None, on_round_closed: list[RoundHook] | None = None):
+                 on_accept: list[AcceptHook] | None = None, on_round_closed: list[RoundHook] | None = None,
+                 store: SQLiteRoundStore | None = None):
+        """`store`: another backend with the same interface (PostgresRoundStore); default SQLite."""
         self.config = config
         self.cfg = get_preset(config.preset)
         self.seq_len = config.seq_len or self.cfg.n_ctx
-        self.store = SQLiteRoundStore(state_dir)
+        self.store = store if store is not None else SQLiteRoundStore(state_dir)
         self.aggregator = AGGREGATORS[config.aggregator]
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
         self.outer = make_outer(config.outer, config.server_lr, config.outer_momentum)

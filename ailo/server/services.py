@@ -25,7 +25,7 @@ from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
 from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
-from ailo.storage.ledger_store import SQLiteLedgerStore
+from ailo.storage.factory import open_ledger_store, open_round_store
 from ailo.storage.rooms_file import DurableRoomRegistry
 from ailo.web.routes import make_web_router
 from ailo.wallet import Wallet
@@ -42,6 +42,7 @@ class ServiceConfig:
     ip_junk_per_minute: float = 30.0       # malformed requests per address, counted apart from the above
     ip_junk_burst: int = 20
     room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
+    db_url: str | None = None              # postgresql://... for rounds + ledger; None: SQLite files in state_dir
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -71,8 +72,8 @@ def rate_limit_middleware(app: FastAPI, validation: ValidationConfig, svc: Servi
 def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = ServiceConfig()) -> FastAPI:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    coord = Coordinator(config, state_dir)
-    ledger = LedgerService(SQLiteLedgerStore(state_dir / "ledger.db"), coordinator_wallet(state_dir))
+    coord = Coordinator(config, state_dir, store=open_round_store(state_dir, svc.db_url))
+    ledger = LedgerService(open_ledger_store(state_dir, svc.db_url), coordinator_wallet(state_dir))
     rooms = DurableRoomRegistry(state_dir / "rooms.json")
     rpm = svc.room_requests_per_minute
     policy = RoomPolicy(operator_token=load_operator_token(state_dir), allow_private_urls=svc.allow_private_node_urls,

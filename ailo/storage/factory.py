@@ -26,18 +26,20 @@ def _check_url(db_url: str | None) -> None:
 
 
 def open_round_store(state_dir: Path, db_url: str | None = None, create: bool = True):
-    """The coordinator's round store; `create=False` refuses a state that does not exist yet."""
+    """The coordinator's round store. `create=False` (a reader such as `ailo export`, possibly
+    beside a running coordinator) refuses a state that does not exist yet and skips start-up
+    hygiene, which would delete an update blob whose row is about to be written."""
     _check_url(db_url)
     state_dir = Path(state_dir)
     if not create and not (state_dir / "chunks").is_dir():
         raise StoreConfigError(f"{state_dir} is not a coordinator state directory (no chunks/ folder)")
     if is_postgres(db_url):
         from ailo.storage.postgres import PostgresRoundStore
-        return PostgresRoundStore(state_dir, db_url)
+        return PostgresRoundStore(state_dir, db_url, cleanup=create)
     if not create and not (state_dir / "state.db").is_file():
         raise StoreConfigError(f"{state_dir} has no state.db (if the coordinator runs on PostgreSQL, pass --db)")
     from ailo.storage.rounds_store import SQLiteRoundStore
-    return SQLiteRoundStore(state_dir)
+    return SQLiteRoundStore(state_dir, cleanup=create)
 
 
 def open_ledger_store(state_dir: Path, db_url: str | None = None):

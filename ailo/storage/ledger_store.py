@@ -1,9 +1,9 @@
 """Persistent storage for the ledger: blocks, a transaction index and account balances.
 
-`LedgerStore` is the small interface a PostgreSQL backend would implement; the default
-`SQLiteLedgerStore` uses WAL and writes each block together with its transaction rows and
+`LedgerStore` is the small interface; the default `SQLiteLedgerStore` uses WAL and writes each block together with its transaction rows and
 the balance rows it changed in ONE SQL transaction, so a crash or error mid-write leaves
-the previous block as the tip and no partial balances.
+the previous block as the tip and no partial balances. `PostgresLedgerStore`
+(ailo.storage.postgres) runs this same SQL and transaction on PostgreSQL.
 """
 from __future__ import annotations
 
@@ -84,17 +84,22 @@ CREATE TABLE IF NOT EXISTS accounts (
 class SQLiteLedgerStore:
     """SQLite backend (stdlib). Thread-safe through one lock; `path=":memory:"` for tests."""
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", db=None) -> None:
+        """`db`: another connection with sqlite3's surface (ailo.storage.postgres.PgConnection)."""
         self.path = str(path)
+        self._lock = threading.RLock()
+        self._db = db if db is not None else self._connect()
+        self._db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     # ---- writes ----------------------------------------------------------------------
     def append_block(self, record: BlockRecord) -> None:
@@ -142,9 +147,10 @@ class SQLiteLedgerStore:
 
     def blocks(self, from_height: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT json FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
-                (from_height, -1 if limit is None else limit)).fetchall()
+            q, args = "SELECT json FROM blocks WHERE height >= ? ORDER BY height", [from_height]
+            if limit is not None:
+                q, args = q + " LIMIT ?", args + [limit]
+            rows = self._db.execute(q, args).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def account(self, address: str) -> AccountRow | None:

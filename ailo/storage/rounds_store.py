@@ -4,6 +4,7 @@ Blobs (chunks, update bodies) live as content-addressed files; rows reference th
 sha256. A model version becomes visible only when its row commits, which happens after all
 its chunk files are on disk, in the same transaction that closes its round and opens the
 next: a crash at any point leaves either the old version or the new one, never half of one.
+The same SQL runs on PostgreSQL through `ailo.storage.postgres.PostgresRoundStore`.
 """
 from __future__ import annotations
 
@@ -78,18 +79,18 @@ class VersionRecord:
 class SQLiteRoundStore:
     """One coordinator's state directory: `state.db`, `chunks/`, `updates/`."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, db=None, cleanup: bool = True):
+        """`db`: another connection with sqlite3's surface (ailo.storage.postgres.PgConnection);
+        `cleanup=False` for readers beside a running coordinator (`ailo export`): no hygiene."""
         self.dir = Path(directory)
         self.chunks_dir = self.dir / "chunks"
         self.updates_dir = self.dir / "updates"
         for d in (self.dir, self.chunks_dir, self.updates_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.dir / "state.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = db if db is not None else self._connect()
         self._db.executescript(SCHEMA)
-        self.removed_at_start = self.remove_leftovers()
+        self.removed_at_start = self.remove_leftovers() if cleanup else {"tmp": 0, "updates": 0}
 
     def remove_leftovers(self) -> dict[str, int]:
         """Start-up hygiene: delete what an interrupted write left behind — `.*.tmp` blob files
@@ -107,6 +108,12 @@ class SQLiteRoundStore:
                 f.unlink(missing_ok=True)
                 removed["updates"] += 1
         return removed
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.dir / "state.db", check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     # -- blobs -------------------------------------------------------------------------
     @staticmethod
@@ -205,7 +212,7 @@ class SQLiteRoundStore:
         self._db.execute("UPDATE rounds SET deadline=? WHERE id=?", (deadline, round_id))
 
     def bump_counter(self, name: str, amount: int) -> None:
-        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = counters.value + ?",
                          (name, amount, amount))
 
     def set_counter(self, name: str, value: int) -> None:
