@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fastapi.responses import HTMLResponse
 
 from ailo.inference import devserver
 from ailo.inference.blocks import RequestCache
@@ -20,13 +19,12 @@ from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.weights import CheckpointIndex
 from ailo.model import GPT, GPTConfig
-from ailo.web.harness import HARNESS_HTML, chromium, ensure_built
+from ailo.web.harness import chromium, ensure_built
 
 pytestmark = pytest.mark.slow
 TOL = 1e-3
 PROMPT = [7, 100, 42, 9, 250, 3, 77]
 DECODE = [11, 300, 5]
-ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 # room -> (folder, spans to compare)
 ROOMS = {"llama": ("llama", [(0, 3), (3, 6), (6, 8)]), "qwen": ("qwen", [(0, 2), (2, 5), (5, 6)]),
@@ -46,7 +44,6 @@ def env(tmp_path_factory):
     save_ailo_checkpoint(gpt, root / "gpt")
     rooms = RoomRegistry()
     app = devserver.build_app(rooms, checkpoints=root, web=True)
-    app.add_api_route("/harness", lambda: HTMLResponse(HARNESS_HTML.decode(), headers=ISOLATION))
     server = ThreadedServer(app).start()
     from ailo.inference.spec import read_spec
     for rid, (folder, _) in ROOMS.items():

@@ -33,16 +33,31 @@ def dev_policy(rewards: InferenceRewardSink | None = None, **overrides) -> RoomP
 def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, policy: RoomPolicy | None = None, *,
               checkpoints: str | Path | None = None, web: bool = False, **router_kw) -> FastAPI:
     """`checkpoints`: a folder of checkpoint folders served to browser nodes (span weights);
-    `web`: also serve the browser bundle under /static/ (browser-node tests and benches)."""
+    `web`: also serve the browser bundle under /static/ and a `/harness` page that loads it
+    (browser-node tests and benches)."""
+    from ailo.inference.socket_nodes import RoutingNodeClient, SocketHub
+    from ailo.server.room_socket_api import make_room_socket_router
+
     app = FastAPI(title="Ailo rooms (dev coordinator)")
-    app.include_router(make_rooms_router(rooms, rewards, policy=policy or dev_policy(rewards), **router_kw))
+    policy = policy or dev_policy(rewards)
+    hub = SocketHub()  # browser nodes: /v1/rooms/{id}/node-socket
+    app.include_router(make_rooms_router(rooms, rewards, policy=policy, client_factory=lambda: RoutingNodeClient(hub),
+                                         **router_kw))
+    app.include_router(make_room_socket_router(rooms, hub, policy))
+    app.state.socket_hub = hub
     if checkpoints is not None:
         from ailo.inference.weights import CheckpointLibrary
         from ailo.server.room_weights_api import make_room_weights_router
         app.include_router(make_room_weights_router(rooms, CheckpointLibrary(checkpoints)))
     if web:
-        from ailo.web.routes import make_web_router
+        from fastapi.responses import HTMLResponse
+
+        from ailo.web.harness import HARNESS_HTML
+        from ailo.web.routes import ISOLATION, make_web_router
         app.include_router(make_web_router())
+        # a blank page with the bundle as window.ailo, on this origin (browser-node tests, benches)
+        app.add_api_route("/harness", lambda: HTMLResponse(HARNESS_HTML.decode(), headers=ISOLATION),
+                          include_in_schema=False)
     return app
 
 

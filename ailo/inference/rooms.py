@@ -70,7 +70,8 @@ class RoomRegistry:
         self._clock = clock
         self._rooms: dict[str, Room] = {}
         self._lock = threading.RLock()
-        self._rr = 0
+        self._rr: dict[tuple[str, int], int] = {}  # per span: one shared counter starves replicas when
+        # route() asks for an even number of spans (every span then sees the same parity)
 
     # ----- rooms --------------------------------------------------------------------------
     def create_room(self, room_id: str, spec: ModelSpec, slots: int, *, context: int = 2048,
@@ -202,8 +203,8 @@ class RoomRegistry:
         with self._lock:
             nodes = [n for n in room.nodes.values()
                      if n.span == span_index and n.node_id not in exclude and self.ready(room, n)]
-            self._rr += 1
-            k = self._rr % len(nodes) if nodes else 0
+            turn = self._rr[(room_id, span_index)] = self._rr.get((room_id, span_index), 0) + 1
+            k = turn % len(nodes) if nodes else 0
             nodes = nodes[k:] + nodes[:k]
             return sorted(nodes, key=lambda n: n.active)
 

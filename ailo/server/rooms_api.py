@@ -33,6 +33,7 @@ from ailo.inference.plan import PRESETS, PlanError, get_preset
 from ailo.inference.rewards import InferencePayments, InferenceRewardSink, request_price
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
+from ailo.inference.transport import HttpNodeClient, NodeClient
 from ailo.ledger.errors import LedgerError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a tokenizer.json rides along with `create`
@@ -151,8 +152,9 @@ class _Codecs:
 
 def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *,
                       policy: RoomPolicy | None = None, hop_timeout: float = 30.0,
-                      max_failovers: int = 4) -> APIRouter:
-    """Room registry, node membership and generation endpoints under /v1/rooms."""
+                      max_failovers: int = 4, client_factory: Callable[[], NodeClient] | None = None) -> APIRouter:
+    """Room registry, node membership and generation endpoints under /v1/rooms. `client_factory`
+    makes the per-request node client (default HTTP; `socket_nodes.RoutingNodeClient` adds page nodes)."""
     policy = policy or RoomPolicy()
     router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
     codecs = _Codecs()
@@ -304,7 +306,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             params = GenerateParams(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop_at_eos)
             decode: Callable | None = codec.decode if codec is not None else None
             gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
-                             hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode)
+                             hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode,
+                             client_factory=client_factory or HttpNodeClient)
             if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
                 gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
         except (AuthError, RoomError, ValidationError) as exc:

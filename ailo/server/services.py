@@ -19,11 +19,13 @@ from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.poc import ProofOfContribution
 from ailo.federation.validate import ValidationConfig
 from ailo.inference.auth import load_operator_token
+from ailo.inference.socket_nodes import RoutingNodeClient, SocketHub
 from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
 from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
+from ailo.server.room_socket_api import make_room_socket_router
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.factory import open_ledger_store, open_round_store
 from ailo.storage.rooms_file import DurableRoomRegistry
@@ -80,7 +82,10 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
                         is_registered=ledger.is_registered, generate_per_wallet_per_min=rpm,
                         generate_wallet_burst=max(1, int(rpm / 6)), generate_per_ip_per_min=4 * rpm,
                         generate_ip_burst=max(1, int(4 * rpm / 6)))
-    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy),
+    hub = SocketHub()  # browser nodes join over /v1/rooms/{id}/node-socket
+    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy,
+                                                             client_factory=lambda: RoutingNodeClient(hub)),
+               make_room_socket_router(rooms, hub, policy),
                make_web_router(coord), make_exports_router(state_dir / "exports")]
     if svc.room_checkpoints is not None:
         from ailo.inference.weights import CheckpointLibrary

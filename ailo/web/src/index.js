@@ -18,3 +18,5 @@ export { BrowserSpan, SpanCache, spanTensorNames, rotaryTables } from './span.js
 export { fetchSpanManifest, loadSpanWeights, assembleSpan } from './spanweights.js';
 export { decodeFrame, encodeFrame, WireError } from './wire.js';
 export { ContinuousContributor, backoffSeconds, isTransient } from './continuous.js';
+export { BrowserNode, signRoomRequest, roomRequestMessage } from './node.js';
+export { roomsTable, roomNodes, nodeKind } from './roomsview.js';

@@ -8,6 +8,7 @@ import { Wallet, USERNAME_RE } from '../wallet.js';
 import { formatAlc } from '../ledger.js';
 import { hasWebCryptoEd25519 } from '../ed25519.js';
 import { ContinuousContributor } from '../continuous.js';
+import { BrowserNode } from '../node.js';
 
 const $ = (id) => document.getElementById(id);
 const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], chain: null, errors: [] });
@@ -127,6 +128,54 @@ function updateTrainButton() {
   const can = !!(wallet && wallet.registered && holder.manifest);
   $('train').disabled = !can || !!(continuous && continuous.running);
   $('continuous').disabled = !can;
+  $('serve').disabled = !(wallet && wallet.registered && $('serve-room').value);
+}
+
+let node = null;
+
+async function loadRooms() {
+  try {
+    const rooms = await client.rooms();
+    const sel = $('serve-room');
+    sel.innerHTML = rooms.length ? '' : '<option value="">no rooms</option>';
+    for (const r of rooms) {
+      const o = document.createElement('option');
+      o.value = r.id;
+      o.textContent = `${r.id} — ${r.model} (${r.state}, ${r.nodes.filter((n) => n.alive).length}/${r.slots} nodes)`;
+      sel.appendChild(o);
+    }
+  } catch (e) {
+    fail('rooms', e);
+  }
+}
+
+function showNode(st) {
+  const span = st.span ? st.span.label : 'waiting for the room to form';
+  const w = st.weights ? ` · weights ${mb(st.weights.totalBytes)} (${mb(st.weights.downloadedBytes)} downloaded, ${st.weights.tensors} tensors)` : '';
+  setText('serve-status', `${st.status}${st.nodeId ? ` as node ${st.nodeId.slice(0, 12)}` : ''} · ${span}${w} · ` +
+    `requests ${st.requests} · frames ${st.frames} · ${mb(st.bytesIn + st.bytesOut)} moved${st.error ? ` · ${st.error}` : ''}`,
+  st.status === 'error' || (st.status === 'closed' && st.error) ? 'bad' : 'muted');
+  state.node = { ...st };
+}
+
+async function toggleServe() {
+  if (node && !['closed', 'stopped'].includes(node.state.status)) {
+    node.stop();
+    node = null;
+    $('serve').textContent = 'Serve';
+    return;
+  }
+  $('serve').disabled = true;
+  try {
+    node = new BrowserNode({ room: $('serve-room').value, wallet, memory: Number($('serve-memory').value) * 1e9, onChange: showNode });
+    await node.start();
+    $('serve').textContent = 'Stop serving';
+  } catch (e) {
+    setText('serve-status', `Could not join: ${fail('serve', e)}`, 'bad');
+    node = null;
+  } finally {
+    updateTrainButton();
+  }
 }
 
 const PHASES = { task: 'asking for work', wait: 'waiting for the next round', model: 'loading the model', train: 'training',
@@ -236,6 +285,8 @@ async function main() {
   $('train').addEventListener('click', train);
   $('verify-chain').addEventListener('click', verifyChain);
   $('continuous').addEventListener('change', toggleContinuous);
+  $('serve').addEventListener('click', toggleServe);
+  $('serve-room').addEventListener('change', updateTrainButton);
   $('pause-hidden').addEventListener('change', () => { if (continuous) { continuous.pauseWhenHidden = $('pause-hidden').checked; continuous._poke(); } });
   $('text-source').addEventListener('change', () => { $('own-text').hidden = !!$('text-source').value; });
   const backend = await initBackend(params.get('backend') || null);
@@ -245,7 +296,7 @@ async function main() {
   wallet = await Wallet.load();
   state.webcryptoEd25519 = await hasWebCryptoEd25519();
   showWallet();
-  await Promise.all([loadModel(), loadSamples(), refreshBalance()]);
+  await Promise.all([loadModel(), loadSamples(), refreshBalance(), loadRooms()]);
   $('own-text').hidden = !!$('text-source').value;
   updateTrainButton();
   await verifyChain();

@@ -4,6 +4,7 @@
 import { CoordinatorClient, syncChain } from '../api.js';
 import { KV } from '../idb.js';
 import { formatAlc } from '../ledger.js';
+import { roomNodes, roomsTable } from '../roomsview.js';
 
 const $ = (id) => document.getElementById(id);
 const client = new CoordinatorClient('');
@@ -86,10 +87,8 @@ async function render() {
     '<tr><td colspan="7" class="muted">no updates yet</td></tr>';
 
   const list = rooms && (rooms.rooms || rooms);
-  $('rooms').innerHTML = Array.isArray(list) && list.length
-    ? `<table><thead><tr><th>room</th><th>model</th><th>nodes</th><th>state</th></tr></thead><tbody>${list.map((r) =>
-      `<tr><td>${esc(r.id)}</td><td>${esc(r.model)}</td><td>${(r.nodes || []).filter((n) => n.alive).length} / ${esc(r.slots)}</td><td>${esc(r.state)}</td></tr>`).join('')}</tbody></table>`
-    : 'No inference rooms.';
+  $('rooms').innerHTML = roomsTable(list);
+  state.roomNodes = roomNodes(list);
   $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
   Object.assign(state, { status, release: rel, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
     contributors: rows.map(([address, p]) => ({ address, ...p })), points });
