@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--db", default=None, metavar="URL",
                    help="postgresql://user@host:port/dbname for rounds and ledger (default: SQLite files in --state); "
                    "keep the password out of the URL: psycopg reads PGPASSWORD or ~/.pgpass")
+    c.add_argument("--room-verify", type=float, default=0.05, metavar="P",
+                   help="rooms: share of hops re-run on a referee (the --room-checkpoints copy, else another "
+                   "wallet's replica); a mismatching node is unpaid and loses its slot after 3 strikes")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")
@@ -110,7 +113,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
                         validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
                         room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None,
                         allow_private_node_urls=allow_private, db_url=args.db,
-                        room_requests_per_minute=args.room_requests_per_minute)
+                        room_requests_per_minute=args.room_requests_per_minute, room_verify_p=args.room_verify)
     from ailo.storage.factory import StoreConfigError, is_postgres
     try:
         app = build_app(coordinator_config(args), Path(args.state), svc)

@@ -97,7 +97,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        service = NodeService(Path(args.model_dir), dtype=args.dtype, device=device)
+        service = NodeService(Path(args.model_dir), dtype=args.dtype, device=device, attack=args.attack)
     except SpecError as exc:
         raise CLIError(str(exc)) from None
     memory = parse_size(args.memory) if args.memory else available_memory(device)
@@ -228,6 +228,7 @@ def register(subparsers) -> None:
                    "(default $AILO_WALLET or ~/.ailo/wallet.json)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--attack", choices=["zeros", "noise", "skip"], default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_node)
 
     a = subparsers.add_parser("ask", help="send a prompt to a room and stream the answer")

@@ -40,15 +40,20 @@ def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, p
 
     app = FastAPI(title="Ailo rooms (dev coordinator)")
     policy = policy or dev_policy(rewards)
+    library = None
+    if checkpoints is not None:  # browser nodes' weights, and the spot-check referee unless the caller chose one
+        from ailo.inference.verify import references_from_library
+        from ailo.inference.weights import CheckpointLibrary
+        library = CheckpointLibrary(checkpoints)
+        router_kw.setdefault("references", references_from_library(library))
     hub = SocketHub()  # browser nodes: /v1/rooms/{id}/node-socket
     app.include_router(make_rooms_router(rooms, rewards, policy=policy, client_factory=lambda: RoutingNodeClient(hub),
                                          **router_kw))
     app.include_router(make_room_socket_router(rooms, hub, policy))
     app.state.socket_hub = hub
-    if checkpoints is not None:
-        from ailo.inference.weights import CheckpointLibrary
+    if library is not None:
         from ailo.server.room_weights_api import make_room_weights_router
-        app.include_router(make_room_weights_router(rooms, CheckpointLibrary(checkpoints)))
+        app.include_router(make_room_weights_router(rooms, library))
     if web:
         from fastapi.responses import HTMLResponse
 

@@ -22,6 +22,7 @@ from ailo.inference.plan import Span
 from ailo.inference.rewards import InferenceRewardSink, pay_request
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
 from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
+from ailo.inference.verify import HopRecord, SpotChecker
 from ailo.inference.wire import Frame, WireError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Generation:
     decode_text: Callable[[list[int]], str] | None = None  # when the room has a tokenizer
     client_factory: Callable[[], NodeClient] = HttpNodeClient
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    checker: SpotChecker | None = None  # spot checks of a random fraction of hops (verify.py)
 
     def __post_init__(self) -> None:
         self.room: Room = self.registry.get(self.room_id)
@@ -96,6 +98,8 @@ class Generation:
         self._used: dict[str, NodeRecord] = {}
         self._client: NodeClient = self.client_factory()
         self._notes: list[dict] = []  # failover events, streamed before the next token or error
+        self._seen: list[list[torch.Tensor]] = [[] for _ in self.spans]  # each span's inputs so far
+        self._checks: list = []  # futures of verify.Verdict
 
     # ----- pipeline -----------------------------------------------------------------------
     def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
@@ -118,6 +122,15 @@ class Generation:
                                                     "or non-finite values"))
             moved += len(body) + len(raw)
             self.processed.setdefault(node.node_id, node.address)
+            if self.checker is not None:
+                seen = self._seen[k]
+                if start == 0:
+                    seen.clear()
+                seen.append(x)
+                if self.checker.sample():
+                    self._checks.append(self.checker.submit(HopRecord(
+                        self.room_id, self.request_id, span.index, (span.start, span.end), span.label, span.last,
+                        node, torch.cat(seen, dim=1), x.shape[1], out)))
             x = out
         return x[0], moved
 
@@ -210,12 +223,22 @@ class Generation:
                     self._client.release(n.url, self.request_id)
             self._client.close()
         if completed:
-            paid, errors = pay_request(self.rewards, self.request_id, self.processed.values(), self.requester)
+            verdicts = []
+            for future in self._checks:  # rewards wait for this request's checks
+                try:
+                    verdicts.append(future.result(timeout=max(self.hop_timeout, 1.0) * 2))
+                except Exception as exc:  # a check that cannot finish proves nothing
+                    log.warning("spot check for request %s did not finish: %s", self.request_id, exc)
+            unpaid = {v.node_id for v in verdicts if v.unpaid}
+            cheats = {self.processed[n] for n in unpaid if n in self.processed}
+            earners = [a for n, a in self.processed.items() if n not in unpaid and a not in cheats]
+            paid, errors = pay_request(self.rewards, self.request_id, earners, self.requester)
             generated = self.tokens[len(self.prompt):]
             steps = max(self.stats.decode_steps, 1)
             yield {"type": "done", "request_id": self.request_id, "tokens": generated,
                    "text": self.decode_text(generated) if self.decode_text is not None else None,
                    "finish_reason": finish, "nodes": list(self.processed), "payees": paid,
+                   "checks": [v.to_dict() for v in verdicts],
                    "reward_errors": errors, "failovers": self.stats.failovers,
                    "stats": {"prefill_bytes": self.stats.prefill_bytes, "decode_bytes": self.stats.decode_bytes,
                              "decode_steps": self.stats.decode_steps, "rebuild_bytes": self.stats.rebuild_bytes,

@@ -81,6 +81,7 @@ class NodeService:
     state: str = "waiting"
     node_id: str | None = None
     room: str | None = None
+    attack: str | None = None  # tests/benchmarks only: "zeros" | "noise" | "skip" (see _cheat)
 
     def __post_init__(self) -> None:
         self.spec = read_spec(self.model_dir)
@@ -118,7 +119,8 @@ class NodeService:
             elif cache.length != frame.start:
                 raise HTTPException(409, f"cache holds {cache.length} positions, frame starts at {frame.start}")
             try:
-                out = model(x.to(self.device), frame.start, cache)
+                out = model(x.to(self.device), frame.start, cache) if self.attack is None \
+                    else _cheat(self.attack, model, x.to(self.device), frame.start, cache)
             except ValueError as exc:
                 self.caches.drop(frame.request_id)
                 raise HTTPException(400, str(exc)) from None
@@ -133,6 +135,29 @@ class NodeService:
                 "fingerprint": self.spec.fingerprint(), "span": {"start": span[0], "end": span[1]} if span else None,
                 "tensor_names": self.tensor_names, "tensor_bytes": self.tensor_bytes,
                 "cached_requests": len(self.caches), "dtype": str(self.dtype), "device": str(self.device)}
+
+
+class _Skipped(torch.nn.Module):
+    def forward(self, x, step, cache):  # noqa: D401 - a unit that does nothing
+        return x
+
+
+def _cheat(attack: str, model: SpanModel, x: torch.Tensor, start: int, cache: RequestCache) -> torch.Tensor:
+    """A dishonest node, for the spot-check tests and bench/verify.py: answers zeros, noise of
+    the right scale, or skips the last unit (half-layer) of its span."""
+    if attack == "skip":
+        last = len(model.units) - 1
+        unit, model.units[last] = model.units[last], _Skipped()
+        try:
+            return model(x, start, cache)
+        finally:
+            model.units[last] = unit
+    out = model(x, start, cache)
+    if attack == "zeros":
+        return torch.zeros_like(out)
+    if attack == "noise":
+        return torch.randn_like(out.float()).mul(out.float().std()).to(out.dtype)
+    raise ValueError(f"unknown attack {attack!r}")
 
 
 def build_node_app(service: NodeService) -> FastAPI:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class NodeRecord:
     failed_at: float = 0.0
     active: int = 0
     served: int = 0
+    checks: int = 0     # spot checks of this node's hops (ailo.inference.verify)
+    strikes: int = 0    # convictions; the node loses its slot at the room's limit
 
 
 @dataclass
@@ -57,6 +60,9 @@ class Room:
     created_at: float = field(default_factory=time.time)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     plan: Plan | None = None
+    checks: Counter = field(default_factory=Counter)                      # verdict status -> count
+    events: deque = field(default_factory=lambda: deque(maxlen=50))      # mismatches, disputes, evictions
+    banned: set[str] = field(default_factory=set)                         # wallets evicted for cheating
 
     def span_of(self, node: NodeRecord) -> Span | None:
         return None if self.plan is None or node.span is None else self.plan.spans[node.span]
@@ -122,6 +128,9 @@ class RoomRegistry:
                             f"({room.spec.name or room.spec.family}, fingerprint {room.spec.fingerprint()})", 409)
         if memory <= 0:
             raise RoomError("memory must be positive", 400)
+        if address is not None and address in room.banned:
+            raise RoomError(f"wallet {address} lost its place in room {room_id!r} after failed spot checks", 403,
+                            "banned")
         now = self._clock()
         with self._lock:
             for other in list(room.nodes.values()):  # a restarted node reuses its URL: forget the old one
@@ -196,6 +205,30 @@ class RoomRegistry:
             if node is not None:
                 node.failed, node.failed_at = reason, self._clock()
 
+    def record_check(self, room_id: str, verdict: dict, culprit: str | None, strikes_to_evict: int) -> None:
+        """Count a spot-check verdict; strike the culprit, evict (and bar) it at the limit."""
+        try:
+            room = self.get(room_id)
+        except RoomError:
+            return
+        with self._lock:
+            room.checks[verdict["status"]] += 1
+            checked = room.nodes.get(verdict["node_id"])
+            if checked is not None:
+                checked.checks += 1
+            if verdict["status"] != "ok" or culprit is not None:
+                room.events.append({"time": time.time(), **verdict})
+            node = room.nodes.get(culprit) if culprit else None
+            if node is None:
+                return
+            node.strikes += 1
+            if node.strikes >= strikes_to_evict:
+                room.nodes.pop(node.node_id, None)
+                if node.address:
+                    room.banned.add(node.address)
+                room.events.append({"time": time.time(), "status": "evicted", "node_id": node.node_id,
+                                    "address": node.address, "strikes": node.strikes})
+
     # ----- routing ------------------------------------------------------------------------
     def candidates(self, room_id: str, span_index: int, exclude: set[str] = frozenset()) -> list[NodeRecord]:
         """Ready nodes of a span, least busy first, rotating among equals."""
@@ -240,8 +273,10 @@ class RoomRegistry:
         with self._lock:
             nodes = [{"node_id": n.node_id, "address": n.address, "url": n.url, "memory": n.memory,
                       "span": n.span, "ready": self.ready(room, n), "alive": self.alive(n), "failed": n.failed,
-                      "served": n.served} for n in room.nodes.values()]
+                      "served": n.served, "checks": n.checks, "strikes": n.strikes} for n in room.nodes.values()]
             return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
                     "fingerprint": room.spec.fingerprint(), "slots": room.slots, "context": room.context,
                     "state": self.state(room), "has_tokenizer": room.tokenizer is not None,
-                    "plan": room.plan.to_dict() if room.plan else None, "nodes": nodes}
+                    "plan": room.plan.to_dict() if room.plan else None, "nodes": nodes,
+                    "verification": {"checks": dict(room.checks), "events": list(room.events)[-20:],
+                                     "banned": sorted(room.banned)}}

@@ -34,6 +34,7 @@ from ailo.inference.rewards import InferencePayments, InferenceRewardSink, reque
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
 from ailo.inference.transport import HttpNodeClient, NodeClient
+from ailo.inference.verify import DEFAULT_P, ReferenceSpans, SpotChecker
 from ailo.ledger.errors import LedgerError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a tokenizer.json rides along with `create`
@@ -152,12 +153,17 @@ class _Codecs:
 
 def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *,
                       policy: RoomPolicy | None = None, hop_timeout: float = 30.0,
-                      max_failovers: int = 4, client_factory: Callable[[], NodeClient] | None = None) -> APIRouter:
+                      max_failovers: int = 4, client_factory: Callable[[], NodeClient] | None = None,
+                      verify_p: float = DEFAULT_P,
+                      references: Callable[[Any], ReferenceSpans | None] | None = None) -> APIRouter:
     """Room registry, node membership and generation endpoints under /v1/rooms. `client_factory`
-    makes the per-request node client (default HTTP; `socket_nodes.RoutingNodeClient` adds page nodes)."""
+    makes the per-request node client (default HTTP; `socket_nodes.RoutingNodeClient` adds page nodes).
+    A fraction `verify_p` of hops is spot-checked against `references(room)` or other owners' replicas."""
     policy = policy or RoomPolicy()
     router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
     codecs = _Codecs()
+    checker = SpotChecker(rooms, verify_p, references, timeout=hop_timeout,
+                          client_factory=client_factory or HttpNodeClient) if verify_p > 0 else None
     verifier = RequestVerifier()
     per_wallet = RateLimiter(policy.generate_per_wallet_per_min, policy.generate_wallet_burst, "wallet")
     per_ip = RateLimiter(policy.generate_per_ip_per_min, policy.generate_ip_burst, "network address")
@@ -168,7 +174,9 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         return request_price(len(room.plan.spans)) if payments is not None and room.plan is not None else None
 
     def view(room) -> dict:
-        return {**rooms.view(room), "price": price(room)}
+        out = {**rooms.view(room), "price": price(room)}
+        out["verification"]["p"] = verify_p
+        return out
 
     def charge(payment: dict | None, signer: str, room) -> str:
         """Apply the requester's PAY_INFERENCE to the ledger; returns the paid request id."""
@@ -307,7 +315,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             decode: Callable | None = codec.decode if codec is not None else None
             gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
                              hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode,
-                             client_factory=client_factory or HttpNodeClient)
+                             client_factory=client_factory or HttpNodeClient, checker=checker)
             if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
                 gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
         except (AuthError, RoomError, ValidationError) as exc:

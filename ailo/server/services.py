@@ -45,6 +45,7 @@ class ServiceConfig:
     ip_junk_burst: int = 20
     room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
     db_url: str | None = None              # postgresql://... for rounds + ledger; None: SQLite files in state_dir
+    room_verify_p: float = 0.05             # share of hops spot-checked (ailo.inference.verify)
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -82,15 +83,21 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
                         is_registered=ledger.is_registered, generate_per_wallet_per_min=rpm,
                         generate_wallet_burst=max(1, int(rpm / 6)), generate_per_ip_per_min=4 * rpm,
                         generate_ip_burst=max(1, int(4 * rpm / 6)))
+    library, references = None, None
+    if svc.room_checkpoints is not None:  # the operator's checkpoints: browser nodes' weights + spot-check referee
+        from ailo.inference.verify import references_from_library
+        from ailo.inference.weights import CheckpointLibrary
+        library = CheckpointLibrary(svc.room_checkpoints)
+        references = references_from_library(library)
     hub = SocketHub()  # browser nodes join over /v1/rooms/{id}/node-socket
-    routers = [make_ledger_router(ledger), make_rooms_router(rooms, rewards=ledger, policy=policy,
-                                                             client_factory=lambda: RoutingNodeClient(hub)),
+    routers = [make_ledger_router(ledger),
+               make_rooms_router(rooms, rewards=ledger, policy=policy, client_factory=lambda: RoutingNodeClient(hub),
+                                 verify_p=svc.room_verify_p, references=references),
                make_room_socket_router(rooms, hub, policy),
                make_web_router(coord), make_exports_router(state_dir / "exports")]
-    if svc.room_checkpoints is not None:
-        from ailo.inference.weights import CheckpointLibrary
+    if library is not None:
         from ailo.server.room_weights_api import make_room_weights_router
-        routers.append(make_room_weights_router(rooms, CheckpointLibrary(svc.room_checkpoints)))
+        routers.append(make_room_weights_router(rooms, library))
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)
