@@ -22,6 +22,7 @@ from ailo.data import TokenDataset
 from ailo.faults import crash_point
 from ailo.federation.aggregate import AGGREGATORS, WeightedDelta, average_delta
 from ailo.federation.codecs import CodecSpec
+from ailo.federation.downloads import CompactDownloads
 from ailo.federation.outer import make_outer
 from ailo.federation.outer_store import OuterStateStore
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
@@ -50,6 +51,7 @@ class CoordinatorConfig:
     aggregator: str = "fedavg"
     outer: str = "sgd"                   # outer optimizer on the averaged Δ: sgd (FedAvg) | nesterov | fedadam
     outer_momentum: float = 0.9          # nesterov: momentum μ (server_lr is the outer learning rate)
+    compact_downloads: bool = False      # also serve the bf16 model + int8 patches from v−1 (downloads.py)
     codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
     codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
     ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
@@ -90,6 +92,8 @@ class Coordinator:
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
         self.outer = make_outer(config.outer, config.server_lr, config.outer_momentum)
         self.outer_store = OuterStateStore(Path(state_dir) / "outer")
+        self.downloads = CompactDownloads(self.store, config.num_chunks, self.cfg.name, self.cfg.to_dict()) \
+            if config.compact_downloads else None
         self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
@@ -116,6 +120,9 @@ class Coordinator:
 
     def _genesis(self) -> None:
         self.manifest = self._split(0)
+        if self.downloads:
+            self.downloads.prepare(0, self.model.state_dict(), self.model.state_dict())
+            self.downloads.commit()
         self.store.start(self.manifest.to_json(), evaluate(self.model, self.val_batches), self._task_spec(1),
                          self.config.min_updates, time.time() + self.config.round_seconds)
 
@@ -123,7 +130,8 @@ class Coordinator:
         """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
         c = self.config
         return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
-                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task()}
+                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task(),
+                **({"download": "bf16"} if c.compact_downloads else {})}
 
     @property
     def version(self) -> int:
@@ -246,6 +254,8 @@ class Coordinator:
         try:
             self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
             manifest = self._split(self.version + 1)
+            if self.downloads:  # bf16 W_{v+1} and the int8 patch from W_v, before publish
+                self.downloads.prepare(self.version + 1, self.model.state_dict(), previous_model.state_dict())
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
@@ -254,6 +264,8 @@ class Coordinator:
             self.outer.load_state_dict(outer_before)
             raise
         self.manifest = manifest
+        if self.downloads:
+            self.downloads.commit()
         crash_point("after_publish")
         for hook in self.on_round_closed:
             try:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
 from ailo.chunks import ChunkStore, Manifest, _atomic_write
 from ailo.federation.codecs import CodecSpec, compress
+from ailo.federation.patching import ServedCache
 from ailo.data import TokenDataset
 from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta
@@ -169,6 +170,25 @@ class Worker:
             return sum(mirrored.stats.bytes_by_origin.values())
         return source.bytes_read
 
+    def load_compact(self, manifest: Manifest) -> int:
+        """Patch the held W_{v−1} to W_v (verified by chunk hashes), else fetch the bf16 chunks."""
+        if not hasattr(self, "served"):
+            self.served = ServedCache(self.cache_dir)
+
+        def fetch_patch(version: int) -> bytes | None:
+            r = self._call("GET", f"/v1/patches/{version}")
+            return r.content if r.status_code == 200 else None
+        got = self.served.patched(manifest, fetch_patch)
+        if got is not None:
+            if self.model is None or self.model.cfg.name != manifest.preset:
+                self.model = build_model(get_preset(manifest.preset), seed=self.seed)
+            self.model.load_state_dict(got[0])
+            downloaded = got[1]
+        else:
+            downloaded = self.load_model(manifest)
+        self.served.remember(manifest, self.model.state_dict())
+        return downloaded
+
     # -- error feedback: what lossy codecs did not send yet, kept between rounds ---------------
     @property
     def error_feedback_path(self) -> Path:
@@ -205,11 +225,12 @@ class Worker:
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
-        manifest = Manifest.from_json(self._call("GET", "/v1/model").content)
+        compact = task.get("download") == "bf16"  # the served bf16 model, patched from v−1 when held
+        manifest = Manifest.from_json(self._call("GET", "/v1/model?format=bf16" if compact else "/v1/model").content)
         if manifest.version != task["version"]:
             self.last_status = "wait"  # the model moved on between the two calls
             return None
-        downloaded = self.load_model(manifest)
+        downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
                           optimizer=task["optimizer"], progress=self.progress)
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],

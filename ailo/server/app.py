@@ -44,8 +44,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
 def federation_router(coord: Coordinator) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["federation"])
 
-    @r.get("/model", summary="Manifest of the current global model (version, preset, chunk hashes)")
-    def model() -> Response:
+    @r.get("/model", summary="Manifest of the current global model (version, preset, chunk hashes); "
+                             "?format=bf16: the compact served model")
+    def model(format: str = "fp32") -> Response:
+        if format not in ("fp32", "bf16"):
+            raise UpdateRejected("bad_format", f"format must be fp32 or bf16, not {format[:20]!r}", 400)
+        if format == "bf16":
+            if coord.downloads is None:
+                raise UpdateRejected("no_compact", "this coordinator serves only the fp32 model", 404)
+            with coord.lock:
+                version, text = coord.version, coord.downloads.manifest_json(coord.version, coord.model.state_dict())
+            return Response(text, media_type="application/json",
+                            headers={"Cache-Control": "no-cache", "X-Ailo-Version": str(version)})
         manifest = coord.manifest
         if coord.config.mirrors:  # clients try these first (verified), then /v1/chunks
             manifest = dataclasses.replace(manifest, mirrors=list(coord.config.mirrors))
@@ -68,6 +78,15 @@ def federation_router(coord: Coordinator) -> APIRouter:
         coord.record_chunk_bytes(max(0, sent))
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
+
+    @r.get("/patches/{version}", summary="int8 patch from served model version−1 to version (safetensors)")
+    def patch(version: int) -> Response:
+        data = coord.downloads.patch(version) if coord.downloads is not None and 0 < version < 2**31 else None
+        if data is None:
+            raise UpdateRejected("no_patch", f"no patch to served model version {version}", 404)
+        coord.record_chunk_bytes(len(data))
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate")
     def task(req: TaskRequest) -> dict:

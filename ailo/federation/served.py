@@ -1,0 +1,51 @@
+"""The compact served model (pure, no I/O): what clients download and train from, next to the
+coordinator's fp32 master weights.
+
+The coordinator keeps fp32 master weights M_v (aggregation and the outer optimizer work on
+them; they are persisted as the fp32 chunk set). Clients are served W_v, bfloat16 tensors that
+track the master:
+
+    W_0 = bf16(M_0)
+    P_v = int8-codec body of (M_v − W_{v−1})             (the "patch", ≈ 1 byte per weight)
+    W_v = bf16(float32(W_{v−1}) + decode(P_v))          (float32 add, round-to-nearest-even)
+
+A client that holds W_{v−1} downloads only P_v (≈ ¼ of fp32, ½ of bf16), rebuilds W_v exactly
+and checks it against the sha256 of every W_v chunk in the bf16 manifest; anyone else downloads
+the bf16 chunks (½ of fp32). Because each patch is taken against the served W_{v−1} rather
+than against M_{v−1}, quantization errors never accumulate: W_v differs from M_v only by one
+int8 step and one bf16 rounding. Clients train from float32(W_v) and send Δ = W_v − W_end;
+the coordinator applies the averaged Δ to M_v.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ailo.federation.codecs import CodecSpec, decode, encode
+
+PATCH_CODEC = CodecSpec("int8")
+StateDict = dict[str, torch.Tensor]
+
+
+def to_served(master: Mapping[str, torch.Tensor]) -> StateDict:
+    """W_0: the master rounded to bfloat16."""
+    return {k: v.detach().to("cpu", torch.float32).to(torch.bfloat16) for k, v in master.items()}
+
+
+def make_patch(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.Tensor]) -> bytes:
+    """P_v: the int8-codec body of M_v − W_{v−1}."""
+    return encode({k: master[k].detach().to("cpu", torch.float32) - previous[k].to(torch.float32) for k in master},
+                  PATCH_CODEC)
+
+
+def apply_patch(previous: Mapping[str, torch.Tensor], patch: bytes) -> StateDict:
+    """W_v from W_{v−1} and P_v (raises codecs.CodecError for a malformed patch)."""
+    step = decode(patch, {k: tuple(v.shape) for k, v in previous.items()}, PATCH_CODEC)
+    return {k: (previous[k].to(torch.float32) + step[k]).to(torch.bfloat16) for k in previous}
+
+
+def next_served(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.Tensor]) -> tuple[bytes, StateDict]:
+    """(P_v, W_v): what the coordinator publishes when version v closes."""
+    patch = make_patch(previous, master)
+    return patch, apply_patch(previous, patch)
