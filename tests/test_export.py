@@ -138,3 +138,38 @@ def test_cli_export_generate_and_dashboard_routes(tmp_path):
     assert client.get("/exports/v1-hf/..%2F..%2Fstate.db").status_code in (400, 404)
     assert client.get("/exports/v1-hf/state.db").status_code == 404
     assert client.get("/exports/.v2-hf.123.tmp/config.json").status_code in (400, 404)
+
+
+@pytest.mark.slow
+def test_running_coordinator_dashboard_links_latest_export(tmp_path):
+    """`ailo export` beside a running coordinator; its dashboard (headless Chromium) links it."""
+    import httpx
+
+    from ailo.web.harness import chromium, ensure_built
+    from tests.procs import ailo, free_port, stop, wait_healthy
+
+    ensure_built()
+    state, port = tmp_path / "state", free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = ailo("coordinator", "--state", str(state), "--port", str(port), "--open", log=tmp_path / "coord.log")
+    try:
+        wait_healthy(url, proc)
+        assert httpx.get(f"{url}/v1/exports").json() == {"exports": [], "latest": None}
+        r = _cli("export", "--state", str(state))
+        assert r.returncode == 0, r.stderr
+        with chromium() as ctx:
+            page = ctx.new_page()
+            page.goto(f"{url}/dashboard")
+            page.wait_for_function("window.ailoDashboard && window.ailoDashboard.ready", timeout=60_000)
+            d = page.evaluate("window.ailoDashboard")
+            assert not d["errors"], d["errors"]
+            assert d["release"]["version"] == 0 and d["release"]["format"] == "hf"
+            href = page.get_attribute("#release-link", "href")
+            names = page.locator("#release a").all_inner_texts()
+        assert href == "/exports/v0-hf/export.json"
+        assert "model.safetensors" in names and "config.json" in names
+        meta = httpx.get(url + href).json()
+        weights = httpx.get(f"{url}/exports/v0-hf/model.safetensors")
+        assert weights.status_code == 200 and len(weights.content) == meta["files"]["model.safetensors"]["size"]
+    finally:
+        stop(proc)

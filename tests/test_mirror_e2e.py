@@ -2,7 +2,7 @@
 (Debian nginx serving a folder kept by `ailo mirror sync`), and native workers.
 
 Round 1: every chunk comes from nginx; the coordinator serves 0 chunk bytes. Round 2: the
-mirror lies (a corrupted file, a truncated one, a missing one): the worker detects each,
+mirror lies (a corrupted file, a truncated one, a padded one, a missing one): the worker detects each,
 fetches exactly those chunks from the coordinator and trains on the right weights; a
 second `ailo mirror sync` finds and repairs the damage.
 """
@@ -74,26 +74,29 @@ def test_round_from_nginx_mirror_and_lying_mirror_recovered(tmp_path):
             manifest1 = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
             sync(url, mirror_dir)
             before = counters(url).get("chunk_bytes_served", 0)
-            corrupt, short, gone = manifest1.chunks[0], manifest1.chunks[1], manifest1.chunks[2]
+            corrupt, short, gone, padded = manifest1.chunks[:4]
             data = bytearray((mirror_dir / corrupt.sha256).read_bytes())
             data[len(data) // 2] ^= 0xFF                          # same size, wrong hash
             (mirror_dir / corrupt.sha256).write_bytes(bytes(data))
             (mirror_dir / short.sha256).write_bytes((mirror_dir / short.sha256).read_bytes()[:-10])
             (mirror_dir / gone.sha256).unlink()
+            with open(mirror_dir / padded.sha256, "ab") as f:                   # longer than the manifest says
+                f.write(b"\0" * 100_000)
 
             log = run_worker(url, tmp_path, "w2")
             assert f"{mirror_url}/{corrupt.sha256}: sha256 mismatch" in log
             assert f"{mirror_url}/{short.sha256}: {short.size - 10} bytes" in log
             assert f"{mirror_url}/{gone.sha256}: HTTP 404" in log
+            assert f"{mirror_url}/{padded.sha256}: more than the manifest's {padded.size} bytes" in log
             status = httpx.get(f"{url}/v1/status").json()
             assert status["version"] == 2                          # trained on the right weights, accepted
             served = counters(url).get("chunk_bytes_served", 0) - before
-            assert served == corrupt.size + short.size + gone.size  # only the three bad chunks
+            assert served == corrupt.size + short.size + gone.size + padded.size  # only the four bad chunks
 
             # `ailo mirror sync` re-hashes every file: damage is found and repaired.
             manifest2 = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
             assert "0 damaged" in sync(url, mirror_dir)
-            bad = manifest2.chunks[3]
+            bad = manifest2.chunks[4]
             data = bytearray((mirror_dir / bad.sha256).read_bytes())
             data[0] ^= 0x01
             (mirror_dir / bad.sha256).write_bytes(bytes(data))

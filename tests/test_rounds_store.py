@@ -98,3 +98,23 @@ def test_pg_backend_keeps_rows_out_of_the_state_dir(backend) -> None:
     genesis(store)
     assert (backend.state_dir / "state.db").exists() == (backend.name == "sqlite")
     assert backend.sql("SELECT COUNT(*) FROM versions", db="rounds") == [(1,)]
+
+
+def test_postgres_store_reconnects_after_the_server_drops_it(tmp_path, pg_url) -> None:
+    import psycopg
+
+    from ailo.storage.postgres import PostgresRoundStore
+    store = PostgresRoundStore(tmp_path / "s", pg_url)
+    genesis(store)
+
+    def kill_connections():
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    kill_connections()
+    assert store.latest_version().version == 0                    # a read: reconnected and retried
+    kill_connections()
+    with pytest.raises(psycopg.OperationalError):                 # a write is never repeated blindly
+        store.bump_counter("x", 1)
+    store.bump_counter("x", 1)                                    # the next statement reconnects
+    assert store.counters() == {"x": 1}

@@ -13,7 +13,9 @@ psycopg connection, translating on the way:
 Atomicity is the SQLite stores' own: their explicit transactions (one version publish, one
 block seal) run unchanged as PostgreSQL transactions. Stronger than the shared SQLite
 connection: while one thread is inside BEGIN..COMMIT, other threads' statements wait, so
-nothing of theirs is swept into (or rolled back with) that transaction.
+nothing of theirs is swept into (or rolled back with) that transaction. When the server
+drops the connection, the next statement reconnects; a read is retried once, a write fails
+(it may have committed) and the caller's error handling applies.
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ class PgConnection:
         self.url = url
         self._lock = threading.RLock()   # held by one thread from BEGIN to COMMIT/ROLLBACK
         self._identity: dict[str, str] = {}
+        self._in_tx = False              # between our BEGIN and COMMIT/ROLLBACK: never reconnect
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection:
@@ -90,7 +93,7 @@ class PgConnection:
 
     def _ensure_open(self) -> None:
         """Reconnect after the server dropped us, but never inside a transaction."""
-        if self._conn.closed or self._conn.broken:
+        if not self._in_tx and (self._conn.closed or self._conn.broken):
             self._conn = self._connect()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
@@ -102,6 +105,7 @@ class PgConnection:
             try:
                 self._ensure_open()
                 self._conn.execute("BEGIN")
+                self._in_tx = True
             except BaseException:
                 self._lock.release()
                 raise
@@ -110,16 +114,24 @@ class PgConnection:
             try:
                 self._conn.execute(q)
             finally:
+                self._in_tx = False
                 self._lock.release()
             return _Result([], 0)
         with self._lock:
-            if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                self._ensure_open()
+            self._ensure_open()
             m = _INSERT.match(q)
             ident = self._identity.get(m.group(1).lower()) if m else None
             if ident and "RETURNING" not in q.upper():
                 q = f"{q} RETURNING {ident}"
-            cur = self._conn.execute(q, tuple(params))
+            try:
+                cur = self._conn.execute(q, tuple(params))
+            except psycopg.OperationalError:
+                # The server dropped us (restart, failover). A read outside a transaction is
+                # safe to repeat on a new connection; a write is not (it may have committed).
+                if self._in_tx or not self._conn.broken or q.lstrip()[:6].upper() != "SELECT":
+                    raise
+                self._conn = self._connect()
+                cur = self._conn.execute(q, tuple(params))
             rows = cur.fetchall() if cur.description is not None else []
             return _Result(rows, cur.rowcount, int(rows[0][0]) if ident and rows else None)
 
