@@ -13,7 +13,9 @@ from ailo.storage.rounds_store import SQLiteRoundStore
 def _submit(coord, client_id):
     delta = {k: torch.full_like(v, 1e-3) for k, v in coord.model.state_dict().items()}
     rnd = coord.current_round()
-    return coord.submit(UpdateMeta(client_id, rnd.id, rnd.base_version, 8, 5.0), encode_update(delta))
+    receipt = coord.submit(UpdateMeta(client_id, rnd.id, rnd.base_version, 8, 5.0), encode_update(delta))
+    coord.drain(tick=False)  # the validation pipeline's work, in this thread (no deadline tick)
+    return coord.verdict(receipt["update_id"])
 
 
 def _wait_until(t):

@@ -1,4 +1,8 @@
-"""Bad input to POST /v1/updates: each refused with a 4xx naming the problem, nothing changed."""
+"""Bad input to POST /v1/updates: each refused with a 4xx naming the problem, nothing changed.
+
+Cheap problems (headers, identity, safetensors header) are refused by the POST itself; the
+rest (NaN/Inf, PoC checks) by the validation pipeline, whose verdict GET /v1/updates/{id}
+reports with the same reason and the status code the refusal carries (`code`)."""
 import struct
 
 import pytest
@@ -22,10 +26,25 @@ def _delta(coord, scale=1e-3):
     return {k: torch.full_like(v, scale) for k, v in coord.model.state_dict().items()}
 
 
+class Outcome:
+    """POST /v1/updates resolved to its final answer: the refusal, or the pipeline's verdict."""
+
+    def __init__(self, status_code, payload):
+        self.status_code, self.payload = status_code, payload
+
+    def json(self):
+        return self.payload
+
+
 def _post(client, body, round_id=1, version=0, client_id="alice", samples=8, **extra):
     meta = UpdateMeta(client_id, round_id, version, samples, 5.0)
     headers = {**meta.to_headers(), **extra}
-    return client.post("/v1/updates", content=body, headers=headers)
+    r = client.post("/v1/updates", content=body, headers=headers)
+    if r.status_code != 202:
+        return Outcome(r.status_code, r.json())
+    v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 30}).json()
+    assert v["status"] != "pending", v
+    return Outcome(200 if v["status"] == "accepted" else v["code"], v)
 
 
 def _unchanged(coord, client, before_weights):
@@ -85,7 +104,7 @@ def test_stale_unknown_round_version_and_duplicates(api):
     assert again.status_code == 200 and again.json()["replayed"] is True
     assert again.json()["update_id"] == first.json()["update_id"] and again.json()["accepted_in_round"] == 1
     r = _post(client, encode_update(_delta(coord, 2e-3)))  # another update from the same client
-    assert r.status_code == 409 and "already has an accepted update" in r.json()["detail"]
+    assert r.status_code == 409 and "already has an accepted or pending update" in r.json()["detail"]
     assert _post(client, body, client_id="bob").json()["aggregated"] is True
     r = _post(client, body, client_id="carol", round_id=1)
     assert r.status_code == 409 and "stale round 1" in r.json()["detail"]

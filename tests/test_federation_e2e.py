@@ -80,16 +80,18 @@ def test_coordinator_killed_mid_round_keeps_accepted_updates(tmp_path):
 
         def submit(client):
             meta = UpdateMeta(client, 1, 0, counts[client], 6.0)
-            return httpx.post(f"{url}/v1/updates", content=encode_update(deltas[client]), headers=meta.to_headers(), timeout=60)
+            r = httpx.post(f"{url}/v1/updates", content=encode_update(deltas[client]), headers=meta.to_headers(), timeout=60)
+            assert r.status_code == 202, r.text
+            return httpx.get(f"{url}/v1/updates/{r.json()['update_id']}", params={"wait": 30}, timeout=60).json()
 
-        assert submit("a").status_code == 200 and submit("b").status_code == 200
+        assert submit("a")["status"] == "accepted" and submit("b")["status"] == "accepted"
         stop(coord, signal.SIGKILL)  # no clean shutdown
         coord = ailo(*args, log=tmp_path / "coord.log")
         wait_healthy(url, coord)
         status = httpx.get(f"{url}/v1/status").json()
         assert status["round"] == 1 and status["accepted_in_round"] == 2 and status["version"] == 0
         r = submit("c")
-        assert r.status_code == 200 and r.json()["aggregated"] is True and r.json()["version"] == 1
+        assert r["status"] == "accepted" and r["aggregated"] is True and r["version"] == 1
         new = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
         after = ChunkStore(new, DirectorySource(state / "chunks")).state_dict()
     finally:

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--rounds", type=int, default=None, dest="max_rounds", help="stop after this many rounds")
     c.add_argument("--local-steps", type=int, default=20)
     c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's context)")
     c.add_argument("--lr", type=float, default=3e-3)
     c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
     c.add_argument("--server-lr", type=float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
@@ -41,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--ef-decay", type=float, default=1.0, help="lossy codecs: client error feedback e ← decay·e + Δ")
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where validation, aggregation and evaluation run (auto: CUDA when present)")
+    c.add_argument("--max-pending", type=int, default=256,
+                   help="updates admitted but not yet validated; beyond this POST /v1/updates answers 429 busy")
     c.add_argument("--open", action="store_true",
                    help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
     c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
@@ -75,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
     w.add_argument("--username", default=None, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true")
+    w.add_argument("--json-log", action="store_true", help="print one JSON line per round (timings, verdict)")
     w.add_argument("--attack", choices=["sign-flip", "scale"], default=None, help=argparse.SUPPRESS)
     w.set_defaults(func=run_worker)
 
@@ -101,6 +107,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
         CodecSpec(args.codec, args.codec_density, args.ef_decay)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda: PyTorch sees no CUDA device (use --device auto or cpu)")
+    if args.max_pending < 1:
+        raise CLIError("--max-pending must be at least 1")
     if args.min_updates < 1:
         raise CLIError("--min-updates must be at least 1")
     if args.max_updates is not None and args.max_updates < args.min_updates:
@@ -149,7 +161,7 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
                         args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet,
-                        attack=args.attack)
+                        attack=args.attack, json_log=args.json_log)
         worker.run(args.rounds)
     except (CoordinatorUnavailable, Refused) as exc:
         raise CLIError(str(exc)) from None

@@ -3,11 +3,18 @@
 FedAvg: M_{t+1} = M_t − η · Σ_k (n_k / n) · Δ_k with Δ_k = M_t − M_k (a pseudo-gradient) and
 n = Σ_k n_k. With η = 1 this is plain FedAvg (the sample-weighted mean of client models).
 New strategies (server momentum, trimmed mean, compression) implement `Aggregator`.
+
+Streaming (O(model) memory, SPEC R4 at scale): an aggregator that also implements
+`StreamingAggregator` is fed one update at a time (`start` → `fold` per accepted update →
+`finish`), so the coordinator never holds more than one decoded update beside one fp32
+accumulator. Aggregators that need all updates at once (coordinate-wise robust ones) keep only
+`aggregate`; the coordinator then calls them slice by slice of each tensor, reading the stored
+updates from disk (`ailo/federation/accumulator.py`), so peak memory is K × one slice.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Protocol, runtime_checkable
 
 import torch
 
@@ -25,6 +32,18 @@ class Aggregator(Protocol):
 
     def aggregate(self, base: Mapping[str, torch.Tensor], updates: Iterable[WeightedDelta],
                   server_lr: float) -> StateDict: ...
+
+
+@runtime_checkable
+class StreamingAggregator(Protocol):
+    """An aggregator whose state is O(model): `fold` each update as it is accepted."""
+    name: str
+
+    def start(self, base: Mapping[str, torch.Tensor]) -> dict: ...
+
+    def fold(self, state: dict, update: WeightedDelta) -> None: ...
+
+    def finish(self, state: dict, base: Mapping[str, torch.Tensor], server_lr: float) -> StateDict: ...
 
 
 def weights(sample_counts: list[int]) -> list[float]:
@@ -55,6 +74,33 @@ class FedAvg:
             torch._foreach_add_(acc, [u.delta[n].to(torch.float32) for n in names], alpha=wk)
         return {n: torch.sub(base[n].to(torch.float32), a, alpha=server_lr).to(base[n].dtype)
                 for n, a in zip(names, acc)}
+
+    # -- streaming form: Σ n_k Δ_k in fp32 and Σ n_k; same result within fp32 rounding ------
+    def start(self, base: Mapping[str, torch.Tensor]) -> dict:
+        return {"sum": {n: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for n, t in base.items()},
+                "n": 0, "k": 0}
+
+    def fold(self, state: dict, update: WeightedDelta) -> None:
+        if update.n_samples <= 0:
+            raise ValueError("every update needs a positive sample count")
+        names = list(state["sum"])
+        acc = [state["sum"][n] for n in names]
+        torch._foreach_add_(acc, [update.delta[n].to(acc[i].device, torch.float32) for i, n in enumerate(names)],
+                            alpha=float(update.n_samples))
+        state["n"] += update.n_samples
+        state["k"] += 1
+
+    def finish(self, state: dict, base: Mapping[str, torch.Tensor], server_lr: float = 1.0) -> StateDict:
+        """M − η·(Σ n_k Δ_k)/n, computed in the accumulator's own memory (the state is consumed)."""
+        if state["k"] == 0:
+            raise ValueError("cannot aggregate zero updates")
+        scale = -server_lr / state["n"]
+        out = {}
+        for n, a in state["sum"].items():
+            a.mul_(scale).add_(base[n].to(a.device, torch.float32))
+            out[n] = a if base[n].dtype == torch.float32 else a.to(base[n].dtype)
+        state["sum"] = {}
+        return out
 
 
 AGGREGATORS: dict[str, Aggregator] = {"fedavg": FedAvg()}

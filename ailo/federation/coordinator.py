@@ -1,13 +1,24 @@
-"""The coordinator service: hands out tasks, takes updates, runs FedAvg rounds (SPEC R4).
+"""The coordinator service: hands out tasks, admits updates, runs FedAvg rounds (SPEC R4).
 
-HTTP-free: `ailo.server.app` exposes it. All state changes go through one lock and the
-`SQLiteRoundStore`, so a restart resumes the open round with every accepted update, and a
-model version is served only after it is completely written.
+HTTP-free: `ailo.server.app` exposes it. Round data flow (docs/ARCHITECTURE.md):
+
+    POST /v1/updates ─ admit(): identity, header structure, body fsynced, row `pending` ─► 202 + id
+                                        │ id
+    ValidationPipeline (one thread per device) ─ judge(): decode, PoC checks ─► accepted/refused
+        accepted: fold into the round's fp32 accumulator (O(model), `RoundAccumulator`)
+        enough accepted / deadline: close_round(): aggregate, evaluate, split, ONE publish tx
+    GET /v1/updates/{id} (long-poll) and the next POST /v1/tasks tell the client the verdict.
+
+Request handlers never validate tensors or close rounds, and never wait for the validator.
+`SQLiteRoundStore` holds the truth: a restart re-judges pending rows (each exactly once) and
+rebuilds the accumulator from the accepted ones; a model version is served only after it is
+completely written.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
+import resource
 import threading
 import time
 import uuid
@@ -16,19 +27,32 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.func import functional_call
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
-from ailo.federation.aggregate import AGGREGATORS, WeightedDelta, average_delta
+from ailo.federation.accumulator import RoundAccumulator
+from ailo.federation.admission import check_header, fsync_file, idempotency_key
+from ailo.federation.aggregate import AGGREGATORS
 from ailo.federation.codecs import CodecSpec
 from ailo.federation.downloads import CompactDownloads
 from ailo.federation.outer import make_outer
 from ailo.federation.outer_store import OuterStateStore
-from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update
+from ailo.federation.pipeline import ValidationPipeline
+from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
-from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
-from ailo.training import evaluate
+from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, UpdateRecord
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device")
+    return device
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,8 @@ class CoordinatorConfig:
     val_batches: int = 4
     data_dir: str | None = None
     mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
+    device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
+    max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
 
 
 @dataclass
@@ -78,6 +104,7 @@ AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the
 RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
 
 
+
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, state_dir: Path,
                  pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
@@ -87,6 +114,7 @@ class Coordinator:
         self.config = config
         self.cfg = get_preset(config.preset)
         self.seq_len = config.seq_len or self.cfg.n_ctx
+        self.device = resolve_device(config.device)
         self.store = store if store is not None else SQLiteRoundStore(state_dir)
         self.aggregator = AGGREGATORS[config.aggregator]
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
@@ -94,26 +122,65 @@ class Coordinator:
         self.outer_store = OuterStateStore(Path(state_dir) / "outer")
         self.downloads = CompactDownloads(self.store, config.num_chunks, self.cfg.name, self.cfg.to_dict()) \
             if config.compact_downloads else None
-        self.pre_checks, self.post_checks = pre_checks or [], post_checks or []
+        self.pre_checks, self.post_checks = pre_checks or [], post_checks or []   # request path / pipeline
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()          # swaps of model + manifest (short)
+        self.admit_lock = threading.Lock()     # admission decisions: nonces, duplicates (short)
+        self._admitting: set[tuple[int, str]] = set()  # (round, client id / address) being written
         self.tasks: dict[str, tuple[str, int, float]] = {}  # task id → (client, round, issued at)
         self.val_batches = TokenDataset.from_dir(config.data_dir, "val").fixed_batches(
             config.val_batches, config.batch_size, self.seq_len)
         self.model = build_model(self.cfg, seed=config.seed)
         latest = self.store.latest_version()
         if latest is None:
+            self.model.to(self.device)
             self._genesis()
         else:
             self.manifest = Manifest.from_json(latest.manifest)
             self.model.load_state_dict(ChunkStore(self.manifest, DirectorySource(self.store.chunks_dir)).state_dict())
             self.outer_store.restore(self.outer, self.manifest.version)
+            self.model.to(self.device)
+        self.model.eval()
+        self.accumulator = RoundAccumulator(self.aggregator, self.device)
+        self._rebuild_accumulator()
+        self.pipeline = ValidationPipeline(self.judge, self.tick, self._pending_ids, capacity=config.max_pending,
+                                           name=f"validator-{self.device}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the validation pipeline (it first judges updates left pending by a crash)."""
+        self.pipeline.start()
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def drain(self, timeout: float = 120.0, tick: bool = True) -> None:
+        """Judge everything admitted so far (in this thread when the pipeline is not running),
+        then, with `tick`, apply the deadline rule once."""
+        if self.pipeline.running:
+            if not self.pipeline.wait_idle(timeout):
+                raise TimeoutError("validation pipeline did not drain")
+            return
+        for update_id in self._pending_ids():
+            self.judge(update_id)
+        if tick:
+            self.tick()
+
+    def _pending_ids(self) -> list[int]:
+        return [u.id for u in self.store.updates(status="pending", limit=10**9)]
+
+    def autocast(self):
+        """bf16 autocast on CUDA for evaluation only (see docs/ARCHITECTURE.md: what stays fp32)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- model versions --------------------------------------------------------------------
-    def _split(self, version: int) -> Manifest:
-        manifest, blobs = split_state_dict(self.model.state_dict(), self.config.num_chunks, version=version,
-                                           preset=self.cfg.name, config=self.cfg.to_dict())
+    def _split(self, version: int, state: dict[str, torch.Tensor] | None = None) -> Manifest:
+        manifest, blobs = split_state_dict(state if state is not None else self.model.state_dict(),
+                                           self.config.num_chunks, version=version, preset=self.cfg.name,
+                                           config=self.cfg.to_dict())
         for sha, data in blobs.items():
             self.store.put_chunk(sha, data)
         return manifest
@@ -123,8 +190,20 @@ class Coordinator:
         if self.downloads:
             self.downloads.prepare(0, self.model.state_dict(), self.model.state_dict())
             self.downloads.commit()
-        self.store.start(self.manifest.to_json(), evaluate(self.model, self.val_batches), self._task_spec(1),
+        self.store.start(self.manifest.to_json(), self.evaluate(), self._task_spec(1),
                          self.config.min_updates, time.time() + self.config.round_seconds)
+
+    @torch.no_grad()
+    def evaluate(self, params: dict[str, torch.Tensor] | None = None) -> float:
+        """Validation loss of the global model, or of `params` swapped into it (no model copy)."""
+        total, count = 0.0, 0
+        with self.autocast():
+            for x, y in self.val_batches:
+                x, y = x.to(self.device), y.to(self.device)
+                loss = self.model(x, y) if params is None else functional_call(self.model, params, (x, y))
+                total += float(loss) * x.numel()
+                count += x.numel()
+        return total / count
 
     def _task_spec(self, round_id: int) -> dict:
         """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
@@ -147,61 +226,70 @@ class Coordinator:
         return self.config.max_rounds is not None and self.current_round().id > self.config.max_rounds
 
     def task(self, client_id: str) -> dict:
-        with self.lock:
-            self.tick()
-            rnd = self.current_round()
-            if self.finished():
-                return {"status": "done", "round": rnd.id, "version": self.version}
-            if any(u.client_id == client_id for u in self.store.updates(rnd.id, "accepted")):
-                return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5}
-            task_id = uuid.uuid4().hex
-            now = time.time()
-            self.tasks[task_id] = (client_id, rnd.id, now)
-            return {"status": "train", "task_id": task_id, "round": rnd.id, "version": rnd.base_version,
-                    "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task}
+        """Never waits on validation: reads the store only. Carries the client's last verdict."""
+        rnd = self.current_round()
+        last = self.store.latest_update_of(client_id)
+        extra = {"last_update": self._short_verdict(last)} if last is not None else {}
+        if self.finished():
+            return {"status": "done", "round": rnd.id, "version": self.version, **extra}
+        clients, _ = self.store.holders(rnd.id)
+        if client_id in clients:  # accepted, or still being judged: nothing to train now
+            return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5, **extra}
+        task_id = uuid.uuid4().hex
+        now = time.time()
+        self.tasks[task_id] = (client_id, rnd.id, now)
+        return {"status": "train", "task_id": task_id, "round": rnd.id, "version": rnd.base_version,
+                "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task, **extra}
 
-    # -- updates ---------------------------------------------------------------------------
+    # -- admission (request path) ------------------------------------------------------------
     def submit(self, meta: UpdateMeta, body: bytes, peer: str = "") -> dict:
-        """Validate and record one update; aggregates when the round has enough. Raises
-        UpdateRejected (with an HTTP status) for anything refused; refusals are recorded."""
-        with self.lock:
-            rnd = self.current_round()
-            sub = Submission(meta, body, hashlib.sha256(body).hexdigest(), rnd, time.time(), peer)
-            replayed = self._replayed(meta, sub.sha256)
-            if replayed is not None:
-                return replayed
-            try:
-                self._check(sub)
-            except UpdateRejected as exc:
-                self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
-                                         meta.train_loss, sub.sha256, len(body), "refused", exc.reason, str(exc),
-                                         sub.extra)
-                raise
-            self.store.put_update_blob(sub.sha256, body)
+        """Admit an update given as bytes (in-process callers); see `submit_file`."""
+        tmp = self.store.incoming_path()
+        tmp.write_bytes(body)
+        return self.submit_file(meta, tmp, hashlib.sha256(body).hexdigest(), len(body), peer)
+
+    def submit_file(self, meta: UpdateMeta, tmp: Path, sha256: str, size: int, peer: str = "",
+                    receive_ms: float | None = None) -> dict:
+        """Cheap checks, then a durable `pending` row and a place in the validation queue.
+        Returns the receipt {"status": "pending", "update_id", ...}; a retried signed body gets
+        the same update id (and its verdict once decided). Raises UpdateRejected (recorded)."""
+        idem = idempotency_key(meta, sha256)
+        keys: list[tuple[int, str]] = []
+        try:
+            with self.admit_lock:
+                known = self.store.update_by_idem(idem) if idem else None
+                if known is None:  # same body from the same client and wallet, e.g. re-signed after a lost reply
+                    prior = self.store.accepted_update(meta.round_id, meta.client_id, sha256, ("pending", "accepted"))
+                    known = prior if prior is not None and (prior.address or "") == (meta.address or "") else None
+                if known is not None:
+                    return self._receipt_of(known)
+                rnd = self.current_round()
+                sub = Submission(meta, b"", sha256, rnd, time.time(), peer)
+                try:
+                    self._admit(sub, tmp, size)
+                except UpdateRejected as exc:
+                    self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
+                                             meta.train_loss, sha256, size, "refused", exc.reason, str(exc),
+                                             {**sub.extra, "code": exc.status}, idem=idem)
+                    raise
+                keys = [(rnd.id, "c:" + meta.client_id)] + ([(rnd.id, "a:" + meta.address)] if meta.address else [])
+                self._admitting.update(keys)
+            fsync_file(tmp)
+            self.store.adopt_update_blob(sha256, tmp)
+            extra = {**sub.extra, "base_version": meta.base_version, "task_id": meta.task_id}
+            if receive_ms is not None:
+                extra["receive_ms"] = receive_ms  # body upload time as the coordinator saw it
             update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
-                                                 meta.train_loss, sub.sha256, len(body), "accepted", extra=sub.extra)
-            self.store.bump_counter("update_bytes_received", len(body))
-            crash_point("after_accept")
-            for hook in self.on_accept:
-                hook(self, sub, update_id)
-            accepted = len(self.store.updates(rnd.id, "accepted"))
-            result = {"status": "accepted", "update_id": update_id, "round": rnd.id, "accepted_in_round": accepted}
-            if accepted >= (self.config.max_updates or self.config.min_updates):
-                self._close_round(rnd)
-                result["aggregated"] = True
-            result["version"] = self.version
-            return result
+                                                 meta.train_loss, sha256, size, "pending", extra=extra, idem=idem)
+            self.store.bump_counter("update_bytes_received", size)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with self.admit_lock:
+                self._admitting.difference_update(keys)
+        self.pipeline.submit(update_id)
+        return {"status": "pending", "update_id": update_id, "round": rnd.id, "queued": self.pipeline.depth()}
 
-    def _replayed(self, meta: UpdateMeta, sha256: str) -> dict | None:
-        """The original verdict when this exact update (round, client, wallet, body) was already
-        accepted: a client retrying after a lost reply (coordinator crash) is counted once."""
-        prior = self.store.accepted_update(meta.round_id, meta.client_id, sha256)
-        if prior is None or (prior.address or "") != (meta.address or ""):
-            return None
-        return {"status": "accepted", "update_id": prior.id, "round": prior.round_id, "replayed": True,
-                "accepted_in_round": len(self.store.updates(prior.round_id, "accepted")), "version": self.version}
-
-    def _check(self, sub: Submission) -> None:
+    def _admit(self, sub: Submission, path: Path, size: int) -> None:
         meta, rnd = sub.meta, sub.round
         if self.finished():
             raise UpdateRejected("finished", "training has finished; no round is open", 409)
@@ -211,62 +299,144 @@ class Coordinator:
         if meta.base_version != rnd.base_version:
             raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
                                  f"round {rnd.id} trains version {rnd.base_version}", 409)
-        if any(u.client_id == meta.client_id for u in self.store.updates(rnd.id, "accepted")):
-            raise UpdateRejected("duplicate", f"client {meta.client_id!r} already has an accepted update in round {rnd.id}", 409)
-        for check in self.pre_checks:
+        clients, addresses = self.store.holders(rnd.id)
+        if meta.client_id in clients or (rnd.id, "c:" + meta.client_id) in self._admitting:
+            raise UpdateRejected("duplicate", f"client {meta.client_id!r} already has an accepted or pending "
+                                 f"update in round {rnd.id}", 409)
+        if self.store.count_updates(status="pending") >= self.config.max_pending:
+            raise UpdateRejected("busy", f"{self.config.max_pending} updates are waiting for validation; "
+                                 "retry in a few seconds", 429)
+        for check in self.pre_checks:  # identity (PoC): signature, nonce, rate limit
             check(self, sub)
-        sub.tensors = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task))
-        for check in self.post_checks:
-            check(self, sub)
+        if meta.address and (meta.address in addresses or (rnd.id, "a:" + meta.address) in self._admitting):
+            raise UpdateRejected("duplicate", f"wallet {meta.address} already has an accepted or pending update "
+                                 f"in round {rnd.id}", 409)
+        check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task))
 
-    # -- rounds ----------------------------------------------------------------------------
+    # -- validation (pipeline thread) ----------------------------------------------------------
+    def judge(self, update_id: int) -> None:
+        """Decide one pending update, exactly once; may close the round."""
+        row = self.store.update(update_id)
+        if row is None or row.status != "pending":
+            return
+        t0 = time.perf_counter()
+        rnd = self.current_round()
+        meta = UpdateMeta(row.client_id, row.round_id, row.extra.get("base_version", rnd.base_version), row.n_samples,
+                          row.train_loss, task_id=row.extra.get("task_id", ""), address=row.address or "")
+        sub = Submission(meta, b"", row.sha256 or "", rnd, row.received,
+                         extra={k: v for k, v in row.extra.items() if k not in ("base_version", "task_id")})
+        try:
+            if self.finished():
+                raise UpdateRejected("finished", "training finished before this update was validated", 409)
+            if row.round_id != rnd.id:
+                raise UpdateRejected("stale_round", f"round {row.round_id} closed before this update was "
+                                     f"validated; the open round is {rnd.id}", 409)
+            sub.body = self.store.update_blob(sub.sha256)
+            decoded = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task))
+            sub.body = b""
+            sub.tensors = {k: v.to(self.device) for k, v in decoded.items()}
+            del decoded
+            for check in self.post_checks:
+                check(self, sub)
+        except UpdateRejected as exc:
+            sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+            self.store.decide_update(update_id, "refused", exc.reason, str(exc), {**sub.extra, "code": exc.status})
+            return
+        sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        self.store.decide_update(update_id, "accepted", extra=sub.extra)
+        crash_point("after_accept")
+        try:
+            self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors, row.n_samples)
+        except Exception:
+            self._rebuild_accumulator()
+        for hook in self.on_accept:
+            hook(self, sub, update_id)
+        sub.tensors = {}
+        if self.store.count_updates(rnd.id, "accepted") >= (self.config.max_updates or self.config.min_updates):
+            self._close_round(rnd)
+
+    def _accepted_files(self, round_id: int) -> list[tuple[int, Path, int]]:
+        return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples)
+                for u in self.store.updates(round_id, "accepted", limit=10**9)]
+
+    def _decode_file(self, path: Path) -> dict[str, torch.Tensor]:
+        codec = CodecSpec.from_task(self.current_round().task)
+        return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec).items()}
+
+    def _fp32_copies(self, files: list[tuple[int, Path, int]], codec: CodecSpec) -> list[tuple[int, Path, int]]:
+        """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
+        out = []
+        for update_id, path, n in files:
+            target = path.with_name(f"{path.name}.fp32")
+            if not target.exists():
+                self.store._write_blob(target, encode_update(decode_update(path.read_bytes(), self.manifest, codec)))
+            out.append((update_id, target, n))
+        return out
+
+    def _rebuild_accumulator(self) -> None:
+        rnd = self.current_round()
+        self.accumulator.rebuild(rnd.id, self.model.state_dict(), self._accepted_files(rnd.id), self._decode_file)
+
+    # -- rounds (pipeline thread) ----------------------------------------------------------------
     def tick(self) -> None:
         """Deadline handling (the liveness rule, docs/ARCHITECTURE.md): a due round closes with
         ≥ min_updates accepted, or — once it is 2 × round_seconds old (extended once) — with
         ≥ quorum_updates (≥ 1); otherwise its deadline moves on by round_seconds."""
-        with self.lock:
-            rnd = self.current_round()
-            now = time.time()
-            if self.finished() or now < rnd.deadline:
-                return
-            accepted = len(self.store.updates(rnd.id, "accepted"))
-            overdue = now >= rnd.created + 2 * self.config.round_seconds
-            if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
-                self._close_round(rnd)
-            else:
-                self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
+        rnd = self.current_round()
+        now = time.time()
+        if self.finished() or now < rnd.deadline:
+            return
+        accepted = self.store.count_updates(rnd.id, "accepted")
+        overdue = now >= rnd.created + 2 * self.config.round_seconds
+        if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
+            self._close_round(rnd)
+        else:
+            self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
 
     def _close_round(self, rnd: RoundRecord) -> None:
-        accepted = self.store.updates(rnd.id, "accepted")
-        codec = CodecSpec.from_task(rnd.task)
-        updates = [WeightedDelta(decode_update(self.store.update_blob(u.sha256), self.manifest, codec), u.n_samples)
-                   for u in accepted]
+        t0 = time.perf_counter()
         base = self.model.state_dict()
         outer_before = self.outer.state_dict()
-        if self.config.outer == "sgd":
-            new_state = self.aggregator.aggregate(base, updates, self.config.server_lr)
-        else:  # the outer optimizer steps on the averaged pseudo-gradient
-            new_state = self.outer.step(base, average_delta(self.aggregator, base, updates))
-        candidate = copy.deepcopy(self.model)
-        candidate.load_state_dict(new_state)
-        val_loss = evaluate(candidate, self.val_batches)
-        previous_model, self.model = self.model, candidate
+        files = self._accepted_files(rnd.id)
+        codec = CodecSpec.from_task(rnd.task)
+        if not self.accumulator.streaming and codec.name != "fp32":  # slices need fp32 files
+            files = self._fp32_copies(files, codec)
         try:
+            with torch.no_grad():
+                if self.config.outer == "sgd":  # FedAvg with the server learning rate
+                    new_state = self.accumulator.result(base, files, self.config.server_lr)
+                else:  # the outer optimizer steps on the averaged pseudo-gradient ḡ
+                    zeros = {n: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for n, t in base.items()}
+                    avg = {n: t.neg_() for n, t in self.accumulator.result(zeros, files, 1.0).items()}
+                    del zeros
+                    new_state = self.outer.step(base, avg)
+                    del avg
+            t1 = time.perf_counter()
+            val_loss = self.evaluate(new_state)
+            t2 = time.perf_counter()
             self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
-            manifest = self._split(self.version + 1)
+            manifest = self._split(self.version + 1, new_state)
             if self.downloads:  # bf16 W_{v+1} and the int8 patch from W_v, before publish
-                self.downloads.prepare(self.version + 1, self.model.state_dict(), previous_model.state_dict())
+                self.downloads.prepare(self.version + 1, new_state, base)
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
-        except BaseException:
-            self.model = previous_model  # nothing committed: keep serving the old version
+        except BaseException:  # nothing committed: keep serving the old version, re-fold the round
             self.outer.load_state_dict(outer_before)
+            self._rebuild_accumulator()
             raise
-        self.manifest = manifest
+        with self.lock, torch.no_grad():  # committed: serve and validate against the new version
+            for k, v in base.items():
+                v.copy_(new_state[k])
+            self.manifest = manifest
         if self.downloads:
             self.downloads.commit()
         crash_point("after_publish")
+        del new_state
+        self.accumulator.reset(rnd.id + 1)
+        t3 = time.perf_counter()
+        for phase, ms in (("aggregate", t1 - t0), ("evaluate", t2 - t1), ("publish", t3 - t2)):
+            self.store.set_counter(f"timing.round.{rnd.id}.{phase}_ms", int(1000 * ms))
         for hook in self.on_round_closed:
             try:
                 hook(self, rnd.id)
@@ -278,21 +448,56 @@ class Coordinator:
         self.store.bump_counter("chunk_bytes_served", n)
         self.store.bump_counter(f"chunk_bytes_served.round.{self.current_round().id}", n)
 
+    @staticmethod
+    def _short_verdict(u: UpdateRecord) -> dict:
+        return {"update_id": u.id, "round": u.round_id, "status": u.status, "reason": u.reason}
+
+    def verdict(self, update_id: int) -> dict | None:
+        """The client-facing state of one update. `pending` until the pipeline has finished with
+        it (including a round close it triggered), so `aggregated` is final when it is not."""
+        u = self.store.update(update_id)
+        if u is None:
+            return None
+        status = "pending" if self.pipeline.in_flight == update_id else u.status
+        out = {"update_id": u.id, "round": u.round_id, "client": u.client_id, "status": status}
+        if status == "refused":
+            out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
+        elif status == "accepted":
+            closed = self.store.round(u.round_id).status == "closed"
+            out.update(aggregated=closed, version=self.version,
+                       accepted_in_round=self.store.count_updates(u.round_id, "accepted"))
+        return out
+
+    def _receipt_of(self, u: UpdateRecord) -> dict:
+        """A retried signed body: the original row's id and, once decided, its verdict."""
+        v = self.verdict(u.id) or {}
+        if v.get("status") == "refused":
+            raise UpdateRejected(v["reason"], v["detail"], v["code"])
+        return {**v, "replayed": True}
+
     def status(self) -> dict:
-        with self.lock:
-            rnd = self.current_round()
-            accepted = self.store.updates(rnd.id, "accepted")
-            counters = self.store.counters()
-            history = []
-            for v in self.store.versions():
-                rows = self.store.updates(v.round_id) if v.round_id else []
-                history.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss,
-                                "updates": sum(u.status == "accepted" for u in rows),
-                                "refused": sum(u.status == "refused" for u in rows),
-                                "bytes_up": sum(u.size or 0 for u in rows),
-                                "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0)})
-            return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
-                    "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
-                    "accepted_in_round": len(accepted), "clients": self.store.clients(),
-                    "history": history,
-                    "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}
+        rnd = self.current_round()
+        counters = self.store.counters()
+        history = []
+        for v in self.store.versions():
+            rows = self.store.updates(v.round_id, limit=10**9) if v.round_id else []
+            t = {k.rsplit(".", 1)[1]: c for k, c in counters.items() if k.startswith(f"timing.round.{v.round_id}.")}
+            history.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss, "published": v.created,
+                            "updates": sum(u.status == "accepted" for u in rows),
+                            "refused": sum(u.status == "refused" for u in rows),
+                            "bytes_up": sum(u.size or 0 for u in rows),
+                            "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0),
+                            "validate_ms": round(sum(u.extra.get("validate_ms", 0) for u in rows), 1),
+                            "upload_ms_max": max((u.extra.get("receive_ms", 0) for u in rows), default=0), **t})
+        peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        if self.device.type == "cuda":
+            peak["gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            peak["gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
+        return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
+                "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
+                "accepted_in_round": self.store.count_updates(rnd.id, "accepted"),
+                "pending_in_round": self.store.count_updates(rnd.id, "pending"), "clients": self.store.clients(),
+                "history": history, "device": str(self.device), "peak_memory": peak,
+                "validation": {"queued": self.pipeline.depth(), "in_flight": self.pipeline.in_flight,
+                               "judged": self.pipeline.judged, "busy_seconds": round(self.pipeline.busy_seconds, 3)},
+                "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}

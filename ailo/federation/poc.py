@@ -2,9 +2,11 @@
 accepted updates on the ledger (SPEC R6, R7, R10).
 
 Order of checks for POST /v1/updates (cheapest first, nothing parsed before identity):
-    signature present → address format → registered → signature valid → timestamp window →
-    nonce strictly increasing (consumed once seen) → per-wallet rate limit →
-    [tensor parse: names, dtypes, shapes, NaN/Inf] → norm plausibility → loss reduction.
+    in the request: signature present → address format → registered → signature valid →
+    timestamp window → nonce strictly increasing (consumed once seen) → per-wallet rate limit →
+    [safetensors header: names, dtypes, shapes] → 202;
+    in the validation pipeline: [tensor data: NaN/Inf] → norm plausibility → direction → loss
+    reduction (fp32, on the coordinator's device).
 Refusals are recorded with their reason and never paid. Rewards are minted when the round
 closes (the LossBonus needs the round's median) with ref `update:<id>`, which the ledger
 makes idempotent, so a restart between publishing and paying pays exactly once.
@@ -88,8 +90,8 @@ class ProofOfContribution:
     def holdout_loss(self, coord: "Coordinator", params: dict[str, torch.Tensor]) -> float:
         """Holdout loss of the global model's architecture with `params` swapped in."""
         total = 0.0
-        for x, y in self.holdout(coord):
-            total += float(functional_call(coord.model, params, (x, y)))
+        for x, y in self.holdout(coord):  # fp32 on the coordinator's device: a decision threshold
+            total += float(functional_call(coord.model, params, (x.to(coord.device), y.to(coord.device))))
         return total / len(self.holdout(coord))
 
     def reference(self, coord: "Coordinator") -> tuple[float, dict[str, torch.Tensor]]:
@@ -100,7 +102,7 @@ class ProofOfContribution:
             batches = self.holdout(coord)
             total = 0.0
             for x, y in batches:
-                loss = model(x, y) / len(batches)
+                loss = model(x.to(coord.device), y.to(coord.device)) / len(batches)
                 loss.backward()
                 total += float(loss.detach())
             grad = {k: p.grad.detach().clone() for k, p in model.named_parameters()}

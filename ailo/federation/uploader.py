@@ -38,7 +38,7 @@ def await_verdict(http: httpx.Client, update_id, policy: Backoff = DEFAULT, poll
                   sleep: Callable[[float], None] = time.sleep) -> dict | None:
     """Poll a queued update until it has a verdict; None when the coordinator lost it."""
     while True:
-        r = request(http, "GET", f"/v1/updates/{update_id}", policy)
+        r = request(http, "GET", f"/v1/updates/{update_id}?wait=20", policy)  # long-poll (≤ 20 s)
         if r.status_code == 404:
             return None
         data = _json(r)
@@ -62,8 +62,11 @@ def submit_update(http: httpx.Client, body: bytes, meta: UpdateMeta, *,
             if verdict is None and resent < max_resend:   # queued work lost in a restart: send it again
                 resent += 1
                 continue
+            replayed = result.get("replayed")  # a resend the coordinator recognised (same update id)
             result = verdict or {"status": "refused", "reason": "lost", "http_status": 404,
                                  "detail": "the coordinator lost the queued update"}
+            if replayed:
+                result["replayed"] = True
         else:
             result["http_status"] = r.status_code
         if result.get("reason") in RESIGN and resign is not None and resigned < max_resign:

@@ -8,6 +8,7 @@ with an HTTP Range request.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team 
 
 # Refusals worth another try on fresh batches (the work may pass on other data); any other
 # refusal (stale round, duplicate, bad signature...) means this round is over for us.
-RETRYABLE = {"no_loss_reduction", "wrong_direction", "implausible_norm", "rate_limited"}
+RETRYABLE = {"no_loss_reduction", "wrong_direction", "implausible_norm", "rate_limited", "busy"}
 # The round closed while we trained or uploaded: nothing to give up, the next task is a new round.
 ROUND_MOVED_ON = {"stale_round", "stale_version"}
 
@@ -105,7 +106,8 @@ class RoundReport:
     seconds: float
     downloaded: int
     uploaded: int
-    response: dict
+    response: dict                       # the verdict (GET /v1/updates/{id}) plus http_status
+    timings: dict = field(default_factory=dict)   # seconds: download, train, upload, verdict
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Worker:
     timeout: float = 120.0
     max_attempts: int = 3               # submissions per round before giving the round up
     policy: Backoff = DEFAULT           # back-off on connection errors and 5xx (ailo.backoff)
+    json_log: bool = False              # one JSON line per round on stdout (bench/gpu_round.py)
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -163,6 +166,7 @@ class Worker:
         bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
         self.model.load_state_dict(store.state_dict())
         bar.close()
+        self._prune_cache(manifest)
         if mirrored is not None:  # mirrors first (verified), the coordinator only for what they lack
             self.mirror_stats = mirrored.stats
             for line in mirrored.stats.failures:
@@ -218,6 +222,14 @@ class Worker:
     def _sign(self, meta: UpdateMeta, sha256: str) -> UpdateMeta:
         return sign_update(self.wallet, meta, sha256) if self.wallet is not None else meta
 
+    def _prune_cache(self, manifest: Manifest) -> None:
+        """Chunks of older versions are not needed again (a 1B model is 3.3 GB a version)."""
+        keep = {c.sha256 for c in manifest.chunks}
+        chunk_dir = self.cache_dir / "chunks"
+        for f in chunk_dir.iterdir() if chunk_dir.is_dir() else ():
+            if len(f.name) == 64 and f.name not in keep:
+                f.unlink(missing_ok=True)
+
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
@@ -230,7 +242,9 @@ class Worker:
         if manifest.version != task["version"]:
             self.last_status = "wait"  # the model moved on between the two calls
             return None
+        t0 = time.perf_counter()
         downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
+        t_download = time.perf_counter() - t0
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
                           optimizer=task["optimizer"], progress=self.progress)
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
@@ -243,9 +257,11 @@ class Worker:
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"])
         sha = hashlib.sha256(body).hexdigest()
+        t1 = time.perf_counter()
         result = submit_update(self.http, body, self._sign(meta, sha), policy=self.policy,
                                resign=(lambda m: self._sign(m, sha)) if self.wallet is not None else None,
                                on_retry=self._retry_note)
+        t2 = time.perf_counter()  # upload + validation queue + verdict (the uploader long-polls)
         if result.get("status") == "accepted" and codec.lossy:
             self.save_error_feedback(manifest.preset, codec, residual)  # only what was really applied
         if result.get("status") != "accepted":
@@ -254,8 +270,9 @@ class Worker:
                 self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1
             elif reason not in ROUND_MOVED_ON:  # this round is over for us: wait for the next one
                 self.attempts[task["round"]] = self.max_attempts
+        timings = {"download": t_download, "train": upd.seconds, "upload_and_verdict": t2 - t1}
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
-                             downloaded, len(body), result)
+                             downloaded, len(body), result, {k: round(v, 3) for k, v in timings.items()})
         self.reports.append(report)
         self.rounds_done += 1
         return report
@@ -293,6 +310,11 @@ class Worker:
                     ok = report.response.get("status", report.response.get("reason"))
                     print(f"[{self.client_id}] round {report.round}: loss {report.train_loss:.3f} "
                           f"n={report.n_samples} ↓{report.downloaded:,}B ↑{report.uploaded:,}B → {ok}", flush=True)
+                if self.json_log:
+                    print(json.dumps({"client": self.client_id, "round": report.round, "version": report.version,
+                                      "train_loss": report.train_loss, "downloaded": report.downloaded,
+                                      "uploaded": report.uploaded, "status": report.response.get("status"),
+                                      "reason": report.response.get("reason"), "seconds": report.timings}), flush=True)
                 continue
             if self.last_status == "done":
                 break

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ailo.federation.admission import receive_to_file
 from ailo.federation.coordinator import Coordinator
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
 from ailo.server.contract import install_contract
@@ -22,23 +23,6 @@ from ailo.server.contract import install_contract
 class TaskRequest(BaseModel):
     client_id: str = Field(min_length=1, max_length=128)
     address: str | None = None
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """Read a request body, refusing it (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UpdateRejected("too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", 413)
-    parts, size = [], 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise UpdateRejected("too_large", f"body exceeds the limit of {limit} bytes", 413)
-        parts.append(piece)
-    body = b"".join(parts)
-    if declared is not None and declared.isdigit() and len(body) != int(declared):
-        raise UpdateRejected("truncated", f"body has {len(body)} bytes, Content-Length said {declared}", 400)
-    return body
 
 
 def federation_router(coord: Coordinator) -> APIRouter:
@@ -92,12 +76,33 @@ def federation_router(coord: Coordinator) -> APIRouter:
     def task(req: TaskRequest) -> dict:
         return coord.task(req.client_id)
 
-    @r.post("/updates", summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers)")
-    async def update(request: Request) -> dict:
+    @r.post("/updates", status_code=202,
+            summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers); 202 + update id, "
+                    "the verdict comes from GET /v1/updates/{id}")
+    async def update(request: Request) -> JSONResponse:
         meta = UpdateMeta.from_headers(request.headers)
-        body = await read_limited(request, max_update_bytes(coord.manifest))
+        declared = request.headers.get("content-length")
+        tmp = coord.store.incoming_path()
+        t0 = time.perf_counter()
+        sha, size = await receive_to_file(request.stream(), tmp, max_update_bytes(coord.manifest),
+                                          int(declared) if declared and declared.isdigit() else None)
         peer = request.client.host if request.client else ""
-        return await asyncio.to_thread(coord.submit, meta, body, peer)
+        receive_ms = round(1000 * (time.perf_counter() - t0), 1)
+        receipt = await asyncio.to_thread(coord.submit_file, meta, tmp, sha, size, peer, receive_ms)
+        return JSONResponse(receipt, status_code=202 if receipt["status"] == "pending" else 200)
+
+    @r.get("/updates/{update_id}", summary="Verdict of one update: pending, accepted (aggregated?) or refused "
+                                          "(reason); `wait` long-polls up to that many seconds for a decision")
+    async def verdict(update_id: int, wait: float = Query(0.0, ge=0.0, le=60.0)) -> dict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            v = coord.verdict(update_id)
+            if v is None:
+                raise UpdateRejected("unknown_update", f"no update {update_id}", 404)
+            if v["status"] != "pending" or loop.time() >= deadline:
+                return v
+            await asyncio.sleep(0.2)
 
     @r.get("/status", summary="Round, version, clients and validation-loss history")
     def status() -> dict:
@@ -110,9 +115,9 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
                periodic: list[Callable[[], object]] | None = None) -> FastAPI:
     """`periodic` jobs run every second beside the round deadline check (e.g. ledger sealing)."""
     stop = threading.Event()
-    jobs = [coord.tick, *(periodic or [])]
+    jobs = list(periodic or [])  # round deadlines are the validation pipeline's (coord.tick)
 
-    def ticker() -> None:  # closes rounds whose deadline passed even when nobody calls
+    def ticker() -> None:
         while not stop.wait(1.0):
             for job in jobs:
                 try:
@@ -124,10 +129,12 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        threading.Thread(target=ticker, name="round-ticker", daemon=True).start()
+        coord.start()  # validation pipeline: judges pending updates (also those left by a crash)
+        threading.Thread(target=ticker, name="periodic-jobs", daemon=True).start()
         started["at"] = time.time()
         yield
         stop.set()
+        coord.stop()
 
     app = FastAPI(title="Ailo Network coordinator", version="0.1.0", lifespan=lifespan,
                   description="Federated training, Proof-of-Contribution, AiloCoin ledger, inference rooms.")

@@ -1,7 +1,9 @@
 """Persistence of rounds, updates and model versions (SQLite, WAL).
 
 Blobs (chunks, update bodies) live as content-addressed files; rows reference them by
-sha256. A model version becomes visible only when its row commits, which happens after all
+sha256. An update row is inserted `pending` (its blob already durable) when the request path
+admits it, and moves exactly once to `accepted` or `refused` (`decide_update`) when the
+validation pipeline has judged it; rows still `pending` at start-up are judged then. A model version becomes visible only when its row commits, which happens after all
 its chunk files are on disk, in the same transaction that closes its round and opens the
 next: a crash at any point leaves either the old version or the new one, never half of one.
 The same SQL runs on PostgreSQL through `ailo.storage.postgres.PostgresRoundStore`.
@@ -30,9 +32,10 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT, round_id INTEGER NOT NULL, client_id TEXT NOT NULL,
     address TEXT, n_samples INTEGER, train_loss REAL, sha256 TEXT, size INTEGER,
-    status TEXT NOT NULL, reason TEXT, detail TEXT, received REAL NOT NULL, extra TEXT);
+    status TEXT NOT NULL, reason TEXT, detail TEXT, received REAL NOT NULL, extra TEXT, idem TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_client
     ON updates(round_id, client_id) WHERE status = 'accepted';
+CREATE INDEX IF NOT EXISTS updates_by_status ON updates(status, round_id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -67,6 +70,14 @@ class UpdateRecord:
     extra: dict
 
 
+UPDATE_COLUMNS = ("id, round_id, client_id, address, n_samples, train_loss, sha256, size, status, reason, "
+                  "detail, received, extra")
+
+
+def _update_record(r) -> UpdateRecord:
+    return UpdateRecord(*r[:12], json.loads(r[12] or "{}"))
+
+
 @dataclass(frozen=True)
 class VersionRecord:
     version: int
@@ -90,6 +101,11 @@ class SQLiteRoundStore:
         self._lock = threading.RLock()
         self._db = db if db is not None else self._connect()
         self._db.executescript(SCHEMA)
+        if isinstance(self._db, sqlite3.Connection):  # SQLite state from before the validation pipeline
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(updates)")}
+            if "idem" not in columns:
+                self._db.execute("ALTER TABLE updates ADD COLUMN idem TEXT")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS updates_by_idem ON updates(idem) WHERE idem IS NOT NULL")
         self.removed_at_start = self.remove_leftovers() if cleanup else {"tmp": 0, "updates": 0}
 
     def remove_leftovers(self) -> dict[str, int]:
@@ -142,53 +158,116 @@ class SQLiteRoundStore:
     def update_blob(self, sha256: str) -> bytes:
         return (self.updates_dir / sha256).read_bytes()
 
+    def update_blob_path(self, sha256: str) -> Path:
+        return self.updates_dir / sha256
+
+    def incoming_path(self) -> Path:
+        """A fresh temp file for a body being received (renamed into place once admitted)."""
+        return self.updates_dir / f".incoming.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+
+    def adopt_update_blob(self, sha256: str, tmp: Path) -> None:
+        """Move a received (already fsynced) body into the content-addressed store."""
+        target = self.updates_dir / sha256
+        if target.exists():
+            tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, target)
+
     # -- rows --------------------------------------------------------------------------
     def latest_version(self) -> VersionRecord | None:
-        row = self._db.execute("SELECT version, manifest, val_loss, round_id, created FROM versions "
-                               "ORDER BY version DESC LIMIT 1").fetchone()
+        row = self._one("SELECT version, manifest, val_loss, round_id, created FROM versions "
+                        "ORDER BY version DESC LIMIT 1")
         return VersionRecord(*row) if row else None
 
     def versions(self) -> list[VersionRecord]:
-        rows = self._db.execute("SELECT version, manifest, val_loss, round_id, created FROM versions ORDER BY version")
+        rows = self._all("SELECT version, manifest, val_loss, round_id, created FROM versions ORDER BY version")
         return [VersionRecord(*r) for r in rows]
 
     def open_round(self) -> RoundRecord | None:
-        row = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
-                               "WHERE status = 'open' ORDER BY id DESC LIMIT 1").fetchone()
+        row = self._one("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                        "WHERE status = 'open' ORDER BY id DESC LIMIT 1")
         return RoundRecord(*row[:5], json.loads(row[5]), row[6]) if row else None
 
     def updates(self, round_id: int | None = None, status: str | None = None, limit: int = 1000,
                 newest: bool = False) -> list[UpdateRecord]:
         """Matching rows in id order: the first `limit`, or with `newest` the last `limit`."""
-        q, args = "SELECT * FROM updates WHERE 1=1", []
+        q, args = f"SELECT {UPDATE_COLUMNS} FROM updates WHERE 1=1", []
         if round_id is not None:
             q, args = q + " AND round_id = ?", args + [round_id]
         if status is not None:
             q, args = q + " AND status = ?", args + [status]
         order = "DESC" if newest else "ASC"
-        rows = self._db.execute(q + f" ORDER BY id {order} LIMIT ?", args + [limit]).fetchall()
+        with self._lock:
+            rows = self._db.execute(q + f" ORDER BY id {order} LIMIT ?", args + [limit]).fetchall()
         if newest:
             rows.reverse()
-        return [UpdateRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+        return [_update_record(r) for r in rows]
 
-    def accepted_update(self, round_id: int, client_id: str, sha256: str) -> UpdateRecord | None:
-        row = self._db.execute("SELECT * FROM updates WHERE round_id = ? AND client_id = ? AND sha256 = ? "
-                               "AND status = 'accepted'", (round_id, client_id, sha256)).fetchone()
-        return UpdateRecord(*row[:12], json.loads(row[12] or "{}")) if row else None
+    def update(self, update_id: int) -> UpdateRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE id = ?", (update_id,)).fetchone()
+        return _update_record(row) if row else None
+
+    def update_by_idem(self, idem: str) -> UpdateRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE idem = ?", (idem,)).fetchone()
+        return _update_record(row) if row else None
+
+    def count_updates(self, round_id: int | None = None, status: str | None = None) -> int:
+        q, args = "SELECT COUNT(*) FROM updates WHERE 1=1", []
+        if round_id is not None:
+            q, args = q + " AND round_id = ?", args + [round_id]
+        if status is not None:
+            q, args = q + " AND status = ?", args + [status]
+        with self._lock:
+            return int(self._db.execute(q, args).fetchone()[0])
+
+    def holders(self, round_id: int) -> tuple[set[str], set[str]]:
+        """Client ids and addresses with a pending or accepted update in the round."""
+        with self._lock:
+            rows = self._db.execute("SELECT client_id, address FROM updates WHERE round_id = ? AND status IN "
+                                    "('pending', 'accepted')", (round_id,)).fetchall()
+        return {r[0] for r in rows}, {r[1] for r in rows if r[1]}
+
+    def latest_update_of(self, client_id: str) -> UpdateRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE client_id = ? ORDER BY id DESC LIMIT 1",
+                                   (client_id,)).fetchone()
+        return _update_record(row) if row else None
+
+    def decide_update(self, update_id: int, status: str, reason: str | None = None, detail: str | None = None,
+                      extra: dict | None = None) -> bool:
+        """pending → accepted/refused, once: False when the row was already decided."""
+        assert status in ("accepted", "refused")
+        with self._lock:
+            cur = self._db.execute("UPDATE updates SET status=?, reason=?, detail=?, extra=? WHERE id=? AND status='pending'",
+                                   (status, reason, detail, json.dumps(extra or {}), update_id))
+            return cur.rowcount == 1
+
+    def accepted_update(self, round_id: int, client_id: str, sha256: str,
+                        statuses: tuple[str, ...] = ("accepted",)) -> UpdateRecord | None:
+        """The row of this exact body from this client in this round, in one of `statuses`."""
+        marks = ",".join("?" * len(statuses))
+        row = self._one(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE round_id = ? AND client_id = ? AND sha256 = ? "
+                        f"AND status IN ({marks}) ORDER BY id LIMIT 1", (round_id, client_id, sha256, *statuses))
+        return _update_record(row) if row else None
 
     def clients(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT client_id FROM updates ORDER BY client_id")]
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT client_id FROM updates ORDER BY client_id")]
 
     def record_update(self, round_id: int, client_id: str, address: str | None, n_samples: int,
                       train_loss: float, sha256: str | None, size: int, status: str,
-                      reason: str | None = None, detail: str | None = None, extra: dict | None = None) -> int:
-        """Insert one update row; an accepted row's blob must already be on disk."""
+                      reason: str | None = None, detail: str | None = None, extra: dict | None = None,
+                      idem: str | None = None) -> int:
+        """Insert one update row; a pending or accepted row's blob must already be on disk.
+        `idem` (unique) identifies a signed submission, so a retried body maps to this row."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO updates (round_id, client_id, address, n_samples, train_loss, sha256, size, status, "
-                "reason, detail, received, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "reason, detail, received, extra, idem) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (round_id, client_id, address, n_samples, train_loss, sha256, size, status, reason, detail,
-                 time.time(), json.dumps(extra or {})))
+                 time.time(), json.dumps(extra or {}), idem))
             return int(cur.lastrowid)
 
     def start(self, manifest_json: str, val_loss: float | None, round_task: dict, min_updates: int,
@@ -209,35 +288,46 @@ class SQLiteRoundStore:
             self._insert_round(closing_round + 1, version, min_updates, deadline, next_task)
 
     def extend_deadline(self, round_id: int, deadline: float) -> None:
-        self._db.execute("UPDATE rounds SET deadline=? WHERE id=?", (deadline, round_id))
+        with self._lock:
+            self._db.execute("UPDATE rounds SET deadline=? WHERE id=?", (deadline, round_id))
 
     def bump_counter(self, name: str, amount: int) -> None:
-        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = counters.value + ?",
-                         (name, amount, amount))
+        with self._lock:
+            self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = counters.value + ?",
+                             (name, amount, amount))
 
     def set_counter(self, name: str, value: int) -> None:
-        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
-                         (name, value, value))
+        with self._lock:
+            self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+                             (name, value, value))
 
     def round(self, round_id: int) -> RoundRecord:
-        row = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
-                               "WHERE id = ?", (round_id,)).fetchone()
+        row = self._one("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                        "WHERE id = ?", (round_id,))
         if row is None:
             raise KeyError(f"no round {round_id}")
         return RoundRecord(*row[:5], json.loads(row[5]), row[6])
 
     def rounds(self) -> list[RoundRecord]:
-        rows = self._db.execute("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
-                                "ORDER BY id").fetchall()
+        rows = self._all("SELECT id, base_version, status, min_updates, deadline, task, created FROM rounds "
+                         "ORDER BY id")
         return [RoundRecord(*r[:5], json.loads(r[5]), r[6]) for r in rows]
 
     def counters(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return dict(self._all("SELECT name, value FROM counters"))
 
     def _insert_round(self, round_id: int, base_version: int, min_updates: int, deadline: float, task: dict) -> None:
         self._db.execute("INSERT INTO rounds (id, base_version, status, min_updates, deadline, task, created) "
                          "VALUES (?, ?, 'open', ?, ?, ?, ?)",
                          (round_id, base_version, min_updates, deadline, json.dumps(task), time.time()))
+
+    def _one(self, sql: str, args: tuple = ()):
+        with self._lock:  # one connection shared by request threads and the pipeline
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple = ()) -> list:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def _tx(self):
         db = self._db

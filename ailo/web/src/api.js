@@ -67,6 +67,22 @@ export class CoordinatorClient {
     for (const k of Object.keys(h)) if (h[k] === '') delete h[k];
     return this.request('/v1/updates', { method: 'POST', body, headers: h });
   }
+
+  /** GET /v1/updates/{id}: the validation pipeline's verdict; `wait` long-polls (seconds). */
+  verdict(updateId, wait = 20) { return this.request(`/v1/updates/${updateId}?wait=${wait}`); }
+
+  /** Poll until the update is accepted (returns the verdict) or refused (throws HttpError with
+   *  the refusal's reason and the HTTP status it would have had). */
+  async waitVerdict(updateId, { timeoutMs = 30 * 60 * 1000, onPending = null } = {}) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const v = await this.verdict(updateId);
+      if (v.status === 'accepted') return v;
+      if (v.status === 'refused') throw new HttpError(v.code || 422, `update ${updateId} refused: ${v.detail}`, v.reason);
+      if (Date.now() > deadline) throw new Error(`no verdict for update ${updateId} after ${timeoutMs / 1000} s`);
+      if (onPending) onPending(v);
+    }
+  }
 }
 
 /** Download the chain (only blocks not stored yet), verify all of it with the ledger rules,

@@ -82,11 +82,15 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
   onStatus({ phase: 'submit', task, result, bytes: body.byteLength });
   let reply;
   try {
-    reply = await client.submitUpdate(body, {
+    const receipt = await client.submitUpdate(body, {
       clientId: wallet.username, round: task.round, baseVersion: task.version, nSamples: result.nSamples,
       trainLoss: result.trainLoss, taskId: task.task_id, address: wallet.address, signature, nonce, timestamp,
     });
-    if (ef) await ef.save(holder.manifest.preset, codec, error);
+    // 202: stored and queued; the coordinator's validation pipeline decides (accepted / refused:
+    // waitVerdict throws the refusal as an HttpError with its reason).
+    onStatus({ phase: 'verdict', task, result, receipt });
+    reply = receipt.status === 'pending' ? await client.waitVerdict(receipt.update_id) : receipt;
+    if (ef) await ef.save(holder.manifest.preset, codec, error);  // only what was really applied
   } finally {
     if (ef) ef.close();
   }

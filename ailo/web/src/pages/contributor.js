@@ -229,7 +229,8 @@ async function train() {
       client, wallet, holder, tokens,
       onStatus: ({ phase, task }) => {
         const what = { task: 'Asking the coordinator for work…', wait: 'Waiting for the next round…', model: `Loading model version ${task && task.version}…`,
-          train: `Training round ${task && task.round} on ${tokens.length} tokens (${backendInfo().backend})…`, sign: 'Signing the update…', submit: 'Submitting the update…' }[phase];
+          train: `Training round ${task && task.round} on ${tokens.length} tokens (${backendInfo().backend})…`, sign: 'Signing the update…', submit: 'Submitting the update…',
+          verdict: 'Update stored; the coordinator is validating it…' }[phase];
         setText('train-status', what, 'muted');
       },
       onStep: ({ step, steps, loss, tokens: n, seconds }) => {

@@ -1,0 +1,117 @@
+"""What `POST /v1/updates` may afford to check before answering: cheap, O(header) work.
+
+The request path stores the body (streamed to disk while it is hashed, never held in memory
+whole), checks identity and the safetensors header against the model (names, dtypes, shapes,
+offsets: no tensor data is read), and answers 202. Decoding the data (NaN/Inf), norm,
+direction and loss checks run later in the validation pipeline.
+
+`idempotency_key` names a signed submission: the same signed body with the same headers sent
+again (a client retry after a lost reply or a crash) maps to the same update row and id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+from ailo.chunks import Manifest
+from ailo.federation.codecs import CodecSpec
+from ailo.federation.update_format import FP32, UpdateMeta, UpdateRejected, max_update_bytes
+
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def idempotency_key(meta: UpdateMeta, sha256: str) -> str | None:
+    """Only signed submissions have one: an unsigned body carries no proof it is a retry."""
+    if not meta.signature:
+        return None
+    line = "|".join(map(str, (meta.client_id, meta.address, meta.round_id, meta.base_version, meta.n_samples,
+                              meta.nonce, meta.timestamp, meta.signature, sha256)))
+    return hashlib.sha256(line.encode()).hexdigest()
+
+
+def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = FP32) -> None:
+    """Structural check of a stored update from its safetensors header alone (same reasons
+    and messages as `decode_update`, which re-checks everything with the data later). For the
+    packed codecs (int8, sparse) only size, header and codec name; their arrays are checked
+    when the pipeline decodes them."""
+    limit = max_update_bytes(manifest, codec)
+    if size > limit:
+        raise UpdateRejected("too_large", f"update body of {size} bytes exceeds the limit of {limit} bytes "
+                             f"for model version {manifest.version} in codec {codec.name}", 413)
+    if size < 8:
+        raise UpdateRejected("truncated", "update body is shorter than a safetensors header", 400)
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8:
+            raise UpdateRejected("truncated", f"safetensors header claims {header_len} bytes but the body has "
+                                 f"{size - 8}: truncated upload", 400)
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        data_end = max((v["data_offsets"][1] for v in entries.values()), default=0)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UpdateRejected("malformed", f"unreadable safetensors header: {exc}") from None
+    if 8 + header_len + data_end > size:
+        raise UpdateRejected("truncated", f"tensor data ends at byte {8 + header_len + data_end} but the body "
+                             f"has {size} bytes: truncated upload", 400)
+    meta = header.get("__metadata__") or {}
+    sent = meta.get("codec", "fp32") if isinstance(meta, dict) else None
+    if sent != codec.name:
+        raise UpdateRejected("codec_mismatch", f"body is encoded as {sent!r} but this round asks for {codec.name!r}")
+    if codec.name != "fp32":
+        return
+    expected = set(manifest.tensors)
+    missing, extra = sorted(expected - set(entries)), sorted(set(entries) - expected)
+    if missing or extra:
+        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, entry in manifest.tensors.items():
+        e = entries[name]
+        try:
+            dtype, shape, (lo, hi) = e["dtype"], tuple(e["shape"]), e["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise UpdateRejected("malformed", f"unreadable safetensors entry for {name!r}") from None
+        if dtype != "F32":
+            raise UpdateRejected("dtype", f"tensor {name!r} has dtype {_DTYPE_NAMES.get(dtype, dtype)}, expected float32")
+        if shape != tuple(entry.shape):
+            raise UpdateRejected("shape", f"tensor {name!r} has shape {shape}, expected {tuple(entry.shape)}")
+        if hi - lo != _DTYPE_SIZES[dtype] * math.prod(shape):
+            raise UpdateRejected("malformed", f"tensor {name!r}: data offsets do not match its shape")
+
+
+async def receive_to_file(chunks, path: Path, limit: int, declared: int | None) -> tuple[str, int]:
+    """Write an async byte stream to `path` while hashing it; refuse (413) past `limit` bytes
+    and (400) when the body is shorter or longer than Content-Length. Returns (sha256, size)."""
+    if declared is not None and declared > limit:
+        raise UpdateRejected("too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", 413)
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(path, "wb") as f:
+            async for piece in chunks:
+                size += len(piece)
+                if size > limit:
+                    raise UpdateRejected("too_large", f"body exceeds the limit of {limit} bytes", 413)
+                h.update(piece)
+                f.write(piece)
+            f.flush()
+        if declared is not None and size != declared:
+            raise UpdateRejected("truncated", f"body has {size} bytes, Content-Length said {declared}", 400)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return h.hexdigest(), size
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

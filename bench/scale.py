@@ -1,0 +1,213 @@
+"""Coordinator at scale on this machine: 32 concurrent simulated clients, `ailo-small`.
+
+A real `ailo coordinator` process (Proof-of-Contribution on, CPU) and 32 clients (threads of
+this process), each with its own registered wallet, submitting valid signed updates: per model
+version a few real local training runs (AdamW, 1 step) on the served weights, each client
+sending one of them scaled by its own factor (distinct bodies, plausible norms). Two runs in
+this process, same load, different K (updates per round):
+
+    memory_ratio   = coordinator peak RSS (VmHWM) with K=32 ÷ with K=4    (goal ≤ 1.25)
+    accept_p99_ms  = p99 of POST /v1/updates response time in the K=32 run (goal ≤ 1000)
+    updates_per_s  = accepted updates / wall seconds in the K=32 run
+
+    .venv/bin/python bench/scale.py            # prints one JSON line
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from ailo.chunks import ChunkStore, Manifest  # noqa: E402
+from ailo.data import TokenDataset  # noqa: E402
+from ailo.federation.signing import sign_update  # noqa: E402
+from ailo.federation.update_format import UpdateMeta, encode_update  # noqa: E402
+from ailo.ledger.tx import register_tx  # noqa: E402
+from ailo.ledger.verify import now_ms  # noqa: E402
+from ailo.model import build_model, get_preset  # noqa: E402
+from ailo.training import TrainConfig, train_local  # noqa: E402
+from ailo.wallet import Wallet  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+class Deltas:
+    """Per model version: `variants` real one-step training runs on the served weights."""
+
+    def __init__(self, url: str, preset: str, variants: int, seq_len: int):
+        self.url, self.variants, self.seq_len = url, variants, seq_len
+        self.model = build_model(get_preset(preset), seed=0)
+        self.data = TokenDataset.from_dir(None, "train")
+        self.lock = threading.Lock()
+        self.version, self.deltas = -1, []
+
+    def get(self, version: int, task: dict) -> list[dict[str, torch.Tensor]]:
+        with self.lock:
+            if version != self.version:
+                with httpx.Client(base_url=self.url, timeout=120) as c:
+                    manifest = Manifest.from_json(c.get("/v1/model").content)
+                    if manifest.version != version:
+                        return []
+
+                    class Src:
+                        def fetch(self, sha):
+                            return c.get(f"/v1/chunks/{sha}").content
+                    state = ChunkStore(manifest, Src()).state_dict()
+                out = []
+                for j in range(self.variants):
+                    self.model.load_state_dict(state)
+                    batches = self.data.random_batches(task["batch_size"], task["seq_len"], seed=1000 * version + j)
+                    cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
+                                      optimizer=task["optimizer"])
+                    out.append(train_local(self.model, batches, cfg).delta)
+                self.version, self.deltas = version, out
+            return self.deltas
+
+
+def client_loop(i: int, url: str, wallet: Wallet, deltas: Deltas, stop: threading.Event, log: dict) -> None:
+    name = f"sim-{i}"
+    with httpx.Client(base_url=url, timeout=300) as c:
+        while not stop.is_set():
+            task = c.post("/v1/tasks", json={"client_id": name, "address": wallet.address}).json()
+            if task["status"] == "done":
+                return
+            if task["status"] != "train":
+                time.sleep(0.2)
+                continue
+            variants = deltas.get(task["version"], task)
+            if not variants:
+                continue
+            factor = 1.0 + 0.002 * i
+            body = encode_update({k: v * factor for k, v in variants[i % len(variants)].items()})
+            meta = sign_update(wallet, UpdateMeta(name, task["round"], task["version"], task["steps"] * task["batch_size"],
+                                                  5.0, task_id=task["task_id"]), hashlib.sha256(body).hexdigest())
+            t0 = time.perf_counter()
+            r = c.post("/v1/updates", content=body, headers=meta.to_headers())
+            ms = 1000 * (time.perf_counter() - t0)
+            with log["lock"]:
+                log["post_ms"].append(ms)
+                log["codes"][r.status_code] = log["codes"].get(r.status_code, 0) + 1
+            if r.status_code != 202:
+                time.sleep(0.5)
+                continue
+            while not stop.is_set():
+                v = c.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 20}).json()
+                if v["status"] != "pending":
+                    with log["lock"]:
+                        log["verdicts"][v.get("reason") or v["status"]] = log["verdicts"].get(v.get("reason") or v["status"], 0) + 1
+                    break
+
+
+def run(k: int, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
+        log_path = Path(tmp) / "coord.log"
+        coord = subprocess.Popen(
+            [sys.executable, "-m", "ailo.cli.main", "coordinator", "--state", f"{tmp}/state", "--port", str(port),
+             "--preset", args.preset, "--min-updates", str(k), "--max-updates", str(k), "--rounds", str(args.rounds),
+             "--local-steps", "1", "--batch-size", "1", "--seq-len", str(args.seq_len), "--lr", "1e-3",
+             "--round-seconds", "3600", "--device", "cpu", "--registrations-per-hour", "100000"],
+            cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while True:
+                if coord.poll() is not None:
+                    raise RuntimeError(f"coordinator exited ({coord.returncode}):\n{log_path.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.time() > deadline:
+                    raise TimeoutError("coordinator did not start")
+                time.sleep(0.3)
+            wallets = []
+            for i in range(args.clients):
+                w = Wallet.generate().with_username(f"sim-{i}")
+                r = httpx.post(f"{url}/v1/register", json=register_tx(w, f"sim-{i}", now_ms()).to_json(), timeout=60)
+                assert r.status_code == 200, r.text
+                wallets.append(w)
+            deltas = Deltas(url, args.preset, args.variants, args.seq_len)
+            log = {"lock": threading.Lock(), "post_ms": [], "codes": {}, "verdicts": {}}
+            stop = threading.Event()
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client_loop, args=(i, url, w, deltas, stop, log), daemon=True)
+                       for i, w in enumerate(wallets)]
+            for t in threads:
+                t.start()
+            while True:
+                if coord.poll() is not None:
+                    raise RuntimeError(f"coordinator died:\n{log_path.read_text()[-3000:]}")
+                status = httpx.get(f"{url}/v1/status", timeout=60).json()
+                if status["finished"] or time.perf_counter() - t0 > args.max_seconds:
+                    break
+                time.sleep(0.5)
+            wall = time.perf_counter() - t0
+            stop.set()
+            for t in threads:
+                t.join(30)
+            rss = peak_rss(coord.pid)
+        finally:
+            if coord.poll() is None:
+                os.killpg(coord.pid, signal.SIGTERM)
+                coord.wait(30)
+    post = sorted(log["post_ms"])
+    accepted = sum(h["updates"] for h in status["history"])
+    validate_ms = [h["validate_ms"] / max(1, h["updates"] + h["refused"]) for h in status["history"][1:]]
+    return {"k": k, "peak_rss_bytes": rss, "rounds": len(status["history"]) - 1, "finished": status["finished"],
+            "accepted": accepted, "wall_s": round(wall, 1), "posts": len(post),
+            "accept_p50_ms": round(post[len(post) // 2], 1) if post else None,
+            "accept_p99_ms": round(post[min(len(post) - 1, int(0.99 * len(post)))], 1) if post else None,
+            "codes": log["codes"], "verdicts": log["verdicts"],
+            "validate_ms_per_update": round(sum(validate_ms) / max(1, len(validate_ms)), 1),
+            "val_loss": [round(h["val_loss"], 4) for h in status["history"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="ailo-small")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--variants", type=int, default=4, help="real training runs per model version")
+    ap.add_argument("--threads", type=int, default=1, help="coordinator's intra-op threads")
+    ap.add_argument("--max-seconds", type=float, default=900)
+    ap.add_argument("--k", type=int, nargs=2, default=[4, 32], metavar=("SMALL", "LARGE"))
+    args = ap.parse_args()
+    small, large = run(args.k[0], args), run(args.k[1], args)
+    print(json.dumps({"bench": "scale", "preset": args.preset, "clients": args.clients,
+                      "memory_ratio": round(large["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
+                      "accept_p99_ms": large["accept_p99_ms"],
+                      "updates_per_s": round(large["accepted"] / large["wall_s"], 2),
+                      f"k{args.k[0]}": small, f"k{args.k[1]}": large}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Validation off the request path (issue 12): 202 + id, verdicts, restarts, idempotency, memory.
+
+Every test runs the real coordinator (in-process FastAPI app or `Coordinator` on a state dir)
+with real safetensors bodies; the slow validator is a real post-check that blocks.
+"""
+import gc
+import hashlib
+import threading
+import weakref
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import ailo.federation.coordinator as coordinator_module
+from ailo.federation.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.signing import sign_update
+from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.ledger.tx import register_tx
+from ailo.ledger.verify import now_ms
+from ailo.server.app import create_app
+from ailo.server.services import build_app
+from ailo.training import TrainConfig, train_local
+from ailo.wallet import Wallet
+
+
+def _delta(coord, seed, scale=1e-3):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) * scale for k, v in coord.model.state_dict().items()}
+
+
+def _headers(client_id, samples, round_id=1, version=0):
+    return UpdateMeta(client_id, round_id, version, samples, 5.0).to_headers()
+
+
+def _in_thread(fn, timeout=20.0):
+    """Run `fn` in a thread; return its result, or fail if it does not return in `timeout`."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} blocked for {timeout} s"
+    return out["value"]
+
+
+def test_slow_validator_blocks_neither_tasks_nor_status_and_verdict_arrives(tmp_path):
+    release, entered = threading.Event(), threading.Event()
+
+    def slow_check(coord, sub):  # a validator stuck on one update
+        entered.set()
+        assert release.wait(60)
+
+    coord = Coordinator(CoordinatorConfig(min_updates=1, val_batches=1), tmp_path / "s", post_checks=[slow_check])
+    with TestClient(create_app(coord)) as client:
+        body = encode_update(_delta(coord, 1))
+        r = _in_thread(lambda: client.post("/v1/updates", content=body, headers=_headers("alice", 8)))
+        assert r.status_code == 202 and r.json()["status"] == "pending"
+        update_id = r.json()["update_id"]
+        assert entered.wait(30)  # the validator is now inside the stuck check
+        # While it is stuck: tasks, status, verdicts and further admissions all answer.
+        task = _in_thread(lambda: client.post("/v1/tasks", json={"client_id": "bob"}).json())
+        assert task["status"] == "train" and task["round"] == 1
+        assert _in_thread(lambda: client.post("/v1/tasks", json={"client_id": "alice"}).json())["status"] == "wait"
+        status = _in_thread(lambda: client.get("/v1/status").json())
+        assert status["pending_in_round"] == 1 and status["validation"]["in_flight"] == update_id
+        assert _in_thread(lambda: client.get(f"/v1/updates/{update_id}").json())["status"] == "pending"
+        r2 = _in_thread(lambda: client.post("/v1/updates", content=encode_update(_delta(coord, 2)),
+                                            headers=_headers("bob", 8)))
+        assert r2.status_code == 202
+        release.set()
+        v = client.get(f"/v1/updates/{update_id}", params={"wait": 30}).json()
+        assert v["status"] == "accepted" and v["aggregated"] is True and v["version"] == 1
+        v2 = client.get(f"/v1/updates/{r2.json()['update_id']}", params={"wait": 30}).json()
+        assert v2["status"] == "refused" and v2["reason"] == "stale_round" and v2["code"] == 409
+        task = client.post("/v1/tasks", json={"client_id": "bob"}).json()
+        assert task["last_update"] == {"update_id": r2.json()["update_id"], "round": 1, "status": "refused",
+                                       "reason": "stale_round"}
+        assert client.get("/v1/updates/999").status_code == 404
+
+
+def test_restart_judges_each_stored_undecided_update_exactly_once(tmp_path):
+    cfg = CoordinatorConfig(min_updates=3, val_batches=1)
+    first = Coordinator(cfg, tmp_path / "s")
+    base = {k: v.clone() for k, v in first.model.state_dict().items()}
+    deltas = {c: _delta(first, i + 1) for i, c in enumerate("abc")}
+    counts = {"a": 8, "b": 16, "c": 24}
+    # Admitted (202) but never judged: the process "crashes" before its pipeline ran.
+    ids = {c: first.submit(UpdateMeta(c, 1, 0, counts[c], 5.0), encode_update(deltas[c]))["update_id"] for c in "ab"}
+    assert [u.status for u in first.store.updates(1)] == ["pending", "pending"]
+    first.store.close()
+
+    judged = []
+    second = Coordinator(cfg, tmp_path / "s", post_checks=[lambda coord, sub: judged.append(sub.meta.client_id)])
+    second.start()
+    try:
+        assert second.pipeline.wait_idle(60)
+        assert sorted(judged) == ["a", "b"]
+        assert [second.verdict(ids[c])["status"] for c in "ab"] == ["accepted", "accepted"]
+        ids["c"] = second.submit(UpdateMeta("c", 1, 0, 24, 5.0), encode_update(deltas["c"]))["update_id"]
+        assert second.pipeline.wait_idle(60)
+        v = second.verdict(ids["c"])
+        assert v["status"] == "accepted" and v["aggregated"] is True and second.version == 1
+    finally:
+        second.stop()
+        second.store.close()
+    assert sorted(judged) == ["a", "b", "c"]
+    for k in base:  # the accumulator rebuilt after the restart gives exact FedAvg
+        expected = base[k] - sum(counts[c] / 48 * deltas[c][k] for c in "abc")
+        assert torch.allclose(second.model.state_dict()[k], expected, atol=1e-6), k
+
+    third = Coordinator(cfg, tmp_path / "s", post_checks=[lambda coord, sub: judged.append(sub.meta.client_id)])
+    third.start()
+    try:
+        assert third.pipeline.wait_idle(30)
+    finally:
+        third.stop()
+    assert sorted(judged) == ["a", "b", "c"]  # nothing judged twice
+
+
+def test_crash_after_some_accepted_rebuilds_accumulator(tmp_path):
+    cfg = CoordinatorConfig(min_updates=3, val_batches=1)
+    first = Coordinator(cfg, tmp_path / "s")
+    base = {k: v.clone() for k, v in first.model.state_dict().items()}
+    deltas = [_delta(first, i + 10) for i in range(3)]
+    for i in range(2):
+        first.submit(UpdateMeta(f"c{i}", 1, 0, i + 1, 5.0), encode_update(deltas[i]))
+    first.drain()
+    assert first.store.count_updates(1, "accepted") == 2 and first.version == 0
+    first.store.close()
+    second = Coordinator(cfg, tmp_path / "s")
+    assert second.accumulator.folded == [u.id for u in second.store.updates(1, "accepted")]
+    second.submit(UpdateMeta("c2", 1, 0, 3, 5.0), encode_update(deltas[2]))
+    second.drain()
+    assert second.version == 1
+    for k in base:
+        expected = base[k] - sum((i + 1) / 6 * deltas[i][k] for i in range(3))
+        assert torch.allclose(second.model.state_dict()[k], expected, atol=1e-6), k
+
+
+def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, corpus_dir):
+    app = build_app(CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1), tmp_path / "coord")
+    coord = app.state.coordinator
+    with TestClient(app) as client:
+        wallet = Wallet.generate().with_username("retrier")
+        assert client.post("/v1/register", json=register_tx(wallet, "retrier", now_ms()).to_json()).status_code == 200
+        model = type(coord.model)(coord.cfg, seed=None)
+        model.load_state_dict(coord.model.state_dict())
+        from ailo.data import TokenDataset
+        batches = TokenDataset.from_dir(None, "train").random_batches(8, 64, seed=5)
+        body = encode_update(train_local(model, batches, TrainConfig(steps=3)).delta)
+        meta = sign_update(wallet, UpdateMeta("retrier", 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
+        first = client.post("/v1/updates", content=body, headers=meta.to_headers())
+        again = client.post("/v1/updates", content=body, headers=meta.to_headers())  # reply lost: retry
+        assert first.status_code == 202
+        assert again.status_code in (200, 202) and again.json()["update_id"] == first.json()["update_id"]
+        v = client.get(f"/v1/updates/{first.json()['update_id']}", params={"wait": 60}).json()
+        assert v["status"] == "accepted", v
+        late = client.post("/v1/updates", content=body, headers=meta.to_headers())  # retry after the verdict
+        assert late.status_code == 200 and late.json()["update_id"] == v["update_id"]
+        assert late.json()["status"] == "accepted" and late.json()["replayed"] is True
+        rows = coord.store.updates(1)
+        assert [(u.client_id, u.status) for u in rows] == [("retrier", "accepted")]
+        # The same signed body under another client id is not a retry: its nonce was used.
+        headers = {**meta.to_headers(), "X-Ailo-Client": "copycat"}
+        r = client.post("/v1/updates", content=body, headers=headers)
+        assert r.status_code == 409 and r.json()["reason"] == "replay"
+
+
+def test_round_never_holds_more_than_one_decoded_update(tmp_path, monkeypatch):
+    """Streaming aggregation: with K updates per round, at most one decoded update is alive."""
+    alive: list[weakref.ref] = []
+    peak = {"n": 0}
+    real_decode = coordinator_module.decode_update
+
+    def tracking_decode(body, manifest, *codec):
+        out = real_decode(body, manifest, *codec)
+        alive.append(weakref.ref(next(iter(out.values()))))
+        return out
+
+    def count_alive(coord, sub):
+        gc.collect()
+        peak["n"] = max(peak["n"], sum(r() is not None for r in alive))
+
+    monkeypatch.setattr(coordinator_module, "decode_update", tracking_decode)
+    k = 6
+    coord = Coordinator(CoordinatorConfig(min_updates=k, val_batches=1), tmp_path / "s", post_checks=[count_alive])
+    base = {name: v.clone() for name, v in coord.model.state_dict().items()}
+    deltas = [_delta(coord, i + 20) for i in range(k)]
+    for i, d in enumerate(deltas):
+        coord.submit(UpdateMeta(f"c{i}", 1, 0, 10 * (i + 1), 5.0), encode_update(d))
+        coord.drain()
+    assert coord.version == 1 and len(alive) == k
+    assert peak["n"] == 1, peak  # the one being validated; earlier ones were folded and freed
+    gc.collect()
+    assert sum(r() is not None for r in alive) == 0
+    n = sum(10 * (i + 1) for i in range(k))
+    for name in base:
+        expected = base[name] - sum(10 * (i + 1) / n * deltas[i][name] for i in range(k))
+        assert torch.allclose(coord.model.state_dict()[name], expected, atol=1e-6), name
+
+
+def test_busy_when_too_many_updates_wait(tmp_path):
+    coord = Coordinator(CoordinatorConfig(min_updates=5, val_batches=1, max_pending=2), tmp_path / "s")
+    body = encode_update(_delta(coord, 3))
+    for c in ("a", "b"):
+        coord.submit(UpdateMeta(c, 1, 0, 8, 5.0), body)
+    from ailo.federation.update_format import UpdateRejected
+    with pytest.raises(UpdateRejected) as exc:
+        coord.submit(UpdateMeta("c", 1, 0, 8, 5.0), body)
+    assert exc.value.reason == "busy" and exc.value.status == 429
+    coord.drain()
+    assert coord.submit(UpdateMeta("c", 1, 0, 8, 5.0), body)["status"] == "pending"
