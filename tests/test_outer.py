@@ -48,7 +48,9 @@ def _submit(coord, seed, client="c"):
     delta = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(seed)) * 1e-3
              for k, v in coord.model.state_dict().items()}
     rnd = coord.current_round()
-    return coord.submit(UpdateMeta(f"{client}{seed}", rnd.id, rnd.base_version, 8, 5.0), encode_update(delta))
+    receipt = coord.submit(UpdateMeta(f"{client}{seed}", rnd.id, rnd.base_version, 8, 5.0), encode_update(delta))
+    coord.drain(tick=False)  # the validation pipeline's work, in this thread
+    return coord.verdict(receipt["update_id"])
 
 
 def test_restart_keeps_outer_optimizer_state(tmp_path):
