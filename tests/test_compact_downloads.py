@@ -74,11 +74,13 @@ def test_restart_keeps_serving_and_patching(tmp_path):
     from ailo.federation.update_format import UpdateMeta
     coord = Coordinator(cfg, tmp_path / "s")
     coord.submit(UpdateMeta("a", 1, 0, 8, 5.0), encode(_rand(1, coord.model.state_dict()), CodecSpec()))
+    coord.drain()  # the validation pipeline's work, in this thread
     v1 = coord.downloads.manifest_path(1).read_text()
     coord.store.close()
     again = Coordinator(cfg, tmp_path / "s")
     assert again.downloads.manifest_json(1, again.model.state_dict()) == v1
     again.submit(UpdateMeta("a", 2, 1, 8, 5.0), encode(_rand(2, again.model.state_dict()), CodecSpec()))
+    again.drain()  # the validation pipeline's work, in this thread
     m1, m2 = (Manifest.from_json(again.downloads.manifest_path(v).read_text()) for v in (1, 2))
     w1 = ChunkStore(m1, DirectorySource(again.store.chunks_dir)).state_dict()
     w2 = ChunkStore(m2, DirectorySource(again.store.chunks_dir)).state_dict()
