@@ -157,6 +157,16 @@ def test_page_serves_inference_from_the_ui(coordinator):
         # generation through page nodes, rewards and failover: tests/test_browser_node.py.
         info = httpx.get(f"{url}/v1/rooms/pages/weights?start=0&end=4").json()
         assert node["weights"]["tensors"] == len(info["tensors"]) and node["weights"]["totalBytes"] == info["total_bytes"]
+        # The dashboard lists the browser node with its span and requests served.
+        dash = ctx.new_page()
+        dash.on("pageerror", lambda e: errors.append(str(e)))
+        dash.goto(f"{url}/dashboard")
+        dash.wait_for_function("window.ailoDashboard && window.ailoDashboard.ready", timeout=60_000)
+        rows = dash.evaluate("window.ailoDashboard.roomNodes")
+        assert [(r["room"], r["kind"], r["span"], r["ready"], r["served"]) for r in rows] == [
+            ("pages", "browser", view["plan"]["spans"][0]["label"], True, 0)]
+        assert "browser" in dash.inner_text("#room-nodes") and "requests served" in dash.inner_text("#room-nodes")
+        dash.close()
         page.click("#serve")  # stop: the page leaves the room
         deadline = time.time() + 10
         while httpx.get(f"{url}/v1/rooms/pages").json()["nodes"]:

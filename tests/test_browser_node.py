@@ -5,6 +5,7 @@ Rooms coordinator in this process (the rooms, span-weights and node-socket route
 (signed by its wallet) and gets span 0, an `ailo node` process gets span 1: the room generates
 transformers' greedy tokens and pays both. A second `ailo node` becomes span 0's replica;
 closing the page mid-generation fails the request over to it and the tokens stay the same.
+Every hop is spot-checked (p = 1) against the operator's reference span: the page passes.
 The dashboard's room table lists the browser node with its span and requests served.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.room_helpers import operator, signed_stream
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [7, 100, 42, 9, 250, 3, 77]
-LONG = 300
+LONG = 120
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json", OMP_NUM_THREADS="1")
 PAGE_SEED = "11" * 32
 
@@ -94,7 +95,7 @@ def env(tmp_path_factory):
     model = make_hf_checkpoint(d, "llama", layers=4, heads=4, kv_heads=2, tie=True, rope_theta=5e5, init_std=0.3)
     ledger = FakeLedger()
     server = devserver.serve(RoomRegistry(heartbeat_interval=0.5, heartbeat_timeout=3.0), ledger,
-                             checkpoints=base / "ckpt", web=True)
+                             checkpoints=base / "ckpt", web=True, verify_p=1.0)  # spot-check every hop
     http = httpx.Client(base_url=server.url, timeout=60)
     body = {"id": "mix", "slots": 2, "model": json.loads((d / "config.json").read_text()), "checkpoint": "llama"}
     assert http.post("/v1/rooms", json=body, headers=operator(server)).status_code == 201
@@ -146,6 +147,11 @@ def test_page_node_serves_a_span_is_paid_and_fails_over(env):
     assert paid == {(page_addr, INFERENCE_REWARD_UNITS), (wallet_a.address, INFERENCE_REWARD_UNITS)}
     info = page.evaluate("window.node.info()")
     assert info["requests"] == 1 and info["frames"] == 40
+    # every hop was spot-checked against the operator's reference span: the page's answers pass
+    view = http.get("/v1/rooms/mix").json()
+    page_view = next(n for n in view["nodes"] if n["node_id"] == page_node)
+    assert page_view["checks"] >= 40 and page_view["strikes"] == 0
+    assert set(view["verification"]["checks"]) == {"ok"}, view["verification"]
 
     # The dashboard's room table shows the browser node, its span and requests served.
     rows = page.evaluate("async () => ailo.roomNodes(await (await fetch('/v1/rooms')).json())")
