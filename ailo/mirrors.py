@@ -11,10 +11,12 @@ a wrong weight.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,6 +33,13 @@ def valid_mirror_url(url: str) -> str:
     if u.scheme not in ("http", "https") or not u.host:
         raise ValueError(f"mirror {url!r} must be an http:// or https:// URL")
     return str(u).rstrip("/")
+
+
+def with_mirrors(manifest_json: str, mirrors: list[str] | tuple[str, ...]) -> str:
+    """A served manifest (any format) with the mirror list added; the stored text stays as is."""
+    d = json.loads(manifest_json)
+    d["mirrors"] = list(mirrors)
+    return json.dumps(d, sort_keys=True)
 
 
 def fetch_verified(client: httpx.Client, url: str, sha256: str, size: int) -> bytes:
@@ -70,6 +79,7 @@ class MirroredSource:
     fallback: ChunkSource
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)))
     stats: MirrorStats = field(default_factory=MirrorStats)
+    progress: Any = None  # a tqdm bar (or anything with .update(n)) for mirror bytes
 
     def __post_init__(self) -> None:
         self._sizes = {c.sha256: c.size for c in self.manifest.chunks}
@@ -94,6 +104,8 @@ class MirroredSource:
                     self.stats.failures.append(f"{base}: {exc}")
                     continue
                 self._count(base, len(data))
+                if self.progress is not None:
+                    self.progress.update(len(data))
                 return data
         data = self.fallback.fetch(sha256)
         self._count("coordinator", len(data))
@@ -135,7 +147,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool = False,
                 client: httpx.Client | None = None) -> SyncReport:
-    """Make `out` hold every chunk of the coordinator's current manifest, each verified.
+    """Make `out` hold every chunk of the coordinator's current manifest (and of its compact
+    bf16 manifest when it serves one), each verified.
 
     Existing files are re-hashed (`verify`) and replaced when damaged; files are written
     atomically, so nginx never serves half a chunk. `prune` drops files the current
@@ -151,7 +164,11 @@ def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool
             raise MirrorError(f"GET {coordinator}/v1/model: HTTP {r.status_code}")
         manifest = Manifest.from_json(r.content)
         report = SyncReport(manifest.version)
-        for info in manifest.chunks:
+        chunks = list(manifest.chunks)
+        compact = client.get("/v1/model", params={"format": "bf16"})  # served only with --compact-downloads
+        if compact.status_code == 200:
+            chunks += Manifest.from_json(compact.content).chunks
+        for info in chunks:
             path = out / info.sha256
             if _file_ok(path, info.sha256, info.size, verify):
                 report.kept += 1
@@ -163,7 +180,7 @@ def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool
             (report.repaired if damaged else report.downloaded).append(info.sha256)
         _atomic_write(out / "manifest.json", r.content)   # informational: what this folder holds
         if prune:
-            keep = {c.sha256 for c in manifest.chunks} | {"manifest.json"}
+            keep = {c.sha256 for c in chunks} | {"manifest.json"}
             for f in out.iterdir():
                 if f.is_file() and f.name not in keep and not f.name.startswith("."):
                     f.unlink()

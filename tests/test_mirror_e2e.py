@@ -105,3 +105,32 @@ def test_round_from_nginx_mirror_and_lying_mirror_recovered(tmp_path):
             assert hashlib.sha256((mirror_dir / bad.sha256).read_bytes()).hexdigest() == bad.sha256
         finally:
             stop(coord)
+
+
+def test_compact_bf16_downloads_come_from_the_mirror_too(tmp_path):
+    """With --compact-downloads the worker loads the bf16 served model: its manifest lists the
+    mirrors as well, and `ailo mirror sync` carries its chunks."""
+    mirror_dir = tmp_path / "mirror"
+    mirror_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with nginx_mirror(mirror_dir, tmp_path / "nginx") as (mirror_url, nginx_prefix):
+        coord = ailo("coordinator", "--state", str(tmp_path / "state"), "--port", str(port), "--open",
+                     "--rounds", "1", "--min-updates", "1", "--local-steps", "2", "--batch-size", "2",
+                     "--compact-downloads", "--mirror", mirror_url, log=tmp_path / "coord.log")
+        try:
+            wait_healthy(url, coord)
+            bf16 = Manifest.from_json(httpx.get(f"{url}/v1/model", params={"format": "bf16"}).content)
+            assert bf16.mirrors == [mirror_url]
+            fp32 = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
+            out = sync(url, mirror_dir)
+            assert f"{len(fp32.chunks) + len(bf16.chunks)} chunks downloaded" in out
+            base = counters(url).get("chunk_bytes_served", 0)
+            log = run_worker(url, tmp_path, "wc")
+            assert "mirror refused" not in log, log
+            assert httpx.get(f"{url}/v1/status").json()["version"] == 1, (tmp_path / "coord.log").read_text()
+            assert counters(url).get("chunk_bytes_served", 0) == base
+            access = (nginx_prefix / "access.log").read_text()
+            assert all(f"GET /{c.sha256} HTTP/1.1\" 200 {c.size}" in access for c in bf16.chunks)
+        finally:
+            stop(coord)

@@ -161,7 +161,7 @@ class Worker:
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
         source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar, policy=self.policy)
-        mirrored = MirroredSource(manifest, manifest.mirrors, source) if manifest.mirrors else None
+        mirrored = MirroredSource(manifest, manifest.mirrors, source, progress=bar) if manifest.mirrors else None
         store = ChunkStore(manifest, mirrored or source, self.cache_dir / "chunks")
         bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
         self.model.load_state_dict(store.state_dict())

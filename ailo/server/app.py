@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from ailo.federation.admission import receive_to_file
 from ailo.federation.coordinator import Coordinator
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
+from ailo.mirrors import with_mirrors
 from ailo.server.contract import install_contract
 
 
@@ -38,6 +39,8 @@ def federation_router(coord: Coordinator) -> APIRouter:
                 raise UpdateRejected("no_compact", "this coordinator serves only the fp32 model", 404)
             with coord.lock:
                 version, text = coord.version, coord.downloads.manifest_json(coord.version, coord.model.state_dict())
+            if coord.config.mirrors:  # the bf16 chunks sit in the same content-addressed folder
+                text = with_mirrors(text, coord.config.mirrors)
             return Response(text, media_type="application/json",
                             headers={"Cache-Control": "no-cache", "X-Ailo-Version": str(version)})
         manifest = coord.manifest
