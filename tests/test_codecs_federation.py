@@ -72,23 +72,30 @@ def test_round_codec_is_in_the_task_and_other_encodings_are_refused(tmp_path):
         assert 0 < moved <= 0.021 * total
 
 
-def test_worker_keeps_error_feedback_between_rounds(tmp_path, corpus_dir, one_thread):
-    app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1, codec="sparse"), tmp_path / "coord")
+def test_workers_keep_error_feedback_and_stay_plausible_round_after_round(tmp_path, corpus_dir, one_thread):
+    """Two signed workers, four sparse rounds under Proof-of-Contribution with a decaying lr: the
+    error-feedback backlog makes norms grow round by round, and no honest update is refused."""
+    cfg = CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1, codec="sparse", lr_decay=0.8)
+    app = build_app(cfg, tmp_path / "coord")
     with TestClient(app) as client:
-        w = Worker("http://testserver", "walter", corpus_dir, 0, 1, progress=False, http=client,
-                   wallet=Wallet.generate().with_username("walter"), cache_dir=tmp_path / "cache")
-        w.ensure_registered()
-        first = w.run_round()
-        assert first.response["status"] == "accepted", first.response
+        workers = [Worker("http://testserver", name, corpus_dir, k, 2, progress=False, http=client,
+                          wallet=Wallet.generate().with_username(name), cache_dir=tmp_path / name)
+                   for k, name in enumerate(("walter", "wendy"))]
+        for w in workers:
+            w.ensure_registered()
         total = sum(v.numel() for v in app.state.coordinator.model.state_dict().values())
-        assert first.uploaded * 150 < 4 * total
-        residual = w.load_error_feedback("ailo-tiny", CodecSpec("sparse"))
-        assert residual is not None and sum(float(v.abs().sum()) for v in residual.values()) > 0
-        assert w.load_error_feedback("ailo-tiny", CodecSpec("int8")) is None  # made for another codec
-        second = w.run_round()
-        assert second.response["status"] == "accepted" and second.round == 2
-        assert not all(torch.equal(residual[k], v) for k, v in
-                       w.load_error_feedback("ailo-tiny", CodecSpec("sparse")).items())
+        residuals = []
+        for rnd in range(1, 5):
+            for w in workers:
+                report = w.run_round()
+                assert report.round == rnd and report.response["status"] == "accepted", report.response
+                assert report.uploaded * 150 < 4 * total
+            residuals.append(workers[0].load_error_feedback("ailo-tiny", CodecSpec("sparse")))
+        assert residuals[0] is not None and sum(float(v.abs().sum()) for v in residuals[0].values()) > 0
+        assert workers[0].load_error_feedback("ailo-tiny", CodecSpec("int8")) is None  # made for another codec
+        assert not all(torch.equal(residuals[0][k], v) for k, v in residuals[1].items())
+        norms = [u.extra["norm_per_work"] for u in app.state.coordinator.store.updates(status="accepted")]
+        assert len(norms) == 8
 
 
 def _trained_delta(client):

@@ -23,6 +23,17 @@ import httpx
 from ailo.cli.main import CLIError
 
 
+DEFAULT_CODEC, DEFAULT_OUTER, DEFAULT_SERVER_LR = "sparse", "sgd", 1.0
+
+
+def _size(n: float) -> str:
+    """Bytes for people: 75.5KB, 6.6MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}B"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a local federated-training demo (coordinator + workers)")
     p.add_argument("--workers", type=int, default=3)
@@ -35,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--round-seconds", type=float, default=90.0,
                    help="deadline: a round closes early with one update per worker, else at the deadline")
     p.add_argument("--lr-decay", type=float, default=0.8, help="client learning rate × this per round")
+    # Communication (issue 13; defaults = the best setting of bench/compression.py, bench/RESULTS.md)
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=["fp32", "int8", "sparse"], help="update codec")
+    p.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")
+    p.add_argument("--outer", default=DEFAULT_OUTER, choices=["sgd", "nesterov", "fedadam"], help="outer optimizer")
+    p.add_argument("--server-lr", type=float, default=DEFAULT_SERVER_LR, help="outer learning rate")
+    p.add_argument("--full-downloads", action="store_true",
+                   help="serve only the fp32 model (default: bf16 model + int8 patches from the previous version)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--stall-seconds", type=float, default=900.0, help="give up when no round closes this long")
     p.set_defaults(func=run)
@@ -91,12 +109,16 @@ def run(args: argparse.Namespace) -> int:
     coord = _spawn(["coordinator", "--state", str(out / "coordinator"), "--port", str(port), "--preset", args.preset,
                     "--rounds", str(args.rounds), "--max-updates", str(args.workers), "--min-updates", "1",
                     "--round-seconds", str(args.round_seconds), "--lr-decay", str(args.lr_decay),
-                    "--local-steps", str(args.local_steps)], coord_log)
+                    "--local-steps", str(args.local_steps), "--codec", args.codec,
+                    "--codec-density", str(args.codec_density), "--outer", args.outer, "--server-lr", str(args.server_lr),
+                    *([] if args.full_downloads else ["--compact-downloads"])], coord_log)
     procs = [coord]
     t0 = time.time()
     try:
         _wait_healthy(url, coord, coord_log)
-        say(f"coordinator {url} · {args.workers} workers · {args.rounds} rounds of {args.preset}")
+        say(f"coordinator {url} · {args.workers} workers · {args.rounds} rounds of {args.preset} · codec {args.codec}"
+            f"{f' {args.codec_density:g}' if args.codec == 'sparse' else ''} · outer {args.outer} (lr {args.server_lr:g}) · "
+            f"downloads {'fp32' if args.full_downloads else 'bf16 + int8 patches'}")
         names = [f"worker-{k}" for k in range(args.workers)]
         if args.cheater != "none":
             names.append("cheater")
@@ -115,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             for h in status["history"][shown:]:
                 if h["version"] > 0 or shown == 0:
                     say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} {h['refused']:>8} "
-                        f"{h['bytes_down'] / 1e6:>8.1f}MB {h['bytes_up'] / 1e6:>8.1f}MB")
+                        f"{_size(h['bytes_down']):>10} {_size(h['bytes_up']):>10}")
             if len(status["history"]) > shown:
                 last_progress = time.time()
             shown = len(status["history"])
@@ -139,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
                 p.wait(timeout=30)
     history = status["history"]
     plot(history, out / "val_loss.png")
-    summary = {"preset": args.preset, "workers": args.workers, "rounds": len(history) - 1,
+    summary = {"preset": args.preset, "workers": args.workers, "rounds": len(history) - 1, "codec": args.codec,
+               "outer": args.outer, "compact_downloads": not args.full_downloads,
                "val_loss_start": history[0]["val_loss"], "val_loss_end": history[-1]["val_loss"],
                "val_loss": [h["val_loss"] for h in history],
                "bytes_down": sum(h["bytes_down"] for h in history), "bytes_up": sum(h["bytes_up"] for h in history),
@@ -150,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         say(f"validation loss {summary['val_loss_start']:.3f} → {summary['val_loss_end']:.3f} in "
-            f"{summary['rounds']} rounds, {summary['seconds']} s; moved {summary['bytes_down'] / 1e6:.1f} MB down, "
-            f"{summary['bytes_up'] / 1e6:.1f} MB up; plot: {summary['plot']}")
+            f"{summary['rounds']} rounds, {summary['seconds']} s; moved {_size(summary['bytes_down'])} down, "
+            f"{_size(summary['bytes_up'])} up; plot: {summary['plot']}")
         say("balances (ALC): " + ", ".join(f"{n} {b:.8f}" for n, b in balances.items()))
         say(f"ailo chain verify: {summary['chain_verify']}")
     return 0 if summary["chain_verify_ok"] else 1

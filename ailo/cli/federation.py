@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--outer-momentum", type=float, default=0.9, help="nesterov: momentum")
     c.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
                    help="update codec named in every task (sparse: top-k + 2-bit with client error feedback)")
+    c.add_argument("--init", default=None, help="start (version 0) from this safetensors state dict")
     c.add_argument("--compact-downloads", action="store_true",
                    help="also serve the model in bf16 and int8 patches from the previous version (clients train from bf16)")
     c.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")

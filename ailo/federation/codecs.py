@@ -88,6 +88,15 @@ class CodecSpec:
         return cls(name, float(density) if density else 0.01)
 
 
+def backlog_lr(lrs_newest_first: list[float], ef_decay: float) -> float:
+    """Learning rate equivalent of an error-feedback body: Σ_j β^j · lr_{r−j} over the rounds so far.
+
+    With e ← β·e + Δ, a lossy body may carry this round's work plus the backlog of earlier rounds,
+    so each coordinate is bounded by that sum (not by this round's lr alone); PoC's per-coordinate
+    AdamW bound uses it for lossy codecs."""
+    return sum(lr * ef_decay ** j for j, lr in enumerate(lrs_newest_first))
+
+
 def sparse_k(n: int, density: float) -> int:
     """Entries kept of an n-entry tensor: ceil(density·n) in float64, as the browser computes it."""
     return min(n, math.ceil(density * n)) if n else 0

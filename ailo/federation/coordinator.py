@@ -75,6 +75,7 @@ class CoordinatorConfig:
     aggregator: str = "fedavg"
     outer: str = "sgd"                   # outer optimizer on the averaged Δ: sgd (FedAvg) | nesterov | fedadam
     outer_momentum: float = 0.9          # nesterov: momentum μ (server_lr is the outer learning rate)
+    init: str | None = None              # genesis from this safetensors state dict instead of the seeded init
     compact_downloads: bool = False      # also serve the bf16 model + int8 patches from v−1 (downloads.py)
     codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
     codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
@@ -186,6 +187,9 @@ class Coordinator:
         return manifest
 
     def _genesis(self) -> None:
+        if self.config.init:  # continue from a checkpoint (DiLoCo-style runs start from a trained model)
+            from safetensors.torch import load_file
+            self.model.load_state_dict(load_file(self.config.init))
         self.manifest = self._split(0)
         if self.downloads:
             self.downloads.prepare(0, self.model.state_dict(), self.model.state_dict())

@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
+from ailo.federation.codecs import CodecSpec, backlog_lr
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
@@ -113,7 +114,13 @@ class ProofOfContribution:
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
         recent = coord.store.updates(status="accepted", limit=self.validation.norm_history, newest=True)
         history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra]
-        norm_per_work = check_norm(sub.tensors, history, sub.round.task, self.validation)
+        task = sub.round.task
+        codec = CodecSpec.from_task(task)
+        if codec.lossy:  # error feedback: a body carries this round's work plus earlier rounds' backlog, so
+            # norms grow until the backlog is steady; only the per-coordinate bound on all that work applies
+            lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= sub.round.id]
+            task, history = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}, []
+        norm_per_work = check_norm(sub.tensors, history, task, self.validation)
         before, grad = self.reference(coord)
         cosine = check_direction(sub.tensors, grad, self.validation)
         eta = coord.config.server_lr
