@@ -12,7 +12,7 @@ from ailo.federation.coordinator import CoordinatorConfig
 from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta, encode_update
 from ailo.federation.validate import ValidationConfig
-from ailo.inference.auth import load_operator_token
+from ailo.inference.auth import load_operator_token, sign_request
 from ailo.inference.plan import PRESETS
 from ailo.ledger.client import LedgerClient, LedgerHTTPError
 from ailo.ledger.tx import register_tx, transfer_tx
@@ -109,6 +109,15 @@ def test_generate_in_a_room_with_a_garbage_tokenizer(coordinator) -> None:
     assert client.post("/v1/register", json=register_tx(asker, "asker", now_ms()).to_json()).status_code == 200
     r = signed(client, "/v1/rooms/garbage2/generate", asker, {"prompt": "hello", "stream": False})
     refused(r, 400, "bad_tokenizer", "tokenizer")
+
+
+def test_signed_rooms_request_to_a_non_ascii_path(coordinator) -> None:
+    """Found by the fuzzer: the signed line is ASCII, so a room path with other characters was a 500."""
+    _, client = coordinator
+    asker = Wallet.from_label("contract/asker2")
+    assert client.post("/v1/register", json=register_tx(asker, "asker2", now_ms()).to_json()).status_code == 200
+    headers = {"content-type": "application/json", **sign_request(asker, "POST", "/v1/rooms/%C3%BF/join", b"{}")}
+    refused(client.post("/v1/rooms/\u00ff/join", content=b"{}", headers=headers), 404, "not_found")
 
 
 # -- limits before work --------------------------------------------------------------------

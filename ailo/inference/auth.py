@@ -90,6 +90,8 @@ class RequestVerifier:
         if ts > now + self.max_future_ms or ts < now - self.max_past_ms:
             raise AuthError(401, "stale_timestamp", f"timestamp {ts} is outside [now - {self.max_past_ms}, "
                             f"now + {self.max_future_ms}] ms (now {now})")
+        if not path.isascii():   # the signed line is ASCII; such a path names no room anyway
+            raise AuthError(404, "not_found", f"no route {method} {path!r}: paths are ASCII")
         message = request_message(method, path, address, nonce, ts, hashlib.sha256(body).hexdigest())
         if not verify_signature(address, message, sig):
             raise AuthError(401, "bad_signature", f"signature does not match {address} for this request")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -19,6 +20,9 @@ from ailo.federation.coordinator import Coordinator
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
 from ailo.mirrors import with_mirrors
 from ailo.server.contract import install_contract
+from ailo.server.limits import INT64_MAX
+from ailo.server.schemas import (BINARY, UPDATE_OPENAPI, ManifestReply, ReadyReply, StatusReply, TaskReply,
+                                 UpdateReply, reply)
 
 
 class TaskRequest(BaseModel):
@@ -30,7 +34,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["federation"])
 
     @r.get("/model", summary="Manifest of the current global model (version, preset, chunk hashes); "
-                             "?format=bf16: the compact served model")
+                             "?format=bf16: the compact served model", responses=reply(ManifestReply))
     def model(format: str = "fp32") -> Response:
         if format not in ("fp32", "bf16"):
             raise UpdateRejected("bad_format", f"format must be fp32 or bf16, not {format[:20]!r}", 400)
@@ -49,7 +53,9 @@ def federation_router(coord: Coordinator) -> APIRouter:
         return Response(manifest.to_json(), media_type="application/json",
                         headers={"Cache-Control": "no-cache", "X-Ailo-Version": str(coord.version)})
 
-    @r.get("/chunks/{sha256}", summary="One immutable weight chunk (safetensors bytes); Range supported")
+    @r.get("/chunks/{sha256}", summary="One immutable weight chunk (safetensors bytes); Range supported",
+           responses=reply(content=BINARY, more={206: {"description": "a Range", "content": BINARY},
+                                                 304: {"description": "If-None-Match matched"}}))
     def chunk(sha256: str, request: Request) -> Response:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise HTTPException(400, "chunk id must be a lowercase hex sha256")
@@ -66,7 +72,8 @@ def federation_router(coord: Coordinator) -> APIRouter:
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
 
-    @r.get("/patches/{version}", summary="int8 patch from served model version−1 to version (safetensors)")
+    @r.get("/patches/{version}", summary="int8 patch from served model version−1 to version (safetensors)",
+           responses=reply(content=BINARY))
     def patch(version: int) -> Response:
         data = coord.downloads.patch(version) if coord.downloads is not None and 0 < version < 2**31 else None
         if data is None:
@@ -75,13 +82,16 @@ def federation_router(coord: Coordinator) -> APIRouter:
         return Response(data, media_type="application/octet-stream",
                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
-    @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate")
+    @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate",
+            responses=reply(TaskReply))
     def task(req: TaskRequest) -> dict:
         return coord.task(req.client_id)
 
     @r.post("/updates", status_code=202,
             summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers); 202 + update id, "
-                    "the verdict comes from GET /v1/updates/{id}")
+                    "the verdict comes from GET /v1/updates/{id}",
+            openapi_extra=UPDATE_OPENAPI,
+            responses=reply(UpdateReply, status=202, more={200: {"model": UpdateReply, "description": "already decided"}}))
     async def update(request: Request) -> JSONResponse:
         meta = UpdateMeta.from_headers(request.headers)
         declared = request.headers.get("content-length")
@@ -95,8 +105,10 @@ def federation_router(coord: Coordinator) -> APIRouter:
         return JSONResponse(receipt, status_code=202 if receipt["status"] == "pending" else 200)
 
     @r.get("/updates/{update_id}", summary="Verdict of one update: pending, accepted (aggregated?) or refused "
-                                          "(reason); `wait` long-polls up to that many seconds for a decision")
-    async def verdict(update_id: int, wait: float = Query(0.0, ge=0.0, le=60.0)) -> dict:
+                                          "(reason); `wait` long-polls up to that many seconds for a decision",
+           responses=reply(UpdateReply))
+    async def verdict(update_id: int = FastAPIPath(ge=0, le=INT64_MAX),
+                      wait: float = Query(0.0, ge=0.0, le=60.0)) -> dict:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -107,7 +119,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
                 return v
             await asyncio.sleep(0.2)
 
-    @r.get("/status", summary="Round, version, clients and validation-loss history")
+    @r.get("/status", summary="Round, version, clients and validation-loss history", responses=reply(StatusReply))
     def status() -> dict:
         return coord.status()
 
@@ -151,7 +163,8 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
         """Liveness: the process answers HTTP (it may still be starting; see /v1/ready)."""
         return {"ok": True, "version": coord.version}
 
-    @app.get("/v1/ready", summary="Readiness after a (re)start: 200 when tasks, updates and the ledger are served")
+    @app.get("/v1/ready", summary="Readiness after a (re)start: 200 when tasks, updates and the ledger are served",
+             responses=reply(ReadyReply, more={503: {"model": ReadyReply, "description": "starting, or the store is down"}}))
     def ready() -> JSONResponse:
         """200 once start-up finished (state reopened, leftovers removed, unpaid rewards
         settled, round ticker running) and the round store answers; else 503 + Retry-After."""

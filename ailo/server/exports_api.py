@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from ailo.export import list_exports
+from ailo.server.schemas import BINARY, ExportsReply, reply
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -26,12 +27,14 @@ def make_exports_router(exports_dir: Path) -> APIRouter:
         return {**meta, "url": base + "/", "files": [{"name": n, **f, "url": f"{base}/{n}"}
                                                       for n, f in sorted(meta.get("files", {}).items())]}
 
-    @r.get("/v1/exports", summary="Released model folders (Hugging Face GPT-2 or plain Ailo), newest first")
+    @r.get("/v1/exports", summary="Released model folders (Hugging Face GPT-2 or plain Ailo), newest first",
+           responses=reply(ExportsReply))
     def exports() -> dict:
         items = [entry(m) for m in list_exports(exports_dir)]
         return {"exports": items, "latest": items[0] if items else None}
 
-    @r.get("/exports/{name}/{filename}", summary="One file of a released model folder")
+    @r.get("/exports/{name}/{filename}", summary="One file of a released model folder",
+           responses=reply(content={**BINARY, "application/json": {}}))
     def export_file(name: str, filename: str) -> FileResponse:
         if not _NAME.match(name) or not _NAME.match(filename):
             raise HTTPException(400, "bad export or file name")

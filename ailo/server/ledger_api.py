@@ -25,6 +25,8 @@ from ailo.ledger.errors import LedgerError
 from ailo.ledger.service import LedgerService
 from ailo.server.errors import ApiError
 from ailo.server.limits import INT64_MAX, LEDGER_TX_BYTES, parse_json
+from ailo.server.schemas import (AcceptedReply, BalanceReply, ChainPage, LedgerInfo, RegisterTx, ReportTx,
+                                 TransferTx, json_body, reply)
 from ailo.wallet import AddressError, public_key_from_address
 
 MAX_BODY_BYTES = LEDGER_TX_BYTES
@@ -49,13 +51,14 @@ def make_ledger_router(service: LedgerService) -> APIRouter:
     """Routes for one LedgerService; include with `app.include_router(router)`."""
     router = APIRouter(tags=["ledger"])
 
-    @router.get("/v1/chain")
+    @router.get("/v1/chain", summary="Blocks from height `from`, at most `limit`", responses=reply(ChainPage))
     async def get_chain(from_: int = Query(0, alias="from", ge=0, le=INT64_MAX),
                         limit: int = Query(MAX_CHAIN_PAGE, ge=1, le=MAX_CHAIN_PAGE)) -> dict:
         blocks = await run_in_threadpool(service.chain, from_, limit)
         return {"height": service.info()["height"], "from": from_, "blocks": blocks}
 
-    @router.get("/v1/balance/{address}")
+    @router.get("/v1/balance/{address}", summary="Spendable and pending units, nonce, username",
+                responses=reply(BalanceReply))
     async def get_balance(address: str) -> dict:
         try:
             public_key_from_address(address)
@@ -64,19 +67,25 @@ def make_ledger_router(service: LedgerService) -> APIRouter:
         bal = await run_in_threadpool(service.balance, address)
         return {**asdict(bal), "next_nonce": bal.nonce + 1}
 
-    @router.get("/v1/ledger/info")
+    @router.get("/v1/ledger/info", summary="Tip, supply, chain parameters", responses=reply(LedgerInfo))
     async def get_info() -> dict:
         return await run_in_threadpool(service.info)
 
-    @router.post("/v1/register")
+    @router.post("/v1/register", summary="Bind a username to a wallet (signed REGISTER)",
+                 openapi_extra=json_body(RegisterTx, "signed REGISTER transaction (docs/LEDGER.md)"),
+                 responses=reply(AcceptedReply))
     async def post_register(request: Request) -> dict:
         return asdict(await _call(service.register, await _json_body(request)))
 
-    @router.post("/v1/transfers")
+    @router.post("/v1/transfers", summary="Send AiloCoin (signed TRANSFER)",
+                 openapi_extra=json_body(TransferTx, "signed TRANSFER transaction (docs/LEDGER.md)"),
+                 responses=reply(AcceptedReply))
     async def post_transfer(request: Request) -> dict:
         return asdict(await _call(service.submit_transfer, await _json_body(request)))
 
-    @router.post("/v1/reports")
+    @router.post("/v1/reports", summary="Report a transfer inside its dispute window (signed REPORT)",
+                 openapi_extra=json_body(ReportTx, "signed REPORT transaction (docs/LEDGER.md)"),
+                 responses=reply(AcceptedReply))
     async def post_report(request: Request) -> dict:
         return asdict(await _call(service.submit_report, await _json_body(request)))
 

@@ -36,6 +36,7 @@ from ailo.inference.spec import SpecError, spec_from_config
 from ailo.inference.transport import HttpNodeClient, NodeClient
 from ailo.inference.verify import DEFAULT_P, ReferenceSpans, SpotChecker
 from ailo.ledger.errors import LedgerError
+from ailo.server.schemas import (NDJSON, OPERATOR_ONLY, GenerateDone, RoomView, json_body, reply, signed_json)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a tokenizer.json rides along with `create`
 
@@ -215,7 +216,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                  "parameters": p.model.param_count(), "context": p.context, "plan": p.plan().to_dict()}
                 for p in PRESETS.values()]
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, openapi_extra={**OPERATOR_ONLY, **json_body(CreateRoom, "a room to create")},
+                 responses=reply(RoomView, status=201))
     async def create(request: Request):
         try:
             check_operator(request.headers.get("authorization"), policy.operator_token)
@@ -244,14 +246,14 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     def list_rooms() -> list[dict]:
         return [view(r) for r in rooms.rooms()]
 
-    @router.get("/{room_id}")
+    @router.get("/{room_id}", responses=reply(RoomView))
     def show(room_id: str):
         try:
             return view(rooms.get(room_id))
         except RoomError as exc:
             return _refusal(exc)
 
-    @router.delete("/{room_id}")
+    @router.delete("/{room_id}", openapi_extra=OPERATOR_ONLY)
     async def delete(room_id: str, request: Request):
         try:
             check_operator(request.headers.get("authorization"), policy.operator_token)
@@ -260,7 +262,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             return _refusal(exc)
         return {"deleted": room_id}
 
-    @router.post("/{room_id}/join")
+    @router.post("/{room_id}/join", openapi_extra=signed_json(Join, "the join"))
     async def join(room_id: str, request: Request):
         try:
             joins_per_ip.take(_peer(request))
@@ -276,7 +278,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         except (AuthError, RoomError, ValidationError) as exc:
             return _refusal(exc)
 
-    @router.post("/{room_id}/heartbeat")
+    @router.post("/{room_id}/heartbeat", openapi_extra=signed_json(Heartbeat, "the heartbeat"))
     async def heartbeat(room_id: str, request: Request):
         try:
             signer, body = await signed(request, Heartbeat)
@@ -289,7 +291,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         except (AuthError, RoomError, ValidationError) as exc:
             return _refusal(exc)
 
-    @router.post("/{room_id}/leave")
+    @router.post("/{room_id}/leave", openapi_extra=signed_json(Leave, "the leave"))
     async def leave(room_id: str, request: Request):
         try:
             signer, body = await signed(request, Leave)
@@ -298,7 +300,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             return _refusal(exc)
         return {"left": body.node_id}
 
-    @router.post("/{room_id}/generate")
+    @router.post("/{room_id}/generate", openapi_extra=signed_json(GenerateBody, "the request"),
+                 responses=reply(GenerateDone, content=NDJSON))
     async def generate(room_id: str, request: Request):
         try:
             per_ip.take(_peer(request))

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from ailo.data import SPLITS, text_files
 from ailo.paths import corpus_dir
+from ailo.server.schemas import TEXT, DashboardUpdates, SamplesReply, reply
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
@@ -57,11 +58,13 @@ def make_web_router(coord=None, static_dir: Path = STATIC_DIR, samples_dir: Path
             return {}
         return {f.stem: f for f in files}
 
-    @r.get("/v1/samples", summary="Public sample texts a visitor may train on in the browser")
+    @r.get("/v1/samples", summary="Public sample texts a visitor may train on in the browser",
+           responses=reply(SamplesReply))
     def list_samples() -> dict:
         return {"samples": [{"name": name, "bytes": f.stat().st_size} for name, f in samples().items()]}
 
-    @r.get("/v1/samples/{name}", summary="The training part of one public sample text (never the validation parts)")
+    @r.get("/v1/samples/{name}", summary="The training part of one public sample text (never the validation parts)",
+           responses=reply(content=TEXT))
     def sample(name: str) -> Response:
         f = samples().get(name)
         if f is None:
@@ -70,7 +73,8 @@ def make_web_router(coord=None, static_dir: Path = STATIC_DIR, samples_dir: Path
         lo, hi = SPLITS["train"]
         return PlainTextResponse(text[int(len(text) * lo): int(len(text) * hi)])
 
-    @r.get("/v1/dashboard/updates", summary="Recent updates: accepted or refused, with the refusal reason")
+    @r.get("/v1/dashboard/updates", summary="Recent updates: accepted or refused, with the refusal reason",
+           responses=reply(DashboardUpdates))
     def updates(limit: int = Query(200, ge=1, le=1000)) -> dict:
         if coord is None:
             return {"updates": []}
