@@ -161,6 +161,19 @@ def test_page_node_serves_a_span_is_paid_and_fails_over(env):
     html = page.evaluate("async () => ailo.roomsTable(await (await fetch('/v1/rooms')).json())")
     assert "<td>browser</td>" in html and "requests served" in html
 
+    # A dropped socket (network, coordinator restart): the page joins again by itself, keeps its
+    # span and weights, and serves the next request.
+    page.evaluate("window.node.ws.close()")
+    page.wait_for_function("window.node.info().reconnects === 1 && window.node.info().status === 'serving'", timeout=30_000)
+    rejoined = page.evaluate("window.node.info()")
+    assert rejoined["nodeId"] != page_node and rejoined["weights"] == info["weights"]
+    page_node = rejoined["nodeId"]
+    view = wait_ready(http, 2, env["procs"], base)
+    assert {n["node_id"]: n["span"] for n in view["nodes"]}[page_node] == 0
+    events = generate(http, env["asker"], 20)
+    assert events[-1]["type"] == "done" and events[-1]["tokens"] == ref[:20]
+    assert events[0]["route"][0]["node_id"] == page_node and page_addr in events[-1]["payees"]
+
     # 2. a replica of span 0 joins; the page is closed mid-generation → failover, same tokens.
     proc_b, wallet_b = start_node(base, 1, env["dir"], env["server"].url)
     env["procs"].append(proc_b)

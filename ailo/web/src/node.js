@@ -51,12 +51,13 @@ class NodeRefusal extends Error {
 
 export class BrowserNode {
   /** `base`: coordinator origin ('' = this page's); `memory`: bytes offered to the room. */
-  constructor({ base = '', room, wallet, memory = 1e9, dbName = 'ailo-room-chunks', onChange = () => {} }) {
-    Object.assign(this, { base, room, wallet, memory, dbName, onChange });
+  constructor({ base = '', room, wallet, memory = 1e9, dbName = 'ailo-room-chunks', onChange = () => {}, reconnect = true, maxBackoffS = 30 }) {
+    Object.assign(this, { base, room, wallet, memory, dbName, onChange, reconnect, maxBackoffS });
+    this._stopped = false;
     this.ws = null; this.span = null; this.model = null; this.caches = new CacheStore();
     this.queue = Promise.resolve();
     this.state = { status: 'idle', nodeId: null, span: null, loaded: null, roomState: null, frames: 0, requests: 0,
-      computeMs: 0, bytesIn: 0, bytesOut: 0, weights: null, error: null };
+      computeMs: 0, bytesIn: 0, bytesOut: 0, weights: null, error: null, reconnects: 0 };
     this._seen = new Set();
   }
 
@@ -67,8 +68,13 @@ export class BrowserNode {
     return origin.replace(/^http/, 'ws') + path;
   }
 
-  /** Join and serve until stop() or the socket closes. Resolves once joined (rejects if refused). */
+  /** Join and serve until stop(). Resolves once joined (rejects if refused). When the socket
+   *  drops later (network, coordinator restart) the node joins again after a back-off (1 s
+   *  doubling to `maxBackoffS`), keeping its loaded span; a refusal other than a rate limit
+   *  (room deleted, unregistered wallet) ends it. */
   async start() {
+    this._stopped = false;
+    this._refusal = null;
     const room = await (await fetch(`${this.base}/v1/rooms/${encodeURIComponent(this.room)}`, { cache: 'no-store' })).json();
     if (!room.fingerprint) throw new Error(`no room ${this.room}: ${room.detail || ''}`);
     this.fingerprint = room.fingerprint;
@@ -85,13 +91,15 @@ export class BrowserNode {
       ws.onclose = (ev) => {
         clearInterval(this._beat);
         this.caches.clear();
+        if (this._stopped) return;
         this._set({ status: 'closed', error: this.state.error || (ev.reason || null) });
         if (!joined) reject(new Error(`room ${this.room}: socket closed before joining (${this.state.error || ev.code})`));
+        else if (this.reconnect) this._rejoin(1);
       };
       ws.onmessage = (ev) => {
         if (typeof ev.data !== 'string') { this._enqueue(new Uint8Array(ev.data)); return; }
         const m = JSON.parse(ev.data);
-        if (m.type === 'refused') { this._set({ error: `${m.reason}: ${m.detail}` }); return; }
+        if (m.type === 'refused') { this._refusal = m.reason; this._set({ error: `${m.reason}: ${m.detail}` }); return; }
         if (m.type === 'joined') {
           joined = true;
           this._set({ status: 'joined', nodeId: m.node_id, address: m.address });
@@ -108,6 +116,20 @@ export class BrowserNode {
     });
   }
 
+  _rejoin(delayS) {
+    this._set({ status: 'reconnecting', backoffS: delayS });
+    setTimeout(async () => {
+      if (this._stopped) return;
+      try {
+        await this.start();
+        this._set({ reconnects: this.state.reconnects + 1, error: null });
+      } catch (e) {
+        if (this._refusal && this._refusal !== 'rate_limited') { this._set({ status: 'closed', error: e.message }); return; }
+        this._rejoin(Math.min(this.maxBackoffS, delayS * 2));
+      }
+    }, delayS * 1000);
+  }
+
   _heartbeat() {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'heartbeat', loaded: this.state.loaded }));
   }
@@ -116,7 +138,10 @@ export class BrowserNode {
     this._set({ span });
     if (!span || this._loading) return;
     const want = [span.start, span.end];
-    if (this.state.loaded && this.state.loaded[0] === want[0] && this.state.loaded[1] === want[1]) return;
+    if (this.state.loaded && this.state.loaded[0] === want[0] && this.state.loaded[1] === want[1]) {
+      if (this.state.status === 'joined') { this._set({ status: 'serving' }); this._heartbeat(); }  // rejoined, span kept
+      return;
+    }
     this._loading = this._load(want).catch((e) => this._set({ status: 'error', error: `loading ${span.label}: ${e.message}` }))
       .finally(() => { this._loading = null; });
   }
@@ -185,6 +210,7 @@ export class BrowserNode {
 
   /** Leave the room (closing the socket is leaving). */
   stop() {
+    this._stopped = true;
     clearInterval(this._beat);
     if (this.ws) this.ws.close(1000, 'left');
     this.caches.clear();

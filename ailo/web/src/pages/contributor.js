@@ -179,7 +179,7 @@ async function toggleServe() {
 }
 
 const PHASES = { task: 'asking for work', wait: 'waiting for the next round', model: 'loading the model', train: 'training',
-  sign: 'signing', submit: 'submitting', backoff: 'coordinator busy: backing off', paused: 'paused (tab hidden)',
+  sign: 'signing', submit: 'submitting', verdict: 'waiting for the verdict', backoff: 'coordinator busy: backing off', paused: 'paused (tab hidden)',
   starting: 'starting', stopped: 'stopped', finished: 'training has finished on this network', idle: '—' };
 
 function showContinuous(st) {
