@@ -73,8 +73,9 @@ def _demote(ids):
 
 
 @contextmanager
-def postgres_server():
-    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free port; yields an admin URL."""
+def postgres_server(fsync: bool = False):
+    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free port; yields an admin URL.
+    Tests run it without fsync (speed); `fsync=True` for benchmarks (durable commits)."""
     ids = _unprivileged()
     base = Path(tempfile.mkdtemp(prefix="ailo-pg-"))
     if ids:
@@ -84,7 +85,9 @@ def postgres_server():
     subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "ailo", "--auth=trust", "-E", "UTF8",
                     "--no-sync"], check=True, capture_output=True, env=env, preexec_fn=_demote(ids))
     ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60"]
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB -c max_connections=50"
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c shared_buffers=16MB -c max_connections=50"
+    if not fsync:
+        opts += " -c fsync=off"
     subprocess.run(ctl + ["-o", opts, "start"], check=True, capture_output=True, env=env, preexec_fn=_demote(ids))
     try:
         yield f"postgresql://ailo@127.0.0.1:{port}/postgres"
