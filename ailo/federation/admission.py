@@ -10,6 +10,7 @@ again (a client retry after a lost reply or a crash) maps to the same update row
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -86,20 +87,32 @@ def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = F
             raise UpdateRejected("malformed", f"tensor {name!r}: data offsets do not match its shape")
 
 
-async def receive_to_file(chunks, path: Path, limit: int, declared: int | None) -> tuple[str, int]:
+async def receive_to_file(chunks, path: Path, limit: int, declared: int | None,
+                          flush_bytes: int = 8 << 20) -> tuple[str, int]:
     """Write an async byte stream to `path` while hashing it; refuse (413) past `limit` bytes
-    and (400) when the body is shorter or longer than Content-Length. Returns (sha256, size)."""
+    and (400) when the body is shorter or longer than Content-Length. Returns (sha256, size).
+    Hashing and writing run in a thread, `flush_bytes` at a time: a slow disk (writeback
+    throttling) must not stall the event loop that serves every other request."""
     if declared is not None and declared > limit:
         raise UpdateRejected("too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", 413)
-    h, size = hashlib.sha256(), 0
+    h, size, buf = hashlib.sha256(), 0, bytearray()
+
+    def put(f, data: bytes) -> None:
+        h.update(data)
+        f.write(data)
+
     try:
         with open(path, "wb") as f:
             async for piece in chunks:
                 size += len(piece)
                 if size > limit:
                     raise UpdateRejected("too_large", f"body exceeds the limit of {limit} bytes", 413)
-                h.update(piece)
-                f.write(piece)
+                buf += piece
+                if len(buf) >= flush_bytes:
+                    data, buf = bytes(buf), bytearray()
+                    await asyncio.to_thread(put, f, data)
+            if buf:
+                await asyncio.to_thread(put, f, bytes(buf))
             f.flush()
         if declared is not None and size != declared:
             raise UpdateRejected("truncated", f"body has {size} bytes, Content-Length said {declared}", 400)
