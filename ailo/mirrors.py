@@ -148,7 +148,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool = False,
                 client: httpx.Client | None = None) -> SyncReport:
     """Make `out` hold every chunk of the coordinator's current manifest (and of its compact
-    bf16 manifest when it serves one), each verified.
+    bf16 manifest when it serves one, and every piece of the room checkpoints it serves to
+    browser nodes), each verified.
 
     Existing files are re-hashed (`verify`) and replaced when damaged; files are written
     atomically, so nginx never serves half a chunk. `prune` drops files the current
@@ -168,19 +169,20 @@ def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool
         compact = client.get("/v1/model", params={"format": "bf16"})  # served only with --compact-downloads
         if compact.status_code == 200:
             chunks += Manifest.from_json(compact.content).chunks
-        for info in chunks:
-            path = out / info.sha256
-            if _file_ok(path, info.sha256, info.size, verify):
+        files = [(c.sha256, c.size, f"/v1/chunks/{c.sha256}") for c in chunks] + room_pieces(client)
+        for sha256, size, url in files:
+            path = out / sha256
+            if _file_ok(path, sha256, size, verify):
                 report.kept += 1
                 continue
             damaged = path.exists()
-            data = fetch_verified(client, f"/v1/chunks/{info.sha256}", info.sha256, info.size)
+            data = fetch_verified(client, url, sha256, size)
             _atomic_write(path, data)
             report.bytes += len(data)
-            (report.repaired if damaged else report.downloaded).append(info.sha256)
+            (report.repaired if damaged else report.downloaded).append(sha256)
         _atomic_write(out / "manifest.json", r.content)   # informational: what this folder holds
         if prune:
-            keep = {c.sha256 for c in chunks} | {"manifest.json"}
+            keep = {f[0] for f in files} | {"manifest.json"}
             for f in out.iterdir():
                 if f.is_file() and f.name not in keep and not f.name.startswith("."):
                     f.unlink()
@@ -189,6 +191,25 @@ def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool
     finally:
         if own:
             client.close()
+
+
+def room_pieces(client: httpx.Client) -> list[tuple[str, int, str]]:
+    """(sha256, size, URL path) of every piece of the room checkpoints the coordinator serves to
+    browser nodes (`GET /v1/rooms/{id}/weights`, issue 16); rooms without one are skipped."""
+    from urllib.parse import quote
+
+    r = client.get("/v1/rooms")
+    if r.status_code != 200:
+        return []
+    out: dict[str, tuple[str, int, str]] = {}
+    for room in r.json():
+        rid = quote(str(room.get("id", "")), safe="")
+        m = client.get(f"/v1/rooms/{rid}/weights")
+        if m.status_code != 200:
+            continue
+        for c in m.json().get("chunks", []):
+            out.setdefault(c["sha256"], (c["sha256"], int(c["size"]), f"/v1/rooms/{rid}/chunks/{c['sha256']}"))
+    return list(out.values())
 
 
 def watch_mirror(coordinator: str, out: Path, every: float, **kw) -> None:

@@ -132,8 +132,14 @@ def backoff_rule(page) -> None:
     assert got["transient"] == [True, True, False, True]
 
 
-def test_page_serves_inference_from_the_ui(coordinator):
+def test_page_serves_inference_from_the_ui(coordinator, tmp_path):
     url = coordinator
+    # `ailo mirror sync` copies the room's checkpoint pieces beside the model's chunks
+    from ailo.mirrors import sync_mirror
+    rep = sync_mirror(url, tmp_path / "mirror")
+    pieces = {c["sha256"] for c in httpx.get(f"{url}/v1/rooms/pages/weights").json()["chunks"]}
+    assert pieces and pieces <= {f.name for f in (tmp_path / "mirror").iterdir()}
+    assert pieces <= set(rep.downloaded)
     with chromium() as ctx:
         page = ctx.new_page()
         errors: list[str] = []

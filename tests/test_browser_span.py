@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastapi.staticfiles import StaticFiles
+
 from ailo.inference import devserver
 from ailo.inference.blocks import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
@@ -43,7 +45,9 @@ def env(tmp_path_factory):
     gpt = GPT(GPTConfig(name="gpt-test", n_layer=2, n_embd=32, n_head=4, n_ffn=64, n_ctx=32, vocab_size=512))
     save_ailo_checkpoint(gpt, root / "gpt")
     rooms = RoomRegistry()
-    app = devserver.build_app(rooms, checkpoints=root, web=True)
+    mirror = tmp_path_factory.mktemp("mirror")
+    app = devserver.build_app(rooms, checkpoints=root, web=True, mirrors=("/mirror",))
+    app.mount("/mirror", StaticFiles(directory=mirror))  # a same-origin static "mirror" for the test
     server = ThreadedServer(app).start()
     from ailo.inference.spec import read_spec
     for rid, (folder, _) in ROOMS.items():
@@ -57,7 +61,7 @@ def env(tmp_path_factory):
             page.on("pageerror", lambda e: page.ailo_console.append(f"pageerror: {e}"))
             page.goto(server.url + "/harness")
             page.wait_for_function("window.ailoReady === true", timeout=60_000)
-            yield {"root": root, "page": page, "url": server.url}
+            yield {"root": root, "page": page, "url": server.url, "mirror": mirror}
     finally:
         server.stop()
 
@@ -172,3 +176,22 @@ def test_page_frames_are_the_wire_format(env):
         assert back.tensor.dtype == torch.float32 and torch.equal(back.tensor, f.tensor.float())
     bad = env["page"].evaluate("() => { try { ailo.decodeFrame(new Uint8Array(10)); } catch (e) { return e.name + ': ' + e.message; } }")
     assert bad == "WireError: frame too short"
+
+
+def test_span_pieces_come_from_a_mirror_first_and_lies_fall_back(env):
+    """Pieces a mirror holds are fetched there (verified); a damaged one falls back to the coordinator."""
+    idx = CheckpointIndex(env["root"] / "qwen")
+    m = idx.span_manifest(2, 4)
+    for c in m["chunks"]:
+        (env["mirror"] / c["sha256"]).write_bytes(idx.read(c["sha256"]))
+    bad = m["chunks"][0]["sha256"]
+    (env["mirror"] / bad).write_bytes(b"\0" * m["chunks"][0]["size"])
+    got = env["page"].evaluate("""async () => {
+      const r = await ailo.loadSpanWeights({ room: 'qwen', start: 2, end: 4, dbName: null });
+      return { stats: r.stats, names: Object.keys(r.manifest.tensors), mirrors: r.manifest.mirrors };
+    }""")
+    st = got["stats"]
+    assert got["mirrors"] == ["/mirror"]
+    assert st["mirrorChunks"] == len(m["chunks"]) - 1 and st["chunks"] == len(m["chunks"])
+    assert len(st["mirrorFailures"]) == 1 and "sha256 mismatch" in st["mirrorFailures"][0]
+    assert sorted(got["names"]) == sorted(m["tensors"])

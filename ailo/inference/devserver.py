@@ -31,7 +31,8 @@ def dev_policy(rewards: InferenceRewardSink | None = None, **overrides) -> RoomP
 
 
 def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, policy: RoomPolicy | None = None, *,
-              checkpoints: str | Path | None = None, web: bool = False, **router_kw) -> FastAPI:
+              checkpoints: str | Path | None = None, web: bool = False, mirrors: tuple[str, ...] = (),
+              **router_kw) -> FastAPI:
     """`checkpoints`: a folder of checkpoint folders served to browser nodes (span weights);
     `web`: also serve the browser bundle under /static/ and a `/harness` page that loads it
     (browser-node tests and benches)."""
@@ -53,7 +54,7 @@ def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, p
     app.state.socket_hub = hub
     if library is not None:
         from ailo.server.room_weights_api import make_room_weights_router
-        app.include_router(make_room_weights_router(rooms, library))
+        app.include_router(make_room_weights_router(rooms, library, mirrors))
     if web:
         from fastapi.responses import HTMLResponse
 

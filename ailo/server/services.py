@@ -97,7 +97,7 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
                make_web_router(coord), make_exports_router(state_dir / "exports")]
     if library is not None:
         from ailo.server.room_weights_api import make_room_weights_router
-        routers.append(make_room_weights_router(rooms, library))
+        routers.append(make_room_weights_router(rooms, library, config.mirrors))
     poc = None
     if svc.proof_of_contribution:
         poc = ProofOfContribution(ledger, svc.validation)

@@ -2,7 +2,8 @@
 // (GET /v1/rooms/{id}/weights?start&end, ailo/inference/weights.py) lists exactly the tensors
 // the span loads and the sha256-named pieces that hold them; pieces come from
 // GET /v1/rooms/{id}/chunks/{sha256} through the same verified IndexedDB cache as the training
-// model's chunks, so a reload or a second span sharing tensors downloads nothing twice.
+// model's chunks, so a reload or a second span sharing tensors downloads nothing twice. Mirrors
+// the manifest lists (`ailo mirror sync` copies room pieces too) are tried first, verified.
 import { ChunkCache, ChunkLoader, ChunkIntegrityError } from './chunks.js';
 import { toFloat32 } from './safetensors.js';
 
