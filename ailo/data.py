@@ -2,8 +2,10 @@
 
 Every file is split by position into three fixed, disjoint parts: `train` (the first 90 %),
 `val` (next 6 %: the published global validation set) and `holdout` (last 4 %: the
-coordinator's private Proof-of-Contribution batch that no client ever receives). Clients
-get disjoint shards of `train` by file; their text never leaves their machine.
+coordinator's fallback Proof-of-Contribution pool when it has no private holdout folder).
+`all` is a whole file: a private holdout folder (`ailo coordinator --holdout-dir`, see
+`ailo.federation.holdout`) is used entirely, since no client ever sees it. Clients get
+disjoint shards of `train` by file; their text never leaves their machine.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from ailo.paths import cache_dir, corpus_dir
 from ailo.tokenizer import encode_batch, eot_id
 
-SPLITS = {"train": (0.0, 0.90), "val": (0.90, 0.96), "holdout": (0.96, 1.0)}
+SPLITS = {"train": (0.0, 0.90), "val": (0.90, 0.96), "holdout": (0.96, 1.0), "all": (0.0, 1.0)}
 
 
 def text_files(directory: Path) -> list[Path]:
@@ -112,3 +114,22 @@ class TokenDataset:
         """A fixed evaluation set: the same windows every time for the same arguments."""
         it = self.random_batches(batch_size, seq_len, seed)
         return [next(it) for _ in range(count)]
+
+
+def carve_private(source: Path, public: Path, private: Path, every: int = 10) -> tuple[list[Path], list[Path]]:
+    """Split a corpus folder by file into a public folder (what workers train on) and a private
+    one (the coordinator's PoC holdout, `--holdout-dir`), as symlinks: every `every`-th file,
+    counted by play/document stem so two editions of one text stay on the same side."""
+    files = text_files(source)
+    stems = sorted({f.stem.removesuffix("_f").removesuffix("_gut") for f in files})
+    secret = set(stems[every // 2::every])
+    public, private = Path(public), Path(private)
+    sides: tuple[list[Path], list[Path]] = ([], [])
+    for f in files:
+        is_private = f.stem.removesuffix("_f").removesuffix("_gut") in secret
+        target = (private if is_private else public) / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to(f.resolve())
+        sides[is_private].append(target)
+    return sides

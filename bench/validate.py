@@ -1,8 +1,8 @@
 """Cost of validating one update (Proof-of-Contribution), per preset. Prints one JSON line.
 
-Measured: structural decode (`decode_update`) + norm, direction and loss checks
+Measured: structural decode (`decode_update`) + norm, sketch (round-level), direction and loss checks
 (`ProofOfContribution.check_contribution`) on an honest-looking update. Baseline in the same
-process: one plain forward pass over the same holdout batches (the least a loss check costs).
+process: one plain forward pass over the same holdout windows (the least a loss check costs).
 
     .venv/bin/python bench/validate.py
 """
@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.data import TokenDataset  # noqa: E402
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig, Submission  # noqa: E402
+from ailo.federation.holdout import sequence_losses  # noqa: E402
 from ailo.federation.poc import ProofOfContribution  # noqa: E402
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
@@ -56,8 +57,8 @@ def measure(preset: str, repeats: int) -> dict:
         with torch.no_grad():
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                for hx, hy in poc.holdout(coord):
-                    coord.model(hx, hy)
+                hx, hy = poc.pool.windows(coord.version, coord.seq_len)
+                sequence_losses(coord.model, hx, hy)
                 base.append(time.perf_counter() - t0)
         coord.store.close()
     return {"preset": preset, "ms_per_update": round(1000 * min(times), 1),

@@ -139,6 +139,8 @@ def test_contributor_page_end_to_end(coordinator):
             (USERNAME, "accepted", None), ("mallory", "refused", "unsigned")]
         assert "unsigned" in dash.inner_text("#updates") and USERNAME in dash.inner_text("#contributors")
         assert dash.locator("#loss-svg circle").count() == 2
+        rep = {r["address"]: r for r in d["reputation"]}  # per-wallet record of accepted/refused work
+        assert rep[address]["accepted"] == 1 and rep[address]["refused"] == 0 and USERNAME in dash.inner_text("#reputation")
         dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
         assert not errors, errors

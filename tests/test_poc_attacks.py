@@ -119,7 +119,7 @@ def test_attack_catalog(network, corpus_dir):
     captured = []  # what an eavesdropper on the wire would see
     client.event_hooks["request"].append(lambda req: captured.append(req) if req.url.path == "/v1/updates" else None)
     reports = [honest[0].run_round(), honest[1].run_round()]
-    assert all(r.response["status"] == "accepted" for r in reports)
+    assert all(r.response.get("status") == "accepted" for r in reports), [r.response for r in reports]
     honest_request = captured[-1]  # honest-1's signed submission, as seen on the wire
     outcomes = {}
     for kind in ("sign_flip", "scaled", "noise", "nan"):

@@ -1,7 +1,10 @@
 """`ailo demo`: a coordinator and several workers on this machine, on embedded defaults.
 
 Everything runs as real processes over loopback HTTP (the same code paths as a deployment):
-SQLite state and chunk files under `runs/demo/`, disjoint corpus shards per worker. Prints
+SQLite state and chunk files under `runs/demo/`, disjoint corpus shards per worker. The corpus
+is split by file into `public/` (what workers train on and the coordinator publishes as its
+validation set) and `private/` (the coordinator's Proof-of-Contribution holdout, which no worker
+ever gets: `--holdout-dir`). Prints
 per round the global validation loss, the number of updates and the bytes moved, then a
 summary and a PNG plot.
 """
@@ -106,10 +109,15 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}"
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     coord_log = out / "logs" / "coordinator.log"
+    from ailo.data import carve_private
+    from ailo.paths import corpus_dir
+    public, private = out / "public", out / "private"
+    carve_private(corpus_dir(), public, private)
     coord = _spawn(["coordinator", "--state", str(out / "coordinator"), "--port", str(port), "--preset", args.preset,
                     "--rounds", str(args.rounds), "--max-updates", str(args.workers), "--min-updates", "1",
                     "--round-seconds", str(args.round_seconds), "--lr-decay", str(args.lr_decay),
-                    "--local-steps", str(args.local_steps), "--codec", args.codec,
+                    "--local-steps", str(args.local_steps), "--data", str(public), "--holdout-dir", str(private),
+                    "--codec", args.codec,
                     "--codec-density", str(args.codec_density), "--outer", args.outer, "--server-lr", str(args.server_lr),
                     *([] if args.full_downloads else ["--compact-downloads"])], coord_log)
     procs = [coord]
@@ -123,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if args.cheater != "none":
             names.append("cheater")
         for k, name in enumerate(names):
-            cmd = ["worker", "--coordinator", url, "--shard", str(k % args.workers), "--num-shards", str(args.workers),
+            cmd = ["worker", "--coordinator", url, "--data", str(public),
+                   "--shard", str(k % args.workers), "--num-shards", str(args.workers),
                    "--client-id", name, "--cache", str(out / f"cache-{name}"), "--quiet",
                    "--wallet", str(out / "wallets" / f"{name}.json")]
             if name == "cheater":

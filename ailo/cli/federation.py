@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ailo.cli.main import CLIError
+from ailo.federation.aggregate import AGGREGATORS
 from ailo.federation.coordinator import CoordinatorConfig
 from ailo.model import PRESETS
 
@@ -47,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where validation, aggregation and evaluation run (auto: CUDA when present)")
     c.add_argument("--max-pending", type=int, default=256,
                    help="updates admitted but not yet validated; beyond this POST /v1/updates answers 429 busy")
+    c.add_argument("--holdout-dir", default=None, help="private folder of .txt the Proof-of-Contribution holdout "
+                   "is drawn from; never served, must not be inside the public data folder")
+    c.add_argument("--holdout-sequences", type=int, default=64, help="holdout windows scored per model version")
+    c.add_argument("--aggregator", default="fedavg", choices=sorted(AGGREGATORS),
+                   help="how accepted updates are combined (robust ones bound a few bad updates' influence)")
     c.add_argument("--open", action="store_true",
                    help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
     c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
@@ -121,6 +127,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from ailo.federation.validate import ValidationConfig
     from ailo.server.services import ServiceConfig
 
+    if args.holdout_dir and not Path(args.holdout_dir).is_dir():
+        raise CLIError(f"--holdout-dir {args.holdout_dir}: not a folder")
+    if args.holdout_sequences < 2:
+        raise CLIError("--holdout-sequences must be at least 2 (the loss check needs a standard error)")
     allow_private = args.allow_private_node_urls
     if allow_private is None:
         allow_private = args.host in ("127.0.0.1", "localhost", "::1")
@@ -128,11 +138,14 @@ def run_coordinator(args: argparse.Namespace) -> int:
                         validation=ValidationConfig(registrations_per_hour=args.registrations_per_hour),
                         room_checkpoints=Path(args.room_checkpoints) if args.room_checkpoints else None,
                         allow_private_node_urls=allow_private, db_url=args.db,
-                        room_requests_per_minute=args.room_requests_per_minute, room_verify_p=args.room_verify)
+                        room_requests_per_minute=args.room_requests_per_minute, room_verify_p=args.room_verify,
+                        holdout_dir=args.holdout_dir, holdout_sequences=args.holdout_sequences)
     from ailo.storage.factory import StoreConfigError, is_postgres
     try:
         app = build_app(coordinator_config(args), Path(args.state), svc)
     except StoreConfigError as exc:
+        raise CLIError(str(exc)) from None
+    except (ValueError, FileNotFoundError) as exc:  # e.g. a holdout folder inside the public corpus
         raise CLIError(str(exc)) from None
     except Exception as exc:
         if is_postgres(args.db) and type(exc).__module__.startswith("psycopg"):

@@ -41,29 +41,30 @@ class RoundAccumulator:
         self.round_id, self.folded, self._state = round_id, [], None
 
     def fold(self, update_id: int, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
-             n_samples: int) -> None:
-        """Add one accepted update (no-op for non-streaming aggregators: they read from disk)."""
+             n_samples: int, scale: float = 1.0) -> None:
+        """Add one accepted update (no-op for non-streaming aggregators: they read from disk).
+        `scale` is its Proof-of-Contribution clip factor: it counts as scale·Δ."""
         if update_id in self.folded:
             return
         if self.streaming:
             if self._state is None:
                 self._state = self.aggregator.start(base)
-            self.aggregator.fold(self._state, WeightedDelta(delta, n_samples))
+            self.aggregator.fold(self._state, WeightedDelta(delta, n_samples, scale))
         self.folded.append(update_id)
 
-    def rebuild(self, round_id: int, base: Mapping[str, torch.Tensor], accepted: list[tuple[int, Path, int]],
+    def rebuild(self, round_id: int, base: Mapping[str, torch.Tensor], accepted: list[tuple],
                 decode: Decoder) -> None:
-        """After a restart: fold the stored accepted updates (id, file, n_k), one at a time."""
+        """After a restart: fold the stored accepted updates (id, file, n_k[, clip factor]), one at a time."""
         self.reset(round_id)
-        for update_id, path, n in accepted:
-            self.fold(update_id, base, decode(path) if self.streaming else {}, n)
+        for update_id, path, n, *scale in accepted:
+            self.fold(update_id, base, decode(path) if self.streaming else {}, n, *scale)
 
     def result(self, base: Mapping[str, torch.Tensor], accepted: list[tuple[int, Path, int]],
                server_lr: float) -> StateDict:
         """The new model's state. `accepted` must be the updates folded so far, in order."""
-        if [u for u, _, _ in accepted] != self.folded:
+        if [u for u, *_ in accepted] != self.folded:
             raise RuntimeError(f"accumulator holds updates {self.folded}, the round accepted "
-                               f"{[u for u, _, _ in accepted]}")
+                               f"{[u for u, *_ in accepted]}")
         if self.streaming:
             state, self._state = self._state, None
             return self.aggregator.finish(state, base, server_lr)
@@ -71,8 +72,9 @@ class RoundAccumulator:
 
     def _sliced(self, base: Mapping[str, torch.Tensor], accepted: list[tuple[int, Path, int]],
                 server_lr: float) -> StateDict:
-        files = [safe_open(str(path), framework="pt") for _, path, _ in accepted]
-        counts = [n for _, _, n in accepted]
+        files = [safe_open(str(path), framework="pt") for _, path, *_ in accepted]
+        counts = [n for _, _, n, *_ in accepted]
+        scales = [rest[0] if rest else 1.0 for _, _, _, *rest in accepted]
         out: StateDict = {}
         for name, b in base.items():
             rows = b.shape[0] if b.dim() else 1
@@ -81,9 +83,10 @@ class RoundAccumulator:
             pieces = []
             for start in range(0, rows, step):
                 stop = min(rows, start + step)
-                ups = [WeightedDelta({name: f.get_slice(name)[start:stop].to(self.device)}, n)
-                       for f, n in zip(files, counts)] if b.dim() else \
-                      [WeightedDelta({name: f.get_tensor(name).to(self.device)}, n) for f, n in zip(files, counts)]
+                ups = [WeightedDelta({name: f.get_slice(name)[start:stop].to(self.device)}, n, s)
+                       for f, n, s in zip(files, counts, scales)] if b.dim() else \
+                      [WeightedDelta({name: f.get_tensor(name).to(self.device)}, n, s)
+                       for f, n, s in zip(files, counts, scales)]
                 part = b[start:stop] if b.dim() else b
                 pieces.append(self.aggregator.aggregate({name: part}, ups, server_lr)[name])
             out[name] = torch.cat(pieces) if b.dim() else pieces[0]

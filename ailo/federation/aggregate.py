@@ -10,9 +10,13 @@ Streaming (O(model) memory, SPEC R4 at scale): an aggregator that also implement
 accumulator. Aggregators that need all updates at once (coordinate-wise robust ones) keep only
 `aggregate`; the coordinator then calls them slice by slice of each tensor, reading the stored
 updates from disk (`ailo/federation/accumulator.py`), so peak memory is K × one slice.
+The robust ones (trimmed mean, coordinate median, multi-Krum, FedAvgM) live in `robust.py`.
+`WeightedDelta.scale` is the Proof-of-Contribution clip factor (≤ 1, bounded influence): every
+aggregator uses scale·Δ, never the raw Δ.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, runtime_checkable
 
@@ -25,6 +29,7 @@ StateDict = dict[str, torch.Tensor]
 class WeightedDelta:
     delta: Mapping[str, torch.Tensor]
     n_samples: int
+    scale: float = 1.0  # clip factor: the update counts as scale·Δ
 
 
 class Aggregator(Protocol):
@@ -65,7 +70,7 @@ class FedAvg:
     def aggregate(self, base: Mapping[str, torch.Tensor], updates: Iterable[WeightedDelta],
                   server_lr: float = 1.0) -> StateDict:
         updates = list(updates)
-        w = weights([u.n_samples for u in updates])
+        w = [wk * u.scale for wk, u in zip(weights([u.n_samples for u in updates]), updates)]
         names = list(base)
         # Multi-tensor (foreach) kernels: one pass per update over all tensors, no zero-fill,
         # and the final step fused into a single sub(alpha=η) per tensor.
@@ -86,7 +91,7 @@ class FedAvg:
         names = list(state["sum"])
         acc = [state["sum"][n] for n in names]
         torch._foreach_add_(acc, [update.delta[n].to(acc[i].device, torch.float32) for i, n in enumerate(names)],
-                            alpha=float(update.n_samples))
+                            alpha=float(update.n_samples) * update.scale)
         state["n"] += update.n_samples
         state["k"] += 1
 
@@ -112,3 +117,15 @@ def average_delta(aggregator: Aggregator, base: Mapping[str, torch.Tensor],
     (`outer.py`): the rule applied with η = 1 to a zero model gives −ḡ (exact for FedAvg)."""
     zeros = {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in base.items()}
     return {n: t.neg_() for n, t in aggregator.aggregate(zeros, updates, 1.0).items()}
+
+
+def make_aggregator(name: str) -> Aggregator:
+    """A fresh instance (stateful ones such as FedAvgM must not be shared between coordinators)."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
+    return copy.deepcopy(AGGREGATORS[name])
+
+
+from ailo.federation import robust as _robust  # noqa: E402  (robust.py builds on this module)
+
+AGGREGATORS.update(_robust.ROBUST_AGGREGATORS)

@@ -34,7 +34,7 @@ from ailo.data import TokenDataset
 from ailo.faults import crash_point
 from ailo.federation.accumulator import RoundAccumulator
 from ailo.federation.admission import check_header, fsync_file, idempotency_key
-from ailo.federation.aggregate import AGGREGATORS
+from ailo.federation.aggregate import make_aggregator
 from ailo.federation.codecs import CodecSpec
 from ailo.federation.downloads import CompactDownloads
 from ailo.federation.outer import make_outer
@@ -103,6 +103,7 @@ class Submission:
 Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
 AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
 RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
+RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded
 
 
 
@@ -117,7 +118,7 @@ class Coordinator:
         self.seq_len = config.seq_len or self.cfg.n_ctx
         self.device = resolve_device(config.device)
         self.store = store if store is not None else SQLiteRoundStore(state_dir)
-        self.aggregator = AGGREGATORS[config.aggregator]
+        self.aggregator = make_aggregator(config.aggregator)
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
         self.outer = make_outer(config.outer, config.server_lr, config.outer_momentum)
         self.outer_store = OuterStateStore(Path(state_dir) / "outer")
@@ -126,6 +127,8 @@ class Coordinator:
         self.pre_checks, self.post_checks = pre_checks or [], post_checks or []   # request path / pipeline
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
+        self.on_refused: list[RefuseHook] = []
+        self.status_extras: list[Callable[["Coordinator"], dict]] = []  # merged into status()
         self.lock = threading.RLock()          # swaps of model + manifest (short)
         self.admit_lock = threading.Lock()     # admission decisions: nonces, duplicates (short)
         self._admitting: set[tuple[int, str]] = set()  # (round, client id / address) being written
@@ -275,6 +278,8 @@ class Coordinator:
                     self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
                                              meta.train_loss, sha256, size, "refused", exc.reason, str(exc),
                                              {**sub.extra, "code": exc.status}, idem=idem)
+                    for hook in self.on_refused:
+                        hook(self, sub, exc)
                     raise
                 keys = [(rnd.id, "c:" + meta.client_id)] + ([(rnd.id, "a:" + meta.address)] if meta.address else [])
                 self._admitting.update(keys)
@@ -345,12 +350,15 @@ class Coordinator:
         except UpdateRejected as exc:
             sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self.store.decide_update(update_id, "refused", exc.reason, str(exc), {**sub.extra, "code": exc.status})
+            for hook in self.on_refused:
+                hook(self, sub, exc)
             return
         sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         self.store.decide_update(update_id, "accepted", extra=sub.extra)
         crash_point("after_accept")
         try:
-            self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors, row.n_samples)
+            self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors, row.n_samples,
+                                  sub.extra.get("clip_scale", 1.0))
         except Exception:
             self._rebuild_accumulator()
         for hook in self.on_accept:
@@ -359,22 +367,22 @@ class Coordinator:
         if self.store.count_updates(rnd.id, "accepted") >= (self.config.max_updates or self.config.min_updates):
             self._close_round(rnd)
 
-    def _accepted_files(self, round_id: int) -> list[tuple[int, Path, int]]:
-        return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples)
+    def _accepted_files(self, round_id: int) -> list[tuple]:
+        return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples, u.extra.get("clip_scale", 1.0))
                 for u in self.store.updates(round_id, "accepted", limit=10**9)]
 
     def _decode_file(self, path: Path) -> dict[str, torch.Tensor]:
         codec = CodecSpec.from_task(self.current_round().task)
         return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec).items()}
 
-    def _fp32_copies(self, files: list[tuple[int, Path, int]], codec: CodecSpec) -> list[tuple[int, Path, int]]:
+    def _fp32_copies(self, files: list[tuple], codec: CodecSpec) -> list[tuple]:
         """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
         out = []
-        for update_id, path, n in files:
+        for update_id, path, n, *scale in files:
             target = path.with_name(f"{path.name}.fp32")
             if not target.exists():
                 self.store._write_blob(target, encode_update(decode_update(path.read_bytes(), self.manifest, codec)))
-            out.append((update_id, target, n))
+            out.append((update_id, target, n, *scale))
         return out
 
     def _rebuild_accumulator(self) -> None:
@@ -497,7 +505,7 @@ class Coordinator:
         if self.device.type == "cuda":
             peak["gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             peak["gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
-        return {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
+        out = {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
                 "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
                 "accepted_in_round": self.store.count_updates(rnd.id, "accepted"),
                 "pending_in_round": self.store.count_updates(rnd.id, "pending"), "clients": self.store.clients(),
@@ -505,3 +513,6 @@ class Coordinator:
                 "validation": {"queued": self.pipeline.depth(), "in_flight": self.pipeline.in_flight,
                                "judged": self.pipeline.judged, "busy_seconds": round(self.pipeline.busy_seconds, 3)},
                 "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}
+        for extra in self.status_extras:
+            out.update(extra(self))
+        return out

@@ -1,39 +1,49 @@
 """Proof-of-Contribution: wires the checks of `validate.py` into the coordinator and pays
-accepted updates on the ledger (SPEC R6, R7, R10).
+accepted updates on the ledger (SPEC R6, R7, R10). Every check is a coordinator hook
+(`pre_checks`, `post_checks`, `on_accept`, `on_refused`, `on_round_closed`), so it runs the
+same wherever the coordinator decides (request path or a validation pipeline).
 
 Order of checks for POST /v1/updates (cheapest first, nothing parsed before identity):
     in the request: signature present → address format → registered → signature valid →
-    timestamp window → nonce strictly increasing (consumed once seen) → per-wallet rate limit →
-    [safetensors header: names, dtypes, shapes] → 202;
-    in the validation pipeline: [tensor data: NaN/Inf] → norm plausibility → direction → loss
-    reduction (fp32, on the coordinator's device).
-Refusals are recorded with their reason and never paid. Rewards are minted when the round
-closes (the LossBonus needs the round's median) with ref `update:<id>`, which the ledger
-makes idempotent, so a restart between publishing and paying pays exactly once.
+    timestamp window → cool-down after refusals → nonce strictly increasing (consumed once
+    seen) → per-wallet rate limit → [safetensors header: names, dtypes, shapes] → 202;
+    in the validation pipeline: [tensor data: NaN/Inf] → norm plausibility (and the clip
+    factor) → round-level similarity on secret sketches (duplicate_work, copied_global) →
+    descent direction → paired per-sequence loss drop on the private rotating holdout (fp32,
+    on the coordinator's device).
+Refusals are recorded with their reason and never paid; verified ones count against the
+wallet (reputation, cool-down, rate-limit tokens). Rewards are minted when the round closes
+(the LossBonus needs the round's median) with ref `update:<id>`, which the ledger makes
+idempotent, so a restart between publishing and paying pays exactly once.
 """
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
-from torch.func import functional_call
 
-from ailo.data import TokenDataset
+from ailo.chunks import ChunkStore, DirectorySource, Manifest
 from ailo.faults import crash_point
+from ailo.federation import sketch as sk
 from ailo.federation.codecs import CodecSpec, backlog_lr
+from ailo.federation.holdout import PrivateHoldout, derive, load_secret, sequence_losses
+from ailo.federation.reputation import Reputation
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_loss,
-                                      check_norm, check_timestamp)
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_loss_paired,
+                                      check_norm, check_round_similarity, check_timestamp, clip_scale,
+                                      cooldown_seconds)
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
     from ailo.federation.coordinator import Coordinator, Submission
     from ailo.ledger.service import LedgerService
+
+NOT_COUNTED = {"rate_limited", "duplicate"}  # refusals that say nothing about the work's quality
 
 
 @dataclass
@@ -41,18 +51,36 @@ class ProofOfContribution:
     ledger: "LedgerService"
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
-    holdout_batches: int = 2
+    holdout_dir: str | None = None    # private text no client gets; None: public corpus's holdout split
+    holdout_sequences: int = 64
 
     def __post_init__(self) -> None:
         v = self.validation
         self.wallet_bucket = TokenBucket(v.updates_per_minute / 60.0, v.update_burst)
-        self._holdout: list | None = None
-        self._reference: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}  # version → (loss, ∇loss)
+        self.pool: PrivateHoldout | None = None
+        self._reference: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}  # version → (losses, ∇)
+        self._model_sketches: dict[int, np.ndarray] = {}
+        self.grad_sketches: dict[int, np.ndarray] = {}    # version → sketch of ∇L_holdout(M_v)
+
+    def setup(self, coord: "Coordinator") -> None:
+        if self.pool is not None:
+            return
+        secret = load_secret(coord.store.dir)
+        self.sketch_secret = derive(secret, "sketch")
+        self.pool = PrivateHoldout.open(self.holdout_dir, coord.config.data_dir, secret, self.holdout_sequences)
+        if not self.pool.private:
+            print("warning: no --holdout-dir: the Proof-of-Contribution holdout is drawn from the public corpus's "
+                  "holdout split (secret per-version draws, but the text itself is public)", flush=True)
+        self.reputation = Reputation(coord.store)
 
     def install(self, coord: "Coordinator") -> None:
+        self.setup(coord)
         coord.pre_checks.append(self.check_identity)
         coord.post_checks.append(self.check_contribution)
+        coord.on_accept.append(self.record_accepted)
+        coord.on_refused.append(self.record_refused)
         coord.on_round_closed.append(self.settle_round)
+        coord.status_extras.append(self.status)
         self.settle_all(coord)
 
     # -- identity (before any tensor is parsed) --------------------------------------------
@@ -69,10 +97,17 @@ class ProofOfContribution:
         if not verify_signature(m.address, message, m.signature):
             raise UpdateRejected("bad_signature", "signature does not verify for this address and update digest", 401)
         check_timestamp(m.timestamp / 1000.0, sub.received, self.validation)
+        # Cool-down before the nonce is consumed: the client may resend the same signed body later.
+        rec = self.reputation.record(m.address)
+        wait = rec.last_refused_ms / 1000.0 + cooldown_seconds(rec.streak, self.validation) - sub.received
+        if wait > 0:
+            raise UpdateRejected("rate_limited", f"wallet {m.address} is cooling down after {rec.streak} refused "
+                                 f"update(s) in a row; retry in {wait:.1f} s", 429)
         last = coord.store.counters().get(f"nonce:{m.address}", -1)
         if m.nonce <= last:
             raise UpdateRejected("replay", f"nonce {m.nonce} was already used (last {last}): replayed update", 409)
         coord.store.set_counter(f"nonce:{m.address}", m.nonce)
+        sub.extra["signed"] = True  # from here on a refusal is the wallet's own doing
         if not self.wallet_bucket.take(m.address):
             raise UpdateRejected("rate_limited", f"wallet {m.address} exceeds "
                                  f"{self.validation.updates_per_minute:g} updates per minute", 429)
@@ -80,57 +115,110 @@ class ProofOfContribution:
             raise UpdateRejected("duplicate", f"wallet {m.address} already has an accepted update in round "
                                  f"{sub.round.id}", 409)
 
-    # -- contribution (after structural checks) --------------------------------------------
-    def holdout(self, coord: "Coordinator") -> list:
-        if self._holdout is None:
-            self._holdout = TokenDataset.from_dir(coord.config.data_dir, "holdout").fixed_batches(
-                self.holdout_batches, coord.config.batch_size, coord.seq_len, seed=99)
-        return self._holdout
-
-    @torch.no_grad()
-    def holdout_loss(self, coord: "Coordinator", params: dict[str, torch.Tensor]) -> float:
-        """Holdout loss of the global model's architecture with `params` swapped in."""
-        total = 0.0
-        for x, y in self.holdout(coord):  # fp32 on the coordinator's device: a decision threshold
-            total += float(functional_call(coord.model, params, (x.to(coord.device), y.to(coord.device))))
-        return total / len(self.holdout(coord))
-
-    def reference(self, coord: "Coordinator") -> tuple[float, dict[str, torch.Tensor]]:
-        """Holdout loss and its gradient at the current global model, once per version."""
+    # -- holdout ---------------------------------------------------------------------------
+    def reference(self, coord: "Coordinator") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sequence holdout losses and the mean loss's gradient at the current global
+        model, once per version (on that version's secret draw of holdout sequences)."""
+        self.setup(coord)
         if coord.version not in self._reference:
+            x, y = self.pool.windows(coord.version, coord.seq_len)
+            x, y = x.to(coord.device), y.to(coord.device)
             model = coord.model
             model.zero_grad(set_to_none=True)
-            batches = self.holdout(coord)
-            total = 0.0
-            for x, y in batches:
-                loss = model(x.to(coord.device), y.to(coord.device)) / len(batches)
-                loss.backward()
-                total += float(loss.detach())
+            losses = []
+            for i in range(0, x.shape[0], 8):
+                part = sequence_losses(model, x[i:i + 8], y[i:i + 8])
+                (part.sum() / x.shape[0]).backward()
+                losses.append(part.detach())
             grad = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
             model.zero_grad(set_to_none=True)
-            self._reference = {coord.version: (total, grad)}
+            self._reference = {coord.version: (torch.cat(losses), grad)}
+            self.grad_sketches[coord.version] = sk.sketch(grad, self.sketch_secret)
         return self._reference[coord.version]
 
+    @torch.no_grad()
+    def losses_after(self, coord: "Coordinator", delta: dict[str, torch.Tensor], eta: float) -> torch.Tensor:
+        x, y = self.pool.windows(coord.version, coord.seq_len)
+        params = {k: v - eta * delta[k] for k, v in coord.model.state_dict().items()}
+        x, y = x.to(coord.device), y.to(coord.device)
+        return sequence_losses(coord.model, x, y, params=params)
+
+    # -- sketches --------------------------------------------------------------------------
+    def model_sketch(self, coord: "Coordinator", version: int) -> np.ndarray:
+        if version not in self._model_sketches:
+            if version == coord.version:
+                state = coord.model.state_dict()
+            else:
+                rec = next(v for v in coord.store.versions() if v.version == version)
+                state = ChunkStore(Manifest.from_json(rec.manifest), DirectorySource(coord.store.chunks_dir)).state_dict()
+            self._model_sketches = {v: s for v, s in self._model_sketches.items() if v >= version - 1}
+            self._model_sketches[version] = sk.sketch(state, self.sketch_secret)
+        return self._model_sketches[version]
+
+    def global_change_sketch(self, coord: "Coordinator") -> np.ndarray | None:
+        """Sketch of M_{v−1} − M_v, the last published global change (linear sketch)."""
+        if coord.version == 0:
+            return None
+        return self.model_sketch(coord, coord.version - 1) - self.model_sketch(coord, coord.version)
+
+    # -- contribution (after structural checks) --------------------------------------------
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
-        recent = coord.store.updates(status="accepted", limit=self.validation.norm_history, newest=True)
+        self.setup(coord)
+        cfg, task = self.validation, sub.round.task
+        recent = coord.store.updates(status="accepted", limit=cfg.norm_history, newest=True)
         history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra]
-        task = sub.round.task
         codec = CodecSpec.from_task(task)
         if codec.lossy:  # error feedback: a body carries this round's work plus earlier rounds' backlog, so
             # norms grow until the backlog is steady; only the per-coordinate bound on all that work applies
             lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= sub.round.id]
             task, history = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}, []
-        norm_per_work = check_norm(sub.tensors, history, task, self.validation)
+        norm_per_work = check_norm(sub.tensors, history, task, cfg)
+        work = task["lr"] * task["steps"]
+        ref = statistics.median(history) * work if len(history) >= cfg.norm_min_history else None
+        scale = clip_scale(norm_per_work * work, ref, cfg.clip_factor)
+        sub.extra.update(norm_per_work=norm_per_work, clip_scale=scale, seconds=sub.received - sub.round.created)
+
+        mine = sk.sketch(sub.tensors, self.sketch_secret)
+        peers = [sk.decode(u.extra["sketch"]) for u in coord.store.updates(sub.round.id, "accepted")
+                 if "sketch" in u.extra]
+        cos_peers = [sk.cosine(mine, p) for p in peers]
+        overlaps = [sk.overlap(mine, p) for p in peers]
+        glob = self.global_change_sketch(coord)
+        cos_global = sk.cosine(mine, glob) if glob is not None else None
+        sub.extra.update(sketch=sk.encode(mine), peer_cosine=max(cos_peers, default=None),
+                         peer_overlap=max(overlaps, default=None), global_cosine=cos_global)
+        check_round_similarity(cos_peers, cos_global, cfg)
+
         before, grad = self.reference(coord)
-        cosine = check_direction(sub.tensors, grad, self.validation)
-        eta = coord.config.server_lr
-        params = {k: v - eta * sub.tensors[k] for k, v in coord.model.state_dict().items()}
-        after = self.holdout_loss(coord, params)
-        peers = [u.extra["reduction"] for u in coord.store.updates(sub.round.id, "accepted") if "reduction" in u.extra]
-        reduction = check_loss(before, after, peers, self.validation)
-        issued = coord.tasks.get(sub.meta.task_id)
-        seconds = sub.received - issued[2] if issued and issued[:2] == (sub.meta.client_id, sub.round.id) else None
-        sub.extra.update(norm_per_work=norm_per_work, cosine=cosine, loss_before=before, loss_after=after, reduction=reduction, seconds=seconds)
+        sub.extra["cosine"] = check_direction(sub.tensors, grad, cfg)
+        after = self.losses_after(coord, sub.tensors, coord.config.server_lr * scale * cfg.loss_step_share)
+        d = before.double() - after.double()
+        sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),
+                         drop_se=float(d.std() / d.numel() ** 0.5))
+        peer_drops = [u.extra["reduction"] for u in coord.store.updates(sub.round.id, "accepted") if "reduction" in u.extra]
+        sub.extra["reduction"], _ = check_loss_paired(before, after, peer_drops, cfg)
+
+    # -- reputation ------------------------------------------------------------------------
+    def record_accepted(self, coord: "Coordinator", sub: "Submission", update_id: int) -> None:
+        if sub.meta.address:
+            self.reputation.accepted(sub.meta.address)
+
+    def record_refused(self, coord: "Coordinator", sub: "Submission", exc: UpdateRejected) -> None:
+        if sub.extra.get("signed") and exc.reason not in NOT_COUNTED:
+            self.reputation.refused(sub.meta.address, exc.reason, sub.received)
+            self.wallet_bucket.charge(sub.meta.address, self.validation.refusal_cost)
+
+    def status(self, coord: "Coordinator") -> dict:
+        self.setup(coord)
+        rows = []
+        for rec in self.reputation.all().values():
+            row = rec.to_json()
+            row["username"] = self.ledger.username(rec.address) if hasattr(self.ledger, "username") else None
+            row["cooldown_s"] = cooldown_seconds(rec.streak, self.validation)
+            rows.append(row)
+        rows.sort(key=lambda r: (-r["accepted"], r["refused"], r["address"]))
+        return {"reputation": rows, "holdout": {"private": self.pool.private, "sequences": self.pool.sequences,
+                                                "pool_windows": self.pool.pool_windows(coord.seq_len)}}
 
     # -- rewards ---------------------------------------------------------------------------
     def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:

@@ -8,6 +8,11 @@ None or raises `UpdateRejected` with its own reason code; the coordinator compos
 - `check_direction` — Δ must have a positive component along the holdout-loss gradient.
 - `check_loss` — the update applied alone must lower the loss on the coordinator's private
   holdout batch by more than the tolerance.
+- `check_loss_paired` — the same on per-sequence losses: the mean paired drop must clear a bar
+  that grows with its own standard error (noise-aware, see docs/REWARDS.md).
+- `check_round_similarity` — on secret sketches (`sketch.py`): a near-copy of an update already
+  accepted this round (`duplicate_work`) or of the last global change (`copied_global`).
+- `clip_scale` — the factor that bounds an update's influence to a multiple of the typical norm.
 - `TokenBucket` — per-key rate limiting (wallet, network address, registrations).
 """
 from __future__ import annotations
@@ -38,6 +43,21 @@ class ValidationConfig:
     updates_per_minute: float = 30.0  # token bucket per wallet and per network address
     update_burst: int = 10
     registrations_per_hour: float = 10.0  # per network address (Sybil farming); also the burst
+    # Round-level checks on sketches (thresholds measured, docs/REWARDS.md "Round-level checks").
+    duplicate_cosine: float = 0.99    # cos with an accepted update of the same round ≥ this → duplicate_work
+    copied_cosine: float = 0.99       # cos with the last global change ≥ this → copied_global
+    # Noise-aware loss check on per-sequence holdout losses (docs/REWARDS.md "Honest noise").
+    loss_step_share: float = 1 / 3    # the update is scored at this share of its step (its weight in
+                                      # a 3-update round); the full step overshoots on non-IID shards
+    loss_z: float = 1.0               # mean paired drop must exceed loss_z standard errors...
+    min_paired_drop: float = 2e-4     # ...and this many nats...
+    min_relative_drop: float = 0.0    # ...and this share of the round's accepted median
+    # Bounded influence: an update counts at most clip_factor × the median recent norm.
+    clip_factor: float = 1.5
+    # Reputation: after k refusals in a row a wallet waits min(cap, base·2^(k−1)) s.
+    cooldown_base: float = 2.0
+    cooldown_cap: float = 600.0
+    refusal_cost: float = 4.0         # extra wallet-bucket tokens a refused update costs
 
 
 def update_norm(delta: Mapping[str, torch.Tensor]) -> float:
@@ -128,6 +148,13 @@ class TokenBucket:
     burst: int
     _state: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def charge(self, key: str, amount: float, now: float | None = None) -> None:
+        """Remove `amount` tokens (may go below zero: the key then waits longer to refill)."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._state.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        self._state[key] = (tokens - amount, now)
+
     def take(self, key: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         tokens, last = self._state.get(key, (float(self.burst), now))
@@ -137,3 +164,57 @@ class TokenBucket:
             return False
         self._state[key] = (tokens - 1.0, now)
         return True
+
+
+def check_loss_paired(before: torch.Tensor, after: torch.Tensor, peer_reductions: list[float],
+                      cfg: ValidationConfig) -> tuple[float, float]:
+    """Returns (mean drop, its standard error) of per-sequence holdout losses, or raises
+    `no_loss_reduction`.
+
+    Both losses are measured on the same sequences, so the difference d_i = before_i − after_i
+    cancels each sequence's own difficulty; what remains is the update's effect plus noise
+    whose size the data itself gives (SE = sd(d)/√N). An update must lower the mean by more
+    than `loss_z` standard errors, `min_paired_drop` nats and `min_relative_drop` × the
+    median of the round's accepted drops.
+    """
+    d = (before.double() - after.double())
+    if not bool(torch.isfinite(d).all()):
+        raise UpdateRejected("no_loss_reduction", "validation loss after the update is not finite")
+    n = d.numel()
+    mean = float(d.mean())
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("inf")
+    bar = max(cfg.min_paired_drop, cfg.loss_z * se)
+    if peer_reductions and cfg.min_relative_drop > 0:
+        bar = max(bar, cfg.min_relative_drop * statistics.median(peer_reductions))
+    if mean <= bar:
+        raise UpdateRejected("no_loss_reduction", f"update does not lower the holdout loss enough: mean drop "
+                             f"{mean:.4g} ± {se:.2g} (SE, {n} sequences), needs > {bar:.4g}")
+    return mean, se
+
+
+def check_round_similarity(cos_peers: list[float], cos_global: float | None, cfg: ValidationConfig) -> None:
+    """Refuses a near-copy of an update already accepted this round from another wallet
+    (`duplicate_work`: the first one earns, copies do not) or of the last published global
+    change (`copied_global`: zero compute). Inputs are sketch cosines. Honest updates of one
+    round share a large common direction (cos up to ≈ 0.97 measured), so the limits sit just
+    below 1: they catch copies, not updates that merely agree."""
+    for c in cos_peers:
+        if c >= cfg.duplicate_cosine:
+            raise UpdateRejected("duplicate_work", f"update is a near-copy of an update already accepted this round "
+                                 f"(sketch cosine {c:.4f} ≥ {cfg.duplicate_cosine})")
+    if cos_global is not None and cos_global >= cfg.copied_cosine:
+        raise UpdateRejected("copied_global", f"update is a copy of the last global change (sketch cosine "
+                             f"{cos_global:.3f} ≥ {cfg.copied_cosine})")
+
+
+def clip_scale(norm: float, reference: float | None, factor: float) -> float:
+    """min(1, factor·reference/norm): the update then moves the model at most factor × the
+    reference norm (bounded influence); 1 when there is no reference yet."""
+    if reference is None or reference <= 0 or norm <= 0:
+        return 1.0
+    return min(1.0, factor * reference / norm)
+
+
+def cooldown_seconds(streak: int, cfg: ValidationConfig) -> float:
+    """How long a wallet with `streak` refusals in a row waits before its next submission."""
+    return 0.0 if streak <= 0 else min(cfg.cooldown_cap, cfg.cooldown_base * 2 ** (streak - 1))

@@ -46,6 +46,8 @@ class ServiceConfig:
     room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
     db_url: str | None = None              # postgresql://... for rounds + ledger; None: SQLite files in state_dir
     room_verify_p: float = 0.05             # share of hops spot-checked (ailo.inference.verify)
+    holdout_dir: str | None = None         # private PoC holdout text (never served); see docs/REWARDS.md
+    holdout_sequences: int = 64            # holdout windows scored per model version
 
 
 def coordinator_wallet(state_dir: Path) -> Wallet:
@@ -100,7 +102,8 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
         routers.append(make_room_weights_router(rooms, library, config.mirrors))
     poc = None
     if svc.proof_of_contribution:
-        poc = ProofOfContribution(ledger, svc.validation)
+        poc = ProofOfContribution(ledger, svc.validation, holdout_dir=svc.holdout_dir,
+                                  holdout_sequences=svc.holdout_sequences)
         poc.install(coord)
     app = create_app(coord, routers, periodic=[ledger.seal_block])
     rate_limit_middleware(app, svc.validation, svc)

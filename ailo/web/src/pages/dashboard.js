@@ -81,6 +81,15 @@ async function render() {
     `<td>${formatAlc(p.rewards)}</td><td>${formatAlc((balances.get ? balances.get(addr) : 0) || 0)}</td></tr>`).join('') ||
     '<tr><td colspan="5" class="muted">nobody yet</td></tr>';
 
+  // Per-wallet record of accepted/refused work (GET /v1/status → reputation); refusals in a row
+  // make a wallet wait before its next update is looked at.
+  const reputation = status.reputation || [];
+  $('reputation').querySelector('tbody').innerHTML = reputation.map((r) =>
+    `<tr><td>${esc(r.username || '')}</td><td class="mono" title="${esc(r.address)}">${esc(short(r.address))}</td><td>${r.accepted}</td>` +
+    `<td class="${r.refused ? 'bad' : ''}">${r.refused}</td><td>${r.streak}</td><td>${r.cooldown_s ? `${r.cooldown_s} s` : '—'}</td>` +
+    `<td>${esc(Object.entries(r.reasons || {}).map(([k, v]) => `${k} ×${v}`).join(', '))}</td></tr>`).join('') ||
+    '<tr><td colspan="7" class="muted">no signed updates yet</td></tr>';
+
   $('updates').querySelector('tbody').innerHTML = updates.updates.slice().reverse().map((u) =>
     `<tr><td>${u.id}</td><td>${u.round}</td><td>${esc(u.client)}</td><td>${u.n_samples}</td><td>${Number(u.train_loss).toFixed(4)}</td>` +
     `<td class="${u.status === 'accepted' ? 'ok' : 'bad'}">${esc(u.status)}</td><td>${esc(u.reason || '')}${u.detail ? ` <span class="muted">${esc(u.detail)}</span>` : ''}</td></tr>`).join('') ||
@@ -92,7 +101,7 @@ async function render() {
   const events = roomEvents(list);
   $('rooms').innerHTML += verificationTable(list, events);
   $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
-  Object.assign(state, { status, release: rel, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
+  Object.assign(state, { status, release: rel, reputation, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
     contributors: rows.map(([address, p]) => ({ address, ...p })), points, roomEvents: events });
 }
 

@@ -1,0 +1,78 @@
+"""Secret random sketches of updates: a k-dimensional fingerprint of a Δ with any number of
+parameters, so that round-level checks (duplicates, copies of the global change) cost O(k)
+per pair instead of O(model), and only k floats are stored with each update row.
+
+The sketch is a sign-randomised bucket sum (a CountSketch with fixed buckets): coordinate i
+of the flattened tensor lands in bucket i mod k with a random sign ±1. It is linear, so
+sketch(a − b) = sketch(a) − sketch(b) and the global change's sketch is the difference of two
+model sketches, and ⟨S a, S b⟩ is an unbiased estimate of ⟨a, b⟩ (cosine error ≈ 1/√k).
+
+The signs come from a seed that must stay secret (the coordinator keeps it in its state
+dir): with known signs a client could add a tiny perturbation that lives entirely in the
+sketch's k-dimensional row space and make a copied update look unrelated.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+
+SKETCH_DIM = 1024
+_CHUNK = 1 << 20  # elements per random-sign draw: bounded memory for any tensor size
+
+
+def _seed_for(secret: bytes, name: str, chunk: int) -> int:
+    digest = hashlib.blake2b(f"{name}:{chunk}".encode(), key=secret[:64], digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def sketch(tensors: Mapping[str, torch.Tensor], secret: bytes, dim: int = SKETCH_DIM) -> np.ndarray:
+    """float64 vector of length `dim`; the same (secret, names, shapes) give the same projection."""
+    out = torch.zeros(dim, dtype=torch.float64)
+    for name in sorted(tensors):
+        flat = tensors[name].detach().reshape(-1).to("cpu", torch.float64)
+        for c, start in enumerate(range(0, flat.numel(), _CHUNK)):
+            piece = flat[start:start + _CHUNK]
+            gen = torch.Generator().manual_seed(_seed_for(secret, name, c))
+            signs = torch.randint(0, 2, (piece.numel(),), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1
+            signed = piece * signs
+            pad = (-signed.numel()) % dim
+            if pad:
+                signed = torch.cat([signed, signed.new_zeros(pad)])
+            out += signed.view(-1, dim).sum(0)
+    return out.numpy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """⟨a, b⟩ / min(‖a‖², ‖b‖²): the share of the smaller vector contained in the larger one.
+    Unlike the cosine it stays ≈ 1 when orthogonal noise is added to a copy to dilute it."""
+    m = min(float(np.dot(a, a)), float(np.dot(b, b)))
+    return float(np.dot(a, b) / m) if m > 0 else 0.0
+
+
+def encode(vec: np.ndarray) -> str:
+    """Compact text form for the update row's JSON `extra` (float32, base64)."""
+    return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+
+
+def decode(text: str) -> np.ndarray:
+    vec = np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64)
+    if not np.all(np.isfinite(vec)):
+        raise ValueError("sketch is not finite")
+    return vec
+
+
+def norm(vec: np.ndarray) -> float:
+    return math.sqrt(float(np.dot(vec, vec)))
