@@ -50,9 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     kinds = () if args.kinds == "none" else tuple(args.kinds.split(","))
-    validation = ValidationConfig()
+    validation = ValidationConfig(registrations_per_hour=100)  # every participant registers from this one address
     if args.permissive:
-        validation = ValidationConfig(duplicate_cosine=2, duplicate_overlap=1e9, copied_cosine=2, min_cosine=-2,
+        validation = ValidationConfig(registrations_per_hour=100, duplicate_cosine=2, copied_cosine=2, min_cosine=-2,
                                       loss_z=-1e9, min_paired_drop=-1e9, cooldown_base=0, refusal_cost=0)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:

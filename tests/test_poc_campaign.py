@@ -24,7 +24,8 @@ def campaign(tmp_path_factory, corpus_dir, one_thread):
     carve_private(corpus_dir, tmp / "public", tmp / "private")
     cfg = CoordinatorConfig(min_updates=1, max_updates=1000, local_steps=6, lr_decay=0.8, round_seconds=3600,
                             val_batches=2, data_dir=str(tmp / "public"))
-    svc = ServiceConfig(holdout_dir=str(tmp / "private"), holdout_sequences=32)
+    svc = ServiceConfig(validation=ValidationConfig(registrations_per_hour=30), holdout_dir=str(tmp / "private"),
+                        holdout_sequences=32)
     app = build_app(cfg, tmp / "coord", svc)
     with TestClient(app) as client:
         camp = Campaign(client, app.state.coordinator, tmp / "public", cache_dir=tmp / "cache",
