@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 DEFAULT_CHUNKS = 35
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPES = {str(d).removeprefix("torch."): d for d in
            (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8)}
 
@@ -84,9 +86,13 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
         d = json.loads(text)
+        chunks = [ChunkInfo(**c) for c in d["chunks"]]
+        for c in chunks:  # names become file names (caches, mirrors) and URLs: nothing but a sha256
+            if not (isinstance(c.sha256, str) and _SHA256.fullmatch(c.sha256)) or not isinstance(c.size, int) or c.size < 0:
+                raise ValueError(f"manifest chunk {c.index}: sha256 must be 64 lowercase hex digits and size ≥ 0")
         return cls(
             version=int(d["version"]), preset=d["preset"], config=d.get("config", {}),
-            chunks=[ChunkInfo(**c) for c in d["chunks"]],
+            chunks=chunks,
             tensors={n: TensorEntry(n, tuple(t["shape"]), t["dtype"], tuple(Part(**p) for p in t["parts"]))
                      for n, t in d["tensors"].items()},
             mirrors=[str(m) for m in d.get("mirrors", [])],
