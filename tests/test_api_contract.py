@@ -82,6 +82,8 @@ def test_chain_from_past_int64(coordinator) -> None:
     body = refused(client.get("/v1/chain", params={"from": BIG}), 422, "bad_field", "from")
     assert body["fields"] == ["from (query)"]
     assert client.get("/v1/chain", params={"from": BIG - 1}).json()["blocks"] == []
+    refused(client.get(f"/v1/updates/{BIG}"), 422, "bad_field", "update_id")   # same edge on the verdict route
+    refused(client.get(f"/v1/updates/{BIG - 1}"), 404)
 
 
 @pytest.mark.parametrize("path", ["/v1/register", "/v1/transfers", "/v1/reports", "/v1/tasks", "/v1/rooms"])

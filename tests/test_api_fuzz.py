@@ -1,13 +1,14 @@
 """Property-based API test (schemathesis over the app's own OpenAPI document, in-process).
 
 Every operation the document lists — including routes other modules add later — gets
-schema-valid and schema-violating requests. For each response: no 5xx, the status, content type
-and body match what the document declares, and a refused request (4xx) changed nothing (ledger
+schema-valid and schema-violating requests. For each response: no 5xx (except an availability
+answer the operation declares: 503 from generate while its room is forming), the status, content
+type and body match what the document declares, and a refused request (4xx) changed nothing (ledger
 tip and balances, round, model version, accepted updates). Rooms requests are signed by a
 registered wallet and operator routes carry the operator token, so the fuzzer reaches the logic
 behind authentication. The default run makes ≥ 1,000 requests (a couple of minutes on a
-2-core box); `AILO_FUZZ_EXAMPLES=N` raises the per-operation count, and bench/api_fuzz.py is
-the long run.
+2-core box); `AILO_FUZZ_EXAMPLES=N` sets the per-operation count and `AILO_FUZZ_SEED` the seed;
+bench/api_fuzz.py is the long run.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
                                                status_code_conformance)
 from starlette.testclient import TestClient  # noqa: E402
@@ -32,13 +32,15 @@ from starlette.testclient import TestClient  # noqa: E402
 from ailo.federation.coordinator import CoordinatorConfig  # noqa: E402
 from ailo.federation.validate import ValidationConfig  # noqa: E402
 from ailo.inference.auth import load_operator_token, sign_request  # noqa: E402
+from ailo.inference.plan import PRESETS  # noqa: E402
 from ailo.ledger.tx import register_tx  # noqa: E402
 from ailo.ledger.verify import now_ms  # noqa: E402
 from ailo.server.services import ServiceConfig, build_app  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
 MIN_REQUESTS = 1000
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
+ROOM = "fuzzroom"   # exists (forming, no nodes): half of the generated room ids are replaced by it
 SIGNED = ("/join", "/heartbeat", "/leave", "/generate")
 
 
@@ -50,6 +52,8 @@ def coordinator(tmp_path):
                         ip_update_burst=10**6, ip_junk_per_minute=1e6, ip_junk_burst=10**6)
     app = build_app(CoordinatorConfig(min_updates=2, val_batches=1, round_seconds=3600), tmp_path, svc)
     with TestClient(app, raise_server_exceptions=False) as client:
+        preset = next(iter(PRESETS.values()))
+        app.state.rooms.create_room(ROOM, preset.model, preset.nodes, tokenizer="gpt2")
         wallet = Wallet.from_label("fuzz/requester")
         assert client.post("/v1/register", json=register_tx(wallet, "fuzzer", now_ms()).to_json()).status_code == 200
         yield app, client, wallet, load_operator_token(tmp_path)
@@ -93,15 +97,20 @@ def test_every_operation_survives_generated_requests(coordinator) -> None:
     started = time.monotonic()
     for op in operations:
         for mode, share in ((GenerationMode.POSITIVE, 0.6), (GenerationMode.NEGATIVE, 0.4)):
-            @seed(20261129)
+            @seed(int(os.environ.get("AILO_FUZZ_SEED", 20261129)))
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(max_examples=max(1, int(per_operation * share)), deadline=None, database=None,
                       suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
             def exercise(case) -> None:
+                if "room_id" in (case.path_parameters or {}) and sum(requests.values()) % 2:
+                    case.path_parameters["room_id"] = ROOM
                 before = state(app)
                 response = send(client, case, wallet, token)
                 requests[op.label] += 1
                 statuses[response.status_code // 100] += 1
+                documented = op.definition.raw.get("responses", {})
+                if response.status_code >= 500 and str(response.status_code) not in documented:
+                    failures.append(f"{op.label} [{mode.value}] server error {response.status_code}: {response.text[:300]}")
                 try:
                     case.validate_response(response, checks=CHECKS)
                 except BaseException as exc:  # schemathesis raises a FailureGroup (a BaseExceptionGroup)
@@ -118,10 +127,10 @@ def test_every_operation_survives_generated_requests(coordinator) -> None:
                 if type(exc).__name__ != "Unsatisfiable":   # e.g. no way to violate an operation without inputs
                     raise
     took = time.monotonic() - started
-    print(f"\nfuzz: {sum(requests.values())} requests over {len(operations)} operations in {took:.1f} s; "
-          f"by status class {dict(sorted(statuses.items()))}")
+    print("\nfuzz: " + json.dumps({"requests": sum(requests.values()), "operations": len(operations),
+                                  "seconds": round(took, 1), "by_status_class": dict(sorted(statuses.items())),
+                                  "violations": len(failures)}))
     assert not failures, f"{len(failures)} contract violations:\n" + "\n".join(sorted(set(failures))[:40])
-    assert statuses[5] == 0
     assert set(requests) == {op.label for op in operations}, "every operation must be exercised"
     assert sum(requests.values()) >= MIN_REQUESTS, requests
 

@@ -42,7 +42,8 @@ def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses = op["responses"]
             for code in list(responses):
-                if code.startswith("4"):
+                declared_elsewhere = code.startswith("5") and "content" in responses[code]
+                if code.startswith("4") or (code.startswith("5") and not declared_elsewhere):
                     responses[code] = {**error, "description": responses[code].get("description") or error["description"]}
             responses.setdefault("4XX", error)
             for response in responses.values():   # `-> dict` beside a declared model: keep the model

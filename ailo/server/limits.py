@@ -7,16 +7,16 @@
 * JSON depth, while streaming: `JsonDepthMiddleware` scans bodies typed as JSON as they pass and refuses
   nesting deeper than `MAX_JSON_DEPTH` before any parser sees them (a 7,000-deep array would
   otherwise reach Python's recursion limit).
-* Integers: `Int64`/`UInt64` (pydantic) and `int_in_range` keep every number that reaches
-  SQLite or a signature inside a signed 64-bit integer, non-negative where that is meaningful.
+* Integers: `le=INT64_MAX` on query/path parameters and the `X-Ailo-*` header
+  checks keep every number that reaches SQLite or a signature inside a signed 64-bit integer,
+  non-negative where that is meaningful.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ailo.server.errors import ApiError
@@ -43,19 +43,6 @@ BODY_LIMITS: dict[tuple[str, str], int] = {
     ("POST", "/v1/rooms/{room_id}/leave"): SMALL_JSON_BYTES,
     ("POST", "/v1/rooms/{room_id}/generate"): GENERATE_BYTES,
 }
-
-Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
-UInt64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
-
-
-def int_in_range(name: str, raw: str, lo: int = 0, hi: int = INT64_MAX) -> int:
-    """Parse a decimal integer from a header or query string, refusing (400) anything outside [lo, hi]."""
-    if not re.fullmatch(r"[+-]?[0-9]{1,20}", raw.strip()):
-        raise ApiError(400, f"{name}: {raw[:40]!r} is not an integer", "bad_field")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name}: {value} is outside [{lo}, {hi}]", "bad_field")
-    return value
 
 
 class BodyTooLarge(ApiError):

@@ -301,7 +301,9 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         return {"left": body.node_id}
 
     @router.post("/{room_id}/generate", openapi_extra=signed_json(GenerateBody, "the request"),
-                 responses=reply(GenerateDone, content=NDJSON))
+                 responses=reply(GenerateDone, content=NDJSON,
+                                 more={502: {"description": "every node of a span failed (stream: false)"},
+                                       503: {"description": "the room is forming or a span has no live node"}}))
     async def generate(room_id: str, request: Request):
         try:
             per_ip.take(_peer(request))
