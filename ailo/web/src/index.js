@@ -19,4 +19,4 @@ export { fetchSpanManifest, loadSpanWeights, assembleSpan } from './spanweights.
 export { decodeFrame, encodeFrame, WireError } from './wire.js';
 export { ContinuousContributor, backoffSeconds, isTransient } from './continuous.js';
 export { BrowserNode, signRoomRequest, roomRequestMessage } from './node.js';
-export { roomsTable, roomNodes, nodeKind } from './roomsview.js';
+export { roomsTable, roomNodes, nodeKind, roomChecksTable, roomEvents } from './roomsview.js';

@@ -28,3 +28,25 @@ export function roomsTable(rooms) {
   return `${head}${roomRows}</tbody></table>` + (nodes.length
     ? `<table id="room-nodes"><thead><tr><th>room</th><th>node</th><th>kind</th><th>span</th><th>state</th><th>requests served</th></tr></thead><tbody>${nodeRows}</tbody></table>` : '');
 }
+
+// Spot checks (issue 10): per room the price, the check probability and the verdict counts, then
+// the latest mismatches / disputes / evictions (GET /v1/rooms/{id} -> verification).
+const shortId = (a) => (a ? `${String(a).slice(0, 12)}` : '');
+const alc = (units) => `${(units / 1e8).toFixed(2)} ALC`;
+
+export function roomEvents(rooms) {
+  return (Array.isArray(rooms) ? rooms : []).flatMap((r) => ((r.verification && r.verification.events) || []).map((e) => ({ room: r.id, ...e })));
+}
+
+export function roomChecksTable(rooms) {
+  if (!Array.isArray(rooms) || !rooms.length) return '';
+  const counts = (r) => Object.entries((r.verification && r.verification.checks) || {}).map(([k, v]) => `${esc(k)} ${v}`).join(', ') || '—';
+  const rows = rooms.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.price ? alc(r.price) : '—'}</td>` +
+    `<td>${esc((r.verification && r.verification.p) ?? '—')}</td><td class="room-checks">${counts(r)}</td></tr>`).join('');
+  const events = roomEvents(rooms);
+  const evRows = events.slice(-10).reverse().map((e) => `<tr><td>${esc(e.room)}</td><td class="bad">${esc(e.status)}</td>` +
+    `<td title="${esc(e.address || '')}"><code>${esc(shortId(e.node_id))}</code></td><td>${esc(e.span || '')}</td>` +
+    `<td>${e.distance !== undefined && e.distance !== null ? `${esc(e.distance)} / ${esc(e.tolerance)}` : esc(e.strikes ? `${e.strikes} strikes` : '')}</td></tr>`).join('');
+  return `<table id="room-checks"><thead><tr><th>room</th><th>price / request</th><th>spot-check p</th><th>verdicts</th></tr></thead><tbody>${rows}</tbody></table>` +
+    (events.length ? `<table id="room-events"><thead><tr><th>room</th><th>verdict</th><th>node</th><th>span</th><th>distance / tolerance</th></tr></thead><tbody>${evRows}</tbody></table>` : '');
+}

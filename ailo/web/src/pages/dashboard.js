@@ -4,7 +4,7 @@
 import { CoordinatorClient, syncChain } from '../api.js';
 import { KV } from '../idb.js';
 import { formatAlc } from '../ledger.js';
-import { roomNodes, roomsTable } from '../roomsview.js';
+import { roomChecksTable, roomEvents, roomNodes, roomsTable } from '../roomsview.js';
 
 const $ = (id) => document.getElementById(id);
 const client = new CoordinatorClient('');
@@ -99,27 +99,10 @@ async function render() {
   $('rooms').innerHTML = roomsTable(list);
   state.roomNodes = roomNodes(list);
   const events = roomEvents(list);
-  $('rooms').innerHTML += verificationTable(list, events);
+  $('rooms').innerHTML += roomChecksTable(list);
   $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
   Object.assign(state, { status, release: rel, reputation, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
     contributors: rows.map(([address, p]) => ({ address, ...p })), points, roomEvents: events });
-}
-
-// Spot checks (issue 10): verdict counts per room, then the latest mismatches / disputes / evictions.
-function roomEvents(list) {
-  return (Array.isArray(list) ? list : []).flatMap((r) => ((r.verification && r.verification.events) || []).map((e) => ({ room: r.id, ...e })));
-}
-
-function verificationTable(list, events) {
-  if (!Array.isArray(list) || !list.length) return '';
-  const counts = (r) => Object.entries((r.verification && r.verification.checks) || {}).map(([k, v]) => `${esc(k)} ${v}`).join(', ') || '—';
-  const rows = list.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.price ? formatAlc(r.price) : '—'}</td>` +
-    `<td>${esc((r.verification && r.verification.p) ?? '—')}</td><td class="room-checks">${counts(r)}</td></tr>`).join('');
-  const evRows = events.slice(-10).reverse().map((e) => `<tr><td>${esc(e.room)}</td><td class="bad">${esc(e.status)}</td>` +
-    `<td class="mono" title="${esc(e.address || '')}">${esc(short(e.node_id || ''))}</td><td>${esc(e.span || '')}</td>` +
-    `<td>${e.distance !== undefined && e.distance !== null ? `${esc(e.distance)} / ${esc(e.tolerance)}` : esc(e.strikes ? `${e.strikes} strikes` : '')}</td></tr>`).join('');
-  return `<table id="room-checks"><thead><tr><th>room</th><th>price / request</th><th>spot-check p</th><th>verdicts</th></tr></thead><tbody>${rows}</tbody></table>` +
-    (events.length ? `<table id="room-events"><thead><tr><th>room</th><th>verdict</th><th>node</th><th>span</th><th>distance / tolerance</th></tr></thead><tbody>${evRows}</tbody></table>` : '');
 }
 
 async function main() {
