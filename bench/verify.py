@@ -3,9 +3,9 @@
 A 3-span Llama room of in-process nodes (real HTTP on loopback) with a small-init checkpoint
 (std 0.02: a skipped half-layer changes the hidden state least). For each attack (zeros, noise,
 skip the span's last unit) one bfloat16 node cheats on every hop; requests of --new-tokens tokens are
-sent with spot-check probability --p until the first mismatch verdict, --trials times. Reported:
-requests (and cheater hops) until detection — mean, 99th percentile, max — against the bound
-N = ceil(ln 0.01 / ln(1 - p)) hops. Then honest float16 / bfloat16 nodes are checked on every
+sent with audit probability --p (per span per request) until the first mismatch verdict,
+--trials times. Reported: requests until detection — mean, 99th percentile, max — against the
+bound N = ceil(ln 0.01 / ln(1 - p)) requests, and how many audits of the cheater missed. Then honest float16 / bfloat16 nodes are checked on every
 hop (p = 1) against the float32 reference: flags must be 0; the largest distance is reported
 next to its tolerance.
 
@@ -32,7 +32,7 @@ from ailo.inference.node import NodeService, build_node_app  # noqa: E402
 from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.inference.serving import ThreadedServer  # noqa: E402
 from ailo.inference.spec import read_spec  # noqa: E402
-from ailo.inference.verify import RTOL, ReferenceSpans, SpotChecker, hops_for_detection  # noqa: E402
+from ailo.inference.verify import DEFAULT_P, RTOL, ReferenceSpans, SpotChecker, requests_for_detection  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
 PROMPT = [3, 14, 15, 92, 65, 35]
@@ -64,7 +64,7 @@ def ask(reg, checker, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--p", type=float, default=0.05)
+    ap.add_argument("--p", type=float, default=DEFAULT_P)
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--honest-requests", type=int, default=20)
@@ -73,10 +73,9 @@ def main() -> None:
     ckpt = Path(tempfile.mkdtemp(prefix="ailo-bench-verify-"))
     make_hf_checkpoint(ckpt, "llama", layers=3, init_std=0.02)
     ref = ReferenceSpans(ckpt)
-    bound_hops = hops_for_detection(args.p)
-    bound_requests = math.ceil(bound_hops / args.new_tokens)
+    bound_requests = requests_for_detection(args.p)
     out: dict = {"bench": "verify", "p": args.p, "new_tokens": args.new_tokens, "trials": args.trials,
-                 "bound_hops_99": bound_hops, "bound_requests_99": bound_requests, "attacks": {}}
+                 "bound_requests_99": bound_requests, "attacks": {}}
     t0 = time.perf_counter()
     for attack in ("zeros", "noise", "skip"):
         # the cheater runs bfloat16, the loosest tolerance (5e-2): the hardest case for detection

@@ -41,9 +41,10 @@ def test_dashboard_room_tables_show_mismatches_and_evictions(tmp_path):
             reg.heartbeat("r", rec.node_id, (span.start, span.end))
         cheat = nodes[1][2]
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            done = signed(http, "/v1/rooms/r/generate", Wallet.from_label("dash-asker"),
-                          {"input_ids": [1, 2, 3], "max_new_tokens": 3, "stream": False}).json()
-            assert cheat.address not in done["payees"]
+            for _ in range(3):  # one audit per span per request (p = 1): three strikes evict
+                done = signed(http, "/v1/rooms/r/generate", Wallet.from_label("dash-asker"),
+                              {"input_ids": [1, 2, 3], "max_new_tokens": 3, "stream": False}).json()
+                assert cheat.address not in done["payees"]
         with chromium() as ctx:
             page = ctx.new_page()
             page.goto(server.url + "/harness")

@@ -19,7 +19,7 @@ from ailo.inference.node import NodeService, build_node_app
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
-from ailo.inference.verify import ReferenceSpans, SpotChecker, hops_for_detection
+from ailo.inference.verify import ReferenceSpans, SpotChecker, requests_for_detection
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.procs import ROOT, free_port
@@ -74,12 +74,13 @@ def test_honest_nodes_in_float16_and_bfloat16_are_never_flagged(ckpt):
         for _ in range(3):
             done = ask(reg, checker, ledger)
             assert done["type"] == "done" and len(done["payees"]) == 3
-            assert len(done["checks"]) == 3 * 8 and {c["status"] for c in done["checks"]} == {"ok"}
+            assert len(done["checks"]) == 3 and {c["status"] for c in done["checks"]} == {"ok"}  # every span
+            assert [c["hops"] for c in done["checks"]] == [8, 8, 8]  # each audit compared all 8 hops
             worst = max(c["distance"] for c in done["checks"])
             assert worst < 0.02, worst  # bfloat16's tolerance is 0.05
         view = reg.view(reg.get("r"))
-        assert view["verification"]["checks"] == {"ok": 72} and view["verification"]["events"] == []
-        assert all(n["strikes"] == 0 and n["checks"] == 24 for n in view["nodes"])
+        assert view["verification"]["checks"] == {"ok": 9} and view["verification"]["events"] == []
+        assert all(n["strikes"] == 0 and n["checks"] == 3 for n in view["nodes"])
     finally:
         stop(nodes)
 
@@ -91,12 +92,13 @@ def test_a_cheating_node_is_caught_unpaid_struck_and_evicted(ckpt, attack):
     ledger = FakeLedger()
     cheat = nodes["b"][2]
     try:
-        done = ask(reg, checker, ledger, n=3)  # 3 hops on the cheater, each checked (p = 1)
-        assert done["type"] == "done" and cheat.address not in done["payees"] and len(done["payees"]) == 2
-        bad = [c for c in done["checks"] if c["node_id"] == cheat.node_id]
-        assert bad and all(c["status"] == "mismatch" and c["by"] == "reference" for c in bad)
-        assert all(c["distance"] == "inf" or c["distance"] > c["tolerance"] for c in bad)
-        assert all(c["status"] == "ok" for c in done["checks"] if c["node_id"] != cheat.node_id)
+        for _ in range(3):  # every request audits every span (p = 1): one strike per request
+            done = ask(reg, checker, ledger, n=3)
+            assert done["type"] == "done" and cheat.address not in done["payees"] and len(done["payees"]) == 2
+            bad = [c for c in done["checks"] if c["node_id"] == cheat.node_id]
+            assert len(bad) == 1 and bad[0]["status"] == "mismatch" and bad[0]["by"] == "reference"
+            assert bad[0]["distance"] == "inf" or bad[0]["distance"] > bad[0]["tolerance"]
+            assert all(c["status"] == "ok" for c in done["checks"] if c["node_id"] != cheat.node_id)
         view = reg.view(reg.get("r"))
         assert cheat.address in view["verification"]["banned"]  # 3 strikes...
         assert cheat.node_id not in {n["node_id"] for n in view["nodes"]}  # ...lost its slot
@@ -120,7 +122,7 @@ def test_replica_referees_dispute_without_a_second_opinion_and_convict_with_one(
         nodes["d"][2].active += 10  # route through the cheater
         done = ask(reg, checker, ledger, n=2)
         on_a = [c for c in done["checks"] if c["node_id"] == cheat.node_id]
-        assert len(on_a) == 2 and {c["status"] for c in on_a} == {"disputed"}  # one replica: who lied?
+        assert len(on_a) == 1 and {c["status"] for c in on_a} == {"disputed"}  # one replica: who lied?
         assert done["payees"] == [] and cheat.strikes == 0  # unpaid, but nobody is struck
         extra = room_of_extra(reg, ckpt, "e")
         done = ask(reg, checker, ledger, n=1)
@@ -145,10 +147,10 @@ def room_of_extra(reg, ckpt, name):
 
 
 def test_sampling_rate_and_the_detection_bound():
-    assert hops_for_detection(0.05) == 90 and 0.95 ** 90 < 0.01 < 0.95 ** 89
-    checker = SpotChecker(RoomRegistry(), p=0.05, seed=1)
+    assert requests_for_detection(0.1) == 44 and 0.9 ** 44 < 0.01 < 0.9 ** 43
+    checker = SpotChecker(RoomRegistry(), p=0.1, seed=1)
     hits = sum(checker.sample() for _ in range(20_000))
-    assert 850 < hits < 1150
+    assert 1800 < hits < 2200
     assert not any(SpotChecker(RoomRegistry(), p=0.0).sample() for _ in range(1000))
 
 
@@ -180,11 +182,11 @@ def test_garbage_node_process_is_unpaid_and_evicted_in_a_room_of_processes(ckpt,
             time.sleep(0.2)
         cheat = Wallet.from_label("verify-proc-1").address
         asker = Wallet.from_label("verify-asker")
-        r = signed(http, "/v1/rooms/r/generate", asker, {"input_ids": PROMPT, "max_new_tokens": 2, "stream": False})
-        done = r.json()
-        assert r.status_code == 200 and cheat not in done["payees"] and len(done["payees"]) == 2
-        assert {c["status"] for c in done["checks"] if c["address"] == cheat} == {"mismatch"}
-        signed(http, "/v1/rooms/r/generate", asker, {"input_ids": PROMPT, "max_new_tokens": 2, "stream": False})
+        for _ in range(3):  # one audit (a strike) per request; the third evicts
+            r = signed(http, "/v1/rooms/r/generate", asker, {"input_ids": PROMPT, "max_new_tokens": 2, "stream": False})
+            done = r.json()
+            assert r.status_code == 200 and cheat not in done["payees"] and len(done["payees"]) == 2
+            assert {c["status"] for c in done["checks"] if c["address"] == cheat} == {"mismatch"}
         view = http.get("/v1/rooms/r").json()
         assert cheat in view["verification"]["banned"] and view["verification"]["p"] == 1.0
         assert "evicted" in [e["status"] for e in view["verification"]["events"]]

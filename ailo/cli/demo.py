@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve only the fp32 model (default: bf16 model + int8 patches from the previous version)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--stall-seconds", type=float, default=900.0, help="give up when no round closes this long")
+    p.add_argument("--no-room", action="store_true", help="skip the signed, paid inference-room step")
     p.set_defaults(func=run)
 
 
@@ -160,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         for p in procs[1:]:
             p.wait(timeout=60)
+        room = None
+        if not args.no_room and args.workers >= 3:
+            room = _room_step(url, out, say)
         balances = _balances(url, out / "wallets", names)
         verify = subprocess.run([sys.executable, "-m", "ailo.cli.main", "chain", "verify", "--coordinator", url],
                                 capture_output=True, text=True, timeout=300)
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                "val_loss": [h["val_loss"] for h in history],
                "bytes_down": sum(h["bytes_down"] for h in history), "bytes_up": sum(h["bytes_up"] for h in history),
                "seconds": round(time.time() - t0, 1), "plot": str(out / "val_loss.png"),
-               "balances_alc": balances, "chain_verify_ok": verify.returncode == 0,
+               "balances_alc": balances, "room": room, "chain_verify_ok": verify.returncode == 0,
                "chain_verify": verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}
     if args.json:
         print(json.dumps(summary))
@@ -187,6 +191,48 @@ def run(args: argparse.Namespace) -> int:
         say("balances (ALC): " + ", ".join(f"{n} {b:.8f}" for n, b in balances.items()))
         say(f"ailo chain verify: {summary['chain_verify']}")
     return 0 if summary["chain_verify_ok"] else 1
+
+
+def _room_step(url: str, out: Path, say) -> dict:
+    """The signed inference flow: the operator creates a 2-span room (token file), worker-0 and
+    worker-1 serve it with `ailo node --wallet`, worker-2 asks with `ailo ask --wallet` and pays
+    the room's price with a PAY_INFERENCE; each node earns 0.05 ALC."""
+    from ailo.inference.checkpoints import make_hf_checkpoint
+
+    model = out / "room-model"
+    make_hf_checkpoint(model, "llama", layers=2, hidden=64, vocab=512, init_std=0.3)
+    token = (out / "coordinator" / "operator-token").read_text().strip()
+    r = httpx.post(f"{url}/v1/rooms", json={"id": "demo", "slots": 2, "model": json.loads((model / "config.json").read_text())},
+                   headers={"authorization": f"Bearer {token}"}, timeout=30)
+    if r.status_code != 201:
+        raise CLIError(f"room create: {r.text}")
+    wallets = {n: out / "wallets" / f"{n}.json" for n in ("worker-0", "worker-1", "worker-2")}
+    addr = {n: json.loads(p.read_text())["address"] for n, p in wallets.items()}
+    before = {n: httpx.get(f"{url}/v1/balance/{a}", timeout=30).json()["spendable"] for n, a in addr.items()}
+    nodes = [_spawn(["node", "--room", "demo", "--model-dir", str(model), "--coordinator", url, "--memory", "1GB",
+                     "--wallet", str(wallets[n])], out / "logs" / f"node-{n}.log") for n in ("worker-0", "worker-1")]
+    try:
+        deadline = time.time() + 120
+        while httpx.get(f"{url}/v1/rooms/demo", timeout=30).json()["state"] != "ready":
+            if time.time() > deadline or any(p.poll() is not None for p in nodes):
+                raise CLIError(f"the demo room did not become ready; see {out / 'logs'}")
+            time.sleep(0.3)
+        price = httpx.get(f"{url}/v1/rooms/demo", timeout=30).json()["price"]
+        ask = subprocess.run([sys.executable, "-m", "ailo.cli.main", "ask", "--room", "demo", "--coordinator", url,
+                              "--wallet", str(wallets["worker-2"]), "--ids", "1,2,3,4", "--max-tokens", "8", "-v"],
+                             capture_output=True, text=True, timeout=120)
+        if ask.returncode != 0:
+            raise CLIError(f"ailo ask: {ask.stderr.strip()}")
+    finally:
+        for p in nodes:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+    after = {n: httpx.get(f"{url}/v1/balance/{a}", timeout=30).json()["spendable"] for n, a in addr.items()}
+    delta = {n: (after[n] - before[n]) / 1e8 for n in addr}
+    say(f"inference room 'demo' (2 spans, price {price / 1e8:.2f} ALC + 0.01 fee): worker-0 and worker-1 serve it "
+        f"with signed nodes, worker-2 asks and pays; balance changes: "
+        + ", ".join(f"{n} {d:+.2f}" for n, d in delta.items()))
+    return {"price_alc": price / 1e8, "tokens": ask.stdout.strip(), "balance_change_alc": delta}
 
 
 def _balances(url: str, wallet_dir: Path, names: list[str]) -> dict[str, float]:

@@ -69,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--db", default=None, metavar="URL",
                    help="postgresql://user@host:port/dbname for rounds and ledger (default: SQLite files in --state); "
                    "keep the password out of the URL: psycopg reads PGPASSWORD or ~/.pgpass")
-    c.add_argument("--room-verify", type=float, default=0.05, metavar="P",
-                   help="rooms: share of hops re-run on a referee (the --room-checkpoints copy, else another "
-                   "wallet's replica); a mismatching node is unpaid and loses its slot after 3 strikes")
+    c.add_argument("--room-verify", type=float, default=0.10, metavar="P",
+                   help="rooms: probability that a span of a request is audited (re-run on the --room-checkpoints "
+                   "copy, else another wallet's replica); a mismatching node is unpaid, 3 strikes evict it")
     c.set_defaults(func=run_coordinator)
 
     w = sub.add_parser("worker", help="run a native training worker")

@@ -22,7 +22,7 @@ from ailo.inference.plan import Span
 from ailo.inference.rewards import InferenceRewardSink, pay_request
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
 from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
-from ailo.inference.verify import HopRecord, SpotChecker
+from ailo.inference.verify import SpanAudit, SpotChecker
 from ailo.inference.wire import Frame, WireError
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,9 @@ class Generation:
         self._used: dict[str, NodeRecord] = {}
         self._client: NodeClient = self.client_factory()
         self._notes: list[dict] = []  # failover events, streamed before the next token or error
-        self._seen: list[list[torch.Tensor]] = [[] for _ in self.spans]  # each span's inputs so far
-        self._checks: list = []  # futures of verify.Verdict
+        # spans audited in this request (verify.py): what each was sent and answered since its cache was built
+        chosen = [k for k in range(len(self.spans)) if self.checker is not None and self.checker.sample()]
+        self._audit: dict[int, tuple[list, list, list]] = {k: ([], [], []) for k in chosen}
 
     # ----- pipeline -----------------------------------------------------------------------
     def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
@@ -122,15 +123,13 @@ class Generation:
                                                     "or non-finite values"))
             moved += len(body) + len(raw)
             self.processed.setdefault(node.node_id, node.address)
-            if self.checker is not None:
-                seen = self._seen[k]
-                if start == 0:
-                    seen.clear()
-                seen.append(x)
-                if self.checker.sample():
-                    self._checks.append(self.checker.submit(HopRecord(
-                        self.room_id, self.request_id, span.index, (span.start, span.end), span.label, span.last,
-                        node, torch.cat(seen, dim=1), x.shape[1], out)))
+            if k in self._audit:
+                sent, answers, ends = self._audit[k]
+                if start == 0:  # the node's cache was (re)built: earlier hops are superseded
+                    sent.clear(), answers.clear(), ends.clear()
+                sent.append(x)
+                answers.append(out)
+                ends.append(start + x.shape[1])
             x = out
         return x[0], moved
 
@@ -223,8 +222,12 @@ class Generation:
                     self._client.release(n.url, self.request_id)
             self._client.close()
         if completed:
+            checks = [self.checker.submit(SpanAudit(self.room_id, self.request_id, k, (s.start, s.end), s.label,
+                                                    s.last, self.route[k], torch.cat(sent, dim=1), answers, ends))
+                      for k, (sent, answers, ends) in self._audit.items() if answers
+                      for s in [self.spans[k]]]
             verdicts = []
-            for future in self._checks:  # rewards wait for this request's checks
+            for future in checks:  # rewards wait for this request's audits
                 try:
                     verdicts.append(future.result(timeout=max(self.hop_timeout, 1.0) * 2))
                 except Exception as exc:  # a check that cannot finish proves nothing

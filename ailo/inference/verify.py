@@ -1,29 +1,32 @@
 """Spot checks of node outputs: is a node really computing its span? (issue 10, part 3)
 
-With probability `p` per hop (default 5 %), the coordinator re-runs the very frame a node just
-answered — every position the node's KV cache covers, as one reset frame — on a *referee*, and
-compares the rows of the hop:
+Unit of audit: one span of one request. When a request starts, each span is chosen for audit
+with probability `p` (default 10 %, so 10 % of all hops are checked); nodes cannot tell. For an
+audited span the coordinator keeps what it sent the node and every answer; when the request is
+done it re-runs the span ONCE over the whole sequence on a *referee* (one batched prefill, far
+cheaper than re-running each hop's prefix) and compares every hop's rows:
 
 - referees, in order: the room's coordinator-side reference (the operator's checkpoint,
   float32, loaded span by span on first use) when there is one, then ready replicas of the
-  same span owned by OTHER wallets (a node's own replica cannot vouch for it);
-- distance = ‖got − want‖₂ / ‖want‖₂ over the hop's rows (hidden states, or the last span's
-  logits), in float32; tolerance = the loosest of the two answers' dtypes
-  (float32 1e-3, float16 2e-2, bfloat16 5e-2), so an honest float16 / bfloat16 node is never
-  flagged against a float32 referee, while zeros (distance 1), noise (≈ 1.4) or a skipped
-  half-layer (measured in bench/verify.py) are far outside it;
+  same span owned by OTHER wallets (a node's own replica cannot vouch for it; a replica of the
+  last span returns only the final position's logits, so only the last hop is compared there);
+- per hop, distance = ‖got − want‖₂ / ‖want‖₂ over its rows (hidden states, or the last span's
+  logits) in float32; the verdict takes the worst hop, so one cheated hop among many is not
+  diluted; tolerance = the loosest of the two answers' dtypes (float32 1e-3, float16 2e-2,
+  bfloat16 5e-2): honest float16 / bfloat16 nodes stay far below it, zeros (1.0), noise (≈ 1.4)
+  or a skipped half-layer (≥ 0.08 measured, bench/verify.py) far above;
 - a mismatch against the reference convicts the node; against a replica it is re-checked on
   the next referee: if that one agrees with the node, the first replica lied (it gets the
-  strike); with no second referee the hop is *disputed*: the node is not paid for the
+  strike); with no second referee the audit is *disputed*: the node is not paid for the
   request, nobody gets a strike.
 
 A convicted node is not paid for that request, gets a strike, and loses its slot (and may not
-rejoin the room with that wallet) after `strikes_to_evict` strikes. Checks run on a small
-thread pool while the generation goes on; the request's rewards wait for its checks.
+rejoin the room with that wallet) after `strikes_to_evict` strikes. Audits run on a small
+thread pool; the request's rewards wait for them.
 
-Detection: a node that cheats on every hop survives n of its hops unchecked with probability
-(1 − p)ⁿ, so it is caught within ⌈ln 0.01 / ln(1 − p)⌉ = 90 hops with probability ≥ 99 % at
-p = 5 % (e.g. 12 requests of 8 new tokens, or 90 one-token requests).
+Detection: a node that cheats in every request escapes n audits-or-not with probability
+(1 − p)ⁿ, so it is caught within ⌈ln 0.01 / ln(1 − p)⌉ = 44 of its requests with probability
+≥ 99 % at p = 10 % (regardless of how many tokens each request has).
 """
 from __future__ import annotations
 
@@ -47,13 +50,13 @@ from ailo.inference.wire import Frame
 
 log = logging.getLogger(__name__)
 
-DEFAULT_P = 0.05
+DEFAULT_P = 0.10
 STRIKES_TO_EVICT = 3
 RTOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
-def hops_for_detection(p: float, confidence: float = 0.99) -> int:
-    """Hops a node cheating on every hop survives with probability < 1 − confidence."""
+def requests_for_detection(p: float, confidence: float = 0.99) -> int:
+    """Requests a node cheating in every request survives with probability < 1 − confidence."""
     return math.ceil(math.log(1 - confidence) / math.log(1 - p))
 
 
@@ -71,9 +74,10 @@ def distance(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @dataclass
-class HopRecord:
-    """One answered hop, kept for a check: `inputs` holds every position of the request the
-    node has seen (ids or hidden states), `output` its answer for the last `rows` of them."""
+class SpanAudit:
+    """One span of one finished request: `inputs` = every position sent to the node since its
+    cache was (re)built (ids or hidden states), `outputs[i]` its answer to hop i, which covered
+    positions [ends[i-1], ends[i])."""
 
     room_id: str
     request_id: str
@@ -83,8 +87,8 @@ class HopRecord:
     last: bool
     node: NodeRecord
     inputs: torch.Tensor
-    rows: int
-    output: torch.Tensor
+    outputs: list[torch.Tensor]
+    ends: list[int]
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Verdict:
     tolerance: float | None = None
     by: str | None = None        # "reference" or the referee node's id
     culprit: str | None = None   # node id judged wrong (the node itself, or a lying referee)
+    hops: int = 0                # hops compared
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -120,15 +125,31 @@ class ReferenceSpans:
         self._lock = threading.Lock()
 
     def run(self, span: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
-        with self._lock:
+        """The span over every position of `x`: hidden states (1, L, H), or on the last span the
+        logits of EVERY position (1, L, V) — a node answers only the last one per hop."""
+        with self._lock, torch.inference_mode():
             model = self._spans.get(span)
             if model is None:
                 model = self._spans[span] = load_span(self.dir, span[0], span[1], dtype="float32").model
-            return model(x, 0, RequestCache())
+            head, model.head = model.head, None
+            try:
+                out = model(x, 0, RequestCache())
+            finally:
+                model.head = head
+            return out if head is None else head.lm_head(head.norm(out)).float()
 
 
-def _rows(rec: HopRecord, out: torch.Tensor) -> torch.Tensor:
-    return out if rec.last else out[:, -rec.rows:]
+def hop_distances(audit: SpanAudit, want: torch.Tensor) -> list[float]:
+    """Distance of each hop's answer to the referee's rows (a node referee on the last span
+    gives only the final position: then only the last hop is compared)."""
+    if audit.last and want.dim() == 2:
+        return [distance(audit.outputs[-1], want)]
+    out, start = [], 0
+    for got, end in zip(audit.outputs, audit.ends):
+        ref = want[:, end - 1] if audit.last else want[:, start:end]
+        out.append(distance(got, ref))
+        start = end
+    return out
 
 
 class SpotChecker:
@@ -151,11 +172,11 @@ class SpotChecker:
         with self._rng_lock:
             return self._rng.random() < self.p
 
-    def submit(self, rec: HopRecord) -> Future:
-        return self._pool.submit(self.judge, rec)
+    def submit(self, audit: SpanAudit) -> Future:
+        return self._pool.submit(self.judge, audit)
 
     # ----- judging ------------------------------------------------------------------------
-    def _referees(self, rec: HopRecord) -> list[tuple[str, object]]:
+    def _referees(self, rec: SpanAudit) -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []
         try:
             room = self.registry.get(rec.room_id)
@@ -172,7 +193,7 @@ class SpotChecker:
         out += [(n.node_id, n) for n in replicas if n.address != rec.node.address]
         return out
 
-    def _run(self, referee: object, rec: HopRecord) -> torch.Tensor:
+    def _run(self, referee: object, rec: SpanAudit) -> torch.Tensor:
         if isinstance(referee, ReferenceSpans):
             return referee.run(rec.span, rec.inputs)
         node: NodeRecord = referee  # type: ignore[assignment]
@@ -184,17 +205,18 @@ class SpotChecker:
             client.release(node.url, rid)
             client.close()
 
-    def judge(self, rec: HopRecord) -> Verdict:
-        base = dict(request_id=rec.request_id, span=rec.label, node_id=rec.node.node_id, address=rec.node.address)
+    def judge(self, rec: SpanAudit) -> Verdict:
+        base = dict(request_id=rec.request_id, span=rec.label, node_id=rec.node.node_id, address=rec.node.address,
+                    hops=len(rec.outputs))
         results: list[tuple[str, float, float]] = []  # (referee, distance to the node's answer, tolerance)
         for name, referee in self._referees(rec):
             try:
-                want = _rows(rec, self._run(referee, rec))
+                want = self._run(referee, rec)
             except Exception as exc:  # an unreachable referee proves nothing either way
                 log.info("referee %s for %s unavailable: %s", name, rec.label, exc)
                 continue
-            tol = tolerance(rec.output.dtype, want.dtype)
-            results.append((name, distance(rec.output, want), tol))
+            tol = tolerance(rec.outputs[-1].dtype, want.dtype)
+            results.append((name, max(hop_distances(rec, want)), tol))
             dist = results[-1][1]
             if dist <= tol:
                 if len(results) == 1:

@@ -45,7 +45,7 @@ class ServiceConfig:
     ip_junk_burst: int = 20
     room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
     db_url: str | None = None              # postgresql://... for rounds + ledger; None: SQLite files in state_dir
-    room_verify_p: float = 0.05             # share of hops spot-checked (ailo.inference.verify)
+    room_verify_p: float = 0.10             # share of (request, span) audits (ailo.inference.verify)
     holdout_dir: str | None = None         # private PoC holdout text (never served); see docs/REWARDS.md
     holdout_sequences: int = 64            # holdout windows scored per model version
 
