@@ -230,13 +230,16 @@ class RoomRegistry:
                                     "address": node.address, "strikes": node.strikes})
 
     # ----- routing ------------------------------------------------------------------------
-    def candidates(self, room_id: str, span_index: int, exclude: set[str] = frozenset()) -> list[NodeRecord]:
-        """Ready nodes of a span, least busy first, rotating among equals."""
+    def candidates(self, room_id: str, span_index: int, exclude: set[str] = frozenset(),
+                   rotate: bool = True) -> list[NodeRecord]:
+        """Ready nodes of a span, least busy first, rotating among equals (`rotate=False`: a
+        look-up, e.g. for spot-check referees, that must not shift the routing turn)."""
         room = self.get(room_id)
         with self._lock:
             nodes = [n for n in room.nodes.values()
                      if n.span == span_index and n.node_id not in exclude and self.ready(room, n)]
-            turn = self._rr[(room_id, span_index)] = self._rr.get((room_id, span_index), 0) + 1
+            turn = self._rr.get((room_id, span_index), 0) + int(rotate)
+            self._rr[(room_id, span_index)] = turn
             k = turn % len(nodes) if nodes else 0
             nodes = nodes[k:] + nodes[:k]
             return sorted(nodes, key=lambda n: n.active)

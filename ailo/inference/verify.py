@@ -187,7 +187,8 @@ class SpotChecker:
         if ref is not None:
             out.append(("reference", ref))
         try:
-            replicas = self.registry.candidates(rec.room_id, rec.span_index, exclude={rec.node.node_id})
+            replicas = self.registry.candidates(rec.room_id, rec.span_index, exclude={rec.node.node_id},
+                                                rotate=False)
         except Exception:
             replicas = []
         out += [(n.node_id, n) for n in replicas if n.address != rec.node.address]
