@@ -58,3 +58,11 @@ def test_coordinator_on_postgres_round_restart_export(tmp_path, pg_url):
     bad = subprocess.run([sys.executable, "-m", "ailo.cli.main", "coordinator", "--state", str(tmp_path / "x"),
                           "--db", "mysql://nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unsupported --db" in bad.stderr
+
+
+def test_unreachable_database_is_a_cli_error_without_the_password(tmp_path):
+    url = f"postgresql://bob:s3cret@127.0.0.1:{free_port()}/ailo"
+    r = subprocess.run([sys.executable, "-m", "ailo.cli.main", "coordinator", "--state", str(tmp_path / "s"),
+                        "--db", url], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot use the database postgresql://bob:***@" in r.stderr
+    assert "s3cret" not in r.stderr + r.stdout

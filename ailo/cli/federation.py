@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except Exception as exc:
         if is_postgres(args.db) and type(exc).__module__.startswith("psycopg"):
-            raise CLIError(f"cannot use the database {args.db}: {exc}") from None
+            shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", args.db)  # never echo a password
+            raise CLIError(f"cannot use the database {shown}: {exc}") from None
         raise
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
           f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)
