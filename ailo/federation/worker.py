@@ -132,7 +132,10 @@ class Worker:
 
     def __post_init__(self) -> None:
         if self.http is None:
-            self.http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=self.timeout)
+            # Sending a body is one socket sendall whose timeout bounds the WHOLE upload: a 1B
+            # model's 3.3 GB fp32 update needs far more than the per-operation `timeout`.
+            self.http = httpx.Client(base_url=self.coordinator.rstrip("/"),
+                                     timeout=httpx.Timeout(self.timeout, write=max(self.timeout, 1800.0)))
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
         self.mirror_stats = None             # MirrorStats of the last model load that used mirrors
