@@ -5,7 +5,8 @@ reached) makes the coordinator kill itself exactly there, so the chaos tests can
 narrow windows a random kill rarely lands in. Unset (the default), `crash_point` is a dict
 lookup and nothing else. Points (see docs/ARCHITECTURE.md "Fault tolerance"):
 
-    blob_write       half of an update/chunk blob written to its temporary file
+    update_write     half of an update blob written to its temporary file
+    chunk_write      half of a chunk file written to its temporary file
     after_accept     an update row committed, before the HTTP reply
     close_aggregate  round close: new chunks written, version not yet committed
     after_publish    version committed (round closed), rewards not yet minted

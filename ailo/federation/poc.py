@@ -234,8 +234,8 @@ class ProofOfContribution:
 
     def settle_round(self, coord: "Coordinator", round_id: int) -> None:
         for update_id, address, amount in self.reward_plan(coord, round_id):
-            self.ledger.mint_training(address, amount, ref=f"update:{update_id}")
-            crash_point("mid_settle")
+            if self.ledger.mint_training(address, amount, ref=f"update:{update_id}").created:
+                crash_point("mid_settle")
 
     def settle_all(self, coord: "Coordinator") -> None:
         """Pay any closed round left unpaid by a crash (mints are idempotent by ref)."""

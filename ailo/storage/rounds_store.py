@@ -133,27 +133,27 @@ class SQLiteRoundStore:
 
     # -- blobs -------------------------------------------------------------------------
     @staticmethod
-    def _write_blob(path: Path, data: bytes) -> None:
+    def _write_blob(path: Path, data: bytes, point: str) -> None:
         if path.exists():
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data[: len(data) // 2])
             f.flush()
-            crash_point("blob_write")
+            crash_point(point)  # fault injection (tests): die with half the file written
             f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def put_chunk(self, sha256: str, data: bytes) -> None:
-        self._write_blob(self.chunks_dir / sha256, data)
+        self._write_blob(self.chunks_dir / sha256, data, "chunk_write")
 
     def chunk_path(self, sha256: str) -> Path:
         return self.chunks_dir / sha256
 
     def put_update_blob(self, sha256: str, data: bytes) -> None:
-        self._write_blob(self.updates_dir / sha256, data)
+        self._write_blob(self.updates_dir / sha256, data, "update_write")
 
     def update_blob(self, sha256: str) -> bytes:
         return (self.updates_dir / sha256).read_bytes()

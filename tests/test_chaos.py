@@ -1,0 +1,97 @@
+"""Chaos: a real coordinator process SIGKILLed at random moments and at named crash points
+(inside a round close, between publishing a version and paying it, half-way through paying a
+round, half-way through writing a blob, after accepting an update) and restarted on the same
+state; real clients ride it out and the ledger/round invariants hold. Longer runs: bench/chaos.py."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+import torch
+
+from ailo.backoff import Backoff
+from ailo.chunks import ChunkStore, DirectorySource, Manifest
+from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.uploader import submit_update
+from tests.chaos_harness import Chaos, ChaosConfig
+from tests.procs import ailo, free_port, stop
+
+pytestmark = pytest.mark.slow
+
+
+def test_clients_ride_out_kills_inside_close_publish_pay_and_at_random(tmp_path):
+    chaos = Chaos(tmp_path, ChaosConfig(random_kills=1, crash_points=("close_aggregate", "after_publish", "mid_settle"),
+                                        rounds_after_first_kill=3, timeout=170, seed=17))
+    try:
+        result = chaos.run()
+    finally:
+        chaos.close()
+    summary = result.summary()
+    assert result.crash_point_kills == ["close_aggregate", "after_publish", "mid_settle"], summary
+    assert result.kills == 4 and result.client_exits == 0, summary
+    assert result.rounds_closed_after_first_kill >= 3, summary
+    assert result.invariant_failures == [], summary
+    assert result.transfers_acked > 0 and result.requests_completed > 0, summary
+
+
+def _ready(url, proc, timeout=90.0):
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, "coordinator exited during start-up"
+        try:
+            r = httpx.get(f"{url}/v1/ready", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(tmp_path):
+    state, port = tmp_path / "coord", free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "2", "--open")
+
+    def start(crash_at=None):
+        if crash_at:
+            os.environ["AILO_CRASH_AT"] = crash_at
+        try:
+            return ailo(*args, log=tmp_path / "coord.log")
+        finally:
+            os.environ.pop("AILO_CRASH_AT", None)
+
+    coord = start("update_write")
+    try:
+        _ready(url, coord)
+        manifest = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
+        base = ChunkStore(manifest, DirectorySource(state / "chunks")).state_dict()
+        body = encode_update({k: torch.randn_like(v) * 1e-3 for k, v in base.items()})
+        meta = UpdateMeta("alice", 1, 0, 8, 6.0)
+        with pytest.raises(httpx.TransportError):    # killed half-way through writing the blob
+            httpx.post(f"{url}/v1/updates", content=body, headers=meta.to_headers(), timeout=60)
+        assert coord.wait(30) == -signal.SIGKILL
+        assert len(list((state / "updates").glob(".*.tmp"))) == 1
+        coord = start("after_accept")
+        ready = _ready(url, coord)
+        assert ready["removed_at_start"]["tmp"] == 1 and not list((state / "updates").glob(".*.tmp"))
+
+        verdict = {}
+        upload = threading.Thread(target=lambda: verdict.update(submit_update(
+            httpx.Client(base_url=url, timeout=60), body, meta, policy=Backoff(base=0.2, cap=1.0))))
+        upload.start()                                 # accepted, committed, then killed before the reply
+        assert coord.wait(60) == -signal.SIGKILL
+        coord = start()                                # the uploader keeps retrying the same body meanwhile
+        upload.join(120)
+        assert verdict["status"] == "accepted" and verdict["replayed"] is True, verdict
+        status = httpx.get(f"{url}/v1/status").json()
+        assert status["accepted_in_round"] == 1 and status["version"] == 0
+        rows = httpx.get(f"{url}/v1/dashboard/updates").json()
+        rows = rows["updates"] if isinstance(rows, dict) else rows
+        assert [u["id"] for u in rows if u["client"] == "alice"] == [verdict["update_id"]]
+    finally:
+        stop(coord)
