@@ -171,10 +171,9 @@ class Chaos:
         make_hf_checkpoint(model_dir, "llama", vocab=256, hidden=32, layers=2, heads=2, kv_heads=1,
                            intermediate=64, max_positions=128)
         self.node_wallet, node_path = self._wallet("node0")
-        self.asker, _ = self._wallet("asker")
+        self.asker = self.worker_wallets[-1]        # earns ALC by training and from the transfers; pays requests
         ledger = LedgerClient(self.url, policy=Backoff(base=0.2, cap=2.0, max_elapsed=60))
-        for w in (self.node_wallet, self.asker):
-            ledger.register(register_tx(w, w.username, now_ms()).to_json())
+        ledger.register(register_tx(self.node_wallet, self.node_wallet.username, now_ms()).to_json())
         token = (self.state / "operator-token").read_text().strip()
         body = {"id": "chaos", "slots": 1, "model": json.loads((model_dir / "config.json").read_text())}
         r = httpx.post(f"{self.url}/v1/rooms", json=body, headers={"authorization": f"Bearer {token}"}, timeout=30)
@@ -199,14 +198,22 @@ class Chaos:
                 print(f"transfer: {exc}", file=sys.stderr)
 
     def ask_loop(self) -> None:
-        """Signed, non-streamed generation requests to the room; acknowledged ones recorded."""
+        """Signed, paid (PAY_INFERENCE), non-streamed generation requests to the room, from the
+        last worker's wallet once it has earned enough; completed ones are recorded."""
+        from ailo.ledger.tx import pay_inference_tx
         path = "/v1/rooms/chaos/generate"
         while not self.stop.wait(1.0):
-            body = json.dumps({"input_ids": [5, 17, 42], "max_new_tokens": 3, "stream": False}).encode()
-            headers = {"content-type": "application/json", **sign_request(self.asker, "POST", path, body)}
             try:
+                price = httpx.get(f"{self.url}/v1/rooms/chaos", timeout=10).json().get("price") or 0
+                spendable = httpx.get(f"{self.url}/v1/balance/{self.asker.address}", timeout=10).json()["spendable"]
+                if spendable < price + 2 * TRANSFER:
+                    continue
+                payment = pay_inference_tx(self.asker, os.urandom(16).hex(), price, now_ms()).to_json() if price else None
+                body = json.dumps({"input_ids": [5, 17, 42], "max_new_tokens": 3, "stream": False,
+                                   "payment": payment}).encode()
+                headers = {"content-type": "application/json", **sign_request(self.asker, "POST", path, body)}
                 r = httpx.post(self.url + path, content=body, headers=headers, timeout=30)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):
                 continue
             if r.status_code == 200 and r.json().get("type") == "done":
                 done = r.json()

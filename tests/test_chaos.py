@@ -4,6 +4,7 @@ round, half-way through writing a blob, after accepting an update) and restarted
 state; real clients ride it out and the ledger/round invariants hold. Longer runs: bench/chaos.py."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ def test_clients_ride_out_kills_inside_close_publish_pay_and_at_random(tmp_path)
     finally:
         chaos.close()
     summary = result.summary()
+    print(json.dumps(summary))
     assert result.crash_point_kills == ["close_aggregate", "after_publish", "mid_settle"], summary
     assert result.kills == 4 and result.client_exits == 0, summary
     assert result.rounds_closed_after_first_kill >= 3, summary
