@@ -1,6 +1,7 @@
 // The coordinator's HTTP protocol from the browser (docs/ARCHITECTURE.md "Federation",
 // docs/LEDGER.md §11) and the in-page chain sync + verification (R11). No TensorFlow.js here,
 // so the dashboard loads without it.
+import { DEFAULT_POLICY, isTransientStatus, withBackoff } from './backoff.js';
 import { fetchManifest } from './chunks.js';
 import { KV } from './idb.js';
 import { parseJson, verifyChain } from './ledger.js';
@@ -10,10 +11,27 @@ export class HttpError extends Error {
   get name() { return 'HttpError'; }
 }
 
-export class CoordinatorClient {
-  constructor(base = '') { this.base = base; }
+/** A failure worth retrying: the network (fetch threw) or a transient HTTP status. */
+export function isRetryable(e) {
+  if (e instanceof HttpError) return isTransientStatus(e.status);
+  return e instanceof TypeError || /HTTP (5\d\d|408|425|429)/.test((e && e.message) || '');  // fetch failed, or a 5xx
+}
 
-  async request(path, { method = 'GET', json, body, headers = {}, text = false } = {}) {
+export class CoordinatorClient {
+  /** Every call rides out a coordinator restart: network errors and 5xx/429 are retried under
+   *  `policy` (backoff.js, the policy of ailo/backoff.py); `onRetry(attempt, delayS, error)`. */
+  constructor(base = '', { policy = DEFAULT_POLICY, onRetry = () => {} } = {}) {
+    this.base = base; this.policy = policy; this.onRetry = onRetry; this.retries = 0;
+  }
+
+  request(path, opts = {}) {
+    return withBackoff(() => this.requestOnce(path, opts), {
+      policy: this.policy, transient: isRetryable, what: `${opts.method || 'GET'} ${path}`,
+      onRetry: (n, s, e) => { this.retries += 1; this.onRetry(n, s, e); },
+    });
+  }
+
+  async requestOnce(path, { method = 'GET', json, body, headers = {}, text = false } = {}) {
     const init = { method, headers: { ...headers }, cache: 'no-store' };
     if (json !== undefined) { init.body = JSON.stringify(json); init.headers['Content-Type'] = 'application/json'; }
     if (body !== undefined) init.body = body;
@@ -29,7 +47,10 @@ export class CoordinatorClient {
     return text ? raw : JSON.parse(raw);
   }
 
-  manifest() { return fetchManifest(this.base); }
+  manifest() {
+    return withBackoff(() => fetchManifest(this.base), { policy: this.policy, what: 'GET /v1/model',
+      transient: (e) => isRetryable(e) && !/HTTP 4\d\d/.test(e.message || '') });
+  }
 
   task(clientId, address) { return this.request('/v1/tasks', { method: 'POST', json: { client_id: clientId, address } }); }
 

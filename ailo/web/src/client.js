@@ -5,7 +5,9 @@ import { sha256Hex } from './hash.js';
 import { GPT } from './model.js';
 import { trainLocal, randomBatches } from './train.js';
 import { codecFromTask, compress, ErrorFeedbackStore } from './codecs.js';
-import { updateMessage } from './wallet.js';
+import { submitSigned } from './upload.js';
+import { withBackoff } from './backoff.js';
+import { isRetryable } from './api.js';
 
 export { CoordinatorClient, HttpError, syncChain } from './api.js';
 
@@ -29,7 +31,9 @@ export class ModelHolder {
       const loader = new ChunkLoader({ base: this.client.base, cache, onProgress: this.onProgress });
       let bytes;
       try {
-        bytes = await loader.loadAll(manifest);
+        // A coordinator restart mid-download: retried under the shared policy; every chunk
+        // verified so far is already in IndexedDB, so the retry fetches only the rest.
+        bytes = await withBackoff(() => loader.loadAll(manifest), { policy: this.client.policy, transient: isRetryable, what: 'model download' });
       } finally {
         this.bytesDownloaded += loader.stats.downloadedBytes;
       }
@@ -76,20 +80,18 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
   const ef = codec.name === 'fp32' ? null : await ErrorFeedbackStore.open();
   const { body, error } = compress(result.delta, ef ? await ef.load(holder.manifest.preset, codec) : null, codec);
   const sha = await sha256Hex(body);
-  const nonce = await wallet.nextNonce();
-  const timestamp = Date.now();
-  const signature = await wallet.signHex(updateMessage(task.round, task.version, sha, result.nSamples, nonce, timestamp));
   onStatus({ phase: 'submit', task, result, bytes: body.byteLength });
   let reply;
   try {
-    const receipt = await client.submitUpdate(body, {
+    // Signed here; resent as is after a network error / 5xx, re-signed on replay (upload.js).
+    reply = await submitSigned(client, wallet, body, sha, {
       clientId: wallet.username, round: task.round, baseVersion: task.version, nSamples: result.nSamples,
-      trainLoss: result.trainLoss, taskId: task.task_id, address: wallet.address, signature, nonce, timestamp,
+      trainLoss: result.trainLoss, taskId: task.task_id,
+    }, {
+      // 202: stored and queued; the coordinator's validation pipeline decides (accepted / refused:
+      // waitVerdict throws the refusal as an HttpError with its reason).
+      awaitVerdict: (receipt) => { onStatus({ phase: 'verdict', task, result, receipt }); return client.waitVerdict(receipt.update_id); },
     });
-    // 202: stored and queued; the coordinator's validation pipeline decides (accepted / refused:
-    // waitVerdict throws the refusal as an HttpError with its reason).
-    onStatus({ phase: 'verdict', task, result, receipt });
-    reply = receipt.status === 'pending' ? await client.waitVerdict(receipt.update_id) : receipt;
     if (ef) await ef.save(holder.manifest.preset, codec, error);  // only what was really applied
   } finally {
     if (ef) ef.close();
