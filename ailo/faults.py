@@ -5,9 +5,10 @@ reached) makes the coordinator kill itself exactly there, so the chaos tests can
 narrow windows a random kill rarely lands in. Unset (the default), `crash_point` is a dict
 lookup and nothing else. Points (see docs/ARCHITECTURE.md "Fault tolerance"):
 
-    update_write     half of an update blob written to its temporary file
+    update_write     an update body received into its temporary file, not yet moved into place
     chunk_write      half of a chunk file written to its temporary file
-    after_accept     an update row committed, before the HTTP reply
+    after_accept     an update judged and its `accepted` row committed, before the round's
+                     accumulator and close (the client is still polling for the verdict)
     close_aggregate  round close: new chunks written, version not yet committed
     after_publish    version committed (round closed), rewards not yet minted
     mid_settle       one reward of a closed round minted, the others not yet

@@ -54,6 +54,15 @@ def _ready(url, proc, timeout=90.0):
     raise TimeoutError(url)
 
 
+def status_rows(state):
+    import sqlite3
+    db = sqlite3.connect(state / "state.db")
+    try:
+        return db.execute("SELECT client_id, status FROM updates").fetchall()
+    finally:
+        db.close()
+
+
 def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(tmp_path):
     state, port = tmp_path / "coord", free_port()
     url = f"http://127.0.0.1:{port}"
@@ -74,10 +83,10 @@ def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(
         base = ChunkStore(manifest, DirectorySource(state / "chunks")).state_dict()
         body = encode_update({k: torch.randn_like(v) * 1e-3 for k, v in base.items()})
         meta = UpdateMeta("alice", 1, 0, 8, 6.0)
-        with pytest.raises(httpx.TransportError):    # killed half-way through writing the blob
+        with pytest.raises(httpx.TransportError):    # killed with the body in its temporary file
             httpx.post(f"{url}/v1/updates", content=body, headers=meta.to_headers(), timeout=60)
         assert coord.wait(30) == -signal.SIGKILL
-        assert len(list((state / "updates").glob(".*.tmp"))) == 1
+        assert len(list((state / "updates").glob(".*.tmp"))) == 1 and status_rows(state) == []
         coord = start("after_accept")
         ready = _ready(url, coord)
         assert ready["removed_at_start"]["tmp"] == 1 and not list((state / "updates").glob(".*.tmp"))
@@ -85,15 +94,16 @@ def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(
         verdict = {}
         upload = threading.Thread(target=lambda: verdict.update(submit_update(
             httpx.Client(base_url=url, timeout=60), body, meta, policy=Backoff(base=0.2, cap=1.0))))
-        upload.start()                                 # accepted, committed, then killed before the reply
+        upload.start()                                 # 202, judged accepted, committed, then killed
         assert coord.wait(60) == -signal.SIGKILL
-        coord = start()                                # the uploader keeps retrying the same body meanwhile
+        coord = start()                                # the uploader keeps polling for the verdict meanwhile
         upload.join(120)
-        assert verdict["status"] == "accepted" and verdict["replayed"] is True, verdict
+        assert verdict["status"] == "accepted" and verdict["resigned"] == 0 and verdict["resent"] == 0, verdict
         status = httpx.get(f"{url}/v1/status").json()
         assert status["accepted_in_round"] == 1 and status["version"] == 0
-        rows = httpx.get(f"{url}/v1/dashboard/updates").json()
-        rows = rows["updates"] if isinstance(rows, dict) else rows
-        assert [u["id"] for u in rows if u["client"] == "alice"] == [verdict["update_id"]]
+        rows = httpx.get(f"{url}/v1/dashboard/updates").json()["updates"]
+        assert [(u["id"], u["status"]) for u in rows if u["client"] == "alice"] == [(verdict["update_id"], "accepted")]
+        again = submit_update(httpx.Client(base_url=url, timeout=60), body, meta)  # the same body, once more
+        assert again["status"] == "accepted" and again["update_id"] == verdict["update_id"]
     finally:
         stop(coord)

@@ -283,6 +283,7 @@ class Coordinator:
                     raise
                 keys = [(rnd.id, "c:" + meta.client_id)] + ([(rnd.id, "a:" + meta.address)] if meta.address else [])
                 self._admitting.update(keys)
+            crash_point("update_write")  # fault injection (tests): body in its temp file, not in place
             fsync_file(tmp)
             self.store.adopt_update_blob(sha256, tmp)
             extra = {**sub.extra, "base_version": meta.base_version, "task_id": meta.task_id}
