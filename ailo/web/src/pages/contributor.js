@@ -266,6 +266,7 @@ async function train() {
 }
 
 async function verifyChain() {
+  state.chain = null;  // mirrors the page: no verdict shown while a check runs
   setText('chain-status', 'Downloading and verifying…', 'muted');
   try {
     const r = await syncChain(client);
