@@ -170,6 +170,15 @@ def test_200_mb_body_is_refused_after_the_limit_plus_one_read(coordinator, path,
     assert state(app) == before
 
 
+def test_routes_without_their_own_limit_get_the_default(coordinator) -> None:
+    from ailo.server.limits import DEFAULT_BODY_BYTES
+    app, _ = coordinator
+    status, pulled, body = asgi_post(app, "/v1/status", 4 * DEFAULT_BODY_BYTES, False)   # a GET route: never read
+    assert (status, pulled) == (405, 0) and b'"reason":"method_not_allowed"' in body, body
+    status, pulled, body = asgi_post(app, "/v1/nowhere", 4 * DEFAULT_BODY_BYTES, True)   # declared: refused unread
+    assert (status, pulled) == (413, 0) and b'"reason":"too_large"' in body and b"1048576" in body, body
+
+
 def test_json_depth_scanner_counts_structure_not_strings() -> None:
     scanner = JsonDepthScanner(3)
     for piece in (b'{"a": "[[[[[{{{{\\"", "b": [[', b'1]], "c": "\\\\"', b', "d": {"e": "]]]][[[["}}'):

@@ -100,7 +100,7 @@ class BodyLimitMiddleware:
 
 
 async def _answer(send: Send, exc: ApiError) -> None:
-    body = json.dumps({"detail": exc.detail, "reason": exc.reason}).encode()
+    body = json.dumps({"detail": exc.detail, "reason": exc.reason}, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": exc.status_code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

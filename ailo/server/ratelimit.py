@@ -60,7 +60,7 @@ class RateLimitMiddleware:
     @staticmethod
     async def _refuse(send: Send, host: str, what: str) -> None:
         body = json.dumps({"detail": f"rate_limited: network address {host} exceeds {what}",
-                           "reason": "rate_limited"}).encode()
+                           "reason": "rate_limited"}, separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": 429,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"retry-after", b"60")]})
