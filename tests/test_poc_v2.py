@@ -13,8 +13,8 @@ from ailo.federation.holdout import PrivateHoldout, check_private, load_secret
 from ailo.federation.robust import (CoordinateMedian, FedAvgM, MultiKrum, TrimmedMean, coordinate_median,
                                     krum_select, pairwise_sq_dists, trimmed_mean)
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_loss_paired, check_round_similarity,
-                                      clip_scale, cooldown_seconds)
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_global_direction, check_loss_harm,
+                                      check_loss_paired, check_round_similarity, clip_scale, cooldown_seconds)
 
 SECRET = b"s" * 32
 
@@ -74,6 +74,21 @@ def test_paired_loss_check_uses_the_standard_error():
         check_loss_paired(before, noisy, [], cfg)
     with pytest.raises(UpdateRejected, match="not finite"):
         check_loss_paired(before, before * float("nan"), [], cfg)
+
+
+def test_later_rounds_refuse_harm_and_wrong_direction_only():
+    cfg = ValidationConfig()
+    g = torch.Generator().manual_seed(1)
+    before = 5 + torch.rand(64, generator=g)
+    weak = before - 0.001 * torch.randn(64, generator=g)           # an honest update within the noise: scored
+    drop, se = check_loss_harm(before, weak, cfg)
+    assert abs(drop) < 3 * se
+    with pytest.raises(UpdateRejected, match="raises the holdout loss"):
+        check_loss_harm(before, before + 0.01 + 0.001 * torch.randn(64, generator=g), cfg)
+    check_global_direction(0.8, cfg)                                 # honest: 0.78 … 0.93 measured
+    with pytest.raises(UpdateRejected) as e:
+        check_global_direction(-0.85, cfg)                           # sign-flipped: −0.90 … −0.82
+    assert e.value.reason == "wrong_direction"
 
 
 def test_clip_scale_and_cooldown():

@@ -34,9 +34,9 @@ from ailo.federation.reputation import Reputation
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_loss_paired,
-                                      check_norm, check_round_similarity, check_timestamp, clip_scale,
-                                      cooldown_seconds)
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_global_direction,
+                                      check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
+                                      check_timestamp, clip_scale, cooldown_seconds)
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
@@ -190,13 +190,19 @@ class ProofOfContribution:
         check_round_similarity(cos_peers, cos_global, cfg)
 
         before, grad = self.reference(coord)
-        sub.extra["cosine"] = check_direction(sub.tensors, grad, cfg)
+        if cos_global is None:  # version 0: the holdout gradient is the only direction there is
+            sub.extra["cosine"] = check_direction(sub.tensors, grad, cfg)
+        else:
+            check_global_direction(cos_global, cfg)
         after = self.losses_after(coord, sub.tensors, coord.config.server_lr * scale * cfg.loss_step_share)
         d = before.double() - after.double()
         sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),
                          drop_se=float(d.std() / d.numel() ** 0.5))
         peer_drops = [u.extra["reduction"] for u in coord.store.updates(sub.round.id, "accepted") if "reduction" in u.extra]
-        sub.extra["reduction"], _ = check_loss_paired(before, after, peer_drops, cfg)
+        if cos_global is None:  # version 0: the update must visibly lower the loss
+            sub.extra["reduction"], _ = check_loss_paired(before, after, peer_drops, cfg)
+        else:  # later: refused only when it significantly raises it; the drop is scored (LossBonus)
+            sub.extra["reduction"], _ = check_loss_harm(before, after, cfg)
 
     # -- reputation ------------------------------------------------------------------------
     def record_accepted(self, coord: "Coordinator", sub: "Submission", update_id: int) -> None:
