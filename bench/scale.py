@@ -2,8 +2,7 @@
 
 A real `ailo coordinator` process (Proof-of-Contribution on, CPU) and 32 clients (threads of
 this process), each with its own registered wallet, submitting valid signed updates: per model
-version a few real local training runs (AdamW, 1 step) on the served weights, each client
-sending one of them scaled by its own factor (distinct bodies, plausible norms). Two runs in
+version one real local training run (AdamW, 1 step) on the served weights per client. Two runs in
 this process, same load, different K (updates per round):
 
     memory_ratio   = coordinator peak RSS (VmHWM) with K=32 ÷ with K=4    (goal ≤ 1.25)
@@ -196,11 +195,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--variants", type=int, default=4, help="real training runs per model version")
+    ap.add_argument("--variants", type=int, default=None,
+                    help="real training runs per model version (default: one per client; fewer are "
+                         "refused as duplicate work by Proof-of-Contribution)")
     ap.add_argument("--threads", type=int, default=1, help="coordinator's intra-op threads")
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--k", type=int, nargs=2, default=[4, 32], metavar=("SMALL", "LARGE"))
     args = ap.parse_args()
+    args.variants = args.variants or args.clients
     small, large = run(args.k[0], args), run(args.k[1], args)
     print(json.dumps({"bench": "scale", "preset": args.preset, "clients": args.clients,
                       "memory_ratio": round(large["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
