@@ -265,11 +265,15 @@ async function train() {
   }
 }
 
+let chainRun = 0;  // only the latest verification may write the result (an older one can finish later)
+
 async function verifyChain() {
-  state.chain = null;  // mirrors the page: no verdict shown while a check runs
+  const run = ++chainRun;
+  state.chain = null;  // in progress: nothing verified yet for this run
   setText('chain-status', 'Downloading and verifying…', 'muted');
   try {
     const r = await syncChain(client);
+    if (run !== chainRun) return;
     state.chain = { ok: r.ok, height: r.height, blocks: r.blocks, txCount: r.tx_count, supply: r.supply, fetched: r.fetched, violation: r.violation || null };
     if (r.ok) {
       setText('chain-status', `Chain OK: height ${r.height}, ${r.blocks} blocks and ${r.tx_count} transactions verified in this page (${r.fetched} newly downloaded), supply ${formatAlc(r.supply)}`, 'ok');
@@ -278,6 +282,7 @@ async function verifyChain() {
       setText('chain-status', `Chain REJECTED at block ${v.block}${v.tx !== null ? `, tx ${v.tx}` : ''}: ${v.code}: ${v.message}`, 'bad');
     }
   } catch (e) {
+    if (run !== chainRun) return;
     setText('chain-status', `Chain check failed: ${fail('chain', e)}`, 'bad');
   }
 }
