@@ -26,7 +26,7 @@ import httpx
 from ailo.cli.main import CLIError
 
 
-DEFAULT_CODEC, DEFAULT_OUTER, DEFAULT_SERVER_LR = "sparse", "sgd", 1.0
+DEFAULT_CODEC, DEFAULT_OUTER, DEFAULT_SERVER_LR, DEFAULT_OPTIMIZER = "sparse", "sgd", 2.0, "sgd"
 
 
 def _size(n: float) -> str:
@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="deadline: a round closes early with one update per worker, else at the deadline")
     p.add_argument("--lr-decay", type=float, default=0.8, help="client learning rate × this per round")
     # Communication (issue 13; defaults = the best setting of bench/compression.py, bench/RESULTS.md)
+    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["adamw", "sgd"], help="workers' local optimizer")
+    p.add_argument("--lr", type=float, default=None, help="workers' learning rate (default: 0.3 for sgd, 3e-3 for adamw)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=["fp32", "int8", "sparse"], help="update codec")
     p.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")
     p.add_argument("--outer", default=DEFAULT_OUTER, choices=["sgd", "nesterov", "fedadam"], help="outer optimizer")
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
                     "--rounds", str(args.rounds), "--max-updates", str(args.workers), "--min-updates", "1",
                     "--round-seconds", str(args.round_seconds), "--lr-decay", str(args.lr_decay),
                     "--local-steps", str(args.local_steps), "--data", str(public), "--holdout-dir", str(private),
+                    "--optimizer", args.optimizer,
+                    "--lr", str(args.lr if args.lr is not None else (0.3 if args.optimizer == "sgd" else 3e-3)),
                     "--codec", args.codec,
                     "--codec-density", str(args.codec_density), "--outer", args.outer, "--server-lr", str(args.server_lr),
                     *([] if args.full_downloads else ["--compact-downloads"])], coord_log)

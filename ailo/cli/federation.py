@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's context)")
     c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
+                   help="clients' local optimizer (sgd pairs with the sparse codec: see bench/RESULTS.md)")
     c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
     c.add_argument("--server-lr", type=float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
     c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
