@@ -72,8 +72,6 @@ def test_round_codec_is_in_the_task_and_other_encodings_are_refused(tmp_path):
         assert 0 < moved <= 0.021 * total
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: PoC v2's direction rule (cosine with the last global change "
-                   "> 0.3, issue 11) refuses honest sparse bodies whose top-k support differs (cosine ~0.18)")
 def test_workers_keep_error_feedback_and_stay_plausible_round_after_round(tmp_path, corpus_dir, one_thread):
     """Two signed workers, four sparse rounds under Proof-of-Contribution with a decaying lr: the
     error-feedback backlog makes norms grow round by round, and no honest update is refused."""
