@@ -20,28 +20,12 @@ from ailo.server.app import create_app
 from ailo.server.services import build_app
 from ailo.training import TrainConfig, train_local
 from ailo.wallet import Wallet
-
-
-class Outcome:
-    """A submission's final answer: the POST's refusal, or the validation pipeline's verdict."""
-
-    def __init__(self, status_code, payload):
-        self.status_code, self.payload = status_code, payload
-
-    def json(self):
-        return self.payload
-
-
-def _resolve(client, r):
-    if r.status_code != 202:
-        return Outcome(r.status_code, r.json())
-    v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 60}).json()
-    return Outcome(200 if v["status"] == "accepted" else v.get("code"), v)
+from tests.verdicts import resolve
 
 
 def _post(client, body, client_id="alice"):
     meta = UpdateMeta(client_id, 1, 0, 8, 5.0)
-    return _resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers()))
+    return resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers()))
 
 
 def test_round_codec_is_in_the_task_and_other_encodings_are_refused(tmp_path):
@@ -134,7 +118,7 @@ def test_poc_refuses_sign_flip_and_noise_under_every_codec(tmp_path, corpus_dir,
             assert client.post("/v1/register", json=register_tx(wallet, f"mallory-{name}", now_ms()).to_json()).status_code == 200
             body = encode(d, spec)
             meta = sign_update(wallet, UpdateMeta(f"mallory-{name}", 1, 0, 80, 6.0), hashlib.sha256(body).hexdigest())
-            r = _resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers()))
+            r = resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers()))
             outcomes[name] = (r.status_code, r.json().get("reason"))
         assert outcomes["sign-flip"] == (422, "wrong_direction"), outcomes
         assert outcomes["noise"] in {(422, "wrong_direction"), (422, "no_loss_reduction")}, outcomes

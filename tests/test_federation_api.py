@@ -13,6 +13,7 @@ from safetensors.torch import save as st_save
 from ailo.federation.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.update_format import UpdateMeta, encode_update
 from ailo.server.app import create_app
+from tests.verdicts import resolve
 
 
 @pytest.fixture()
@@ -26,25 +27,12 @@ def _delta(coord, scale=1e-3):
     return {k: torch.full_like(v, scale) for k, v in coord.model.state_dict().items()}
 
 
-class Outcome:
-    """POST /v1/updates resolved to its final answer: the refusal, or the pipeline's verdict."""
-
-    def __init__(self, status_code, payload):
-        self.status_code, self.payload = status_code, payload
-
-    def json(self):
-        return self.payload
-
-
 def _post(client, body, round_id=1, version=0, client_id="alice", samples=8, **extra):
     meta = UpdateMeta(client_id, round_id, version, samples, 5.0)
     headers = {**meta.to_headers(), **extra}
-    r = client.post("/v1/updates", content=body, headers=headers)
-    if r.status_code != 202:
-        return Outcome(r.status_code, r.json())
-    v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 30}).json()
-    assert v["status"] != "pending", v
-    return Outcome(200 if v["status"] == "accepted" else v["code"], v)
+    out = resolve(client, client.post("/v1/updates", content=body, headers=headers), wait=30)
+    assert out.payload.get("status") != "pending", out.payload
+    return out
 
 
 def _unchanged(coord, client, before_weights):

@@ -22,6 +22,7 @@ from ailo.ledger.verify import now_ms, verify_chain
 from ailo.server.services import ServiceConfig, build_app
 from ailo.training import TrainConfig, train_local
 from ailo.wallet import Wallet
+from tests.verdicts import resolve
 
 UNIT = 10**8
 
@@ -79,28 +80,11 @@ def _attack_body(client, kind):
     return manifest, encode_update(delta)
 
 
-class Outcome:
-    """A submission's final answer: the POST's refusal, or the validation pipeline's verdict."""
-
-    def __init__(self, status_code, payload):
-        self.status_code, self.payload = status_code, payload
-
-    def json(self):
-        return self.payload
-
-
-def _resolve(client, r):
-    if r.status_code != 202:
-        return Outcome(r.status_code, r.json())
-    v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 60}).json()
-    return Outcome(200 if v["status"] == "accepted" else v.get("code"), v)
-
-
 def _submit(client, wallet, body, round_id, version, client_id, **overrides):
     meta = UpdateMeta(client_id, round_id, version, 80, 6.0)
     meta = sign_update(wallet, meta, hashlib.sha256(body).hexdigest())
     meta = dataclasses.replace(meta, **overrides)
-    return _resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers())), meta
+    return resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers())), meta
 
 
 def test_attack_catalog(network, corpus_dir):
