@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ailo.chunks import Manifest
 from ailo.federation.codecs import CodecSpec
-from ailo.federation.update_format import FP32, UpdateMeta, UpdateRejected, max_update_bytes
+from ailo.federation.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
 
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
@@ -68,11 +68,7 @@ def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = F
         raise UpdateRejected("codec_mismatch", f"body is encoded as {sent!r} but this round asks for {codec.name!r}")
     if codec.name != "fp32":
         return
-    expected = set(manifest.tensors)
-    missing, extra = sorted(expected - set(entries)), sorted(set(entries) - expected)
-    if missing or extra:
-        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
-                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+    check_tensor_names(entries, manifest)
     for name, entry in manifest.tensors.items():
         e = entries[name]
         try:

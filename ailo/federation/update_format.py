@@ -92,11 +92,7 @@ def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32) -> d
         tensors = st_load(body)
     except Exception as exc:  # safetensors raises its own error types
         raise UpdateRejected("malformed", f"invalid safetensors body: {exc}") from None
-    expected = set(manifest.tensors)
-    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or extra:
-        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
-                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+    check_tensor_names(tensors, manifest)
     for name, entry in manifest.tensors.items():
         t = tensors[name]
         if t.dtype != torch.float32:
@@ -106,6 +102,16 @@ def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32) -> d
         if not torch.isfinite(t).all():
             raise UpdateRejected("non_finite", f"tensor {name!r} contains NaN or Inf")
     return tensors
+
+
+def check_tensor_names(names, manifest: Manifest) -> None:
+    """An update carries exactly the model version's tensors: `tensor_names` otherwise. Used on
+    the parsed body here and on the bare safetensors header at admission."""
+    expected = set(manifest.tensors)
+    missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
+    if missing or extra:
+        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
 
 
 @dataclass(frozen=True)
