@@ -33,6 +33,7 @@ from ailo.chunks import ChunkStore, Manifest  # noqa: E402
 from ailo.data import TokenDataset  # noqa: E402
 from ailo.federation.signing import sign_update  # noqa: E402
 from ailo.federation.update_format import UpdateMeta, encode_update  # noqa: E402
+from ailo.federation.uploader import BodyPieces  # noqa: E402
 from ailo.ledger.tx import register_tx  # noqa: E402
 from ailo.ledger.verify import now_ms  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
@@ -106,7 +107,8 @@ def client_loop(i: int, url: str, wallet: Wallet, deltas: Deltas, stop: threadin
             meta = sign_update(wallet, UpdateMeta(name, task["round"], task["version"], task["steps"] * task["batch_size"],
                                                   5.0, task_id=task["task_id"]), hashlib.sha256(body).hexdigest())
             t0 = time.perf_counter()
-            r = c.post("/v1/updates", content=body, headers=meta.to_headers())
+            pieces = BodyPieces(body)
+            r = c.post("/v1/updates", content=pieces, headers={**meta.to_headers(), **pieces.headers()})
             ms = 1000 * (time.perf_counter() - t0)
             with log["lock"]:
                 log["post_ms"].append(ms)

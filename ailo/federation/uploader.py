@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
@@ -24,6 +24,31 @@ from ailo.federation.update_format import UpdateMeta
 
 PENDING = {"pending", "queued", "received", "validating"}
 RESIGN = {"replay", "bad_timestamp"}
+
+
+class BodyPieces:
+    """An update body sent as 8 MiB pieces under an explicit Content-Length.
+
+    httpcore sends a `bytes` body with `buffer = buffer[n:]` after every socket send, a copy of
+    the whole remainder each time: quadratic in the body size. Measured on localhost: 1 GiB took
+    59 s as bytes and 0.95 s as pieces; ailo-1b's 3.29 GB fp32 update took minutes and its uploads
+    were cut off. Re-iterable (not a generator), so a retry sends the same bytes again.
+    """
+
+    PIECE = 8 << 20
+
+    def __init__(self, body: bytes) -> None:
+        self.body = memoryview(body)
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for at in range(0, len(self.body), self.PIECE):
+            yield bytes(self.body[at:at + self.PIECE])
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Length": str(len(self.body))}
 
 
 def _json(r: httpx.Response) -> dict:
@@ -54,8 +79,10 @@ def submit_update(http: httpx.Client, body: bytes, meta: UpdateMeta, *,
                   on_retry: Callable[[int, float, str], None] | None = None) -> dict:
     """POST /v1/updates until a verdict: the reply JSON plus `http_status`, `resigned`, `resent`."""
     resigned = resent = 0
+    pieces = BodyPieces(body)
     while True:
-        r = request(http, "POST", "/v1/updates", policy, content=body, headers=meta.to_headers(), on_retry=on_retry)
+        r = request(http, "POST", "/v1/updates", policy, content=pieces,
+                    headers={**meta.to_headers(), **pieces.headers()}, on_retry=on_retry)
         result = _json(r)
         if r.status_code == 202 or (r.status_code < 300 and result.get("status") in PENDING):
             verdict = await_verdict(http, result.get("update_id"), policy, poll)
