@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"], help="update codec")
+    ap.add_argument("--compact-downloads", action="store_true", help="bf16 model + int8 patches from v-1")
     ap.add_argument("--state", default=None, help="work directory (default: a temp dir, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON here (default: $OUT if set)")
     ap.add_argument("--max-seconds", type=float, default=540, help="give up (and report what ran) after this")
@@ -113,12 +115,13 @@ def main() -> int:
                    "--device", args.device, "--min-updates", str(args.workers), "--max-updates", str(args.workers),
                    "--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--batch-size",
                    str(args.batch_size), "--lr", str(args.lr), "--chunks", str(args.chunks), "--round-seconds", "3600",
-                   *seq], work / "logs" / "coordinator.log")
+                   "--codec", args.codec, *(["--compact-downloads"] if args.compact_downloads else []), *seq], work / "logs" / "coordinator.log")
     procs = {"coordinator": coord}
     sampler = GpuSampler()
     sampler.start()
     result: dict = {"bench": "gpu_round", "preset": args.preset, "device": args.device, "workers": args.workers,
-                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr}
+                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr,
+                    "codec": args.codec, "compact_downloads": args.compact_downloads}
 
     def tail(name: str) -> str:
         return (work / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -150,7 +153,7 @@ def main() -> int:
         for k in range(args.workers):
             procs[f"worker-{k}"] = spawn(
                 ["worker", "--coordinator", url, "--device", args.device, "--shard", str(k), "--num-shards",
-                 str(args.workers), "--client-id", f"worker-{k}", "--cache", str(work / f"cache-{k}"), "--quiet",
+                 str(args.workers), "--client-id", f"worker-{k}", "--cache", str(work / f"cache-{k}"),
                  "--json-log", "--rounds", str(args.rounds), "--wallet", str(work / f"wallet-{k}.json")],
                 work / "logs" / f"worker-{k}.log")
         shown = 0
@@ -215,6 +218,9 @@ def main() -> int:
     result["val_loss_falling"] = all(b < a for a, b in zip(result["val_loss"], result["val_loss"][1:])) and len(rounds) >= 1
     result.pop("history", None)
     write(partial=not result.get("ok"))
+    # every process's log tail beside the JSON: the machine that ran it keeps nothing
+    (out_dir / "gpu_round_logs.txt").write_text("".join(
+        f"===== {name} =====\n{(work / 'logs' / f'{name}.log').read_text(errors='replace')[-20000:]}\n" for name in procs))
     print(json.dumps(result), flush=True)
     if not args.state:
         shutil.rmtree(work, ignore_errors=True)
