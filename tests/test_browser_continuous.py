@@ -160,7 +160,7 @@ def test_page_serves_inference_from_the_ui(coordinator, tmp_path):
         assert view["state"] == "ready" and view["nodes"][0]["url"].startswith("browser://")
 
         # Generating here needs a PAY_INFERENCE from a funded requester (the real ledger);
-        # generation through page nodes, rewards and failover: tests/test_browser_node.py.
+        # that path (page + processes, paid on this chain, failover): tests/test_browser_room_paid.py.
         info = httpx.get(f"{url}/v1/rooms/pages/weights?start=0&end=4").json()
         assert node["weights"]["tensors"] == len(info["tensors"]) and node["weights"]["totalBytes"] == info["total_bytes"]
         # The dashboard lists the browser node with its span and requests served.

@@ -1,4 +1,5 @@
-"""A headless-Chromium page as a room node beside `ailo node` processes (issue 16, part 3).
+"""A headless-Chromium page as a room node beside `ailo node` processes (issue 16, part 3); the
+same room on the real paid path (`ailo coordinator`, its ledger, `ailo ask`): test_browser_room_paid.py.
 
 Rooms coordinator in this process (the rooms, span-weights and node-socket routers, as in
 `ailo coordinator`), a random Llama (GQA) checkpoint; the page joins first over its WebSocket

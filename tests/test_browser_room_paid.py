@@ -1,0 +1,258 @@
+"""A paid room of real processes with a headless-Chromium page node (issue 16, "Done when" 2).
+
+Everything a user runs: an `ailo coordinator` process (SQLite ledger, operator token, rooms API,
+node sockets, `--room-checkpoints`, spot checks on every span: `--room-verify 1`); the operator
+creates two rooms with `ailo room create` — `solo` (one span) and `mix` (two spans, weights from
+the checkpoint folder for browser nodes); the contributor page `/` registers its in-page wallet
+and clicks Serve in room `mix`; three `ailo node` processes: one serves `solo` whole, two serve
+`mix` (one span 1, one a replica of the page's span 0). A registered requester wallet (funded
+by a training mint written to the chain before the coordinator starts, as in
+tests/test_inference_economics.py) asks with `ailo ask`, which pays a signed PAY_INFERENCE.
+
+Asserted: the room of the page + processes generates the same greedy tokens as the single
+`ailo node` process (and as `transformers`); every request burns spans × 0.05 ALC + the 0.01 fee
+from the requester and mints 0.05 ALC to each node that served it — the page's wallet included —
+read back from the coordinator's chain and balances; the page passes its spot checks; closing the
+page mid-generation fails over to the replica with the same tokens, and the page is not paid for
+that request; `ailo chain verify` says OK.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from ailo.cli.inference import payment_for, signed_post
+from ailo.inference.checkpoints import make_hf_checkpoint
+from ailo.inference.rewards import INFERENCE_REWARD_UNITS, reward_ref
+from ailo.ledger.params import FEE, UNIT
+from ailo.ledger.service import LedgerService
+from ailo.ledger.tx import register_tx
+from ailo.server.services import coordinator_wallet
+from ailo.storage.ledger_store import SQLiteLedgerStore
+from ailo.wallet import Wallet
+from ailo.web.harness import chromium, ensure_built
+from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+PROMPT = [7, 100, 42, 9, 250, 3, 77]
+SHORT, LONG = 24, 96
+FUND = UNIT  # 1 ALC: enough for every request below (at most 0.11 ALC each)
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json", OMP_NUM_THREADS="1")
+PAGE_USER = "pia_page_node"
+
+
+def greedy(model, prompt: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        return model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ailo.cli.main", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def room_view(http: httpx.Client, room: str) -> dict:
+    return http.get(f"/v1/rooms/{room}").json()
+
+
+def wait_rooms(http: httpx.Client, want: dict[str, int], procs: list, base: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        views = {r: room_view(http, r) for r in want}
+        if all(v["state"] == "ready" and sum(n["ready"] for n in v["nodes"]) == want[r] for r, v in views.items()):
+            return
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in base.glob("*.log"))
+            pytest.fail(f"rooms not ready ({want}): {views}\n{logs}")
+        time.sleep(0.2)
+
+
+def ask(url: str, room: str, key: Path, n: int) -> tuple[list[int], dict]:
+    """`ailo ask --ids` (no tokenizer: one id per token on stdout); -v puts the request's id and
+    payees on stderr."""
+    out = run_cli("ask", "--room", room, "--coordinator", url, "--wallet", str(key), "-v",
+                  "--ids", ",".join(map(str, PROMPT)), "--max-tokens", str(n))
+    assert out.returncode == 0, out.stderr
+    return [int(t) for t in out.stdout.split()], json.loads(out.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    ensure_built()
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("paid-room")
+    state, ckpts = base / "state", base / "ckpts"
+    model = make_hf_checkpoint(ckpts / "llama", "llama", layers=4, heads=4, kv_heads=2, tie=True, rope_theta=5e5,
+                               init_std=0.3)
+    wallets = {name: Wallet.from_label(f"paid-room-{name}") for name in ("asker", "solo", "n1", "n2")}
+    keys = {name: w.save(base / f"{name}.json") for name, w in wallets.items()}
+    # The chain the coordinator will replay: registered wallets, the requester funded by a training mint.
+    state.mkdir()
+    ledger = LedgerService(SQLiteLedgerStore(state / "ledger.db"), coordinator_wallet(state))
+    for name, w in wallets.items():
+        ledger.register(register_tx(w, f"paid_{name}", ledger.clock()).to_json())
+    ledger.mint_training(wallets["asker"].address, FUND, "update:paid-room-fund")
+    ledger.store.close()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs = [ailo("coordinator", "--state", str(state), "--port", str(port), "--room-checkpoints", str(ckpts),
+                  "--room-verify", "1", "--chunks", "4", log=base / "coordinator.log")]
+    http = httpx.Client(base_url=url, timeout=60)
+    try:
+        wait_healthy(url, procs[0], 120)
+        # The operator creates the rooms with its token file (`ailo room create`).
+        creates = [subprocess.Popen([sys.executable, "-m", "ailo.cli.main", "room", "create", "--room", room,
+                                     "--slots", str(slots), "--model-dir", str(ckpts / "llama"), "--checkpoint", "llama",
+                                     "--coordinator", url, "--operator-token-file", str(state / "operator-token")],
+                                    cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for room, slots in (("solo", 1), ("mix", 2))]
+        for c in creates:
+            out, err = c.communicate(timeout=60)
+            assert c.returncode == 0, err
+        procs.append(ailo("node", "--room", "solo", "--model-dir", str(ckpts / "llama"), "--coordinator", url,
+                          "--memory", "1GB", "--wallet", str(keys["solo"]), log=base / "node-solo.log"))
+        with chromium() as ctx:
+            yield {"url": url, "http": http, "base": base, "ckpts": ckpts, "model": model, "wallets": wallets,
+                   "keys": keys, "procs": procs, "ctx": ctx}
+    finally:
+        http.close()
+        for p in reversed(procs):
+            stop(p)
+
+
+def chain_txs(http: httpx.Client) -> list[dict]:
+    return [tx for b in http.get("/v1/chain").json()["blocks"] for tx in b["txs"]]
+
+
+def test_paid_room_with_a_page_node_matches_one_process_pays_each_node_and_fails_over(net):
+    http, url, base, procs = net["http"], net["url"], net["base"], net["procs"]
+    wallets, keys = net["wallets"], net["keys"]
+    page = net["ctx"].new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # The contributor page: register the in-page wallet, pick room `mix`, click Serve.
+    page.goto(f"{url}/?backend=wasm")
+    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+    page.fill("#username", PAGE_USER)
+    page.click("#register")
+    page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
+    page_addr = page.evaluate("window.ailoPage.wallet.address")
+    page.select_option("#serve-room", "mix")
+    page.click("#serve")
+    page.wait_for_function("window.ailoPage.node && window.ailoPage.node.nodeId", timeout=60_000)
+    page_node = page.evaluate("window.ailoPage.node.nodeId")
+    for name in ("n1", "n2"):  # the first to join serves span 1, the other becomes span 0's replica
+        procs.append(ailo("node", "--room", "mix", "--model-dir", str(net["ckpts"] / "llama"), "--coordinator", url,
+                          "--memory", "1GB", "--wallet", str(keys[name]), log=base / f"node-{name}.log"))
+    ref = greedy(net["model"], PROMPT, LONG)  # transformers, while the nodes start
+    wait_rooms(http, {"solo": 1, "mix": 3}, procs, base)
+    page.wait_for_function("window.ailoPage.node.status === 'serving'", timeout=60_000)
+    view = room_view(http, "mix")
+    addr_of = {n["node_id"]: n["address"] for n in view["nodes"]}
+    spans = {n["node_id"]: n["span"] for n in view["nodes"]}
+    assert spans[page_node] == 0 and addr_of[page_node] == page_addr and sorted(spans.values()) == [0, 0, 1]
+    assert view["nodes"][[n["node_id"] for n in view["nodes"]].index(page_node)]["url"].startswith("browser://")
+    replica = next(a for n, a in addr_of.items() if n != page_node and spans[n] == 0)
+    second = next(a for n, a in addr_of.items() if spans[n] == 1)
+    assert {replica, second} == {wallets["n1"].address, wallets["n2"].address}
+    price = {"solo": room_view(http, "solo")["price"], "mix": view["price"]}
+    assert price == {"solo": INFERENCE_REWARD_UNITS, "mix": 2 * INFERENCE_REWARD_UNITS}
+
+    # (a) One `ailo node` process serving every layer, then the room of page + processes: same tokens.
+    solo, solo_info = ask(url, "solo", keys["asker"], LONG)
+    assert solo == ref
+    assert solo_info["payees"] == [wallets["solo"].address]
+    requests = [("solo", solo_info["request_id"], solo_info["payees"])]
+    # The router rotates span 0 between the page and its replica: two requests cover both.
+    for _ in range(2):
+        tokens, info = ask(url, "mix", keys["asker"], SHORT)
+        assert tokens == solo[:SHORT]
+        assert len(info["payees"]) == 2 and info["payees"][1] == second and info["failovers"] == 0
+        requests.append(("mix", info["request_id"], info["payees"]))
+    assert {r[2][0] for r in requests[1:]} == {page_addr, replica}  # the page served one of them
+
+    # The page passed its spot checks (p = 1: every span of every request is re-run on the
+    # operator's checkpoint by the coordinator).
+    view = room_view(http, "mix")
+    mine = next(n for n in view["nodes"] if n["node_id"] == page_node)
+    assert mine["checks"] >= 1 and mine["strikes"] == 0 and mine["served"] >= 1
+    assert set(view["verification"]["checks"]) == {"ok"}, view["verification"]
+
+    # (c) Close the page mid-generation: the span fails over to the replica, same tokens.
+    closed: dict = {}
+    for _ in range(3):
+        events: list[dict] = []
+        body = {"input_ids": PROMPT, "max_new_tokens": LONG, "payment": payment_for(url, "mix", wallets["asker"])}
+        with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), f"{url}/v1/rooms/mix/generate",
+                         wallets["asker"], body, timeout=httpx.Timeout(10.0, read=120)) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                events.append(json.loads(line))
+                tokens = [e for e in events if e["type"] == "token"]
+                if len(tokens) == 5 and not closed and events[0]["route"][0]["node_id"] == page_node:
+                    closed["at"] = len(tokens)
+                    page.close()
+        done = events[-1]
+        assert done["type"] == "done", events[-3:]
+        assert done["tokens"] == solo
+        requests.append(("mix", done["request_id"], done["payees"]))
+        if closed:
+            break
+    assert closed, "the page was never routed span 0"
+    failovers = [e for e in events if e["type"] == "failover"]
+    assert len(failovers) == 1 and failovers[0]["from"] == page_node and addr_of[failovers[0]["to"]] == replica
+    assert sorted(done["payees"]) == sorted([replica, second])  # the page did not finish its span: not paid
+    assert {c["node_id"]: c["status"] for c in done["checks"]} == {failovers[0]["to"]: "ok", next(n for n, s in spans.items() if s == 1): "ok"}
+
+    # (b) The coordinator's chain: each request paid by the requester (price + fee, burned), and
+    # each node minted 0.05 ALC per request it served — nobody else, nothing more.
+    txs = chain_txs(http)
+    pays = {t["request"]: t for t in txs if t["type"] == "PAY_INFERENCE"}
+    mints = [t for t in txs if t["type"] == "MINT_INFERENCE"]
+    assert set(pays) == {rid for _, rid, _ in requests}
+    for room, rid, payees in requests:
+        assert pays[rid]["from"] == wallets["asker"].address
+        assert pays[rid]["amount"] == price[room] and pays[rid]["fee"] == FEE
+        got = sorted((t["to"], t["amount"], t["ref"]) for t in mints if t["ref"].startswith(f"request:{rid}:"))
+        assert got == sorted((a, INFERENCE_REWARD_UNITS, reward_ref(rid, a)) for a in payees)
+    assert len(mints) == sum(len(p) for _, _, p in requests)
+    spent = sum(price[room] + FEE for room, _, _ in requests)
+    earned = {a: INFERENCE_REWARD_UNITS * sum(a in p for _, _, p in requests)
+              for a in (page_addr, replica, second, wallets["solo"].address)}
+    n_mix = sum(room == "mix" for room, _, _ in requests)
+    assert earned[page_addr] == INFERENCE_REWARD_UNITS  # the one request it served whole (not the one it dropped)
+    assert earned[page_addr] + earned[replica] == earned[second] == n_mix * INFERENCE_REWARD_UNITS
+    assert earned[wallets["solo"].address] == INFERENCE_REWARD_UNITS
+
+    def spendable(a: str) -> int:
+        return http.get(f"/v1/balance/{a}").json()["spendable"]
+    assert spendable(wallets["asker"].address) == FUND - spent
+    for a, units in earned.items():
+        assert spendable(a) == units, a
+
+    verify = run_cli("chain", "verify", "--coordinator", url)
+    assert verify.returncode == 0 and verify.stdout.startswith("OK:"), verify.stdout + verify.stderr
+    # The dashboard verifies the same chain in the browser (the JS rules for PAY_INFERENCE /
+    # MINT_INFERENCE) and credits the page's wallet with what it earned serving.
+    dash = net["ctx"].new_page()
+    dash.on("pageerror", lambda e: errors.append(str(e)))
+    dash.goto(f"{url}/dashboard")
+    dash.wait_for_function("window.ailoDashboard && window.ailoDashboard.ready", timeout=60_000)
+    d = dash.evaluate("window.ailoDashboard")
+    assert d["chain"]["ok"] and not d["errors"], (d["chain"], d["errors"])
+    who = {c["address"]: c for c in d["contributors"]}
+    assert who[page_addr]["username"] == PAGE_USER and who[page_addr]["rewards"] == earned[page_addr]
+    assert who[replica]["rewards"] == earned[replica] and who[second]["rewards"] == earned[second]
+    assert not errors, errors
