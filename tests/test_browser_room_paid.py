@@ -44,9 +44,24 @@ from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
 pytestmark = pytest.mark.slow
 PROMPT = [7, 100, 42, 9, 250, 3, 77]
 SHORT, LONG = 24, 96
-FUND = UNIT  # 1 ALC: enough for every request below (at most 0.11 ALC each)
+FUND = UNIT  # 1 ALC per requester: enough for every request below (at most 0.11 ALC each)
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json", OMP_NUM_THREADS="1")
 PAGE_USER = "pia_page_node"
+LIAR_SEED = "5a" * 32  # a registered wallet whose page answers zeros
+
+# A page that joins room `room` with a registered wallet and answers every frame with zeros of
+# the right shape (finite: it passes the hop's shape check, only a spot check can tell).
+LIAR_JS = """async ([seed, room]) => {
+  const ailo = await import('/static/ailo.js');
+  await ailo.useBackend('wasm');
+  const wallet = await ailo.Wallet.fromSeed(ailo.fromHex(seed));
+  const node = new ailo.BrowserNode({ room, wallet, memory: 1e9, dbName: 'ailo-liar-chunks' });
+  const honest = node._forward.bind(node);
+  node._forward = async (f) => { const out = await honest(f); return { shape: out.shape, data: new Float32Array(out.data.length) }; };
+  window.liar = node;
+  await node.start();
+  return node.info();
+}"""
 
 
 def greedy(model, prompt: list[int], n: int) -> list[int]:
@@ -92,14 +107,16 @@ def net(tmp_path_factory):
     state, ckpts = base / "state", base / "ckpts"
     model = make_hf_checkpoint(ckpts / "llama", "llama", layers=4, heads=4, kv_heads=2, tie=True, rope_theta=5e5,
                                init_std=0.3)
-    wallets = {name: Wallet.from_label(f"paid-room-{name}") for name in ("asker", "solo", "n1", "n2")}
+    wallets = {name: Wallet.from_label(f"paid-room-{name}") for name in ("asker", "asker2", "solo", "n1", "n2")}
+    wallets["liar"] = Wallet.from_seed(bytes.fromhex(LIAR_SEED))
     keys = {name: w.save(base / f"{name}.json") for name, w in wallets.items()}
     # The chain the coordinator will replay: registered wallets, the requester funded by a training mint.
     state.mkdir()
     ledger = LedgerService(SQLiteLedgerStore(state / "ledger.db"), coordinator_wallet(state))
     for name, w in wallets.items():
         ledger.register(register_tx(w, f"paid_{name}", ledger.clock()).to_json())
-    ledger.mint_training(wallets["asker"].address, FUND, "update:paid-room-fund")
+    for name in ("asker", "asker2"):
+        ledger.mint_training(wallets[name].address, FUND, f"update:paid-room-fund-{name}")
     ledger.store.close()
 
     port = free_port()
@@ -114,7 +131,7 @@ def net(tmp_path_factory):
                                      "--slots", str(slots), "--model-dir", str(ckpts / "llama"), "--checkpoint", "llama",
                                      "--coordinator", url, "--operator-token-file", str(state / "operator-token")],
                                     cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for room, slots in (("solo", 1), ("mix", 2))]
+                   for room, slots in (("solo", 1), ("mix", 2), ("liar", 1))]
         for c in creates:
             out, err = c.communicate(timeout=60)
             assert c.returncode == 0, err
@@ -255,4 +272,44 @@ def test_paid_room_with_a_page_node_matches_one_process_pays_each_node_and_fails
     who = {c["address"]: c for c in d["contributors"]}
     assert who[page_addr]["username"] == PAGE_USER and who[page_addr]["rewards"] == earned[page_addr]
     assert who[replica]["rewards"] == earned[replica] and who[second]["rewards"] == earned[second]
+    assert not errors, errors
+
+
+def test_lying_page_node_is_caught_not_paid_evicted_and_cannot_rejoin(net):
+    """A page serving zeros (a browser node is anyone's code) in a room of the real coordinator:
+    every request is spot-checked against the operator's checkpoint, the page is paid nothing,
+    three strikes evict it and bar its wallet, and its automatic re-join is refused."""
+    http, url, wallets = net["http"], net["url"], net["wallets"]
+    liar = wallets["liar"].address
+    page = net["ctx"].new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/dashboard")
+    page.wait_for_function("window.ailoDashboard && window.ailoDashboard.ready", timeout=60_000)
+    joined = page.evaluate(LIAR_JS, [LIAR_SEED, "liar"])
+    assert joined["address"] == liar
+    wait_rooms(http, {"liar": 1}, net["procs"], net["base"])
+    page.wait_for_function("window.liar.info().status === 'serving'", timeout=60_000)
+    before = len([t for t in chain_txs(http) if t["type"] == "PAY_INFERENCE"])
+    rids = []
+    for _ in range(3):
+        tokens, info = ask(url, "liar", net["keys"]["asker2"], 4)
+        assert tokens == [0] * 4  # zero logits: the garbage reaches the requester ...
+        assert info["payees"] == []  # ... but is never paid
+        rids.append(info["request_id"])
+    view = room_view(http, "liar")
+    assert view["nodes"] == [] and view["verification"]["banned"] == [liar]
+    statuses = [e["status"] for e in view["verification"]["events"]]
+    assert statuses == ["mismatch"] * 3 + ["evicted"], view["verification"]
+    # The page notices (its next heartbeat is refused), re-joins by itself, and is refused: banned.
+    page.wait_for_function("window.liar.info().status === 'closed'", timeout=30_000)
+    assert "banned" in page.evaluate("window.liar.info().error")
+    assert room_view(http, "liar")["nodes"] == []
+    txs = chain_txs(http)
+    assert not [t for t in txs if t["type"] == "MINT_INFERENCE" and t["to"] == liar]
+    assert http.get(f"/v1/balance/{liar}").json()["spendable"] == 0
+    pays = [t for t in txs if t["type"] == "PAY_INFERENCE"]
+    assert len(pays) == before + 3 and {t["request"] for t in pays[-3:]} == set(rids)
+    assert http.get(f"/v1/balance/{wallets['asker2'].address}").json()["spendable"] == \
+        FUND - 3 * (INFERENCE_REWARD_UNITS + FEE)  # the requester's payments are burned, as for any request
     assert not errors, errors
