@@ -165,3 +165,21 @@ def test_holdout_is_private_rotating_and_secret(tmp_path, corpus_dir):
     assert not torch.equal(other.windows(0, 64)[0], x0)            # unpredictable without the secret
     fallback = PrivateHoldout.open(None, tmp_path / "pub", secret, sequences=8)
     assert not fallback.private
+
+
+def test_sketch_signs_are_a_fixed_integer_hash_so_cpu_and_gpu_sketches_agree():
+    """The signs are pinned to a reference written with Python's unbounded ints: torch's int64
+    arithmetic must not overflow or differ by device for a stored sketch to stay comparable."""
+    def reference(seed: int, i: int) -> float:
+        x = (i * 0x9E3779B1 + seed) & 0xFFFFFFFF
+        for _ in range(2):
+            x ^= x >> 16
+            x = (x * 0x045D9F3B) & 0xFFFFFFFF
+        x ^= x >> 16
+        return float((x & 1) * 2 - 1)
+    seed = 0xFFFFFFFF
+    for start in (0, 2**31 - 3, 2**33 + 7):
+        got = sk._signs(seed, start, 5, torch.device("cpu")).tolist()
+        assert got == [reference(seed, start + j) for j in range(5)]
+    signs = sk._signs(1234, 0, 1 << 20, torch.device("cpu"))
+    assert abs(float(signs.mean())) < 0.01 and abs(float((signs[1:] * signs[:-1]).mean())) < 0.01

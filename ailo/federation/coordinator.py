@@ -117,6 +117,8 @@ class Coordinator:
         self.cfg = get_preset(config.preset)
         self.seq_len = config.seq_len or self.cfg.n_ctx
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":  # holdout forwards in TF32 (fp32 accumulate); see docs/ARCHITECTURE.md
+            torch.backends.cuda.matmul.allow_tf32 = True
         self.store = store if store is not None else SQLiteRoundStore(state_dir)
         self.aggregator = make_aggregator(config.aggregator)
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)

@@ -22,30 +22,46 @@ import numpy as np
 import torch
 
 SKETCH_DIM = 1024
-_CHUNK = 1 << 20  # elements per random-sign draw: bounded memory for any tensor size
+_CHUNK = 1 << 24  # elements per step: bounded working memory for any tensor size
+_M32 = 0xFFFFFFFF
 
 
-def _seed_for(secret: bytes, name: str, chunk: int) -> int:
-    digest = hashlib.blake2b(f"{name}:{chunk}".encode(), key=secret[:64], digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+def _seed_for(secret: bytes, name: str) -> int:
+    digest = hashlib.blake2b(name.encode(), key=secret[:64], digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _signs(seed: int, start: int, n: int, device: torch.device) -> torch.Tensor:
+    """±1 for coordinates start … start+n−1: the low bit of a 32-bit integer hash of
+    (seed, index), computed in int64 without overflow, so CPU and CUDA give the same signs and a
+    sketch stored by a GPU coordinator is comparable with one made later on a CPU."""
+    x = torch.arange(start, start + n, dtype=torch.int64, device=device)
+    x = (x * 0x9E3779B1 + seed) & _M32
+    for _ in range(2):
+        x = x ^ (x >> 16)
+        x = (x * 0x045D9F3B) & _M32
+    x = x ^ (x >> 16)
+    return (x & 1).to(torch.float64) * 2 - 1
 
 
 @torch.no_grad()
 def sketch(tensors: Mapping[str, torch.Tensor], secret: bytes, dim: int = SKETCH_DIM) -> np.ndarray:
-    """float64 vector of length `dim`; the same (secret, names, shapes) give the same projection."""
-    out = torch.zeros(dim, dtype=torch.float64)
+    """float64 vector of length `dim`; the same (secret, names, shapes) give the same projection.
+    Computed where the tensors are (the coordinator's GPU: ailo-1b's 821 M coordinates take a
+    fraction of a second there, against tens of seconds on the CPU)."""
+    device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    out = torch.zeros(dim, dtype=torch.float64, device=device)
     for name in sorted(tensors):
-        flat = tensors[name].detach().reshape(-1).to("cpu", torch.float64)
-        for c, start in enumerate(range(0, flat.numel(), _CHUNK)):
-            piece = flat[start:start + _CHUNK]
-            gen = torch.Generator().manual_seed(_seed_for(secret, name, c))
-            signs = torch.randint(0, 2, (piece.numel(),), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1
-            signed = piece * signs
-            pad = (-signed.numel()) % dim
+        flat = tensors[name].detach().reshape(-1)
+        seed = _seed_for(secret, name)
+        for start in range(0, flat.numel(), _CHUNK):
+            piece = flat[start:start + _CHUNK].to(device, torch.float64)
+            signed = piece * _signs(seed, start, piece.numel(), device)
+            pad = (-signed.numel()) % dim   # only the last piece: _CHUNK is a multiple of dim
             if pad:
                 signed = torch.cat([signed, signed.new_zeros(pad)])
             out += signed.view(-1, dim).sum(0)
-    return out.numpy()
+    return out.cpu().numpy()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -25,6 +25,12 @@ from ailo.server.schemas import (BINARY, UPDATE_OPENAPI, ManifestReply, ReadyRep
                                  UpdateReply, reply)
 
 
+class ChunkFile(FileResponse):
+    """Weight chunks are hundreds of MB: read them 4 MiB at a time, not Starlette's 64 KiB
+    (each read is a hop to a worker thread; ailo-1b's 3.29 GB per client was ~250 MB/s)."""
+    chunk_size = 4 << 20
+
+
 class TaskRequest(BaseModel):
     client_id: str = Field(min_length=1, max_length=128)
     address: str | None = None
@@ -69,8 +75,8 @@ def federation_router(coord: Coordinator) -> APIRouter:
         rng = request.headers.get("range", "")
         sent = size - int(rng[6:].split("-")[0] or 0) if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit() else size
         coord.record_chunk_bytes(max(0, sent))
-        return FileResponse(path, media_type="application/octet-stream",
-                            headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
+        return ChunkFile(path, media_type="application/octet-stream",
+                         headers={"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"})
 
     @r.get("/patches/{version}", summary="int8 patch from served model version−1 to version (safetensors)",
            responses=reply(content=BINARY))
