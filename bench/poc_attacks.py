@@ -1,17 +1,26 @@
 """Proof-of-Contribution v2 against every attack of issue 11, in the demo setting (ailo-tiny,
-3 honest workers, 30 local steps, lr decay 0.8/round), over a real coordinator app (FastAPI
-through its ASGI test client, real ledger, private holdout). Prints one JSON line:
-per attacker ALC ÷ honest median ALC, the honest refusal rate, and the measured distributions
-behind the thresholds in docs/REWARDS.md (honest vs attacker sketch cosines, loss t-values).
+3 honest workers, AdamW, lr decay 0.8/round, private holdout), over a real coordinator app
+(FastAPI through its ASGI test client, real ledger, validation pipeline). Prints one JSON line:
+per attacker ALC ÷ honest median ALC, the honest refusal rate, the "Done when" bounds of
+issue 11 checked on the figures (`bounds`), and the measured distributions behind the
+thresholds in docs/REWARDS.md (honest vs attacker sketch cosines, loss t-values). One progress
+line per round goes to stderr.
 
-    .venv/bin/python bench/poc_attacks.py                      # 10 rounds, all attacks
-    .venv/bin/python bench/poc_attacks.py --kinds none --permissive   # honest distributions only
+Local steps default to 10 (the demo uses 30): a step of ailo-tiny (its 50257×64 tied embedding
+dominates) takes ≈ 0.75 s on one core of the shared 2-core box and a round trains 9 runs, so 30
+steps made a 10-round run take ≈ 1 h. `--steps 30` reproduces the demo exactly. The booster
+scales by 1.7, the most the norm check lets through (×2 is refused outright), so the clip is
+exercised, not the norm check.
+
+    .venv/bin/python bench/poc_attacks.py --plot docs/poc_attacks.png   # 10 rounds, all attacks
+    .venv/bin/python bench/poc_attacks.py --kinds none --permissive     # honest distributions only
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -38,10 +47,78 @@ def quantiles(xs: list[float]) -> dict | None:
     return {"n": len(xs), "min": round(xs[0], 4), "p50": q(0.5), "p95": q(0.95), "max": round(xs[-1], 4)}
 
 
+def check_bounds(camp: Campaign, rows: list, honest_totals: list[int], cfg: ValidationConfig) -> dict:
+    """Issue 11's "Done when" bounds, evaluated on this run's figures."""
+    out: dict = {}
+    kinds = {a.kind for a in camp.attackers}
+    names = [w.client_id for w in camp.workers]
+    if "sybil" in kinds:  # all clones together vs one update's reward, every round: at most one clone
+        # is accepted (one real training run), and it earns like one honest update (≤ 1.2× the
+        # round's honest median: its LossBonus may beat the honest ones, as any honest update's may)
+        sybil = next(a for a in camp.attackers if a.kind == "sybil")
+        clones = Counter(o["round"] for o in sybil.outcomes if o.get("status") == "accepted")
+        best = [e["sybil"] / max(e[n] for n in names) for e in camp.earnings if max(e[n] for n in names) > 0]
+        med = [e["sybil"] / statistics.median(e[n] for n in names) for e in camp.earnings
+               if statistics.median(e[n] for n in names) > 0]
+        out["sybil_accepted_clones_per_round_max"] = max(clones.values(), default=0)
+        out["sybil_per_round_vs_best_honest_max"] = round(max(best), 3)
+        out["sybil_per_round_vs_honest_median_max"] = round(max(med), 3)
+        out["sybil_ok"] = max(clones.values(), default=0) <= 1 and max(med) <= 1.2
+    med_total = statistics.median(honest_totals)
+    if "gamer" in kinds:
+        ratio = sum(e["gamer"] for e in camp.earnings) / med_total
+        out["gamer_vs_honest_median"], out["gamer_ok"] = round(ratio, 3), ratio <= 1.2
+    for kind in ("copycat", "lazy"):
+        if kind in kinds:
+            later = sum(e[kind] for e in camp.earnings[1:])
+            out[f"{kind}_alc_after_round_1"], out[f"{kind}_ok"] = later / 1e8, later == 0
+    if "booster" in kinds:  # effective norm (clip · ‖Δ‖ per lr·step) vs clip_factor × median of history
+        booster = next(a for a in camp.attackers if a.kind == "booster")
+        accepted = sorted((u for u in rows if u.status == "accepted" and "norm_per_work" in u.extra), key=lambda u: u.id)
+        worst, n = 0.0, 0
+        for b in accepted:
+            if b.address not in booster.addresses:
+                continue
+            history = [u.extra["norm_per_work"] for u in accepted if u.id < b.id][-cfg.norm_history:]
+            if len(history) < cfg.norm_min_history:
+                continue
+            eff = b.extra["clip_scale"] * b.extra["norm_per_work"] / statistics.median(history)
+            worst, n = max(worst, eff), n + 1
+        out["booster_accepted_judged"] = n
+        out["booster_effective_norm_max_vs_median"] = round(worst, 4)
+        out["booster_ok"] = worst <= cfg.clip_factor * 1.001
+    refused, total = camp.honest_refusals()
+    out["honest_refusals_ok"] = refused / max(1, total) <= 0.02
+    return out
+
+
+def plot(per_round: dict[str, list[float]], path: str) -> None:
+    """ALC earned per wallet (an attacker: all its wallets together) per round."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    for who, alc in per_round.items():
+        honest = who.startswith("honest-")
+        ax.plot(range(1, len(alc) + 1), alc, marker="o", markersize=3, label=who,
+                linewidth=2 if honest else 1, linestyle="-" if honest else "--")
+    ax.set_xlabel("round")
+    ax.set_ylabel("ALC earned in the round")
+    ax.set_xticks(range(1, len(next(iter(per_round.values()))) + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Proof-of-Contribution v2: ALC per wallet per round (bench/poc_attacks.py)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--booster-factor", type=float, default=1.7)
+    ap.add_argument("--plot", default=None, help="write a PNG of ALC earned per wallet per round here")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of attackers, or 'none'")
     ap.add_argument("--permissive", action="store_true", help="accept anything passing the norm check "
                     "(measures the raw distributions the thresholds come from)")
@@ -65,7 +142,11 @@ def main() -> None:
         app = build_app(cfg, tmp / "coord", svc)
         with TestClient(app) as client:
             camp = Campaign(client, app.state.coordinator, tmp / "public", kinds=kinds, cache_dir=tmp / "cache")
-            camp.play(args.rounds)
+            for a in camp.attackers:
+                if a.kind == "booster":
+                    a.factor = args.booster_factor
+            camp.play(args.rounds, progress=lambda line: print(f"[{time.time() - t0:6.0f} s] {line}",
+                                                                file=sys.stderr, flush=True))
             rows = app.state.coordinator.store.updates(limit=100000)
             history = client.get("/v1/status").json()["history"]
             if args.dump:
@@ -79,8 +160,12 @@ def main() -> None:
     totals = {k: sum(e[k] for e in camp.earnings) for k in camp.earnings[0]}
     honest = [totals[w.client_id] for w in camp.workers]
     med = statistics.median(honest)
-    per_round = {a.kind: [e[a.kind] for e in camp.earnings] for a in camp.attackers}
     honest_rows = [u for u in rows if u.client_id.startswith("honest-")]
+
+    bounds = check_bounds(camp, rows, honest, ValidationConfig())
+    alc_per_round = {k: [e[k] / 1e8 for e in camp.earnings] for k in camp.earnings[0]}
+    if args.plot:
+        plot(alc_per_round, args.plot)
 
     def dist(key, sel):
         return quantiles([u.extra.get(key) for u in rows if sel(u)])
@@ -93,8 +178,10 @@ def main() -> None:
         "honest_refusal_rate": round(refused / max(1, total), 4), "honest_submissions": total,
         "honest_refused": refused, "honest_alc": [h / 1e8 for h in honest],
         "alc_ratio_to_honest_median": {a.kind: round(totals[a.kind] / med, 3) for a in camp.attackers},
-        "attacker_alc_per_round": {k: [v / 1e8 for v in vs] for k, vs in per_round.items()},
-        "refusals": {a.kind: sorted({o.get("reason", o.get("status")) for o in a.outcomes}) for a in camp.attackers},
+        "alc_per_round": alc_per_round,
+        "bounds": bounds,
+        "outcomes": {a.kind: dict(Counter(o.get("reason") or o.get("status") for o in a.outcomes))
+                     for a in camp.attackers},
         "honest_refusal_reasons": sorted({u.reason for u in honest_rows if u.status == "refused"}),
         "val_loss": [round(h["val_loss"], 4) for h in history],
         "distributions": {

@@ -10,6 +10,11 @@ worker does, only the Δ it sends is a cheat:
 - `booster`   — an honest Δ scaled ×`factor` to pull the model towards itself;
 - `sign_flip` — an honest Δ negated;  `noise` — Gaussian noise with an honest Δ's norm;
 - `early`     — honest work, but trains before asking for its task (speed-bonus gaming).
+
+A wallet the coordinator is cooling down (after refusals in a row, docs/REWARDS.md) does what a
+rational cheater does: it waits up to `patience` seconds, else sits the round out (outcome
+`cooling_down`, nothing trained or sent) instead of blocking on 429 answers until the
+cool-down ends (up to 600 s, which kept the 10-round bench from finishing).
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import torch
 
+from ailo.backoff import Backoff, Unavailable
 from ailo.chunks import ChunkStore, Manifest
 from ailo.data import TokenDataset
 from ailo.federation.signing import sign_update
@@ -57,6 +64,7 @@ class Attacker:
     clones: int = 3
     factor: float = 2.0
     seed: int = 0
+    patience: float = 5.0    # seconds it will wait out a cool-down before sitting a round out
     wallets: list[Wallet] = field(default_factory=list)
     outcomes: list[dict] = field(default_factory=list)   # one per submission: round, status, reason
 
@@ -78,6 +86,24 @@ class Attacker:
         for w in self.wallets:
             r = self.http.post("/v1/register", json=register_tx(w, w.username, now_ms()).to_json())
             assert r.status_code == 200, r.text
+
+    def cooling_down(self, wallet: Wallet) -> float:
+        """Seconds until the coordinator looks at this wallet's next update (its public
+        reputation record: last refusal + cool-down), 0 when it may submit now."""
+        for rec in self.http.get("/v1/status").json().get("reputation", []):
+            if rec["address"] == wallet.address and rec.get("streak"):
+                return max(0.0, rec["last_refused_ms"] / 1000.0 + rec["cooldown_s"] - time.time())
+        return 0.0
+
+    def ready(self, wallet: Wallet, rnd: int | None = None) -> bool:
+        """Waits out a short cool-down; a long one costs the round (recorded as an outcome)."""
+        wait = self.cooling_down(wallet)
+        if wait > self.patience:
+            self.outcomes.append({"round": rnd, "wallet": wallet.address, "status": "skipped",
+                                  "reason": "cooling_down", "wait_s": round(wait, 1)})
+            return False
+        time.sleep(wait)
+        return True
 
     def _model(self):
         manifest = Manifest.from_json(self.http.get("/v1/model").content)
@@ -109,13 +135,20 @@ class Attacker:
             r = self.http.post("/v1/updates", content=body, headers=meta.to_headers())
             verdict = {"http_status": r.status_code, **r.json()}
         else:  # the same client path as an honest worker: 202 + verdict polling, back-off on 429
-            verdict = submit_update(self.http, body, meta, max_resign=0)
+            try:   # ...but a 429 is not waited out for longer than its patience
+                verdict = submit_update(self.http, body, meta, max_resign=0,
+                                        policy=Backoff(base=0.5, cap=2.0, max_elapsed=self.patience))
+            except Unavailable as exc:
+                verdict = {"status": "refused", "reason": "rate_limited", "http_status": 429, "detail": str(exc)}
         out = {"round": task["round"], "http": verdict.get("http_status"), "wallet": wallet.address, **verdict}
         self.outcomes.append(out)
         return out
 
     def act(self) -> None:
         """One round's worth of cheating."""
+        rnd = self.http.get("/v1/status").json()["round"]
+        if self.kind != "sybil" and not self.ready(self.wallets[0], rnd):
+            return
         if self.kind == "early":  # train first, ask for the task (and its clock) afterwards
             manifest, model = self._model()
             st = self.http.get("/v1/status").json()
@@ -146,6 +179,8 @@ class Attacker:
                 noise = {k: torch.randn(v.shape, generator=self.gen) for k, v in delta.items()}
                 nn = math.sqrt(sum(float((v.double() ** 2).sum()) for v in noise.values()))
                 clone = {k: v + 1e-3 * norm / nn * noise[k] for k, v in delta.items()}
+                if not self.ready(w, task["round"]):
+                    continue
                 t = task if i == 0 else self._task(f"sybil-{i}")
                 if t.get("status") == "train":
                     self._submit(w, f"sybil-{i}", t, clone)
@@ -202,13 +237,18 @@ class Campaign:
             if report is None or report.response.get("status") == "accepted":
                 return
 
-    def play(self, rounds: int) -> None:
+    def play(self, rounds: int, progress: Callable[[str], None] | None = None) -> None:
+        """`progress` gets one line per closed round (time per actor, earnings)."""
         before = self.balances()
         for r in range(rounds):
+            t_round = time.time()
             actors = [("h", w) for w in self.workers] + [("a", a) for a in self.attackers]
             shift = r % len(actors)
+            took: dict[str, float] = {}
             for tag, actor in actors[shift:] + actors[:shift]:
+                t0 = time.time()
                 self.honest_round(actor) if tag == "h" else actor.act()
+                took[actor.client_id if tag == "h" else actor.kind] = time.time() - t0
             coord = self.coordinator
             rnd = coord.current_round()
             coord.store.extend_deadline(rnd.id, time.time() - 1)  # the validation pipeline's tick closes it
@@ -219,6 +259,11 @@ class Campaign:
             after = self.balances()
             self.earnings.append({k: after[k] - before[k] for k in after})
             before = after
+            if progress is not None:
+                earned = " ".join(f"{k}={v / 1e8:.3f}" for k, v in self.earnings[-1].items())
+                slow = " ".join(f"{k}={v:.0f}s" for k, v in sorted(took.items(), key=lambda kv: -kv[1])[:4])
+                progress(f"round {r + 1}/{rounds} closed in {time.time() - t_round:.0f} s "
+                         f"(slowest: {slow}); ALC earned: {earned}")
 
     def honest_refusals(self) -> tuple[int, int]:
         rows = [u for u in self.coordinator.store.updates(limit=100000) if u.client_id.startswith("honest-")]
