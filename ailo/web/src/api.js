@@ -47,9 +47,18 @@ export class CoordinatorClient {
     return text ? raw : JSON.parse(raw);
   }
 
-  manifest() {
-    return withBackoff(() => fetchManifest(this.base), { policy: this.policy, what: 'GET /v1/model',
+  manifest(format = 'fp32') {
+    return withBackoff(() => fetchManifest(this.base, undefined, format), { policy: this.policy, what: 'GET /v1/model',
       transient: (e) => isRetryable(e) && !/HTTP 4\d\d/.test(e.message || '') });
+  }
+
+  /** GET /v1/patches/{v}: the int8 patch W_{v−1} → W_v of compact downloads (bytes; 404 → HttpError). */
+  patch(version) {
+    return withBackoff(async () => {
+      const res = await fetch(`${this.base}/v1/patches/${version}`, { cache: 'no-store' });
+      if (!res.ok) throw new HttpError(res.status, `GET /v1/patches/${version}: HTTP ${res.status}`, null);
+      return new Uint8Array(await res.arrayBuffer());
+    }, { policy: this.policy, transient: isRetryable, what: `GET /v1/patches/${version}` });
   }
 
   task(clientId, address) { return this.request('/v1/tasks', { method: 'POST', json: { client_id: clientId, address } }); }

@@ -59,9 +59,11 @@ export class ChunkCache {
   }
 }
 
-export async function fetchManifest(base = '', fetchImpl = globalThis.fetch.bind(globalThis)) {
-  const res = await fetchImpl(`${base}/v1/model`, { cache: 'no-store' });
-  if (!res.ok) throw new Error(`GET /v1/model: HTTP ${res.status}`);
+/** `format` 'bf16': the compact served model of `--compact-downloads` (404 when not served). */
+export async function fetchManifest(base = '', fetchImpl = globalThis.fetch.bind(globalThis), format = 'fp32') {
+  const path = format === 'bf16' ? '/v1/model?format=bf16' : '/v1/model';
+  const res = await fetchImpl(`${base}${path}`, { cache: 'no-store' });
+  if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status}`);
   return res.json();
 }
 

@@ -1,6 +1,7 @@
 // One federated round from the page, as the native worker does it (ailo/federation/worker.py).
 import * as tf from '@tensorflow/tfjs';
 import { ChunkCache, ChunkLoader, assembleTensors } from './chunks.js';
+import { PatchError, patchedChunks } from './patching.js';
 import { sha256Hex } from './hash.js';
 import { GPT } from './model.js';
 import { trainLocal, randomBatches } from './train.js';
@@ -11,40 +12,115 @@ import { isRetryable } from './api.js';
 
 export { CoordinatorClient, HttpError, syncChain } from './api.js';
 
-/** Keeps the current global model in memory, loading chunks through the IndexedDB cache. */
+/** Keeps the current global model in memory, loading chunks through the IndexedDB cache.
+ *
+ *  `format`: 'fp32' (the master chunks), 'bf16' (the compact served model of a coordinator run
+ *  with `--compact-downloads`) or 'auto' (bf16 when the coordinator serves it, else fp32). With
+ *  bf16, a holder that has W_{v−1} — in memory, or after a reload from its cached chunks and the
+ *  manifest kept in localStorage — fetches only the int8 patch to v (patching.js), verified chunk
+ *  by chunk against the manifest's sha256; anything else loads the bf16 chunks. */
 export class ModelHolder {
-  constructor(client, { onProgress = null, dbName = 'ailo-chunks' } = {}) {
-    this.client = client; this.onProgress = onProgress; this.dbName = dbName;
-    this.manifest = null; this.tensors = null; this.stats = null;
-    this.bytesDownloaded = 0;  // chunk bytes fetched over the network by this holder, all versions
+  constructor(client, { onProgress = null, dbName = 'ailo-chunks', format = 'auto' } = {}) {
+    this.client = client; this.onProgress = onProgress; this.dbName = dbName; this.format = format;
+    this.manifest = null; this.tensors = null; this.stats = null; this.loadedFormat = null;
+    this.bytesDownloaded = 0;  // chunk + patch bytes fetched over the network by this holder, all versions
+    this.notes = [];           // why a patch was not used (404, gap, hash mismatch), newest last
   }
 
-  /** Load the served model (or keep the one in memory when its version is current). */
-  async ensure(version = null) {
-    if (this.manifest && (version === null || this.manifest.version === version)) {
-      const m = await this.client.manifest();
+  get servedKey() { return `ailo-served:${this.dbName}`; }
+
+  /** (manifest, format) in `want` ('auto' probes bf16 first and settles on what is served). */
+  async _manifest(want) {
+    if (want === 'fp32') return [await this.client.manifest('fp32'), 'fp32'];
+    try {
+      return [await this.client.manifest('bf16'), 'bf16'];
+    } catch (e) {
+      if (want !== 'auto' || !/HTTP 404/.test(e.message || '')) throw e;
+      this.format = 'fp32';  // this coordinator serves only the fp32 model
+      return [await this.client.manifest('fp32'), 'fp32'];
+    }
+  }
+
+  /** Load the served model (or keep the one in memory when its version is current). `format`
+   *  (a task's `download`: 'bf16' or 'fp32') overrides the holder's for this call. */
+  async ensure(version = null, { format = null } = {}) {
+    const want = format || (this.format === 'auto' && this.loadedFormat ? this.loadedFormat : this.format);
+    if (this.manifest && (version === null || this.manifest.version === version) && (want === 'auto' || want === this.loadedFormat)) {
+      const [m] = await this._manifest(this.loadedFormat);
       if (m.version === this.manifest.version) return this;
     }
     const cache = await ChunkCache.open(this.dbName);
     try {
-      const manifest = await this.client.manifest();
-      const loader = new ChunkLoader({ base: this.client.base, cache, onProgress: this.onProgress });
-      let bytes;
-      try {
-        // A coordinator restart mid-download: retried under the shared policy; every chunk
-        // verified so far is already in IndexedDB, so the retry fetches only the rest.
-        bytes = await withBackoff(() => loader.loadAll(manifest), { policy: this.client.policy, transient: isRetryable, what: 'model download' });
-      } finally {
-        this.bytesDownloaded += loader.stats.downloadedBytes;
+      const [manifest, fmt] = await this._manifest(want);
+      let bytes = fmt === 'bf16' ? await this._patched(manifest, cache) : null;
+      let stats;
+      if (bytes) {
+        stats = { downloadedBytes: this.lastPatchBytes, downloadedChunks: 0, cacheHits: 0, cacheBytes: 0, patchBytes: this.lastPatchBytes };
+        this.bytesDownloaded += this.lastPatchBytes;
+      } else {
+        const loader = new ChunkLoader({ base: this.client.base, cache, onProgress: this.onProgress });
+        try {
+          // A coordinator restart mid-download: retried under the shared policy; every chunk
+          // verified so far is already in IndexedDB, so the retry fetches only the rest.
+          bytes = await withBackoff(() => loader.loadAll(manifest), { policy: this.client.policy, transient: isRetryable, what: 'model download' });
+        } finally {
+          this.bytesDownloaded += loader.stats.downloadedBytes;
+        }
+        stats = { ...loader.stats, patchBytes: 0 };
       }
       this.tensors = assembleTensors(manifest, bytes);
       this.manifest = manifest;
-      this.stats = { ...loader.stats, chunks: manifest.chunks.length, totalBytes: manifest.chunks.reduce((s, c) => s + c.size, 0) };
+      this.loadedFormat = fmt;
+      this.stats = { ...stats, format: fmt, via: stats.patchBytes ? 'patch' : 'chunks', chunks: manifest.chunks.length,
+        totalBytes: manifest.chunks.reduce((s, c) => s + c.size, 0) };
+      if (fmt === 'bf16' && typeof localStorage !== 'undefined') localStorage.setItem(this.servedKey, JSON.stringify(manifest));
       await cache.prune(manifest);  // chunks of older versions are not needed again
     } finally {
       cache.kv.close();
     }
     return this;
+  }
+
+  /** W_v's verified chunk bytes rebuilt from the held W_{v−1} + the patch, stored in the cache;
+   *  null when the patch path does not apply (the reason is kept in `notes`). */
+  async _patched(manifest, cache) {
+    const held = await this._held(manifest, cache);
+    if (!held || held.version !== manifest.version - 1) return null;
+    let patch;
+    try {
+      patch = await this.client.patch(manifest.version);
+    } catch (e) {
+      this.notes.push(`patch to v${manifest.version}: ${e.message}`);
+      return null;
+    }
+    let blobs;
+    try {
+      blobs = await patchedChunks(manifest, held.tensors, patch);
+    } catch (e) {
+      if (!(e instanceof PatchError)) throw e;
+      this.notes.push(`patch to v${manifest.version} refused: ${e.message}`);
+      return null;
+    }
+    for (const c of manifest.chunks) await cache.put(c.sha256, blobs.get(c.index));
+    this.lastPatchBytes = patch.byteLength;
+    return blobs;
+  }
+
+  /** The bf16 model this holder has: in memory, else the last bf16 manifest it loaded (kept in
+   *  localStorage) rebuilt from chunks still in IndexedDB (verified; nothing is downloaded). */
+  async _held(manifest, cache) {
+    if (this.manifest && this.loadedFormat === 'bf16') return { version: this.manifest.version, tensors: this.tensors };
+    if (typeof localStorage === 'undefined') return null;
+    let prev;
+    try { prev = JSON.parse(localStorage.getItem(this.servedKey) || 'null'); } catch { prev = null; }
+    if (!prev || prev.preset !== manifest.preset || prev.version !== manifest.version - 1) return null;
+    const offline = new ChunkLoader({ base: this.client.base, cache, mirrors: [], fetchImpl: () => Promise.reject(new Error('not cached')) });
+    try {
+      return { version: prev.version, tensors: assembleTensors(prev, await offline.loadAll(prev)) };
+    } catch (e) {
+      this.notes.push(`held v${prev.version} not in this browser's cache: ${e.message}`);
+      return null;
+    }
   }
 }
 
@@ -62,7 +138,7 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
   }
   if (task.status !== 'train') return { status: task.status, task };
   onStatus({ phase: 'model', task });
-  await holder.ensure(task.version);
+  await holder.ensure(task.version, { format: task.download === 'bf16' ? 'bf16' : 'fp32' });  // the task names the download
   if (holder.manifest.version !== task.version) throw new Error(`coordinator serves model version ${holder.manifest.version}, the task trains ${task.version}; try again`);
   const seq = Math.min(task.seq_len || holder.manifest.config.n_ctx, holder.manifest.config.n_ctx);
   const model = new GPT(holder.manifest.config, holder.tensors);

@@ -22,3 +22,4 @@ export { BrowserNode, signRoomRequest, roomRequestMessage } from './node.js';
 export { roomsTable, roomNodes, nodeKind, roomChecksTable, roomEvents } from './roomsview.js';
 export { DEFAULT_POLICY, delaySeconds, withBackoff, isTransientStatus, Unavailable } from './backoff.js';
 export { submitSigned } from './upload.js';
+export { decodeInt8Body, applyPatch, chunkBytes, patchedChunks, bf16Bits, PatchError } from './patching.js';

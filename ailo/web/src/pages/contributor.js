@@ -96,11 +96,14 @@ async function loadModel() {
   try {
     await holder.ensure();
     const s = holder.stats;
-    state.model = { version: holder.manifest.version, preset: holder.manifest.preset, downloadedBytes: s.downloadedBytes, cacheHits: s.cacheHits, chunks: s.chunks, totalBytes: s.totalBytes };
+    state.model = { version: holder.manifest.version, preset: holder.manifest.preset, downloadedBytes: s.downloadedBytes, cacheHits: s.cacheHits, chunks: s.chunks, totalBytes: s.totalBytes,
+      format: s.format, via: s.via, patchBytes: s.patchBytes, notes: holder.notes.slice() };
     $('model-progress').max = 1;
     $('model-progress').value = 1;
-    setText('model-status', `${holder.manifest.preset} version ${holder.manifest.version}: ${s.chunks} chunks (${mb(s.totalBytes)}), ` +
-      `${mb(s.downloadedBytes)} downloaded, ${s.cacheHits} from this browser's cache — verified (sha256)`, 'ok');
+    const how = s.via === 'patch' ? `patched from version ${holder.manifest.version - 1} with a ${mb(s.patchBytes)} int8 patch`
+      : `${mb(s.downloadedBytes)} downloaded, ${s.cacheHits} from this browser's cache`;
+    setText('model-status', `${holder.manifest.preset} version ${holder.manifest.version} (${s.format}): ${s.chunks} chunks (${mb(s.totalBytes)}), ` +
+      `${how} — verified (sha256)`, 'ok');
   } catch (e) {
     setText('model-status', `Model download failed: ${fail('model', e)} (reload to resume)`, 'bad');
   }

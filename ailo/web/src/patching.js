@@ -1,0 +1,129 @@
+// Compact downloads in the page (ailo/federation/served.py, patching.py): the coordinator's
+// `--compact-downloads` serves W_v, bfloat16 tensors, as the manifest of GET /v1/model?format=bf16,
+// and P_v = the int8 update-codec body of (M_v − W_{v−1}) at GET /v1/patches/{v}. A page that
+// holds W_{v−1} fetches only P_v (≈ ¼ of the fp32 bytes), rebuilds
+//
+//     W_v = bf16(float32(W_{v−1}) + decode(P_v))      (float32 add, round-to-nearest-even)
+//
+// bit for bit as PyTorch does, re-serialises every chunk of the bf16 manifest and accepts the
+// result only when each chunk's size and sha256 match; anything else (no held version, a gap,
+// a 404, a malformed patch, one wrong hash) answers null and the caller downloads the bf16 chunks.
+import { sha256Hex } from './hash.js';
+import { parseSafetensors, serializeSafetensors } from './safetensors.js';
+import { INT8_BLOCK } from './codecs.js';
+
+export class PatchError extends Error {
+  get name() { return 'PatchError'; }
+}
+
+const numel = (shape) => shape.reduce((a, b) => a * b, 1);
+const byName = (l, r) => (l < r ? -1 : l > r ? 1 : 0);
+
+/** The int8 codec body over `shapes` (Map name → shape) → Map name → Float32Array, with the
+ *  checks of ailo/federation/codecs.py `decode` (exactly q I8[total] and scale F32[blocks],
+ *  finite non-negative scales, no code −128, finite results). Values are q·s rounded once to
+ *  float32, as numpy computes them. */
+export function decodeInt8Body(body, shapes) {
+  let parsed;
+  try { parsed = parseSafetensors(body); } catch (e) { throw new PatchError(`invalid safetensors body: ${e.message}`); }
+  const { metadata, tensors } = parsed;
+  if (!metadata || metadata.codec !== 'int8') throw new PatchError(`body is encoded as ${(metadata && metadata.codec) || 'fp32'}, not int8`);
+  const names = [...shapes.keys()].sort(byName);
+  const total = names.reduce((s, n) => s + numel(shapes.get(n)), 0);
+  const nblocks = names.reduce((s, n) => s + Math.ceil(numel(shapes.get(n)) / INT8_BLOCK), 0);
+  const keys = [...tensors.keys()].sort();
+  if (keys.join(',') !== 'q,scale') throw new PatchError(`an int8 body holds exactly the arrays q, scale; got ${keys.slice(0, 8)}`);
+  const qt = tensors.get('q'), st = tensors.get('scale');
+  if (qt.dtype !== 'I8' || qt.shape.join(',') !== String(total)) throw new PatchError(`q must be I8 [${total}], got ${qt.dtype} [${qt.shape}]`);
+  if (st.dtype !== 'F32' || st.shape.join(',') !== String(nblocks)) throw new PatchError(`scale must be F32 [${nblocks}], got ${st.dtype} [${st.shape}]`);
+  const q = new Int8Array(qt.bytes.buffer, qt.bytes.byteOffset, total);
+  const scale = new Float32Array(st.bytes.slice().buffer);
+  for (const s of scale) if (!Number.isFinite(s) || s < 0) throw new PatchError('int8 scales must be finite and non-negative');
+  const out = new Map();
+  let off = 0, b = 0;
+  for (const name of names) {
+    const n = numel(shapes.get(name));
+    const v = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const code = q[off + i];
+      if (code === -128) throw new PatchError('int8 code -128 is not used (codes are -127..127)');
+      v[i] = code * scale[b + Math.floor(i / INT8_BLOCK)];  // exact in float64, rounded once on store
+      if (!Number.isFinite(v[i])) throw new PatchError(`tensor ${name} decodes to NaN or Inf`);
+    }
+    out.set(name, v);
+    off += n;
+    b += Math.ceil(n / INT8_BLOCK);
+  }
+  return out;
+}
+
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);
+
+/** float32 → bfloat16 bits, round to nearest even (c10::BFloat16; NaN → 0x7FC0). */
+export function bf16Bits(x) {
+  F32[0] = x;
+  const b = U32[0];
+  if ((b & 0x7fffffff) > 0x7f800000) return 0x7fc0;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** bfloat16 bits of a Float32Array whose values are all bfloat16 (e.g. read from BF16 chunks). */
+export function heldBits(values) {
+  const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < u.length; i++) {
+    if (u[i] & 0xffff) throw new PatchError('held tensor is not bfloat16');
+    out[i] = u[i] >>> 16;
+  }
+  return out;
+}
+
+/** W_v bits from W_{v−1} (Map name → {shape, data: Float32Array of bf16 values}) and P_v. */
+export function applyPatch(held, patch) {
+  const shapes = new Map([...held.entries()].map(([n, t]) => [n, t.shape]));
+  const step = decodeInt8Body(patch, shapes);
+  const out = new Map();
+  for (const [name, t] of held) {
+    const d = step.get(name);
+    const bits = new Uint16Array(t.data.length);
+    for (let i = 0; i < bits.length; i++) bits[i] = bf16Bits(t.data[i] + d[i]);  // float32 + float32, exact in float64
+    out.set(name, { shape: t.shape, bits });
+  }
+  return out;
+}
+
+/** The chunk files of a bf16 `manifest` rebuilt from full tensors (ailo/federation/downloads.py
+ *  chunk_bytes): Map chunk index → bytes. */
+export function chunkBytes(manifest, weights) {
+  const groups = new Map();
+  for (const [name, entry] of Object.entries(manifest.tensors)) {
+    const t = weights.get(name);
+    if (!t) throw new PatchError(`patched model lacks tensor ${name}`);
+    const rowSize = entry.shape.slice(1).reduce((a, b) => a * b, 1);
+    for (const p of entry.parts) {
+      const whole = p.key === name;
+      const data = whole ? t.bits : t.bits.subarray(p.start * rowSize, p.stop * rowSize);
+      const shape = whole ? entry.shape : [p.stop - p.start, ...entry.shape.slice(1)];
+      if (!groups.has(p.chunk)) groups.set(p.chunk, new Map());
+      groups.get(p.chunk).set(p.key, { shape, dtype: 'BF16', data });
+    }
+  }
+  return new Map([...groups.entries()].map(([i, g]) => [i, serializeSafetensors(g)]));
+}
+
+/** W_v's chunks (Map index → bytes) from the held W_{v−1} and the patch bytes, each checked
+ *  against `manifest`'s size and sha256; throws PatchError naming the first mismatch. */
+export async function patchedChunks(manifest, held, patch) {
+  if (Object.values(manifest.tensors).some((t) => t.dtype !== 'bfloat16')) throw new PatchError('the manifest is not the bf16 served model');
+  const names = Object.keys(manifest.tensors).sort(byName);
+  if (names.join('\n') !== [...held.keys()].sort(byName).join('\n')) throw new PatchError('held model has other tensors than the manifest');
+  const blobs = chunkBytes(manifest, applyPatch(held, patch));
+  for (const c of manifest.chunks) {
+    const data = blobs.get(c.index);
+    if (!data || data.byteLength !== c.size || (await sha256Hex(data)) !== c.sha256) {
+      throw new PatchError(`patched chunk ${c.index} of v${manifest.version} does not match its sha256`);
+    }
+  }
+  return blobs;
+}
