@@ -48,6 +48,7 @@ FUND = UNIT  # 1 ALC per requester: enough for every request below (at most 0.11
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), AILO_WALLET="/nonexistent/ailo-wallet.json", OMP_NUM_THREADS="1")
 PAGE_USER = "pia_page_node"
 LIAR_SEED = "5a" * 32  # a registered wallet whose page answers zeros
+BUYER_SEED = "b7" * 32  # a funded wallet restored into the contributor page, which asks and pays
 
 # A page that joins room `room` with a registered wallet and answers every frame with zeros of
 # the right shape (finite: it passes the hop's shape check, only a spot check can tell).
@@ -109,13 +110,14 @@ def net(tmp_path_factory):
                                init_std=0.3)
     wallets = {name: Wallet.from_label(f"paid-room-{name}") for name in ("asker", "asker2", "solo", "n1", "n2")}
     wallets["liar"] = Wallet.from_seed(bytes.fromhex(LIAR_SEED))
+    wallets["buyer"] = Wallet.from_seed(bytes.fromhex(BUYER_SEED))
     keys = {name: w.save(base / f"{name}.json") for name, w in wallets.items()}
     # The chain the coordinator will replay: registered wallets, the requester funded by a training mint.
     state.mkdir()
     ledger = LedgerService(SQLiteLedgerStore(state / "ledger.db"), coordinator_wallet(state))
     for name, w in wallets.items():
         ledger.register(register_tx(w, f"paid_{name}", ledger.clock()).to_json())
-    for name in ("asker", "asker2"):
+    for name in ("asker", "asker2", "buyer"):
         ledger.mint_training(wallets[name].address, FUND, f"update:paid-room-fund-{name}")
     ledger.store.close()
 
@@ -312,4 +314,72 @@ def test_lying_page_node_is_caught_not_paid_evicted_and_cannot_rejoin(net):
     assert len(pays) == before + 3 and {t["request"] for t in pays[-3:]} == set(rids)
     assert http.get(f"/v1/balance/{wallets['asker2'].address}").json()["spendable"] == \
         FUND - 3 * (INFERENCE_REWARD_UNITS + FEE)  # the requester's payments are burned, as for any request
+    assert not errors, errors
+
+
+# The buyer's key restored into the page's wallet store (the page has no import button; a
+# visitor's own key lands there the same way once it registered).
+RESTORE_JS = """async ([seed, username]) => {
+  const ailo = await import('/static/ailo.js');
+  const w = await ailo.Wallet.fromSeed(ailo.fromHex(seed));
+  w.username = username; w.registered = true;
+  await w.save();
+  return w.address;
+}"""
+
+
+def test_page_asks_a_room_and_pays_with_its_wallet(net):
+    """"Ask a room" on `/`: the page's wallet signs the generate request and a PAY_INFERENCE; the
+    answer equals `ailo ask`'s from the same room; the chain shows the payment and the node's mint."""
+    http, url, wallets = net["http"], net["url"], net["wallets"]
+    buyer = wallets["buyer"].address
+    page = net["ctx"].new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/?backend=wasm")
+    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+    assert page.evaluate(RESTORE_JS, [BUYER_SEED, "paid_buyer"]) == buyer
+    page.reload()
+    page.wait_for_function("window.ailoPage && window.ailoPage.ready && window.ailoPage.balance", timeout=120_000)
+    assert page.evaluate("window.ailoPage.wallet.address") == buyer
+    assert page.evaluate("window.ailoPage.balance.spendable") == FUND
+    wait_rooms(http, {"solo": 1}, net["procs"], net["base"])
+    solo_node = wallets["solo"].address
+    minted_before = http.get(f"/v1/balance/{solo_node}").json()["spendable"]
+
+    page.select_option("#ask-room", "solo")
+    assert "0.05000000 ALC + 0.01000000 ALC fee" in page.inner_text("#ask-price")
+    page.fill("#ask-prompt", ", ".join(map(str, PROMPT)))
+    page.fill("#ask-max", str(SHORT))
+    page.click("#ask")
+    page.wait_for_function("window.ailoPage.asks.length === 1", timeout=60_000)
+    got = page.evaluate("window.ailoPage.asks[0]")
+    assert got["error"] is None, (got, page.evaluate("window.ailoPage.errors"))
+    want, _ = ask(url, "solo", net["keys"]["asker2"], SHORT)  # the same room through `ailo ask`
+    assert got["tokens"] == want and got["payees"] == [solo_node]
+    assert page.inner_text("#ask-output").split() == [str(t) for t in want]
+    pays = [t for t in chain_txs(http) if t["type"] == "PAY_INFERENCE" and t["request"] == got["requestId"]]
+    assert [(t["from"], t["amount"], t["fee"]) for t in pays] == [(buyer, INFERENCE_REWARD_UNITS, FEE)]
+    mints = [t for t in chain_txs(http) if t["type"] == "MINT_INFERENCE" and t["ref"] == reward_ref(got["requestId"], solo_node)]
+    assert [t["amount"] for t in mints] == [INFERENCE_REWARD_UNITS]
+    assert http.get(f"/v1/balance/{solo_node}").json()["spendable"] == minted_before + 2 * INFERENCE_REWARD_UNITS
+    spent = FUND - INFERENCE_REWARD_UNITS - FEE
+    assert http.get(f"/v1/balance/{buyer}").json()["spendable"] == spent
+    page.wait_for_function(f"window.ailoPage.balance.spendable === {spent}", timeout=30_000)
+    assert "1 node wallet paid" in page.inner_text("#ask-status")
+
+    # A registered wallet without funds (the liar's: it earned nothing) asks: 402 insufficient_funds,
+    # shown on the page; nothing is written to the chain.
+    page.evaluate(RESTORE_JS, [LIAR_SEED, "paid_liar"])
+    page.reload()
+    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+    n = len(chain_txs(http))
+    page.select_option("#ask-room", "solo")
+    page.fill("#ask-prompt", "7, 100, 42")
+    page.click("#ask")
+    page.wait_for_function("window.ailoPage.asks.length === 1", timeout=60_000)
+    got = page.evaluate("window.ailoPage.asks[0]")
+    assert got["reason"] == "insufficient_funds" and got["tokens"] == [], got
+    assert "Not enough ALC" in page.inner_text("#ask-status")
+    assert len(chain_txs(http)) == n
     assert not errors, errors

@@ -19,6 +19,7 @@ export { fetchSpanManifest, loadSpanWeights, assembleSpan } from './spanweights.
 export { decodeFrame, encodeFrame, WireError } from './wire.js';
 export { ContinuousContributor, backoffSeconds, isTransient } from './continuous.js';
 export { BrowserNode, signRoomRequest, roomRequestMessage } from './node.js';
+export { askRoom, payInferenceTx, parseTokenIds } from './asker.js';
 export { roomsTable, roomNodes, nodeKind, roomChecksTable, roomEvents } from './roomsview.js';
 export { DEFAULT_POLICY, delaySeconds, withBackoff, isTransientStatus, Unavailable } from './backoff.js';
 export { submitSigned } from './upload.js';

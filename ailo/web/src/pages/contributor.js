@@ -5,13 +5,14 @@ import { initBackend, backendInfo } from '../backend.js';
 import { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from '../client.js';
 import { GPT2Tokenizer } from '../tokenizer.js';
 import { Wallet, USERNAME_RE } from '../wallet.js';
-import { formatAlc } from '../ledger.js';
+import { formatAlc, FEE } from '../ledger.js';
 import { hasWebCryptoEd25519 } from '../ed25519.js';
 import { ContinuousContributor } from '../continuous.js';
 import { BrowserNode } from '../node.js';
+import { askRoom, parseTokenIds } from '../asker.js';
 
 const $ = (id) => document.getElementById(id);
-const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], chain: null, errors: [] });
+const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], asks: [], chain: null, errors: [] });
 const client = new CoordinatorClient('');
 const params = new URLSearchParams(location.search);
 let wallet = null;
@@ -132,23 +133,83 @@ function updateTrainButton() {
   $('train').disabled = !can || !!(continuous && continuous.running);
   $('continuous').disabled = !can;
   $('serve').disabled = !(wallet && wallet.registered && $('serve-room').value);
+  $('ask').disabled = !(wallet && wallet.registered && $('ask-room').value) || asking;
 }
 
 let node = null;
 
+let rooms = [];
+
 async function loadRooms() {
   try {
-    const rooms = await client.rooms();
-    const sel = $('serve-room');
-    sel.innerHTML = rooms.length ? '' : '<option value="">no rooms</option>';
-    for (const r of rooms) {
-      const o = document.createElement('option');
-      o.value = r.id;
-      o.textContent = `${r.id} — ${r.model} (${r.state}, ${r.nodes.filter((n) => n.alive).length}/${r.slots} nodes)`;
-      sel.appendChild(o);
+    rooms = await client.rooms();
+    for (const id of ['serve-room', 'ask-room']) {
+      const sel = $(id);
+      const keep = sel.value;
+      sel.innerHTML = rooms.length ? '' : '<option value="">no rooms</option>';
+      for (const r of rooms) {
+        const o = document.createElement('option');
+        o.value = r.id;
+        o.textContent = `${r.id} — ${r.model} (${r.state}, ${r.nodes.filter((n) => n.alive).length}/${r.slots} nodes)`;
+        sel.appendChild(o);
+      }
+      if (keep && rooms.some((r) => r.id === keep)) sel.value = keep;
     }
+    showAskPrice();
   } catch (e) {
     fail('rooms', e);
+  }
+}
+
+function showAskPrice() {
+  const r = rooms.find((x) => x.id === $('ask-room').value);
+  if (!r) { setText('ask-price', '—'); return; }
+  setText('ask-price', r.price ? `Price: ${formatAlc(r.price)} + ${formatAlc(FEE)} fee per request (${r.plan ? r.plan.spans.length : '?'} spans)` +
+    (r.has_tokenizer ? '' : ' · this room has no tokenizer: type token ids') : 'This coordinator charges nothing for this room.', 'muted');
+}
+
+let asking = false;
+
+/** Ask the chosen room from this page's wallet, paying with a signed PAY_INFERENCE. */
+async function ask() {
+  asking = true;
+  updateTrainButton();
+  const room = $('ask-room').value;
+  const record = { room, tokens: [], text: '', requestId: null, payees: null, error: null, reason: null };
+  $('ask-output').textContent = '';
+  try {
+    await loadRooms();
+    const view = rooms.find((r) => r.id === room);
+    if (!view) throw new Error(`no room ${room}`);
+    const typed = $('ask-prompt').value;
+    const ids = view.has_tokenizer ? null : parseTokenIds(typed);
+    if (!view.has_tokenizer && !ids) throw new Error('this room has no tokenizer: type token ids, e.g. 7, 100, 42');
+    if (view.has_tokenizer && !typed.trim()) throw new Error('type a prompt');
+    setText('ask-status', `Paying ${formatAlc(view.price || 0)} + ${formatAlc(FEE)} fee and asking ${room}…`, 'muted');
+    const done = await askRoom({ room, wallet, prompt: ids ? null : typed, inputIds: ids, maxNewTokens: Number($('ask-max').value) || 32,
+      price: view.price, onEvent: (e) => {
+        if (e.type === 'start') record.requestId = e.request_id;
+        if (e.type === 'token') {
+          record.tokens.push(e.token);
+          const piece = e.text !== null && e.text !== undefined ? e.text : `${e.token} `;
+          record.text += piece;
+          $('ask-output').textContent += piece;
+        }
+        if (e.type === 'failover') setText('ask-status', `${e.span} moved to another node (${e.reason})…`, 'muted');
+      } });
+    Object.assign(record, { requestId: done.request_id, payees: done.payees, price: view.price, finish: done.finish_reason });
+    setText('ask-status', `Done: ${done.tokens.length} tokens, paid ${formatAlc((view.price || 0) + (view.price ? FEE : 0))}; ` +
+      `${done.payees.length} node wallet${done.payees.length === 1 ? '' : 's'} paid (request ${done.request_id.slice(0, 12)}).`, 'ok');
+  } catch (e) {
+    record.error = e.message || String(e);
+    record.reason = e.reason || null;
+    const msg = e.reason === 'insufficient_funds' ? `Not enough ALC for this request: ${e.message}` : fail('ask', e);
+    setText('ask-status', msg, 'bad');
+  } finally {
+    state.asks.push(record);
+    asking = false;
+    updateTrainButton();
+    await refreshBalance();
   }
 }
 
@@ -297,6 +358,8 @@ async function main() {
   $('continuous').addEventListener('change', toggleContinuous);
   $('serve').addEventListener('click', toggleServe);
   $('serve-room').addEventListener('change', updateTrainButton);
+  $('ask').addEventListener('click', ask);
+  $('ask-room').addEventListener('change', () => { showAskPrice(); updateTrainButton(); });
   $('pause-hidden').addEventListener('change', () => { if (continuous) { continuous.pauseWhenHidden = $('pause-hidden').checked; continuous._poke(); } });
   $('text-source').addEventListener('change', () => { $('own-text').hidden = !!$('text-source').value; });
   const backend = await initBackend(params.get('backend') || null);
