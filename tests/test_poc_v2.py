@@ -13,7 +13,7 @@ from ailo.federation.holdout import PrivateHoldout, check_private, load_secret
 from ailo.federation.robust import (CoordinateMedian, FedAvgM, MultiKrum, TrimmedMean, coordinate_median,
                                     krum_select, pairwise_sq_dists, trimmed_mean)
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_global_direction, check_loss_harm,
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_descent, check_loss_harm,
                                       check_loss_paired, check_round_similarity, clip_scale, cooldown_seconds)
 
 SECRET = b"s" * 32
@@ -85,10 +85,26 @@ def test_later_rounds_refuse_harm_and_wrong_direction_only():
     assert abs(drop) < 3 * se
     with pytest.raises(UpdateRejected, match="raises the holdout loss"):
         check_loss_harm(before, before + 0.01 + 0.001 * torch.randn(64, generator=g), cfg)
-    check_global_direction(0.8, cfg)                                 # honest: 0.78 … 0.93 measured
-    with pytest.raises(UpdateRejected) as e:
-        check_global_direction(-0.85, cfg)                           # sign-flipped: −0.90 … −0.82
-    assert e.value.reason == "wrong_direction"
+
+
+def test_descent_rule_falls_back_to_the_holdout_gradient_under_the_global_bar():
+    cfg = ValidationConfig()
+    asked = []
+
+    def holdout(cos):
+        def direction():
+            asked.append(cos)
+            if cos <= cfg.min_cosine:
+                raise UpdateRejected("wrong_direction", f"uphill: {cos}")
+            return cos
+        return direction
+    assert check_descent(0.8, holdout(0.1), cfg) is None and asked == []    # above the bar: gradient not needed
+    assert check_descent(0.2, holdout(0.05), cfg) == 0.05                  # ailo-1b round 2: under the bar, downhill
+    assert check_descent(None, holdout(0.07), cfg) == 0.07                 # version 0 / lossy codec
+    for cos_global, cos_grad in ((-0.85, -0.04), (0.2, 0.0), (None, -0.3)):  # uphill on both: refused
+        with pytest.raises(UpdateRejected) as e:
+            check_descent(cos_global, holdout(cos_grad), cfg)
+        assert e.value.reason == "wrong_direction"
 
 
 def test_clip_scale_and_cooldown():

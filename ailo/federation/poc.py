@@ -34,7 +34,7 @@ from ailo.federation.reputation import Reputation
 from ailo.federation.rewards import RewardConfig, training_reward
 from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_direction, check_global_direction,
+from ailo.federation.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
                                       check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
                                       check_timestamp, clip_scale, cooldown_seconds)
 from ailo.wallet import is_valid_address, verify_signature
@@ -190,20 +190,12 @@ class ProofOfContribution:
         check_round_similarity(cos_peers, cos_global, cfg)
 
         before, grad = self.reference(coord)
-        if cos_global is None or codec.lossy:
-            # version 0: the holdout gradient is the only direction there is; lossy codecs: a top-k
-            # body's support differs from the global change's (honest sketch cosine ≈ 0.18), so
-            # the global-direction bar would refuse honest work — judge it against the gradient
-            sub.extra["cosine"] = check_direction(sub.tensors, grad, cfg)
-        else:
-            try:
-                check_global_direction(cos_global, cfg)
-            except UpdateRejected:
-                # The last global change can be a poor guide to the next one: ailo-1b's first round
-                # (loss 11.05 → 7.41) moved mostly what one step from initialisation moves, and every
-                # honest round-2 update fell under the bar. The holdout gradient then decides: the
-                # update must point downhill on at least one of the two directions.
-                sub.extra["cosine"] = check_direction(sub.tensors, grad, cfg)
+        # lossy codecs: a top-k body's support differs from the global change's (honest sketch
+        # cosine ≈ 0.18), so the global-direction bar would refuse honest work: gradient only
+        cos = check_descent(None if codec.lossy else cos_global,
+                            lambda: check_direction(sub.tensors, grad, cfg), cfg)
+        if cos is not None:
+            sub.extra["cosine"] = cos
         after = self.losses_after(coord, sub.tensors, coord.config.server_lr * scale * cfg.loss_step_share)
         d = before.double() - after.double()
         sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),

@@ -6,6 +6,7 @@ None or raises `UpdateRejected` with its own reason code; the coordinator compos
   robust statistics (median, MAD) of recently accepted updates, in log space; before enough history exists, a hard per-coordinate bound
   that AdamW cannot exceed (|Δ| ≤ c·lr·steps).
 - `check_direction` — Δ must have a positive component along the holdout-loss gradient.
+- `check_descent` — which direction decides: the last global change, else the holdout gradient.
 - `check_loss` — the update applied alone must lower the loss on the coordinator's private
   holdout batch by more than the tolerance.
 - `check_loss_paired` — the same on per-sequence losses: the mean paired drop must clear a bar
@@ -21,7 +22,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -210,12 +211,19 @@ def check_loss_harm(before: torch.Tensor, after: torch.Tensor, cfg: ValidationCo
     return mean, se
 
 
-def check_global_direction(cos_global: float, cfg: ValidationConfig) -> None:
-    """From version 1 on, the last global change is a far less noisy direction than a holdout
-    gradient: honest updates measured cos 0.78 … 0.93 with it, sign-flipped ones −0.90 … −0.82."""
-    if cos_global <= cfg.min_global_cosine:
-        raise UpdateRejected("wrong_direction", f"update points away from the last global change: sketch cosine "
-                             f"{cos_global:.3f} (must exceed {cfg.min_global_cosine})")
+def check_descent(cos_global: float | None, holdout_direction: Callable[[], float],
+                  cfg: ValidationConfig) -> float | None:
+    """The direction rule: at version 0 (`cos_global` None) or under a lossy codec (the caller
+    passes None) the holdout gradient decides; from version 1 on an update above the
+    global-change bar passes, and one under it is judged by the holdout gradient — the last
+    global change can be a poor guide to the next (ailo-1b's first round was the move out of
+    initialisation: every honest round-2 update measured under 0.3). On ailo-tiny honest updates
+    measured cos 0.78 … 0.93 with the global change, sign-flipped ones −0.90 … −0.82. Returns the
+    holdout cosine when it was computed; `holdout_direction` raises `wrong_direction` for an
+    update that points uphill there too."""
+    if cos_global is not None and cos_global > cfg.min_global_cosine:
+        return None
+    return holdout_direction()
 
 
 def check_round_similarity(cos_peers: list[float], cos_global: float | None, cfg: ValidationConfig) -> None:
