@@ -14,6 +14,7 @@ exercised, not the norm check.
 
     .venv/bin/python bench/poc_attacks.py --plot docs/poc_attacks.png   # 10 rounds, all attacks
     .venv/bin/python bench/poc_attacks.py --kinds none --permissive     # honest distributions only
+    .venv/bin/python bench/poc_attacks.py --kinds diluted,sign_global   # zero-compute copies of G
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ailo.data import carve_private  # noqa: E402
 from ailo.federation.coordinator import CoordinatorConfig  # noqa: E402
-from ailo.federation.redteam import KINDS, Campaign  # noqa: E402
+from ailo.federation.redteam import EXTRA_KINDS, KINDS, Campaign  # noqa: E402
+from ailo.federation.rewards import RewardConfig  # noqa: E402
 from ailo.federation.validate import ValidationConfig  # noqa: E402
 from ailo.paths import corpus_dir  # noqa: E402
 from ailo.server.services import ServiceConfig, build_app  # noqa: E402
@@ -53,8 +55,9 @@ def check_bounds(camp: Campaign, rows: list, honest_totals: list[int], cfg: Vali
     kinds = {a.kind for a in camp.attackers}
     names = [w.client_id for w in camp.workers]
     if "sybil" in kinds:  # all clones together vs one update's reward, every round: at most one clone
-        # is accepted (one real training run), and it earns like one honest update (≤ 1.2× the
-        # round's honest median: its LossBonus may beat the honest ones, as any honest update's may)
+        # is accepted (one real training run) and the clones together earn no more than one update
+        # can (base × (1 + max LossBonus) + speed bonus). Its LossBonus may beat the round's honest
+        # updates, as any honest update's may: the ratios to the honest median and best are reported.
         sybil = next(a for a in camp.attackers if a.kind == "sybil")
         clones = Counter(o["round"] for o in sybil.outcomes if o.get("status") == "accepted")
         best = [e["sybil"] / max(e[n] for n in names) for e in camp.earnings if max(e[n] for n in names) > 0]
@@ -63,7 +66,11 @@ def check_bounds(camp: Campaign, rows: list, honest_totals: list[int], cfg: Vali
         out["sybil_accepted_clones_per_round_max"] = max(clones.values(), default=0)
         out["sybil_per_round_vs_best_honest_max"] = round(max(best), 3)
         out["sybil_per_round_vs_honest_median_max"] = round(max(med), 3)
-        out["sybil_ok"] = max(clones.values(), default=0) <= 1 and max(med) <= 1.2
+        rc = RewardConfig()
+        one_update = rc.base_reward * (1 + rc.max_bonus) + rc.speed_bonus
+        out["sybil_per_round_max_alc"] = max(e["sybil"] for e in camp.earnings) / 1e8
+        out["sybil_ok"] = (max(clones.values(), default=0) <= 1
+                           and all(e["sybil"] <= one_update for e in camp.earnings))
     med_total = statistics.median(honest_totals)
     if "gamer" in kinds:
         ratio = sum(e["gamer"] for e in camp.earnings) / med_total
@@ -119,7 +126,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--booster-factor", type=float, default=1.7)
     ap.add_argument("--plot", default=None, help="write a PNG of ALC earned per wallet per round here")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of attackers, or 'none'")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of attackers, or 'none'; besides "
+                    f"the default eight: {', '.join(EXTRA_KINDS)}")
     ap.add_argument("--permissive", action="store_true", help="accept anything passing the norm check "
                     "(measures the raw distributions the thresholds come from)")
     ap.add_argument("--aggregator", default="fedavg")
@@ -130,7 +138,8 @@ def main() -> None:
     validation = ValidationConfig(registrations_per_hour=100)  # every participant registers from this one address
     if args.permissive:
         validation = ValidationConfig(registrations_per_hour=100, duplicate_cosine=2, copied_cosine=2, min_cosine=-2,
-                                      loss_z=-1e9, min_paired_drop=-1e9, cooldown_base=0, refusal_cost=0)
+                                      loss_z=-1e9, min_paired_drop=-1e9, cooldown_base=0, refusal_cost=0,
+                                      min_fresh_cosine=-2)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -149,8 +158,13 @@ def main() -> None:
                                                                 file=sys.stderr, flush=True))
             rows = app.state.coordinator.store.updates(limit=100000)
             history = client.get("/v1/status").json()["history"]
+            poc, coord = app.state.poc, app.state.coordinator
+            fresh: dict[int, float] = {}   # update id → fresh-work score (docs/REWARDS.md "Fresh work")
+            paid: dict[int, int] = {}      # update id → units minted at the round's close
+            for rnd in range(1, args.rounds + 1):
+                fresh.update(poc.fresh_scores(coord, rnd))
+                paid.update({i: units for i, _, units in poc.reward_plan(coord, rnd)})
             if args.dump:
-                poc, coord = app.state.poc, app.state.coordinator
                 Path(args.dump).write_text(json.dumps({
                     "rows": [{"client": u.client_id, "round": u.round_id, "status": u.status, "reason": u.reason,
                               "extra": u.extra} for u in rows],
@@ -183,6 +197,9 @@ def main() -> None:
         "outcomes": {a.kind: dict(Counter(o.get("reason") or o.get("status") for o in a.outcomes))
                      for a in camp.attackers},
         "honest_refusal_reasons": sorted({u.reason for u in honest_rows if u.status == "refused"}),
+        "honest_accepted_unpaid": sum(paid.get(u.id, 0) == 0 for u in honest_rows if u.status == "accepted"),
+        "unpaid_accepted": dict(Counter(u.client_id.rsplit("-", 1)[0] for u in rows
+                                        if u.status == "accepted" and paid.get(u.id, 0) == 0)),
         "val_loss": [round(h["val_loss"], 4) for h in history],
         "distributions": {
             "honest_peer_cosine": dist("peer_cosine", lambda u: u.client_id.startswith("honest-")),
@@ -191,6 +208,8 @@ def main() -> None:
             "honest_loss_t": quantiles([tval(u) for u in honest_rows]),
             "honest_drop": dist("drop", lambda u: u.client_id.startswith("honest-")),
             "honest_clip_scale": dist("clip_scale", lambda u: u.client_id.startswith("honest-")),
+            "honest_fresh": quantiles([fresh.get(u.id) for u in honest_rows]),
+            **{f"{k}_fresh": quantiles([fresh.get(u.id) for u in rows if u.client_id.startswith(k)]) for k in kinds},
             **{f"{k}_{key}": dist(key, lambda u, k=k: u.client_id.startswith(k))
                for k in kinds for key in ("peer_cosine", "global_cosine", "clip_scale")},
             **{f"{k}_loss_t": quantiles([tval(u) for u in rows if u.client_id.startswith(k)]) for k in kinds},

@@ -103,6 +103,8 @@ def test_boosted_update_moves_the_model_no_more_than_the_clip(campaign):
         raw = update_norm(decode_update(coord.store.update_blob(b.sha256), manifest))
         assert b.extra["clip_scale"] < 1 and raw > limit           # it was boosted past the clip...
         assert update_norm(moved) <= limit * 1.001                   # ...and counted only up to it
+        # ...and scored (loss drop → LossBonus) at no more than a typical update's size:
+        assert b.extra["score_scale"] * raw <= limit / cfg.clip_factor * 1.001
         checked += 1
     assert checked >= 1
 

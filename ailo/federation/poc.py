@@ -13,7 +13,8 @@ Order of checks for POST /v1/updates (cheapest first, nothing parsed before iden
     on the coordinator's device).
 Refusals are recorded with their reason and never paid; verified ones count against the
 wallet (reputation, cool-down, rate-limit tokens). Rewards are minted when the round closes
-(the LossBonus needs the round's median) with ref `update:<id>`, which the ledger makes
+(the LossBonus needs the round's median; an accepted update with no fresh work beyond the last
+global change — `fresh_scores` — is paid nothing) with ref `update:<id>`, which the ledger makes
 idempotent, so a restart between publishing and paying pays exactly once.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ailo.federation.signing import update_message
 from ailo.federation.update_format import UpdateRejected
 from ailo.federation.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
                                       check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
-                                      check_timestamp, clip_scale, cooldown_seconds)
+                                      check_timestamp, clip_scale, cooldown_seconds, fresh_cosines)
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
@@ -176,7 +177,11 @@ class ProofOfContribution:
         work = task["lr"] * task["steps"]
         ref = statistics.median(history) * work if len(history) >= cfg.norm_min_history else None
         scale = clip_scale(norm_per_work * work, ref, cfg.clip_factor)
-        sub.extra.update(norm_per_work=norm_per_work, clip_scale=scale, seconds=sub.received - sub.round.created)
+        # Scored (loss test, LossBonus) at no more than a typical update's size: a boosted Δ moves
+        # the model up to the clip, but its larger step must not buy a larger loss drop and bonus.
+        score_scale = min(scale, clip_scale(norm_per_work * work, ref, 1.0))
+        sub.extra.update(norm_per_work=norm_per_work, clip_scale=scale, score_scale=score_scale,
+                         seconds=sub.received - sub.round.created)
 
         mine = sk.sketch(sub.tensors, self.sketch_secret)
         peers = [sk.decode(u.extra["sketch"]) for u in coord.store.updates(sub.round.id, "accepted")
@@ -196,7 +201,7 @@ class ProofOfContribution:
                             lambda: check_direction(sub.tensors, grad, cfg), cfg)
         if cos is not None:
             sub.extra["cosine"] = cos
-        after = self.losses_after(coord, sub.tensors, coord.config.server_lr * scale * cfg.loss_step_share)
+        after = self.losses_after(coord, sub.tensors, coord.config.server_lr * score_scale * cfg.loss_step_share)
         d = before.double() - after.double()
         sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),
                          drop_se=float(d.std() / d.numel() ** 0.5))
@@ -229,24 +234,55 @@ class ProofOfContribution:
                                                 "pool_windows": self.pool.pool_windows(coord.seq_len)}}
 
     # -- rewards ---------------------------------------------------------------------------
+    def fresh_scores(self, coord: "Coordinator", round_id: int) -> dict[int, float]:
+        """update id → `fresh_cosines` for the accepted updates of a round; empty where it cannot
+        be judged: version 0 (no global change), lossy codecs (a top-k body's residual is mostly
+        its own support), fewer than `fresh_min_peers` + 1 sketched updates, or an older
+        version's chunks no longer on disk."""
+        cfg, rnd = self.validation, coord.store.round(round_id)
+        if rnd is None or rnd.base_version < 1 or CodecSpec.from_task(rnd.task).lossy:
+            return {}
+        rows = [u for u in coord.store.updates(round_id, "accepted") if u.address and "sketch" in u.extra]
+        if len(rows) < cfg.fresh_min_peers + 1:
+            return {}
+        self.setup(coord)
+        try:
+            glob = self.model_sketch(coord, rnd.base_version - 1) - self.model_sketch(coord, rnd.base_version)
+        except (StopIteration, OSError, KeyError):
+            return {}
+        scores = fresh_cosines([sk.decode(u.extra["sketch"]) for u in rows], glob, cfg.min_fresh_cosine,
+                               cfg.fresh_min_peers + 1)
+        return {u.id: c for u, c in zip(rows, scores)}
+
     def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:
-        """(update id, address, units) for every accepted update of a closed round."""
+        """(update id, address, units) for every accepted update of a closed round; 0 units for
+        one that brought no work of its own beyond the last global change (`fresh_scores`)."""
         accepted = [u for u in coord.store.updates(round_id, "accepted") if u.address]
         if not accepted:
             return []
         task = coord.store.round(round_id).task
         task_samples = task["steps"] * task["batch_size"]
         med = statistics.median(u.extra.get("reduction", 0.0) for u in accepted)
-        return [(u.id, u.address, training_reward(u.n_samples, task_samples, u.extra.get("reduction", 0.0), med,
-                                                  u.extra.get("seconds"), self.rewards)) for u in accepted]
+        fresh = self.fresh_scores(coord, round_id)
+        return [(u.id, u.address, 0 if fresh.get(u.id, 1.0) < self.validation.min_fresh_cosine else
+                 training_reward(u.n_samples, task_samples, u.extra.get("reduction", 0.0), med,
+                                 u.extra.get("seconds"), self.rewards)) for u in accepted]
 
     def settle_round(self, coord: "Coordinator", round_id: int) -> None:
         for update_id, address, amount in self.reward_plan(coord, round_id):
-            if self.ledger.mint_training(address, amount, ref=f"update:{update_id}").created:
+            if amount > 0 and self.ledger.mint_training(address, amount, ref=f"update:{update_id}").created:
                 crash_point("mid_settle")
 
     def settle_all(self, coord: "Coordinator") -> None:
-        """Pay any closed round left unpaid by a crash (mints are idempotent by ref)."""
+        """Pay any closed round left unpaid by a crash (mints are idempotent by ref). Rounds whose
+        every accepted update already has its mint are skipped (no model sketches of old
+        versions to rebuild at each start-up)."""
+        state = self.ledger.state() if hasattr(self.ledger, "state") else None
+        paid = getattr(state, "refs", None)
         for rnd in coord.store.rounds():
-            if rnd.status == "closed":
-                self.settle_round(coord, rnd.id)
+            if rnd.status != "closed":
+                continue
+            if paid is not None and all(f"update:{u.id}" in paid for u in coord.store.updates(rnd.id, "accepted")
+                                        if u.address):
+                continue
+            self.settle_round(coord, rnd.id)

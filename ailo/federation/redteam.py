@@ -10,6 +10,10 @@ worker does, only the Δ it sends is a cheat:
 - `booster`   — an honest Δ scaled ×`factor` to pull the model towards itself;
 - `sign_flip` — an honest Δ negated;  `noise` — Gaussian noise with an honest Δ's norm;
 - `early`     — honest work, but trains before asking for its task (speed-bonus gaming).
+Two more (`EXTRA_KINDS`, not in the bench's default eight) make zero-compute updates from the
+last global change G that slip under the 0.99 copy limit:
+- `diluted`   — G scaled to the task's learning rate plus Gaussian noise of `dilution`·‖G‖;
+- `sign_global` — sign(G), scaled to ‖G‖ (AdamW-like: every coordinate the same size).
 
 A wallet the coordinator is cooling down (after refusals in a row, docs/REWARDS.md) does what a
 rational cheater does: it waits up to `patience` seconds, else sits the round out (outcome
@@ -42,6 +46,8 @@ from ailo.training import TrainConfig, train_local
 from ailo.wallet import Wallet
 
 KINDS = ("sybil", "gamer", "copycat", "lazy", "booster", "sign_flip", "noise", "early")
+EXTRA_KINDS = ("diluted", "sign_global")
+FROM_GLOBAL = ("copycat", "diluted", "sign_global")  # zero compute: built from the last global change
 
 
 class _HTTPSource:
@@ -63,6 +69,7 @@ class Attacker:
     num_shards: int = 1
     clones: int = 3
     factor: float = 2.0
+    dilution: float = 0.3    # diluted: noise norm ÷ ‖G‖ (cos(Δ, G) ≈ 0.96 < 0.99)
     seed: int = 0
     patience: float = 5.0    # seconds it will wait out a cool-down before sitting a round out
     wallets: list[Wallet] = field(default_factory=list)
@@ -76,6 +83,7 @@ class Attacker:
         else:
             self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.previous: dict[str, torch.Tensor] | None = None  # copycat: last model it saw
+        self.previous_lr: float | None = None                  # ...and its task's learning rate
         self.gen = torch.Generator().manual_seed(self.seed + 17)
 
     @property
@@ -144,6 +152,18 @@ class Attacker:
         self.outcomes.append(out)
         return out
 
+    def _from_global(self, g: dict[str, torch.Tensor], lr_ratio: float) -> dict[str, torch.Tensor]:
+        """A zero-compute update from the last global change G (its norm matched to this task)."""
+        if self.kind == "copycat":
+            return g
+        norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in g.values()))
+        if self.kind == "diluted":
+            noise = {k: torch.randn(v.shape, generator=self.gen) for k, v in g.items()}
+            nn = math.sqrt(sum(float((v.double() ** 2).sum()) for v in noise.values()))
+            return {k: lr_ratio * (v + self.dilution * norm / nn * noise[k]) for k, v in g.items()}
+        count = sum(v.numel() for v in g.values())  # sign_global
+        return {k: torch.sign(v) * lr_ratio * norm / math.sqrt(count) for k, v in g.items()}
+
     def act(self) -> None:
         """One round's worth of cheating."""
         rnd = self.http.get("/v1/status").json()["round"]
@@ -166,11 +186,13 @@ class Attacker:
             return
         manifest, model = self._model()
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        if self.kind == "copycat":
+        if self.kind in FROM_GLOBAL:
             prev, self.previous = self.previous, state
+            prev_lr, self.previous_lr = self.previous_lr, task["lr"]
             if prev is None:
                 return  # nothing published to copy yet
-            self._submit(self.wallets[0], "copycat-0", task, {k: prev[k] - state[k] for k in state})
+            self._submit(self.wallets[0], f"{self.kind}-0", task, self._from_global(
+                {k: prev[k] - state[k] for k in state}, task["lr"] / prev_lr if prev_lr else 1.0))
             return
         delta = self._train(model, task, steps=1 if self.kind == "lazy" else None)
         if self.kind == "sybil":

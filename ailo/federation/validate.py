@@ -13,6 +13,8 @@ None or raises `UpdateRejected` with its own reason code; the coordinator compos
   that grows with its own standard error (noise-aware, see docs/REWARDS.md).
 - `check_round_similarity` — on secret sketches (`sketch.py`): a near-copy of an update already
   accepted this round (`duplicate_work`) or of the last global change (`copied_global`).
+- `fresh_cosines` — per update of a round, how much of what it adds to the last global change
+  agrees with the round's other updates (a copy of that change diluted with noise: ≈ 0).
 - `clip_scale` — the factor that bounds an update's influence to a multiple of the typical norm.
 - `TokenBucket` — per-key rate limiting (wallet, network address, registrations).
 """
@@ -24,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from ailo.federation.update_format import UpdateRejected
@@ -55,6 +58,10 @@ class ValidationConfig:
     min_relative_drop: float = 0.0    # ...and this share of the round's accepted median (version 0)
     harm_z: float = 2.0               # from version 1 on: refused only when the loss rises by > harm_z SE
     min_global_cosine: float = 0.3    # from version 1 on: cos(Δ, last global change) must exceed this
+    # Fresh work (paid at round close): the residual of an update after removing the last global
+    # change's direction must agree with the other accepted updates' (docs/REWARDS.md "Fresh work").
+    min_fresh_cosine: float = 0.12    # honest ≥ 0.199 measured; a noise-diluted copy ≈ 0 ± 0.031 (1/√1024)
+    fresh_min_peers: int = 2          # fewer other accepted updates in the round: not judged, paid
     # Bounded influence: an update counts at most clip_factor × the median recent norm.
     clip_factor: float = 1.5
     # Reputation: after k refusals in a row a wallet waits min(cap, base·2^(k−1)) s.
@@ -252,3 +259,40 @@ def clip_scale(norm: float, reference: float | None, factor: float) -> float:
 def cooldown_seconds(streak: int, cfg: ValidationConfig) -> float:
     """How long a wallet with `streak` refusals in a row waits before its next submission."""
     return 0.0 if streak <= 0 else min(cfg.cooldown_cap, cfg.cooldown_base * 2 ** (streak - 1))
+
+
+def fresh_cosines(sketches: list[np.ndarray], global_change: np.ndarray, threshold: float = 0.12,
+                  min_pool: int = 3) -> list[float]:
+    """For each update k of a round (sketches, `sketch.py`): cos(u_k, Σ_{j∈P, j≠k} u_j), where u is
+    a sketch with its component along the last global change G removed, scaled to unit length,
+    and P the round's updates that agree with each other.
+
+    Honest updates trained on M_t share, besides G's direction, what is new at M_t (measured
+    ≥ 0.199); an update made of G plus noise, with no training of its own, has a residual of
+    pure noise: ≈ 0 ± 1/√k for a k-float sketch. A zero-compute copy diluted to slip under the
+    0.99 cosine limits is told apart however much noise it carries. P starts as every update
+    and the lowest-scoring one is dropped while it scores below `threshold` (P keeps at least
+    `min_pool`), so a farm of such copies in one round cannot drown the honest updates'
+    agreement: with unit residuals each update is one vote, and the noise votes are removed."""
+    g = np.asarray(global_change, dtype=np.float64)
+    gn = float(np.linalg.norm(g))
+    if gn == 0.0 or not sketches:
+        return [1.0] * len(sketches)
+    g = g / gn
+    units = []
+    for s in sketches:
+        r = np.asarray(s, dtype=np.float64) - float(np.dot(s, g)) * g
+        n = float(np.linalg.norm(r))
+        units.append(r / n if n > 0 else r)
+    pool = set(range(len(units)))
+    while True:
+        total = np.sum([units[j] for j in pool], axis=0)
+        scores = []
+        for k, u in enumerate(units):
+            others = total - u if k in pool else total
+            n = float(np.linalg.norm(others))
+            scores.append(float(np.dot(u, others) / n) if n > 0 else 0.0)
+        worst = min(pool, key=lambda k: scores[k])
+        if scores[worst] >= threshold or len(pool) <= min_pool:
+            return scores
+        pool.discard(worst)

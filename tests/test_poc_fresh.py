@@ -1,0 +1,89 @@
+"""Zero-compute updates built from the last global change G that slip under the 0.99 copy
+limits (docs/REWARDS.md "Fresh work"): a copy of G diluted with noise, and sign(G). They are
+real clients (`ailo.federation.redteam`) beside honest workers on a real coordinator app with a
+private holdout; what they add to G is not work, so the round's settlement pays them nothing
+while every honest update is paid."""
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from ailo.data import carve_private
+from ailo.federation.coordinator import CoordinatorConfig
+from ailo.federation.redteam import Campaign
+from ailo.federation.validate import ValidationConfig, fresh_cosines
+from ailo.server.services import ServiceConfig, build_app
+
+ROUNDS = 3  # round 1 has no global change to copy; rounds 2 and 3 are judged
+
+
+def test_fresh_cosines_separate_work_from_a_diluted_copy():
+    rng = np.random.default_rng(0)
+    k = 1024
+    g = rng.standard_normal(k)
+    new = rng.standard_normal(k)          # what is new at M_t, shared by the round's honest updates
+    honest = [g + 0.3 * new + 0.3 * rng.standard_normal(k) for _ in range(3)]
+    diluted = g + 0.3 * np.linalg.norm(g) / np.sqrt(k) * rng.standard_normal(k)
+    scores = fresh_cosines(honest + [diluted], g)
+    assert min(scores[:3]) > 0.3, scores
+    assert abs(scores[3]) < ValidationConfig().min_fresh_cosine, scores
+    assert fresh_cosines([g, 2 * g], np.zeros(k)) == [1.0, 1.0]  # no global change: nothing to judge
+
+
+def test_a_farm_of_diluted_copies_cannot_drown_the_honest_updates():
+    rng = np.random.default_rng(1)
+    k, limit = 1024, ValidationConfig().min_fresh_cosine
+    g, new = rng.standard_normal(k), rng.standard_normal(k)
+    honest = [g + 0.2 * new + 0.3 * rng.standard_normal(k) for _ in range(3)]
+    farm = [g + 0.3 * np.linalg.norm(g) / np.sqrt(k) * rng.standard_normal(k) for _ in range(100)]
+    scores = fresh_cosines(honest + farm, g, limit)
+    assert min(scores[:3]) >= limit and max(scores[3:]) < limit, (scores[:3], max(scores[3:]))
+    # Without the trimming (every update one vote in a plain leave-one-out sum) they would be drowned:
+    assert min(fresh_cosines(honest + farm, g, threshold=-1.0)[:3]) < limit
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, corpus_dir, one_thread):
+    tmp = tmp_path_factory.mktemp("fresh")
+    carve_private(corpus_dir, tmp / "public", tmp / "private")
+    cfg = CoordinatorConfig(min_updates=1, max_updates=1000, local_steps=6, lr_decay=0.8, round_seconds=3600,
+                            val_batches=2, data_dir=str(tmp / "public"))
+    svc = ServiceConfig(validation=ValidationConfig(registrations_per_hour=30), holdout_dir=str(tmp / "private"),
+                        holdout_sequences=32)
+    app = build_app(cfg, tmp / "coord", svc)
+    with TestClient(app) as client:
+        camp = Campaign(client, app.state.coordinator, tmp / "public", cache_dir=tmp / "cache",
+                        kinds=("diluted", "sign_global"))
+        camp.play(ROUNDS)
+        yield app, camp
+
+
+@pytest.mark.parametrize("kind", ["diluted", pytest.param("sign_global", marks=pytest.mark.xfail(
+    strict=True, reason="known limit (docs/REWARDS.md 'Fresh work'): sign(G) re-sharpens the averaged global "
+    "change the way AdamW sharpens each honest update, so its residual agrees with theirs; it is paid"))])
+def test_zero_compute_update_from_the_global_change_earns_nothing(campaign, kind):
+    app, camp = campaign
+    attacker = next(a for a in camp.attackers if a.kind == kind)
+    judged = [o for o in attacker.outcomes if o["round"] >= 2]
+    assert judged, attacker.outcomes
+    for rnd in range(2, ROUNDS + 1):
+        assert camp.earnings[rnd - 1][kind] == 0, (kind, rnd, camp.earnings[rnd - 1])
+    # What it costs the attacker is the payment, whatever the refusal checks decided:
+    accepted = [o for o in judged if o.get("status") == "accepted"]
+    if accepted:
+        poc = app.state.poc
+        for o in accepted:
+            scores = poc.fresh_scores(app.state.coordinator, o["round"])
+            assert scores[o["update_id"]] < poc.validation.min_fresh_cosine, (o, scores)
+
+
+def test_every_honest_update_is_paid(campaign):
+    app, camp = campaign
+    for rnd in range(1, ROUNDS + 1):
+        for w in camp.workers:
+            assert camp.earnings[rnd - 1][w.client_id] > 0, (rnd, camp.earnings[rnd - 1])
+    assert camp.honest_refusals()[0] == 0
+    poc, coord = app.state.poc, app.state.coordinator
+    for rnd in range(2, ROUNDS + 1):
+        scores = poc.fresh_scores(coord, rnd)
+        honest = [u.id for u in coord.store.updates(rnd, "accepted") if u.client_id.startswith("honest-")]
+        assert all(scores[i] >= poc.validation.min_fresh_cosine for i in honest), scores
