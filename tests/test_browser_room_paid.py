@@ -123,8 +123,9 @@ def net(tmp_path_factory):
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs = [ailo("coordinator", "--state", str(state), "--port", str(port), "--room-checkpoints", str(ckpts),
-                  "--room-verify", "1", "--chunks", "4", log=base / "coordinator.log")]
+    coordinator_args = ("coordinator", "--state", str(state), "--port", str(port), "--room-checkpoints", str(ckpts),
+                        "--room-verify", "1", "--chunks", "4")
+    procs = [ailo(*coordinator_args, log=base / "coordinator.log")]
     http = httpx.Client(base_url=url, timeout=60)
     try:
         wait_healthy(url, procs[0], 120)
@@ -133,7 +134,7 @@ def net(tmp_path_factory):
                                      "--slots", str(slots), "--model-dir", str(ckpts / "llama"), "--checkpoint", "llama",
                                      "--coordinator", url, "--operator-token-file", str(state / "operator-token")],
                                     cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for room, slots in (("solo", 1), ("mix", 2), ("liar", 1))]
+                   for room, slots in (("solo", 1), ("mix", 2), ("liar", 1), ("again", 1))]
         for c in creates:
             out, err = c.communicate(timeout=60)
             assert c.returncode == 0, err
@@ -141,7 +142,7 @@ def net(tmp_path_factory):
                           "--memory", "1GB", "--wallet", str(keys["solo"]), log=base / "node-solo.log"))
         with chromium() as ctx:
             yield {"url": url, "http": http, "base": base, "ckpts": ckpts, "model": model, "wallets": wallets,
-                   "keys": keys, "procs": procs, "ctx": ctx}
+                   "keys": keys, "procs": procs, "ctx": ctx, "coordinator_args": coordinator_args}
     finally:
         http.close()
         for p in reversed(procs):
@@ -382,4 +383,50 @@ def test_page_asks_a_room_and_pays_with_its_wallet(net):
     assert got["reason"] == "insufficient_funds" and got["tokens"] == [], got
     assert "Not enough ALC" in page.inner_text("#ask-status")
     assert len(chain_txs(http)) == n
+    assert not errors, errors
+
+
+def test_page_node_rides_out_a_coordinator_restart(net):
+    """The coordinator process is killed (SIGKILL) and restarted on its state directory while a
+    page serves a room: the page re-joins by itself with its span and weights (backing off while
+    the coordinator is down), the room (restored from rooms.json) answers the same tokens, the
+    page is paid again, and the chain verifies across the restart. Runs last: it restarts the
+    module's coordinator."""
+    import signal
+
+    http, url, base, procs = net["http"], net["url"], net["base"], net["procs"]
+    want = greedy(net["model"], PROMPT, SHORT)
+    page = net["ctx"].new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/dashboard")  # a new visitor: forget the wallet earlier tests left in this browser
+    page.evaluate("""() => new Promise((ok, bad) => { const r = indexedDB.deleteDatabase('ailo-wallet');
+      r.onsuccess = ok; r.onerror = () => bad(r.error); r.onblocked = ok; })""")
+    page.goto(f"{url}/?backend=wasm")
+    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+    page.fill("#username", "rae_restart")
+    page.click("#register")
+    page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
+    address = page.evaluate("window.ailoPage.wallet.address")
+    page.select_option("#serve-room", "again")
+    page.click("#serve")
+    page.wait_for_function("window.ailoPage.node && window.ailoPage.node.status === 'serving'", timeout=60_000)
+    wait_rooms(http, {"again": 1}, procs, base)
+    tokens, info = ask(url, "again", net["keys"]["asker2"], SHORT)
+    assert tokens == want and info["payees"] == [address]
+    weights = page.evaluate("window.ailoPage.node.weights")
+
+    stop(procs[0], signal.SIGKILL)
+    procs[0] = ailo(*net["coordinator_args"], log=base / "coordinator.log")
+    wait_healthy(url, procs[0], 120)
+    page.wait_for_function("window.ailoPage.node.reconnects >= 1 && window.ailoPage.node.status === 'serving'",
+                           timeout=90_000)
+    node = page.evaluate("window.ailoPage.node")
+    assert node["weights"] == weights  # the span stayed loaded: nothing downloaded again
+    wait_rooms(http, {"again": 1}, procs, base)
+    tokens, info = ask(url, "again", net["keys"]["asker2"], SHORT)
+    assert tokens == want and info["payees"] == [address]
+    assert http.get(f"/v1/balance/{address}").json()["spendable"] == 2 * INFERENCE_REWARD_UNITS
+    verify = run_cli("chain", "verify", "--coordinator", url)
+    assert verify.returncode == 0 and verify.stdout.startswith("OK:"), verify.stdout + verify.stderr
     assert not errors, errors
