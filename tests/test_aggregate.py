@@ -93,3 +93,22 @@ def test_sliced_aggregation_from_disk_for_aggregators_that_need_all_updates(tmp_
     for k in base:
         torch.testing.assert_close(out[k], expected[k], rtol=1e-6, atol=1e-6)
     assert agg.largest_slice <= 256  # never a whole 64×32 tensor from K files at once
+
+
+def test_streaming_result_takes_the_updates_folded_in_any_order():
+    """Concurrent uploads reach the pipeline out of id order: ids folded 2, 1 are the round's {1, 2}."""
+    from ailo.federation.accumulator import RoundAccumulator
+
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(8, 4, generator=g)}
+    deltas = {uid: {"w": torch.randn(8, 4, generator=g)} for uid in (1, 2)}
+    acc = RoundAccumulator(FedAvg())
+    acc.reset(1)
+    for uid in (2, 1):
+        acc.fold(uid, base, deltas[uid], 10 * uid)
+    out = acc.result(base, [(1, None, 10), (2, None, 20)], server_lr=1.0)
+    expected = FedAvg().aggregate(base, [WeightedDelta(deltas[1], 10), WeightedDelta(deltas[2], 20)])
+    torch.testing.assert_close(out["w"], expected["w"], rtol=1e-6, atol=1e-6)
+    acc.fold(2, base, deltas[2], 20)   # idempotent
+    with pytest.raises(RuntimeError, match="accumulator holds"):
+        acc.result(base, [(1, None, 10), (2, None, 20), (3, None, 5)], server_lr=1.0)

@@ -137,6 +137,27 @@ def test_crash_after_some_accepted_rebuilds_accumulator(tmp_path):
         assert torch.allclose(second.model.state_dict()[k], expected, atol=1e-6), k
 
 
+def test_a_full_round_whose_close_failed_is_closed_by_the_next_tick(tmp_path, monkeypatch):
+    """The bench's K=32 round once stayed open for good after its close raised: the deadline
+    (an hour away) was the only other way to close it."""
+    coord = Coordinator(CoordinatorConfig(min_updates=2, val_batches=1, round_seconds=3600), tmp_path / "s")
+    for i in range(2):
+        coord.submit(UpdateMeta(f"c{i}", 1, 0, 1, 5.0), encode_update(_delta(coord, i + 30)))
+    real, calls = coord.evaluate, []
+
+    def flaky(params=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk full while closing")
+        return real(params)
+    monkeypatch.setattr(coord, "evaluate", flaky)
+    with pytest.raises(RuntimeError, match="disk full"):
+        coord.drain(tick=False)
+    assert coord.version == 0 and coord.store.count_updates(1, "accepted") == 2
+    coord.tick()
+    assert coord.version == 1 and coord.current_round().id == 2
+
+
 def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, corpus_dir):
     app = build_app(CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1), tmp_path / "coord")
     coord = app.state.coordinator

@@ -61,8 +61,10 @@ class RoundAccumulator:
 
     def result(self, base: Mapping[str, torch.Tensor], accepted: list[tuple[int, Path, int]],
                server_lr: float) -> StateDict:
-        """The new model's state. `accepted` must be the updates folded so far, in order."""
-        if [u for u, *_ in accepted] != self.folded:
+        """The new model's state. `accepted` must be the updates folded so far, in any order:
+        the pipeline judges in arrival order, which concurrent uploads make differ from id
+        order (a sum's order changes only its fp32 rounding)."""
+        if sorted(u for u, *_ in accepted) != sorted(self.folded):
             raise RuntimeError(f"accumulator holds updates {self.folded}, the round accepted "
                                f"{[u for u, *_ in accepted]}")
         if self.streaming:

@@ -399,9 +399,14 @@ class Coordinator:
         ≥ quorum_updates (≥ 1); otherwise its deadline moves on by round_seconds."""
         rnd = self.current_round()
         now = time.time()
-        if self.finished() or now < rnd.deadline:
+        if self.finished():
             return
         accepted = self.store.count_updates(rnd.id, "accepted")
+        if accepted >= (self.config.max_updates or self.config.min_updates):
+            self._close_round(rnd)   # full: a close that failed in judge() is tried again here
+            return
+        if now < rnd.deadline:
+            return
         overdue = now >= rnd.created + 2 * self.config.round_seconds
         if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
             self._close_round(rnd)
