@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import resource
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,10 +30,13 @@ from torch.func import functional_call
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
+from ailo.federation import round_status
 from ailo.federation.accumulator import RoundAccumulator
 from ailo.federation.admission import check_header, fsync_file, idempotency_key
 from ailo.federation.aggregate import make_aggregator
 from ailo.federation.codecs import CodecSpec
+from ailo.federation.coordinator_config import (AcceptHook, Check, CoordinatorConfig, RefuseHook, RoundHook,
+                                                Submission, resolve_device)
 from ailo.federation.downloads import CompactDownloads
 from ailo.federation.outer import make_outer
 from ailo.federation.outer_store import OuterStateStore
@@ -43,68 +44,6 @@ from ailo.federation.pipeline import ValidationPipeline
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, UpdateRecord
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device")
-    return device
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    preset: str = "ailo-tiny"
-    seed: int = 0
-    num_chunks: int = 8
-    min_updates: int = 3
-    max_updates: int | None = None       # close early when reached (default: min_updates)
-    round_seconds: float = 300.0         # deadline; at the deadline a round with ≥ min_updates closes
-    quorum_updates: int = 1              # liveness: a round 2×round_seconds old closes with this many
-    max_rounds: int | None = None        # after this many rounds tasks answer "done"
-    local_steps: int = 20
-    batch_size: int = 8
-    seq_len: int | None = None
-    lr: float = 3e-3
-    lr_decay: float = 1.0                # client learning rate of round r: lr · lr_decay^(r−1)
-    optimizer: str = "adamw"
-    server_lr: float = 1.0
-    aggregator: str = "fedavg"
-    outer: str = "sgd"                   # outer optimizer on the averaged Δ: sgd (FedAvg) | nesterov | fedadam
-    outer_momentum: float = 0.9          # nesterov: momentum μ (server_lr is the outer learning rate)
-    init: str | None = None              # genesis from this safetensors state dict instead of the seeded init
-    compact_downloads: bool = False      # also serve the bf16 model + int8 patches from v−1 (downloads.py)
-    codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
-    codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
-    ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
-    val_batches: int = 4
-    data_dir: str | None = None
-    mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
-    device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
-    max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
-
-
-@dataclass
-class Submission:
-    """Everything a validation check may look at (parsed tensors only after structural checks)."""
-    meta: UpdateMeta
-    body: bytes
-    sha256: str
-    round: RoundRecord
-    received: float
-    peer: str = ""
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-
-Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
-AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
-RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
-RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded
-
 
 
 class Coordinator:
@@ -238,7 +177,7 @@ class Coordinator:
         """Never waits on validation: reads the store only. Carries the client's last verdict."""
         rnd = self.current_round()
         last = self.store.latest_update_of(client_id)
-        extra = {"last_update": self._short_verdict(last)} if last is not None else {}
+        extra = {"last_update": round_status.short_verdict(last)} if last is not None else {}
         if self.finished():
             return {"status": "done", "round": rnd.id, "version": self.version, **extra}
         clients, _ = self.store.holders(rnd.id)
@@ -463,64 +402,16 @@ class Coordinator:
             except Exception as exc:  # the version is published; hooks (rewards) catch up on restart
                 print(f"round {rnd.id} hook {hook!r} failed: {exc!r}", flush=True)
 
-    # -- read side -------------------------------------------------------------------------
+    # -- read side (ailo/federation/round_status.py) -------------------------------------------
     def record_chunk_bytes(self, n: int) -> None:
         self.store.bump_counter("chunk_bytes_served", n)
         self.store.bump_counter(f"chunk_bytes_served.round.{self.current_round().id}", n)
 
-    @staticmethod
-    def _short_verdict(u: UpdateRecord) -> dict:
-        return {"update_id": u.id, "round": u.round_id, "status": u.status, "reason": u.reason}
-
     def verdict(self, update_id: int) -> dict | None:
-        """The client-facing state of one update. `pending` until the pipeline has finished with
-        it (including a round close it triggered), so `aggregated` is final when it is not."""
-        u = self.store.update(update_id)
-        if u is None:
-            return None
-        status = "pending" if self.pipeline.in_flight == update_id else u.status
-        out = {"update_id": u.id, "round": u.round_id, "client": u.client_id, "status": status}
-        if status == "refused":
-            out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
-        elif status == "accepted":
-            closed = self.store.round(u.round_id).status == "closed"
-            out.update(aggregated=closed, version=self.version,
-                       accepted_in_round=self.store.count_updates(u.round_id, "accepted"))
-        return out
+        return round_status.verdict(self, update_id)
 
     def _receipt_of(self, u: UpdateRecord) -> dict:
-        """A retried signed body: the original row's id and, once decided, its verdict."""
-        v = self.verdict(u.id) or {}
-        if v.get("status") == "refused":
-            raise UpdateRejected(v["reason"], v["detail"], v["code"])
-        return {**v, "replayed": True}
+        return round_status.receipt(self, u)
 
     def status(self) -> dict:
-        rnd = self.current_round()
-        counters = self.store.counters()
-        history = []
-        for v in self.store.versions():
-            rows = self.store.updates(v.round_id, limit=10**9) if v.round_id else []
-            t = {k.rsplit(".", 1)[1]: c for k, c in counters.items() if k.startswith(f"timing.round.{v.round_id}.")}
-            history.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss, "published": v.created,
-                            "updates": sum(u.status == "accepted" for u in rows),
-                            "refused": sum(u.status == "refused" for u in rows),
-                            "bytes_up": sum(u.size or 0 for u in rows),
-                            "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0),
-                            "validate_ms": round(sum(u.extra.get("validate_ms", 0) for u in rows), 1),
-                            "upload_ms_max": max((u.extra.get("receive_ms", 0) for u in rows), default=0), **t})
-        peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        if self.device.type == "cuda":
-            peak["gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
-            peak["gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
-        out = {"round": rnd.id, "version": self.version, "preset": self.cfg.name,
-                "finished": self.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
-                "accepted_in_round": self.store.count_updates(rnd.id, "accepted"),
-                "pending_in_round": self.store.count_updates(rnd.id, "pending"), "clients": self.store.clients(),
-                "history": history, "device": str(self.device), "peak_memory": peak,
-                "validation": {"queued": self.pipeline.depth(), "in_flight": self.pipeline.in_flight,
-                               "judged": self.pipeline.judged, "busy_seconds": round(self.pipeline.busy_seconds, 3)},
-                "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(self.config)}
-        for extra in self.status_extras:
-            out.update(extra(self))
-        return out
+        return round_status.status(self)

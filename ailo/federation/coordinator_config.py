@@ -1,0 +1,79 @@
+"""What a coordinator is configured with, and what its checks and hooks are handed.
+
+`CoordinatorConfig` is the whole run's configuration (the CLI builds it from its flags);
+`Submission` is everything a validation check may look at; the hook types are how Proof-of-
+Contribution (and tests) plug into admission, validation and round closing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from ailo.federation.update_format import UpdateMeta, UpdateRejected
+from ailo.storage.rounds_store import RoundRecord
+
+if TYPE_CHECKING:
+    from ailo.federation.coordinator import Coordinator
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    preset: str = "ailo-tiny"
+    seed: int = 0
+    num_chunks: int = 8
+    min_updates: int = 3
+    max_updates: int | None = None       # close early when reached (default: min_updates)
+    round_seconds: float = 300.0         # deadline; at the deadline a round with ≥ min_updates closes
+    quorum_updates: int = 1              # liveness: a round 2×round_seconds old closes with this many
+    max_rounds: int | None = None        # after this many rounds tasks answer "done"
+    local_steps: int = 20
+    batch_size: int = 8
+    seq_len: int | None = None
+    lr: float = 3e-3
+    lr_decay: float = 1.0                # client learning rate of round r: lr · lr_decay^(r−1)
+    optimizer: str = "adamw"
+    server_lr: float = 1.0
+    aggregator: str = "fedavg"
+    outer: str = "sgd"                   # outer optimizer on the averaged Δ: sgd (FedAvg) | nesterov | fedadam
+    outer_momentum: float = 0.9          # nesterov: momentum μ (server_lr is the outer learning rate)
+    init: str | None = None              # genesis from this safetensors state dict instead of the seeded init
+    compact_downloads: bool = False      # also serve the bf16 model + int8 patches from v−1 (downloads.py)
+    codec: str = "fp32"                  # update codec named in each task: fp32 | int8 | sparse
+    codec_density: float = 0.01          # sparse: share of each tensor's entries a client sends
+    ef_decay: float = 1.0                # lossy codecs: client error feedback e ← ef_decay·e + Δ
+    val_batches: int = 4
+    data_dir: str | None = None
+    mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
+    device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
+    max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
+
+
+@dataclass
+class Submission:
+    """Everything a validation check may look at (parsed tensors only after structural checks)."""
+    meta: UpdateMeta
+    body: bytes
+    sha256: str
+    round: RoundRecord
+    received: float
+    peer: str = ""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
+AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
+RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
+RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded

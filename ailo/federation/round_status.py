@@ -1,0 +1,86 @@
+"""The coordinator's read side: an update's verdict as its client sees it, and the status
+document (rounds, history with per-round timings and bytes, validation queue, peak memory)
+that `GET /v1/status`, the dashboard and the benches read. Reads the round store only."""
+from __future__ import annotations
+
+import resource
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import torch
+
+from ailo.federation.update_format import UpdateRejected
+from ailo.storage.rounds_store import UpdateRecord
+
+if TYPE_CHECKING:
+    from ailo.federation.coordinator import Coordinator
+
+
+def short_verdict(u: UpdateRecord) -> dict:
+    return {"update_id": u.id, "round": u.round_id, "status": u.status, "reason": u.reason}
+
+
+def verdict(coord: "Coordinator", update_id: int) -> dict | None:
+    """The client-facing state of one update. `pending` until the pipeline has finished with
+    it (including a round close it triggered), so `aggregated` is final when it is not."""
+    u = coord.store.update(update_id)
+    if u is None:
+        return None
+    status = "pending" if coord.pipeline.in_flight == update_id else u.status
+    out = {"update_id": u.id, "round": u.round_id, "client": u.client_id, "status": status}
+    if status == "refused":
+        out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
+    elif status == "accepted":
+        closed = coord.store.round(u.round_id).status == "closed"
+        out.update(aggregated=closed, version=coord.version,
+                   accepted_in_round=coord.store.count_updates(u.round_id, "accepted"))
+    return out
+
+
+def receipt(coord: "Coordinator", u: UpdateRecord) -> dict:
+    """A retried signed body: the original row's id and, once decided, its verdict."""
+    v = verdict(coord, u.id) or {}
+    if v.get("status") == "refused":
+        raise UpdateRejected(v["reason"], v["detail"], v["code"])
+    return {**v, "replayed": True}
+
+
+def history(coord: "Coordinator", counters: dict) -> list[dict]:
+    """One row per published version: its round's verdicts, bytes and timings."""
+    rows_out = []
+    for v in coord.store.versions():
+        rows = coord.store.updates(v.round_id, limit=10**9) if v.round_id else []
+        t = {k.rsplit(".", 1)[1]: c for k, c in counters.items() if k.startswith(f"timing.round.{v.round_id}.")}
+        rows_out.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss, "published": v.created,
+                         "updates": sum(u.status == "accepted" for u in rows),
+                         "refused": sum(u.status == "refused" for u in rows),
+                         "bytes_up": sum(u.size or 0 for u in rows),
+                         "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0),
+                         "validate_ms": round(sum(u.extra.get("validate_ms", 0) for u in rows), 1),
+                         "upload_ms_max": max((u.extra.get("receive_ms", 0) for u in rows), default=0), **t})
+    return rows_out
+
+
+def peak_memory(device: torch.device) -> dict:
+    peak = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        peak["gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        peak["gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    return peak
+
+
+def status(coord: "Coordinator") -> dict:
+    rnd = coord.current_round()
+    counters = coord.store.counters()
+    pipe = coord.pipeline
+    out = {"round": rnd.id, "version": coord.version, "preset": coord.cfg.name,
+           "finished": coord.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
+           "accepted_in_round": coord.store.count_updates(rnd.id, "accepted"),
+           "pending_in_round": coord.store.count_updates(rnd.id, "pending"), "clients": coord.store.clients(),
+           "history": history(coord, counters), "device": str(coord.device), "peak_memory": peak_memory(coord.device),
+           "validation": {"queued": pipe.depth(), "in_flight": pipe.in_flight,
+                          "judged": pipe.judged, "busy_seconds": round(pipe.busy_seconds, 3)},
+           "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(coord.config)}
+    for extra in coord.status_extras:
+        out.update(extra(coord))
+    return out
