@@ -17,7 +17,7 @@ import pytest
 from ailo.federation.worker import Worker
 from ailo.wallet import Wallet
 from ailo.web.harness import chromium, ensure_built
-from procs import ailo, free_port, stop, wait_healthy
+from tests.pages import coordinator_process, open_page, register
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +25,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     ensure_built()
-    state = tmp_path_factory.mktemp("coord")
-    port = free_port()
-    log = state / "coordinator.log"
-    proc = ailo("coordinator", "--state", str(state), "--port", str(port), "--compact-downloads", "--min-updates", "1",
-                "--local-steps", "2", "--batch-size", "4", "--chunks", "4", "--round-seconds", "600", log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, timeout=120)
+    with coordinator_process(tmp_path_factory.mktemp("coord"), "--compact-downloads", "--min-updates", "1",
+                             "--local-steps", "2", "--batch-size", "4", "--chunks", "4", "--round-seconds", "600") as url:
         yield url
-    finally:
-        stop(proc)
-        print(log.read_text()[-3000:])
 
 
 def served(url: str) -> int:
@@ -67,18 +58,12 @@ def test_page_loads_bf16_then_only_patches(coordinator, tmp_path):
         return sum(c["size"] for c in httpx.get(f"{url}/v1/model?format=bf16").json()["chunks"])
 
     with chromium() as ctx:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/?backend=wasm")
-        page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+        page, errors = open_page(ctx, url)
         m = model(page)
         assert (m["format"], m["via"], m["version"]) == ("bf16", "chunks", 0)
         assert m["downloadedBytes"] == m["totalBytes"] == bf16_total() and 0.45 * fp32_total < m["totalBytes"] < 0.55 * fp32_total
         assert "(bf16)" in page.inner_text("#model-status")
-        page.fill("#username", "bea_bf16")
-        page.click("#register")
-        page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
+        register(page, "bea_bf16")
 
         # Round 1 closes: version 1 arrives as the int8 patch alone, rebuilt and hash-verified.
         before = served(url)
@@ -120,10 +105,7 @@ def test_page_loads_bf16_then_only_patches(coordinator, tmp_path):
         reports = w.run(1)
         assert reports and reports[0].response["status"] == "accepted" and reports[0].version == 2
         before = served(url)
-        page = ctx.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/?backend=wasm")
-        page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+        page, _ = open_page(ctx, url, errors)
         m = model(page)
         assert (m["version"], m["format"], m["via"]) == (3, "bf16", "patch"), m
         moved = served(url) - before

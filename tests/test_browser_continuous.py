@@ -20,7 +20,7 @@ import pytest
 
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.web.harness import chromium, ensure_built
-from procs import ailo, free_port, stop, wait_healthy
+from tests.pages import coordinator_process, open_page, register
 
 pytestmark = pytest.mark.slow
 USERNAME = "cora_continuous"
@@ -32,22 +32,13 @@ def coordinator(tmp_path_factory):
     state = tmp_path_factory.mktemp("coord")
     ckpts = tmp_path_factory.mktemp("ckpts")
     make_hf_checkpoint(ckpts / "tiny-llama", "llama", layers=2, heads=4, kv_heads=2, init_std=0.3)
-    port = free_port()
-    log = state / "coordinator.log"
-    proc = ailo("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "1",
-                "--local-steps", "2", "--batch-size", "4", "--chunks", "4", "--round-seconds", "600",
-                "--room-checkpoints", str(ckpts), log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, timeout=120)
+    with coordinator_process(state, "--min-updates", "1", "--local-steps", "2", "--batch-size", "4", "--chunks", "4",
+                             "--round-seconds", "600", "--room-checkpoints", str(ckpts)) as url:
         token = (state / "operator-token").read_text().strip()
         room = {"id": "pages", "slots": 1, "model": json.loads((ckpts / "tiny-llama" / "config.json").read_text()),
                 "checkpoint": "tiny-llama"}
         assert httpx.post(f"{url}/v1/rooms", json=room, headers={"authorization": f"Bearer {token}"}).status_code == 201
         yield url
-    finally:
-        stop(proc)
-        print(log.read_text()[-3000:])
 
 
 def cont(page) -> dict:
@@ -64,15 +55,8 @@ def set_visibility(page, state: str) -> None:
 def test_page_keeps_training_round_after_round(coordinator):
     url = coordinator
     with chromium() as ctx:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/?backend=wasm")
-        page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
-        page.fill("#username", USERNAME)
-        page.click("#register")
-        page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
-        address = page.evaluate("window.ailoPage.wallet.address")
+        page, errors = open_page(ctx, url)
+        address = register(page, USERNAME)
         first_round = httpx.get(f"{url}/v1/status").json()["round"]
 
         assert page.is_checked("#pause-hidden")
@@ -141,16 +125,9 @@ def test_page_serves_inference_from_the_ui(coordinator, tmp_path):
     assert pieces and pieces <= {f.name for f in (tmp_path / "mirror").iterdir()}
     assert pieces <= set(rep.downloaded)
     with chromium() as ctx:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/?backend=wasm")
-        page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+        page, errors = open_page(ctx, url)
         assert page.is_disabled("#serve")  # a registered wallet first
-        page.fill("#username", "sam_serves")
-        page.click("#register")
-        page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
-        address = page.evaluate("window.ailoPage.wallet.address")
+        address = register(page, "sam_serves")
         page.select_option("#serve-room", "pages")
         page.click("#serve")
         page.wait_for_function("window.ailoPage.node && window.ailoPage.node.status === 'serving'", timeout=60_000)

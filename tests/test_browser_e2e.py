@@ -15,7 +15,8 @@ import pytest
 
 from ailo.ledger import verify_chain
 from ailo.web.harness import chromium, ensure_built
-from procs import ROOT, ailo, free_port, stop, wait_healthy
+from procs import ROOT
+from tests.pages import coordinator_process
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +27,9 @@ USERNAME = "ada_browser"
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     ensure_built()
-    state = tmp_path_factory.mktemp("coord")
-    port = free_port()
-    log = state / "coordinator.log"
-    proc = ailo("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "1",
-                "--local-steps", "6", "--batch-size", "8", "--chunks", "8", "--round-seconds", "600", log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, timeout=120)
+    with coordinator_process(tmp_path_factory.mktemp("coord"), "--min-updates", "1", "--local-steps", "6",
+                             "--batch-size", "8", "--chunks", "8", "--round-seconds", "600") as url:
         yield url
-    finally:
-        stop(proc)
-        print(log.read_text()[-3000:])
 
 
 def wait_page(page, expr: str, timeout_s: float = 120):

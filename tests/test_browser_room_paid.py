@@ -29,6 +29,7 @@ from ailo.inference.rewards import INFERENCE_REWARD_UNITS, reward_ref
 from ailo.ledger.params import FEE
 from tests.paid_room import (BUYER_SEED, FUND, LIAR_JS, LIAR_SEED, LONG, PAGE_USER, PROMPT, RESTORE_JS, SHORT,  # noqa: F401
                              ask, chain_txs, greedy, net, room_view, run_cli, wait_rooms)
+from tests.pages import open_page, register
 from tests.procs import ailo, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -37,17 +38,10 @@ pytestmark = pytest.mark.slow
 def test_paid_room_with_a_page_node_matches_one_process_pays_each_node_and_fails_over(net):
     http, url, base, procs = net["http"], net["url"], net["base"], net["procs"]
     wallets, keys = net["wallets"], net["keys"]
-    page = net["ctx"].new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
 
     # The contributor page: register the in-page wallet, pick room `mix`, click Serve.
-    page.goto(f"{url}/?backend=wasm")
-    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
-    page.fill("#username", PAGE_USER)
-    page.click("#register")
-    page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
-    page_addr = page.evaluate("window.ailoPage.wallet.address")
+    page, errors = open_page(net["ctx"], url)
+    page_addr = register(page, PAGE_USER)
     page.select_option("#serve-room", "mix")
     page.click("#serve")
     page.wait_for_function("window.ailoPage.node && window.ailoPage.node.nodeId", timeout=60_000)
@@ -204,11 +198,7 @@ def test_page_asks_a_room_and_pays_with_its_wallet(net):
     answer equals `ailo ask`'s from the same room; the chain shows the payment and the node's mint."""
     http, url, wallets = net["http"], net["url"], net["wallets"]
     buyer = wallets["buyer"].address
-    page = net["ctx"].new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{url}/?backend=wasm")
-    page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
+    page, errors = open_page(net["ctx"], url)
     assert page.evaluate(RESTORE_JS, [BUYER_SEED, "paid_buyer"]) == buyer
     page.reload()
     page.wait_for_function("window.ailoPage && window.ailoPage.ready && window.ailoPage.balance", timeout=120_000)
@@ -272,10 +262,7 @@ def test_page_node_rides_out_a_coordinator_restart(net):
       r.onsuccess = ok; r.onerror = () => bad(r.error); r.onblocked = ok; })""")
     page.goto(f"{url}/?backend=wasm")
     page.wait_for_function("window.ailoPage && window.ailoPage.ready", timeout=120_000)
-    page.fill("#username", "rae_restart")
-    page.click("#register")
-    page.wait_for_function("window.ailoPage.wallet && window.ailoPage.wallet.registered", timeout=60_000)
-    address = page.evaluate("window.ailoPage.wallet.address")
+    address = register(page, "rae_restart")
     page.select_option("#serve-room", "again")
     page.click("#serve")
     page.wait_for_function("window.ailoPage.node && window.ailoPage.node.status === 'serving'", timeout=60_000)
