@@ -9,6 +9,8 @@ this process, same load, different K (updates per round):
     accept_p99_ms  = p99 of POST /v1/updates response time (202 answers, the body's transfer
                      included) in the K=32 run (goal ≤ 1000)
     updates_per_s  = accepted updates / wall seconds in the K=32 run
+    sink_p99_ms    = baseline, same process: the same bodies, 32 at once, to a server that only
+                     reads and hashes them (the transfer's own cost on this machine)
 
     .venv/bin/python bench/scale.py                 # fp32 bodies (70 MB each), prints one JSON line
     .venv/bin/python bench/scale.py --codec int8    # the int8 codec's 17.7 MB bodies
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,6 +94,62 @@ class Deltas:
                     out.append(encode(train_local(self.model, batches, cfg).delta, CodecSpec.from_task(task)))
                 self.version, self.deltas = version, out
             return self.deltas
+
+
+SINK = """
+import hashlib, sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+async def sink(request):
+    h, n = hashlib.sha256(), 0
+    async for piece in request.stream():
+        h.update(piece)
+        n += len(piece)
+    return JSONResponse({"bytes": n, "sha256": h.hexdigest()}, status_code=202)
+uvicorn.run(Starlette(routes=[Route("/v1/updates", sink, methods=["POST"])]), host="127.0.0.1",
+            port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def sink_baseline(body: bytes, clients: int, waves: int = 3) -> dict:
+    """The baseline: the same uploads (`clients` at once, `waves` times) to a server process that
+    only reads and hashes each body. On one small machine 32 clients sending at once share its
+    cores and loopback with the server, so the transfer alone takes seconds for large bodies;
+    the coordinator's accept latency is judged against this."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)], start_new_session=True)
+    try:
+        end = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.time() > end:
+                    raise RuntimeError("sink server did not start")
+                time.sleep(0.2)
+        ms: list[float] = []
+
+        def one() -> None:
+            pieces = BodyPieces(body)
+            with httpx.Client(timeout=300) as c:
+                t0 = time.perf_counter()
+                r = c.post(f"http://127.0.0.1:{port}/v1/updates", content=pieces, headers=pieces.headers())
+                assert r.status_code == 202 and r.json()["bytes"] == len(body)
+                ms.append(1000 * (time.perf_counter() - t0))
+        for _ in range(waves):
+            threads = [threading.Thread(target=one) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        ms.sort()
+        return {"body_bytes": len(body), "posts": len(ms), "p50_ms": round(ms[len(ms) // 2], 1),
+                "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
 
 
 def client_loop(i: int, url: str, wallet: Wallet, deltas: Deltas, stop: threading.Event, log: dict) -> None:
@@ -214,12 +273,17 @@ def main() -> None:
                          "loss, and PoC refuses it from version 1 on)")
     args = ap.parse_args()
     args.variants = args.variants or args.clients
+    model = build_model(get_preset(args.preset), seed=0)
+    g = torch.Generator().manual_seed(0)
+    body = encode({k: torch.randn(v.shape, generator=g) * 1e-4 for k, v in model.state_dict().items()},
+                  CodecSpec(args.codec))
+    sink = sink_baseline(body, args.clients)
     small, large = run(args.k[0], args), run(args.k[1], args)
     print(json.dumps({"bench": "scale", "preset": args.preset, "clients": args.clients, "codec": args.codec,
                       "memory_ratio": round(large["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
-                      "accept_p99_ms": large["accept_p99_ms"],
+                      "accept_p99_ms": large["accept_p99_ms"], "sink_p99_ms": sink["p99_ms"],
                       "updates_per_s": round(large["accepted"] / large["wall_s"], 2),
-                      f"k{args.k[0]}": small, f"k{args.k[1]}": large}))
+                      "sink": sink, f"k{args.k[0]}": small, f"k{args.k[1]}": large}))
 
 
 if __name__ == "__main__":
