@@ -60,7 +60,7 @@ class ValidationConfig:
     min_global_cosine: float = 0.3    # from version 1 on: cos(Δ, last global change) must exceed this
     # Fresh work (paid at round close): the residual of an update after removing the last global
     # change's direction must agree with the other accepted updates' (docs/REWARDS.md "Fresh work").
-    min_fresh_cosine: float = 0.12    # honest ≥ 0.179 measured; a noise-diluted copy ≈ 0 ± 0.031 (1/√1024)
+    min_fresh_cosine: float = 0.12    # noise-diluted copy ≈ 0 ± 0.031; honest ≥ 0.344 at 30 steps (1 of 27 under it at 10)
     fresh_min_peers: int = 2          # fewer other accepted updates in the round: not judged, paid
     # Bounded influence: an update counts at most clip_factor × the median recent norm.
     clip_factor: float = 1.5
@@ -268,9 +268,10 @@ def fresh_cosines(sketches: list[np.ndarray], global_change: np.ndarray, thresho
     and P the round's updates that agree with each other.
 
     Honest updates trained on M_t share, besides G's direction, what is new at M_t (measured
-    ≥ 0.179); an update made of G plus noise, with no training of its own, has a residual of
-    pure noise: ≈ 0 ± 1/√k for a k-float sketch. A zero-compute copy diluted to slip under the
-    0.99 cosine limits is told apart however much noise it carries. P starts as every update
+    ≥ 0.344 at 30 local steps; at 10 steps one honest update nearly equal to G scored ≈ 0);
+    an update made of G plus noise, with no training of its own, has a residual of pure noise:
+    ≈ 0 ± 1/√k for a k-float sketch. A zero-compute copy diluted to slip under the 0.99 cosine
+    limits is told apart however much noise it carries. P starts as every update
     and the lowest-scoring one is dropped while it scores below `threshold` (P keeps at least
     `min_pool`), so a farm of such copies in one round cannot drown the honest updates'
     agreement: with unit residuals each update is one vote, and the noise votes are removed."""
