@@ -177,6 +177,9 @@ def main() -> None:
     honest_rows = [u for u in rows if u.client_id.startswith("honest-")]
 
     bounds = check_bounds(camp, rows, honest, ValidationConfig())
+    unpaid = sum(paid.get(u.id, 0) == 0 for u in honest_rows if u.status == "accepted")
+    bounds["honest_unpaid_rate"] = round(unpaid / max(1, total), 4)   # accepted but withheld (fresh work)
+    bounds["honest_unpaid_ok"] = unpaid / max(1, total) <= 0.02
     alc_per_round = {k: [e[k] / 1e8 for e in camp.earnings] for k in camp.earnings[0]}
     if args.plot:
         plot(alc_per_round, args.plot)
