@@ -101,10 +101,13 @@ def test_descent_rule_falls_back_to_the_holdout_gradient_under_the_global_bar():
     assert check_descent(0.8, holdout(0.1), cfg) is None and asked == []    # above the bar: gradient not needed
     assert check_descent(0.2, holdout(0.05), cfg) == 0.05                  # ailo-1b round 2: under the bar, downhill
     assert check_descent(None, holdout(0.07), cfg) == 0.07                 # version 0 / lossy codec
-    for cos_global, cos_grad in ((-0.85, -0.04), (0.2, 0.0), (None, -0.3)):  # uphill on both: refused
+    assert check_descent(-0.5, holdout(0.02), cfg) == 0.02                 # under the bar, not a reversal
+    asked.clear()
+    for cos_global, cos_grad in ((-0.85, 0.004), (-0.5, -0.04), (0.2, 0.0), (None, -0.3)):  # undoes / uphill: refused
         with pytest.raises(UpdateRejected) as e:
             check_descent(cos_global, holdout(cos_grad), cfg)
         assert e.value.reason == "wrong_direction"
+    assert 0.004 not in asked   # the reversal (−0.85) never reached the weak holdout test
 
 
 def test_clip_scale_and_cooldown():

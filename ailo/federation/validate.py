@@ -57,7 +57,8 @@ class ValidationConfig:
     min_paired_drop: float = 2e-4     # ...and this many nats...
     min_relative_drop: float = 0.0    # ...and this share of the round's accepted median (version 0)
     harm_z: float = 2.0               # from version 1 on: refused only when the loss rises by > harm_z SE
-    min_global_cosine: float = 0.3    # from version 1 on: cos(Δ, last global change) must exceed this
+    min_global_cosine: float = 0.3    # from version 1 on: cos(Δ, last global change) must exceed this...
+    reverse_global_cosine: float = -0.8  # ...and at or below this the update undoes it: refused outright
     # Fresh work (paid at round close): the residual of an update after removing the last global
     # change's direction must agree with the other accepted updates' (docs/REWARDS.md "Fresh work").
     min_fresh_cosine: float = 0.12    # noise-diluted copy ≈ 0 ± 0.031; honest ≥ 0.344 at 30 steps (1 of 27 under it at 10)
@@ -227,9 +228,15 @@ def check_descent(cos_global: float | None, holdout_direction: Callable[[], floa
     initialisation: every honest round-2 update measured under 0.3). On ailo-tiny honest updates
     measured cos 0.78 … 0.93 with the global change, sign-flipped ones −0.90 … −0.82. Returns the
     holdout cosine when it was computed; `holdout_direction` raises `wrong_direction` for an
-    update that points uphill there too."""
+    update that points uphill there too. An update that undoes the last global change
+    (cos ≤ `reverse_global_cosine`, where sign-flipped copies of honest work land) is refused
+    without the fallback: late in training the holdout gradient's cosine with honest work is
+    ~0.001, too weak to tell a flipped update from an honest one."""
     if cos_global is not None and cos_global > cfg.min_global_cosine:
         return None
+    if cos_global is not None and cos_global <= cfg.reverse_global_cosine:
+        raise UpdateRejected("wrong_direction", f"update undoes the last global change: sketch cosine "
+                             f"{cos_global:.3f} ≤ {cfg.reverse_global_cosine}")
     return holdout_direction()
 
 
