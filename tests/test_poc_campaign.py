@@ -5,34 +5,22 @@ import statistics
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.data import carve_private
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.redteam import Campaign
 from ailo.federation.update_format import decode_update
 from ailo.federation.validate import ValidationConfig, update_norm
-from ailo.server.services import ServiceConfig, build_app
+from tests.campaigns import played_campaign
 
 ROUNDS = 2  # round 1 builds the norm history; every attack is judged again in round 2
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, corpus_dir, one_thread):
-    tmp = tmp_path_factory.mktemp("campaign")
-    carve_private(corpus_dir, tmp / "public", tmp / "private")
-    cfg = CoordinatorConfig(min_updates=1, max_updates=1000, local_steps=6, lr_decay=0.8, round_seconds=3600,
-                            val_batches=2, data_dir=str(tmp / "public"))
-    svc = ServiceConfig(validation=ValidationConfig(registrations_per_hour=30), holdout_dir=str(tmp / "private"),
-                        holdout_sequences=32)
-    app = build_app(cfg, tmp / "coord", svc)
-    with TestClient(app) as client:
-        camp = Campaign(client, app.state.coordinator, tmp / "public", cache_dir=tmp / "cache",
-                        kinds=("sybil", "gamer", "copycat", "lazy", "booster"))
-        next(a for a in camp.attackers if a.kind == "booster").factor = 1.7  # the most the norm check lets by
-        camp.play(ROUNDS)
-        yield app, client, camp
+    def booster_at_the_norm_limit(camp):  # ×1.7: the most the norm check lets by
+        next(a for a in camp.attackers if a.kind == "booster").factor = 1.7
+    with played_campaign(tmp_path_factory.mktemp("campaign"), corpus_dir, ("sybil", "gamer", "copycat", "lazy",
+                         "booster"), ROUNDS, booster_at_the_norm_limit) as played:
+        yield played
 
 
 def _earned(camp, who, rnd):

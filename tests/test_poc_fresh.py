@@ -5,13 +5,9 @@ private holdout; what they add to G is not work, so the round's settlement pays 
 while every honest update is paid."""
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from ailo.data import carve_private
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.redteam import Campaign
 from ailo.federation.validate import ValidationConfig, fresh_cosines
-from ailo.server.services import ServiceConfig, build_app
+from tests.campaigns import played_campaign
 
 ROUNDS = 3  # round 1 has no global change to copy; rounds 2 and 3 are judged
 
@@ -43,17 +39,7 @@ def test_a_farm_of_diluted_copies_cannot_drown_the_honest_updates():
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, corpus_dir, one_thread):
-    tmp = tmp_path_factory.mktemp("fresh")
-    carve_private(corpus_dir, tmp / "public", tmp / "private")
-    cfg = CoordinatorConfig(min_updates=1, max_updates=1000, local_steps=6, lr_decay=0.8, round_seconds=3600,
-                            val_batches=2, data_dir=str(tmp / "public"))
-    svc = ServiceConfig(validation=ValidationConfig(registrations_per_hour=30), holdout_dir=str(tmp / "private"),
-                        holdout_sequences=32)
-    app = build_app(cfg, tmp / "coord", svc)
-    with TestClient(app) as client:
-        camp = Campaign(client, app.state.coordinator, tmp / "public", cache_dir=tmp / "cache",
-                        kinds=("diluted", "sign_global"))
-        camp.play(ROUNDS)
+    with played_campaign(tmp_path_factory.mktemp("fresh"), corpus_dir, ("diluted", "sign_global"), ROUNDS) as (app, _, camp):
         yield app, camp
 
 
