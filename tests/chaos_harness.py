@@ -28,7 +28,7 @@ from ailo.ledger.client import LedgerClient, LedgerHTTPError
 from ailo.ledger.tx import register_tx, transfer_tx
 from ailo.ledger.verify import now_ms, verify_chain
 from ailo.wallet import Wallet
-from tests.procs import ROOT, free_port
+from tests.procs import ROOT, free_port, wait_healthy
 
 TRANSFER = 1_000_000  # 0.01 ALC
 
@@ -111,18 +111,7 @@ class Chaos:
         self.last_start = time.monotonic()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.coord.poll() is not None:
-                raise RuntimeError(f"coordinator exited ({self.coord.returncode}) during start-up; "
-                                   f"see {self.logs / 'coordinator.log'}")
-            try:
-                if httpx.get(f"{self.url}/v1/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("coordinator not ready")
+        wait_healthy(self.url, self.coord, timeout, path="/v1/ready", log=self.logs / "coordinator.log")
 
     def kill(self) -> None:
         if self.coord.poll() is None:

@@ -27,18 +27,22 @@ def ailo(*args: str, log: Path | None = None) -> subprocess.Popen:
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0, path: str = "/healthz",
+                 log: Path | None = None) -> httpx.Response:
+    """Poll `path` until it answers 200 (returned); fail fast if the process exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
+            raise RuntimeError(f"process exited with {proc.returncode} before {url}{path} answered"
+                               + (f"; see {log}" if log else ""))
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
+            r = httpx.get(f"{url}{path}", timeout=2.0)
+            if r.status_code == 200:
+                return r
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
+    raise TimeoutError(f"{url}{path} not ready after {timeout}s")
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -18,7 +18,7 @@ from ailo.chunks import ChunkStore, DirectorySource, Manifest
 from ailo.federation.update_format import UpdateMeta, encode_update
 from ailo.federation.uploader import submit_update
 from tests.chaos_harness import Chaos, ChaosConfig
-from tests.procs import ailo, free_port, stop
+from tests.procs import ailo, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -37,21 +37,6 @@ def test_clients_ride_out_kills_inside_close_publish_pay_and_at_random(tmp_path)
     assert result.rounds_closed_after_first_kill >= 3, summary
     assert result.invariant_failures == [], summary
     assert result.transfers_acked > 0 and result.requests_completed > 0, summary
-
-
-def _ready(url, proc, timeout=90.0):
-    import time
-    end = time.time() + timeout
-    while time.time() < end:
-        assert proc.poll() is None, "coordinator exited during start-up"
-        try:
-            r = httpx.get(f"{url}/v1/ready", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def status_rows(state):
@@ -78,7 +63,7 @@ def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(
 
     coord = start("update_write")
     try:
-        _ready(url, coord)
+        wait_healthy(url, coord, 90, path="/v1/ready")
         manifest = Manifest.from_json(httpx.get(f"{url}/v1/model").content)
         base = ChunkStore(manifest, DirectorySource(state / "chunks")).state_dict()
         body = encode_update({k: torch.randn_like(v) * 1e-3 for k, v in base.items()})
@@ -88,7 +73,7 @@ def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(
         assert coord.wait(30) == -signal.SIGKILL
         assert len(list((state / "updates").glob(".*.tmp"))) == 1 and status_rows(state) == []
         coord = start("after_accept")
-        ready = _ready(url, coord)
+        ready = wait_healthy(url, coord, 90, path="/v1/ready").json()
         assert ready["removed_at_start"]["tmp"] == 1 and not list((state / "updates").glob(".*.tmp"))
 
         verdict = {}

@@ -43,7 +43,7 @@ from ailo.federation.outer_store import OuterStateStore
 from ailo.federation.pipeline import ValidationPipeline
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
-from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, UpdateRecord
+from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
 
 
 class Coordinator:
@@ -210,7 +210,7 @@ class Coordinator:
                     prior = self.store.accepted_update(meta.round_id, meta.client_id, sha256, ("pending", "accepted"))
                     known = prior if prior is not None and (prior.address or "") == (meta.address or "") else None
                 if known is not None:
-                    return self._receipt_of(known)
+                    return round_status.receipt(self, known)
                 rnd = self.current_round()
                 sub = Submission(meta, b"", sha256, rnd, time.time(), peer)
                 try:
@@ -306,8 +306,14 @@ class Coordinator:
         for hook in self.on_accept:
             hook(self, sub, update_id)
         sub.tensors = {}
-        if self.store.count_updates(rnd.id, "accepted") >= (self.config.max_updates or self.config.min_updates):
-            self._close_round(rnd)
+        self._close_if_full(rnd)
+
+    def _close_if_full(self, rnd: RoundRecord) -> bool:
+        """Close the round once it holds max_updates (default min_updates) accepted updates."""
+        if self.store.count_updates(rnd.id, "accepted") < (self.config.max_updates or self.config.min_updates):
+            return False
+        self._close_round(rnd)
+        return True
 
     def _accepted_files(self, round_id: int) -> list[tuple]:
         return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples, u.extra.get("clip_scale", 1.0))
@@ -340,12 +346,9 @@ class Coordinator:
         now = time.time()
         if self.finished():
             return
+        if self._close_if_full(rnd) or now < rnd.deadline:  # full: a close that failed in judge() is retried
+            return
         accepted = self.store.count_updates(rnd.id, "accepted")
-        if accepted >= (self.config.max_updates or self.config.min_updates):
-            self._close_round(rnd)   # full: a close that failed in judge() is tried again here
-            return
-        if now < rnd.deadline:
-            return
         overdue = now >= rnd.created + 2 * self.config.round_seconds
         if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
             self._close_round(rnd)
@@ -409,9 +412,6 @@ class Coordinator:
 
     def verdict(self, update_id: int) -> dict | None:
         return round_status.verdict(self, update_id)
-
-    def _receipt_of(self, u: UpdateRecord) -> dict:
-        return round_status.receipt(self, u)
 
     def status(self) -> dict:
         return round_status.status(self)
