@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-decay", type=float, default=1.0, help="client lr of round r: lr·decay^(r−1)")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"], help="update codec")
     ap.add_argument("--compact-downloads", action="store_true", help="bf16 model + int8 patches from v-1")
@@ -114,13 +115,13 @@ def main() -> int:
     coord = spawn(["coordinator", "--state", str(work / "coord"), "--port", str(port), "--preset", args.preset,
                    "--device", args.device, "--min-updates", str(args.workers), "--max-updates", str(args.workers),
                    "--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--batch-size",
-                   str(args.batch_size), "--lr", str(args.lr), "--chunks", str(args.chunks), "--round-seconds", "3600",
+                   str(args.batch_size), "--lr", str(args.lr), "--lr-decay", str(args.lr_decay), "--chunks", str(args.chunks), "--round-seconds", "3600",
                    "--codec", args.codec, *(["--compact-downloads"] if args.compact_downloads else []), *seq], work / "logs" / "coordinator.log")
     procs = {"coordinator": coord}
     sampler = GpuSampler()
     sampler.start()
     result: dict = {"bench": "gpu_round", "preset": args.preset, "device": args.device, "workers": args.workers,
-                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr,
+                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
                     "codec": args.codec, "compact_downloads": args.compact_downloads}
 
     def tail(name: str) -> str:
@@ -204,13 +205,16 @@ def main() -> int:
     rounds = []
     for prev, h in zip(history, history[1:]):
         ws = [r for r in reports.get(h["round"], []) if r["status"] == "accepted"]
-        worst = {k: max((r["seconds"][k] for r in ws), default=None) for k in ("download", "train")}
+        worst = {k: max((r["seconds"].get(k, 0) for r in ws), default=None) for k in ("download", "train", "encode")}
         worst["upload"] = h.get("upload_ms_max", 0) / 1000  # body receive time, coordinator side
         rounds.append({"round": h["round"], "wall_s": round(h["published"] - prev["published"], 1),
-                       "download_s": worst["download"], "train_s": worst["train"], "upload_s": worst["upload"],
+                       "download_s": worst["download"], "train_s": worst["train"], "encode_s": worst["encode"], "upload_s": worst["upload"],
                        "validate_s": round(h["validate_ms"] / 1000, 2),
                        "aggregate_s": h.get("aggregate_ms", 0) / 1000, "evaluate_s": h.get("evaluate_ms", 0) / 1000,
                        "publish_s": h.get("publish_ms", 0) / 1000, "bytes_down": h["bytes_down"],
+                       "validate_phases_s": {k: round(v / 1000, 2) for k, v in h.get("validate_phases_ms", {}).items()},
+                       "fold_s": h.get("fold_ms", 0) / 1000, "publish_fp32_chunks_s": h.get("publish_fp32_chunks_ms", 0) / 1000,
+                       "publish_compact_s": h.get("publish_compact_ms", 0) / 1000,
                        "bytes_up": h["bytes_up"], "updates": h["updates"], "refused": h["refused"],
                        "val_loss": h["val_loss"]})
     result["rounds"] = rounds

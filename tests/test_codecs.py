@@ -174,3 +174,42 @@ def test_out_of_range_index_is_refused():
 def test_non_finite_delta_cannot_be_encoded():
     with pytest.raises(ValueError):
         encode({"t": torch.tensor([1.0, math.nan])}, SPARSE)
+
+
+def _int8_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 block code as the browser and the first Python encoder compute it (float64 numpy)."""
+    nb = -(-x.size // INT8_BLOCK)
+    blocks = np.zeros(nb * INT8_BLOCK, np.float32)
+    blocks[:x.size] = x
+    blocks = blocks.reshape(nb, INT8_BLOCK)
+    scale = (np.abs(blocks).max(axis=1).astype(np.float64) / 127.0).astype(np.float32)
+    s64 = scale.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s64 > 0, np.floor(blocks.astype(np.float64) / s64 + 0.5), 0.0)
+    return np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:x.size], scale
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA here; the GPU run checks it (bench/RESULTS.md)"))])
+def test_int8_on_any_device_is_bit_identical_to_the_float64_reference(device):
+    from ailo.federation import int8
+    g = torch.Generator().manual_seed(7)
+    parts = [torch.randn(1000, generator=g) * 1e-6, torch.zeros(300), torch.full((256,), 3.0),
+             torch.tensor([127.0, 0.5, -0.5, 1.5, -1.5, 2.5] + [0.0] * 250),  # halves: round half up
+             torch.randn(70_000, generator=g) * 1e3, torch.tensor([1e-45, -1e-45, 3e-38])]  # subnormal scales
+    for x in parts:
+        q, scale, decoded = int8.quantize(x.to(device))
+        q_ref, s_ref = _int8_reference(x.numpy())
+        assert np.array_equal(q.cpu().numpy(), q_ref) and np.array_equal(scale.cpu().numpy(), s_ref)
+        assert torch.equal(decoded.cpu(), int8.dequantize(q, scale).cpu())
+        assert np.array_equal(decoded.cpu().numpy(), np.repeat(s_ref, INT8_BLOCK)[:x.numel()] * q_ref.astype(np.float32))
+    delta = {"a": parts[4].reshape(700, 100), "b": parts[0]}
+    spec = CodecSpec("int8", ef_decay=0.9)
+    error = {"a": torch.randn(700, 100, generator=g), "b": torch.randn(1000, generator=g)}
+    body_dev, err_dev = compress({k: v.to(device) for k, v in delta.items()}, error, spec)
+    body_cpu, err_cpu = compress(delta, error, spec)
+    assert body_dev == body_cpu and all(torch.equal(err_dev[k].cpu(), err_cpu[k]) for k in delta)
+    out = decode(body_cpu, {k: tuple(v.shape) for k, v in delta.items()}, spec, device=device)
+    assert all(o.device.type == device for o in out.values())
+    assert all(torch.equal(out[k].cpu(), decode(body_cpu, {k: tuple(v.shape) for k, v in delta.items()}, spec)[k])
+               for k in delta)

@@ -34,8 +34,10 @@ import torch
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
+from ailo.federation import int8
+from ailo.federation.int8 import INT8_BLOCK
+
 CODECS = ("fp32", "int8", "sparse")
-INT8_BLOCK = 256
 SLOT = 1 << 16  # sparse: indices are stored modulo this, with a count per slot
 
 
@@ -127,28 +129,12 @@ def max_body_bytes(shapes: Mapping[str, tuple[int, ...]], spec: CodecSpec) -> in
 
 
 # -- encoding ---------------------------------------------------------------------------------
-def _flat(delta: Mapping[str, torch.Tensor], name: str) -> np.ndarray:
-    a = delta[name].detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
-    if not np.isfinite(a).all():
+def _flat(delta: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Flat float32 values of one tensor, on its own device."""
+    a = delta[name].detach().to(torch.float32).reshape(-1)
+    if not bool(torch.isfinite(a).all()):
         raise ValueError(f"tensor {name!r} contains NaN or Inf")
     return a
-
-
-def _int8_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q int8, scales float32, decoded float32) of one tensor's flat values."""
-    n = x.size
-    nb = -(-n // INT8_BLOCK)
-    padded = np.zeros(nb * INT8_BLOCK, np.float32)
-    padded[:n] = x
-    blocks = padded.reshape(nb, INT8_BLOCK)
-    absmax = np.abs(blocks).max(axis=1) if nb else np.zeros(0, np.float32)
-    scale = (absmax.astype(np.float64) / 127.0).astype(np.float32)
-    s64 = scale.astype(np.float64)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s64 > 0, np.floor(blocks.astype(np.float64) / s64 + 0.5), 0.0)
-    q = np.clip(q, -127, 127).astype(np.int8)
-    decoded = (q.astype(np.float32) * scale[:, None]).reshape(-1)[:n]
-    return q.reshape(-1)[:n], scale, decoded
 
 
 def _sparse_select(x: np.ndarray, k_max: int) -> np.ndarray:
@@ -191,20 +177,22 @@ def _unpack2(packed: np.ndarray, k: int) -> np.ndarray:
     return out[:k].astype(np.uint8)
 
 
-def _encode_lossy(values: Mapping[str, np.ndarray], spec: CodecSpec) -> tuple[bytes, dict[str, np.ndarray]]:
-    """Body and the decoded values (what the coordinator will see), both for `values`."""
+def _encode_int8(values: Mapping[str, torch.Tensor]) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """Body and the decoded values (what the coordinator will see), computed on the values' device."""
+    qs, scales, decoded = [], [], {}
+    for name in sorted(values):
+        q, s, decoded[name] = int8.quantize(values[name])
+        qs.append(q.cpu().numpy())
+        scales.append(s.cpu().numpy())
+    arrays = {"q": np.concatenate(qs) if qs else np.zeros(0, np.int8),
+              "scale": np.concatenate(scales) if scales else np.zeros(0, np.float32)}
+    return np_save(arrays, metadata={"codec": "int8"}), decoded
+
+
+def _encode_sparse(values: Mapping[str, np.ndarray], spec: CodecSpec) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Body and the decoded values, both for `values` (numpy, host)."""
     names = sorted(values)
     decoded: dict[str, np.ndarray] = {}
-    if spec.name == "int8":
-        qs, scales = [], []
-        for name in names:
-            q, s, d = _int8_quantize(values[name])
-            qs.append(q)
-            scales.append(s)
-            decoded[name] = d
-        arrays = {"q": np.concatenate(qs) if qs else np.zeros(0, np.int8),
-                  "scale": np.concatenate(scales) if scales else np.zeros(0, np.float32)}
-        return np_save(arrays, metadata={"codec": "int8"}), decoded
     total = sum(values[n].size for n in names)
     idx, codes, scale, off = [], [], np.zeros((len(names), 2), np.float32), 0
     for i, name in enumerate(names):
@@ -230,28 +218,32 @@ def encode(delta: Mapping[str, torch.Tensor], spec: CodecSpec) -> bytes:
     if spec.name == "fp32":
         from safetensors.torch import save as st_save
         return st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()})
-    return _encode_lossy({n: _flat(delta, n) for n in delta}, spec)[0]
+    if spec.name == "int8":
+        return _encode_int8({n: _flat(delta, n) for n in delta})[0]
+    return _encode_sparse({n: _flat(delta, n).cpu().numpy() for n in delta}, spec)[0]
 
 
 def compress(delta: Mapping[str, torch.Tensor], error: Mapping[str, torch.Tensor] | None,
              spec: CodecSpec) -> tuple[bytes, dict[str, torch.Tensor]]:
     """Encode Δ with error feedback: returns (body, new error) with new error = x − decode(body),
-    x = ef_decay·error + Δ. fp32 returns an all-zero-free empty error ({})."""
+    x = ef_decay·error + Δ (float32, on Δ's device). fp32 returns an empty error ({})."""
     if spec.name == "fp32":
         return encode(delta, spec), {}
-    beta = np.float32(spec.ef_decay)
-    x: dict[str, np.ndarray] = {}
+    beta = float(np.float32(spec.ef_decay))
+    x: dict[str, torch.Tensor] = {}
     for name in delta:
         d = _flat(delta, name)
         e = error.get(name) if error else None
         if e is not None and tuple(e.shape) == tuple(delta[name].shape):
-            ev = e.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
-            d = ((ev * beta).astype(np.float32) + d).astype(np.float32) if beta != 1 else (ev + d).astype(np.float32)
+            ev = e.detach().to(d.device, torch.float32).reshape(-1)
+            d = ev * beta + d if beta != 1 else ev + d
         x[name] = d
-    body, decoded = _encode_lossy(x, spec)
-    new_error = {n: torch.from_numpy((x[n] - decoded[n]).astype(np.float32)).reshape(delta[n].shape)
-                 for n in x}
-    return body, new_error
+    if spec.name == "int8":
+        body, decoded = _encode_int8(x)
+        return body, {n: (x[n] - decoded[n]).reshape(delta[n].shape) for n in x}
+    xs = {n: v.cpu().numpy() for n, v in x.items()}
+    body, dec = _encode_sparse(xs, spec)
+    return body, {n: torch.from_numpy((xs[n] - dec[n]).astype(np.float32)).reshape(delta[n].shape) for n in xs}
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -293,71 +285,77 @@ def _arrays(body: bytes, expect: dict[str, tuple[np.dtype, tuple[int, ...] | Non
     return arrays
 
 
-def decode(body: bytes, shapes: Mapping[str, tuple[int, ...]], spec: CodecSpec) -> dict[str, torch.Tensor]:
-    """Float32 tensors (model names and shapes) of a lossy body; structure checked before use.
-    (fp32 bodies are decoded by `update_format.decode_update`.)"""
+def decode(body: bytes, shapes: Mapping[str, tuple[int, ...]], spec: CodecSpec,
+           device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Float32 tensors (model names and shapes) of a lossy body on `device` (default: host);
+    structure checked before use. (fp32 bodies are decoded by `update_format.decode_update`.)"""
     meta = body_metadata(body)
     if meta.get("codec", "fp32") != spec.name:
         raise CodecError("codec_mismatch", f"body is encoded as {meta.get('codec', 'fp32')!r} but this round "
                          f"asks for {spec.name!r}")
     lay = _layout(shapes)
     total = sum(n for *_, n in lay)
-    out: dict[str, np.ndarray] = {}
     if spec.name == "int8":
-        nblocks = sum(-(-n // INT8_BLOCK) for *_, n in lay)
-        a = _arrays(body, {"q": (np.dtype(np.int8), (total,)), "scale": (np.dtype(np.float32), (nblocks,))}, "int8")
-        q, scale = a["q"], a["scale"]
-        if not np.isfinite(scale).all() or (scale < 0).any():
-            raise CodecError("malformed", "int8 scales must be finite and non-negative")
-        if (q == -128).any():
-            raise CodecError("malformed", "int8 code -128 is not used (codes are -127..127)")
-        b = 0
-        for name, shape, off, n in lay:
-            nb = -(-n // INT8_BLOCK)
-            s = np.repeat(scale[b:b + nb], INT8_BLOCK)[:n]
-            with np.errstate(over="ignore"):  # an overflow is refused below as non_finite
-                out[name] = q[off:off + n].astype(np.float32) * s
-            b += nb
-    else:
-        slots = -(-total // SLOT)
-        a = _arrays(body, {"idx": (np.dtype(np.uint16), None), "count": (np.dtype(np.int32), (slots,)),
-                           "code": (np.dtype(np.uint8), None), "scale": (np.dtype(np.float32), (len(lay), 2))},
-                    "sparse")
-        idx, count, code, scale = a["idx"], a["count"], a["code"], a["scale"]
-        k = idx.size
-        if idx.ndim != 1 or code.ndim != 1:
-            raise CodecError("shape", "sparse idx and code must be one-dimensional")
-        if (count < 0).any() or int(count.sum(dtype=np.int64)) != k:
-            raise CodecError("malformed", f"sparse counts must be non-negative and sum to the {k} indices")
-        if code.size != -(-k // 4):
-            raise CodecError("shape", f"sparse code has {code.size} bytes, expected {-(-k // 4)} for {k} entries")
-        if k % 4 and int(code[-1]) >> (2 * (k % 4)):
-            raise CodecError("malformed", "sparse code padding bits must be zero")
-        if not np.isfinite(scale).all() or (scale < 0).any() or (scale[:, 0] > scale[:, 1]).any():
-            raise CodecError("malformed", "sparse scales must be finite with 0 ≤ low ≤ high")
-        g = np.repeat(np.arange(slots, dtype=np.int64) * SLOT, count) + idx.astype(np.int64)
-        if k and ((np.diff(g) <= 0).any() or g[-1] >= total):
-            raise CodecError("malformed", "sparse indices must be strictly increasing and inside the model")
-        codes = _unpack2(code, k)
-        mags = np.zeros(k, np.float32)
-        bounds = np.array([off for _, _, off, _ in lay] + [total], np.int64)
-        tensor_of = np.searchsorted(bounds, g, side="right") - 1
-        per_tensor = np.bincount(tensor_of, minlength=len(lay)) if k else np.zeros(len(lay), np.int64)
-        for i, (name, shape, off, n) in enumerate(lay):
-            if per_tensor[i] > sparse_k(n, spec.density):
-                raise CodecError("too_dense", f"tensor {name!r} sends {per_tensor[i]} entries; the round allows "
-                                 f"{sparse_k(n, spec.density)} (density {spec.density})")
-        if k:
-            mags = np.where(codes & 1, scale[tensor_of, 1], scale[tensor_of, 0]).astype(np.float32)
-        vals = np.where(codes & 2, -mags, mags).astype(np.float32)
-        flat = np.zeros(total, np.float32)
-        flat[g] = vals
-        for name, shape, off, n in lay:
-            out[name] = flat[off:off + n]
+        return _decode_int8(body, lay, total, device)
+    out: dict[str, np.ndarray] = {}
+    slots = -(-total // SLOT)
+    a = _arrays(body, {"idx": (np.dtype(np.uint16), None), "count": (np.dtype(np.int32), (slots,)),
+                       "code": (np.dtype(np.uint8), None), "scale": (np.dtype(np.float32), (len(lay), 2))},
+                "sparse")
+    idx, count, code, scale = a["idx"], a["count"], a["code"], a["scale"]
+    k = idx.size
+    if idx.ndim != 1 or code.ndim != 1:
+        raise CodecError("shape", "sparse idx and code must be one-dimensional")
+    if (count < 0).any() or int(count.sum(dtype=np.int64)) != k:
+        raise CodecError("malformed", f"sparse counts must be non-negative and sum to the {k} indices")
+    if code.size != -(-k // 4):
+        raise CodecError("shape", f"sparse code has {code.size} bytes, expected {-(-k // 4)} for {k} entries")
+    if k % 4 and int(code[-1]) >> (2 * (k % 4)):
+        raise CodecError("malformed", "sparse code padding bits must be zero")
+    if not np.isfinite(scale).all() or (scale < 0).any() or (scale[:, 0] > scale[:, 1]).any():
+        raise CodecError("malformed", "sparse scales must be finite with 0 ≤ low ≤ high")
+    g = np.repeat(np.arange(slots, dtype=np.int64) * SLOT, count) + idx.astype(np.int64)
+    if k and ((np.diff(g) <= 0).any() or g[-1] >= total):
+        raise CodecError("malformed", "sparse indices must be strictly increasing and inside the model")
+    codes = _unpack2(code, k)
+    mags = np.zeros(k, np.float32)
+    bounds = np.array([off for _, _, off, _ in lay] + [total], np.int64)
+    tensor_of = np.searchsorted(bounds, g, side="right") - 1
+    per_tensor = np.bincount(tensor_of, minlength=len(lay)) if k else np.zeros(len(lay), np.int64)
+    for i, (name, shape, off, n) in enumerate(lay):
+        if per_tensor[i] > sparse_k(n, spec.density):
+            raise CodecError("too_dense", f"tensor {name!r} sends {per_tensor[i]} entries; the round allows "
+                             f"{sparse_k(n, spec.density)} (density {spec.density})")
+    if k:
+        mags = np.where(codes & 1, scale[tensor_of, 1], scale[tensor_of, 0]).astype(np.float32)
+    vals = np.where(codes & 2, -mags, mags).astype(np.float32)
+    flat = np.zeros(total, np.float32)
+    flat[g] = vals
+    for name, shape, off, n in lay:
+        out[name] = flat[off:off + n]
     result = {}
     for name, shape, off, n in lay:
         v = out[name]
         if not np.isfinite(v).all():
             raise CodecError("non_finite", f"tensor {name!r} decodes to NaN or Inf")
-        result[name] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).reshape(shape)
+        result[name] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).reshape(shape).to(device or "cpu")
     return result
+
+
+def _decode_int8(body: bytes, lay: list, total: int, device: torch.device | str | None) -> dict[str, torch.Tensor]:
+    a = _arrays(body, {"q": (np.dtype(np.int8), (total,)),
+                       "scale": (np.dtype(np.float32), (sum(int8.blocks_of(n) for *_, n in lay),))}, "int8")
+    q, scale = (torch.from_numpy(a[k]).to(device or "cpu") for k in ("q", "scale"))
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise CodecError("malformed", "int8 scales must be finite and non-negative")
+    if bool((q == -128).any()):
+        raise CodecError("malformed", "int8 code -128 is not used (codes are -127..127)")
+    out, b = {}, 0
+    for name, shape, off, n in lay:
+        nb = int8.blocks_of(n)
+        v = int8.dequantize(q[off:off + n], scale[b:b + nb])
+        if not bool(torch.isfinite(v).all()):
+            raise CodecError("non_finite", f"tensor {name!r} decodes to NaN or Inf")
+        out[name] = v.reshape(shape)
+        b += nb
+    return out

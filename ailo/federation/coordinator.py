@@ -282,13 +282,16 @@ class Coordinator:
             if row.round_id != rnd.id:
                 raise UpdateRejected("stale_round", f"round {row.round_id} closed before this update was "
                                      f"validated; the open round is {rnd.id}", 409)
-            sub.body = self.store.update_blob(sub.sha256)
-            decoded = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task))
-            sub.body = b""
-            sub.tensors = {k: v.to(self.device) for k, v in decoded.items()}
-            del decoded
+            with sub.timed("read"):
+                sub.body = self.store.update_blob(sub.sha256)
+            with sub.timed("decode"):
+                decoded = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task), self.device)
+                sub.body = b""
+                sub.tensors = {k: v.to(self.device) for k, v in decoded.items()}
+                del decoded
             for check in self.post_checks:
-                check(self, sub)
+                with sub.timed(getattr(check, "__name__", "check")):
+                    check(self, sub)
         except UpdateRejected as exc:
             sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self.store.decide_update(update_id, "refused", exc.reason, str(exc), {**sub.extra, "code": exc.status})
@@ -298,11 +301,13 @@ class Coordinator:
         sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         self.store.decide_update(update_id, "accepted", extra=sub.extra)
         crash_point("after_accept")
+        t_fold = time.perf_counter()
         try:
             self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors, row.n_samples,
                                   sub.extra.get("clip_scale", 1.0))
         except Exception:
             self._rebuild_accumulator()
+        self.store.bump_counter(f"timing.round.{rnd.id}.fold_ms", int(1000 * (time.perf_counter() - t_fold)))
         for hook in self.on_accept:
             hook(self, sub, update_id)
         sub.tensors = {}
@@ -321,7 +326,7 @@ class Coordinator:
 
     def _decode_file(self, path: Path) -> dict[str, torch.Tensor]:
         codec = CodecSpec.from_task(self.current_round().task)
-        return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec).items()}
+        return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec, self.device).items()}
 
     def _fp32_copies(self, files: list[tuple], codec: CodecSpec) -> list[tuple]:
         """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
@@ -378,8 +383,10 @@ class Coordinator:
             t2 = time.perf_counter()
             self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
             manifest = self._split(self.version + 1, new_state)
+            t_split = time.perf_counter()
             if self.downloads:  # bf16 W_{v+1} and the int8 patch from W_v, before publish
                 self.downloads.prepare(self.version + 1, new_state, base)
+            t_served = time.perf_counter()
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
@@ -397,7 +404,8 @@ class Coordinator:
         del new_state
         self.accumulator.reset(rnd.id + 1)
         t3 = time.perf_counter()
-        for phase, ms in (("aggregate", t1 - t0), ("evaluate", t2 - t1), ("publish", t3 - t2)):
+        for phase, ms in (("aggregate", t1 - t0), ("evaluate", t2 - t1), ("publish", t3 - t2),
+                          ("publish_fp32_chunks", t_split - t2), ("publish_compact", t_served - t_split)):
             self.store.set_counter(f"timing.round.{rnd.id}.{phase}_ms", int(1000 * ms))
         for hook in self.on_round_closed:
             try:

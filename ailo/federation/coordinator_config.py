@@ -6,6 +6,8 @@ Contribution (and tests) plug into admission, validation and round closing.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -71,6 +73,20 @@ class Submission:
     peer: str = ""
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Adds the block's wall milliseconds to extra["phase_ms"][phase]: where validation time
+        goes, per update and summed per round in the status history. Waits for queued CUDA work
+        so each phase is charged its own kernels."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            ms = self.extra.setdefault("phase_ms", {})
+            ms[phase] = round(ms.get(phase, 0.0) + 1000 * (time.perf_counter() - t0), 1)
 
 
 Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse

@@ -135,6 +135,7 @@ class ProofOfContribution:
             model.zero_grad(set_to_none=True)
             self._reference = {coord.version: (torch.cat(losses), grad)}
             self.grad_sketches[coord.version] = sk.sketch(grad, self.sketch_secret)
+            self.model_sketch(coord, coord.version)  # while M_v is on the device: v+1's global change needs it
         return self._reference[coord.version]
 
     @torch.no_grad()
@@ -151,7 +152,8 @@ class ProofOfContribution:
                 state = coord.model.state_dict()
             else:
                 rec = next(v for v in coord.store.versions() if v.version == version)
-                state = ChunkStore(Manifest.from_json(rec.manifest), DirectorySource(coord.store.chunks_dir)).state_dict()
+                state = {k: v.to(coord.device) for k, v in ChunkStore(
+                    Manifest.from_json(rec.manifest), DirectorySource(coord.store.chunks_dir)).state_dict().items()}
             self._model_sketches = {v: s for v, s in self._model_sketches.items() if v >= version - 1}
             self._model_sketches[version] = sk.sketch(state, self.sketch_secret)
         return self._model_sketches[version]
@@ -173,7 +175,8 @@ class ProofOfContribution:
             # norms grow until the backlog is steady; only the per-coordinate bound on all that work applies
             lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= sub.round.id]
             task, history = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}, []
-        norm_per_work = check_norm(sub.tensors, history, task, cfg)
+        with sub.timed("poc.norm"):
+            norm_per_work = check_norm(sub.tensors, history, task, cfg)
         work = task["lr"] * task["steps"]
         ref = statistics.median(history) * work if len(history) >= cfg.norm_min_history else None
         scale = clip_scale(norm_per_work * work, ref, cfg.clip_factor)
@@ -183,25 +186,30 @@ class ProofOfContribution:
         sub.extra.update(norm_per_work=norm_per_work, clip_scale=scale, score_scale=score_scale,
                          seconds=sub.received - sub.round.created)
 
-        mine = sk.sketch(sub.tensors, self.sketch_secret)
+        with sub.timed("poc.sketch"):
+            mine = sk.sketch(sub.tensors, self.sketch_secret)
         peers = [sk.decode(u.extra["sketch"]) for u in coord.store.updates(sub.round.id, "accepted")
                  if "sketch" in u.extra]
         cos_peers = [sk.cosine(mine, p) for p in peers]
         overlaps = [sk.overlap(mine, p) for p in peers]
-        glob = self.global_change_sketch(coord)
+        with sub.timed("poc.global_change"):
+            glob = self.global_change_sketch(coord)
         cos_global = sk.cosine(mine, glob) if glob is not None else None
         sub.extra.update(sketch=sk.encode(mine), peer_cosine=max(cos_peers, default=None),
                          peer_overlap=max(overlaps, default=None), global_cosine=cos_global)
         check_round_similarity(cos_peers, cos_global, cfg)
 
-        before, grad = self.reference(coord)
+        with sub.timed("poc.reference"):
+            before, grad = self.reference(coord)
         # lossy codecs: a top-k body's support differs from the global change's (honest sketch
         # cosine ≈ 0.18), so the global-direction bar would refuse honest work: gradient only
-        cos = check_descent(None if codec.lossy else cos_global,
-                            lambda: check_direction(sub.tensors, grad, cfg), cfg)
+        with sub.timed("poc.direction"):
+            cos = check_descent(None if codec.lossy else cos_global,
+                                lambda: check_direction(sub.tensors, grad, cfg), cfg)
         if cos is not None:
             sub.extra["cosine"] = cos
-        after = self.losses_after(coord, sub.tensors, coord.config.server_lr * score_scale * cfg.loss_step_share)
+        with sub.timed("poc.holdout"):
+            after = self.losses_after(coord, sub.tensors, coord.config.server_lr * score_scale * cfg.loss_step_share)
         d = before.double() - after.double()
         sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),
                          drop_se=float(d.std() / d.numel() ** 0.5))

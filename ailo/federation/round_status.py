@@ -57,8 +57,17 @@ def history(coord: "Coordinator", counters: dict) -> list[dict]:
                          "bytes_up": sum(u.size or 0 for u in rows),
                          "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0),
                          "validate_ms": round(sum(u.extra.get("validate_ms", 0) for u in rows), 1),
+                         "validate_phases_ms": _phase_sums(rows),
                          "upload_ms_max": max((u.extra.get("receive_ms", 0) for u in rows), default=0), **t})
     return rows_out
+
+
+def _phase_sums(rows: list[UpdateRecord]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for u in rows:
+        for phase, ms in (u.extra.get("phase_ms") or {}).items():
+            out[phase] = round(out.get(phase, 0.0) + ms, 1)
+    return out
 
 
 def peak_memory(device: torch.device) -> dict:

@@ -54,8 +54,10 @@ def max_update_bytes(manifest: Manifest, codec: CodecSpec = FP32) -> int:
     return max_body_bytes({n: t.shape for n, t in manifest.tensors.items()}, codec)
 
 
-def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32) -> dict[str, torch.Tensor]:
-    """Parse and check an update against the model it claims to update, in the round's codec.
+def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32,
+                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Parse and check an update against the model it claims to update, in the round's codec
+    (packed codecs are decoded on `device`; fp32 bodies are parsed on the host).
 
     Order matters: cheap structural checks first (size, header), then names, dtypes, shapes,
     finiteness. Every failure names the problem.
@@ -68,7 +70,7 @@ def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32) -> d
         try:
             meta = body_metadata(body)
             if codec.name != "fp32":
-                return codec_decode(body, {n: t.shape for n, t in manifest.tensors.items()}, codec)
+                return codec_decode(body, {n: t.shape for n, t in manifest.tensors.items()}, codec, device)
         except CodecError as exc:
             raise UpdateRejected(exc.reason, str(exc), exc.status) from None
         if meta.get("codec", "fp32") != "fp32":

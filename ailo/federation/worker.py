@@ -107,7 +107,7 @@ class RoundReport:
     downloaded: int
     uploaded: int
     response: dict                       # the verdict (GET /v1/updates/{id}) plus http_status
-    timings: dict = field(default_factory=dict)   # seconds: download, train, upload, verdict
+    timings: dict = field(default_factory=dict)   # seconds: download, train, encode, upload + verdict
 
 
 @dataclass
@@ -254,6 +254,7 @@ class Worker:
                                            seed=_batch_seed(self.seed, self.client_id, task["round"],
                                                             self.attempts.get(task["round"], 0)))
         upd = train_local(self.model, batches, cfg, pick_device(self.device))
+        t_trained = time.perf_counter()
         codec = CodecSpec.from_task(task)
         delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
         body, residual = compress(delta, self.load_error_feedback(manifest.preset, codec), codec)
@@ -273,7 +274,7 @@ class Worker:
                 self.attempts[task["round"]] = self.attempts.get(task["round"], 0) + 1
             elif reason not in ROUND_MOVED_ON:  # this round is over for us: wait for the next one
                 self.attempts[task["round"]] = self.max_attempts
-        timings = {"download": t_download, "train": upd.seconds, "upload_and_verdict": t2 - t1}
+        timings = {"download": t_download, "train": upd.seconds, "encode": t1 - t_trained, "upload_and_verdict": t2 - t1}
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
                              downloaded, len(body), result, {k: round(v, 3) for k, v in timings.items()})
         self.reports.append(report)
