@@ -17,6 +17,7 @@ import math
 import os
 import re
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
@@ -150,17 +151,17 @@ def split_state_dict(state: Mapping[str, torch.Tensor], num_chunks: int = DEFAUL
     entries = plan_chunks(specs, num_chunks)
     groups: dict[int, dict[str, torch.Tensor]] = {}
     for name, entry in entries.items():
-        t = state[name].detach().to("cpu")
+        t = state[name].detach()  # device tensors are copied to the host by st_save, in the pool
         for p in entry.parts:
             piece = t if p.key == name else t[p.start:p.stop]
             groups.setdefault(p.chunk, {})[p.key] = piece.contiguous()
-    blobs: dict[str, bytes] = {}
-    infos = []
-    for idx in sorted(groups):
+    def serialize(idx: int) -> tuple[int, bytes, str]:
         data = st_save(groups[idx])
-        sha = hashlib.sha256(data).hexdigest()
-        blobs[sha] = data
-        infos.append(ChunkInfo(idx, sha, len(data)))
+        return idx, data, hashlib.sha256(data).hexdigest()  # hashing releases the GIL
+    with ThreadPoolExecutor(max(1, min(8, len(groups)))) as pool:
+        done = list(pool.map(serialize, sorted(groups)))
+    blobs = {sha: data for _, data, sha in done}
+    infos = [ChunkInfo(idx, sha, len(data)) for idx, data, sha in done]
     return Manifest(version, preset, infos, entries, config or {}), blobs
 
 

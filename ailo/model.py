@@ -147,6 +147,12 @@ def build_model(preset: str | GPTConfig, seed: int = 0, device: str | torch.devi
     return model
 
 
+def empty_model(preset: str | GPTConfig, device: str | torch.device = "cpu") -> GPT:
+    """A model about to receive downloaded weights: allocated on `device`, not initialised (a
+    random ailo-1b init costs seconds of CPU per worker start for values overwritten at once)."""
+    return build_model(preset, device="meta").to_empty(device=device)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (the tied output matrix counts once)."""
     return sum(p.numel() for p in model.parameters())

@@ -187,6 +187,45 @@ def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, 
         assert r.status_code == 409 and r.json()["reason"] == "replay"
 
 
+def test_idle_validator_prepares_each_versions_reference_once_before_updates_arrive(tmp_path, corpus_dir):
+    """The PoC reference (holdout losses and gradient at M_v) is computed while clients train,
+    not in the first update's validation; each version's exactly once."""
+    import time
+    app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1), tmp_path / "coord")
+    coord, poc = app.state.coordinator, app.state.poc
+    computed, real_reference = [], poc.reference
+
+    def counting_reference(c):
+        if c.version not in poc._reference:
+            computed.append(c.version)
+        return real_reference(c)
+    poc.reference = counting_reference
+
+    def wait_for(version):
+        deadline = time.time() + 60
+        while version not in poc._reference:
+            assert time.time() < deadline, f"reference of v{version} not prepared while idle"
+            time.sleep(0.1)
+    with TestClient(app) as client:
+        wait_for(0)
+        assert coord.store.count_updates(1, "accepted") == 0 and computed == [0]
+        wallet = Wallet.generate().with_username("trainer")
+        assert client.post("/v1/register", json=register_tx(wallet, "trainer", now_ms()).to_json()).status_code == 200
+        model = type(coord.model)(coord.cfg, seed=None)
+        model.load_state_dict(coord.model.state_dict())
+        from ailo.data import TokenDataset
+        batches = TokenDataset.from_dir(None, "train").random_batches(8, 64, seed=5)
+        body = encode_update(train_local(model, batches, TrainConfig(steps=3)).delta)
+        meta = sign_update(wallet, UpdateMeta("trainer", 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
+        r = client.post("/v1/updates", content=body, headers=meta.to_headers())
+        v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 60}).json()
+        assert v["status"] == "accepted" and v["aggregated"], v
+        wait_for(1)
+        assert computed == [0, 1]
+        phases = client.get("/v1/status").json()["history"][1]["validate_phases_ms"]
+        assert {"read", "decode", "check_contribution", "poc.sketch", "poc.holdout"} <= set(phases), phases
+
+
 def test_round_never_holds_more_than_one_decoded_update(tmp_path, monkeypatch):
     """Streaming aggregation: with K updates per round, at most one decoded update is alive."""
     alive: list[weakref.ref] = []

@@ -53,3 +53,13 @@ def test_flops_per_token_palm_accounting():
     cfg = PRESETS["ailo-1b"]
     matmul = 24 * (4 * 1600**2 + 2 * 1600 * 6400) + 50257 * 1600
     assert flops_per_token(cfg) == 6 * matmul + 12 * 24 * 1600 * 2048
+
+
+def test_empty_model_skips_the_init_and_takes_loaded_weights_exactly():
+    from ailo.model import empty_model
+    ref = build_model("ailo-tiny", seed=3)
+    m = empty_model("ailo-tiny")
+    assert all(p.device.type == "cpu" for p in m.parameters())
+    m.load_state_dict(ref.state_dict())
+    x = torch.randint(0, ref.cfg.vocab_size, (2, 16))
+    assert torch.equal(m(x), ref(x))

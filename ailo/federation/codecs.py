@@ -179,14 +179,16 @@ def _unpack2(packed: np.ndarray, k: int) -> np.ndarray:
 
 def _encode_int8(values: Mapping[str, torch.Tensor]) -> tuple[bytes, dict[str, torch.Tensor]]:
     """Body and the decoded values (what the coordinator will see), computed on the values' device."""
-    qs, scales, decoded = [], [], {}
-    for name in sorted(values):
+    names = sorted(values)
+    q_all = np.empty(sum(values[n].numel() for n in names), np.int8)  # filled straight from the device
+    s_all = np.empty(sum(int8.blocks_of(values[n].numel()) for n in names), np.float32)
+    decoded, off, b = {}, 0, 0
+    for name in names:
         q, s, decoded[name] = int8.quantize(values[name])
-        qs.append(q.cpu().numpy())
-        scales.append(s.cpu().numpy())
-    arrays = {"q": np.concatenate(qs) if qs else np.zeros(0, np.int8),
-              "scale": np.concatenate(scales) if scales else np.zeros(0, np.float32)}
-    return np_save(arrays, metadata={"codec": "int8"}), decoded
+        torch.from_numpy(q_all[off:off + q.numel()]).copy_(q)
+        torch.from_numpy(s_all[b:b + s.numel()]).copy_(s)
+        off, b = off + q.numel(), b + s.numel()
+    return np_save({"q": q_all, "scale": s_all}, metadata={"codec": "int8"}), decoded
 
 
 def _encode_sparse(values: Mapping[str, np.ndarray], spec: CodecSpec) -> tuple[bytes, dict[str, np.ndarray]]:

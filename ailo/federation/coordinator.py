@@ -21,6 +21,7 @@ import hashlib
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,12 @@ from ailo.federation.pipeline import ValidationPipeline
 from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
+
+
+def _seconds(fn: Callable, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 class Coordinator:
@@ -70,6 +77,7 @@ class Coordinator:
         self.on_round_closed = on_round_closed or []
         self.on_refused: list[RefuseHook] = []
         self.status_extras: list[Callable[["Coordinator"], dict]] = []  # merged into status()
+        self.on_idle: list[Callable[["Coordinator"], None]] = []  # pipeline thread, queue empty: warm caches
         self.lock = threading.RLock()          # swaps of model + manifest (short)
         self.admit_lock = threading.Lock()     # admission decisions: nonces, duplicates (short)
         self._admitting: set[tuple[int, str]] = set()  # (round, client id / address) being written
@@ -126,8 +134,7 @@ class Coordinator:
         manifest, blobs = split_state_dict(state if state is not None else self.model.state_dict(),
                                            self.config.num_chunks, version=version, preset=self.cfg.name,
                                            config=self.cfg.to_dict())
-        for sha, data in blobs.items():
-            self.store.put_chunk(sha, data)
+        self.store.put_chunks(blobs)
         return manifest
 
     def _genesis(self) -> None:
@@ -351,7 +358,12 @@ class Coordinator:
         now = time.time()
         if self.finished():
             return
-        if self._close_if_full(rnd) or now < rnd.deadline:  # full: a close that failed in judge() is retried
+        if self._close_if_full(rnd):  # full: a close that failed in judge() is retried
+            return
+        if now < rnd.deadline:
+            if self.pipeline.depth() == 0:  # idle while clients download and train
+                for hook in self.on_idle:
+                    hook(self)
             return
         accepted = self.store.count_updates(rnd.id, "accepted")
         overdue = now >= rnd.created + 2 * self.config.round_seconds
@@ -382,11 +394,12 @@ class Coordinator:
             val_loss = self.evaluate(new_state)
             t2 = time.perf_counter()
             self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
-            manifest = self._split(self.version + 1, new_state)
-            t_split = time.perf_counter()
-            if self.downloads:  # bf16 W_{v+1} and the int8 patch from W_v, before publish
-                self.downloads.prepare(self.version + 1, new_state, base)
-            t_served = time.perf_counter()
+            with ThreadPoolExecutor(1) as pool:  # bf16 W_{v+1} + int8 patch (GPU codec) beside the fp32 chunks
+                compact = pool.submit(_seconds, self.downloads.prepare, self.version + 1, new_state, base) \
+                    if self.downloads else None
+                manifest = self._split(self.version + 1, new_state)
+                fp32_s = time.perf_counter() - t2
+                compact_s = compact.result() if compact else 0.0
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),
                                self.config.min_updates, time.time() + self.config.round_seconds)
@@ -405,7 +418,7 @@ class Coordinator:
         self.accumulator.reset(rnd.id + 1)
         t3 = time.perf_counter()
         for phase, ms in (("aggregate", t1 - t0), ("evaluate", t2 - t1), ("publish", t3 - t2),
-                          ("publish_fp32_chunks", t_split - t2), ("publish_compact", t_served - t_split)):
+                          ("publish_fp32_chunks", fp32_s), ("publish_compact", compact_s)):
             self.store.set_counter(f"timing.round.{rnd.id}.{phase}_ms", int(1000 * ms))
         for hook in self.on_round_closed:
             try:

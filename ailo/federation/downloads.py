@@ -61,8 +61,7 @@ class CompactDownloads:
     def _write(self, version: int, weights: Mapping[str, torch.Tensor], patch: bytes | None) -> None:
         manifest, blobs = split_state_dict(weights, self.num_chunks, version=version, preset=self.preset,
                                            config=self.config)
-        for sha, data in blobs.items():
-            self.store.put_chunk(sha, data)
+        self.store.put_chunks(blobs)
         if patch is not None:
             _atomic_write(self.patch_path(version), patch)
         _atomic_write(self.manifest_path(version), manifest.to_json().encode())

@@ -24,7 +24,7 @@ from ailo.federation.signing import sign_update
 from ailo.federation.update_format import UpdateMeta
 from ailo.federation.uploader import submit_update
 from ailo.mirrors import MirroredSource
-from ailo.model import build_model, get_preset
+from ailo.model import empty_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local
 from ailo.wallet import Wallet
 
@@ -160,7 +160,7 @@ class Worker:
 
     def load_model(self, manifest: Manifest):
         if self.model is None or self.model.cfg.name != manifest.preset:
-            self.model = build_model(get_preset(manifest.preset), seed=self.seed)
+            self.model = empty_model(get_preset(manifest.preset), pick_device(self.device))
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
         source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar, policy=self.policy)
@@ -188,7 +188,7 @@ class Worker:
         got = self.served.patched(manifest, fetch_patch)
         if got is not None:
             if self.model is None or self.model.cfg.name != manifest.preset:
-                self.model = build_model(get_preset(manifest.preset), seed=self.seed)
+                self.model = empty_model(get_preset(manifest.preset), pick_device(self.device))
             self.model.load_state_dict(got[0])
             downloaded = got[1]
         else:

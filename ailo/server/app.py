@@ -81,12 +81,12 @@ def federation_router(coord: Coordinator) -> APIRouter:
     @r.get("/patches/{version}", summary="int8 patch from served model version−1 to version (safetensors)",
            responses=reply(content=BINARY))
     def patch(version: int) -> Response:
-        data = coord.downloads.patch(version) if coord.downloads is not None and 0 < version < 2**31 else None
-        if data is None:
+        path = coord.downloads.patch_path(version) if coord.downloads is not None and 0 < version < 2**31 else None
+        if path is None or not path.exists():
             raise UpdateRejected("no_patch", f"no patch to served model version {version}", 404)
-        coord.record_chunk_bytes(len(data))
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        coord.record_chunk_bytes(path.stat().st_size)
+        return ChunkFile(path, media_type="application/octet-stream",  # streamed: an ailo-1b patch is 0.8 GB
+                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate",
             responses=reply(TaskReply))
