@@ -14,6 +14,7 @@ this process, same load, different K (updates per round):
 
     .venv/bin/python bench/scale.py                 # fp32 bodies (70 MB each), prints one JSON line
     .venv/bin/python bench/scale.py --codec int8    # the int8 codec's 17.7 MB bodies
+    python3 bench/scale.py --device cuda --threads 8  # on a GPU server: validation on the GPU
 """
 from __future__ import annotations
 
@@ -197,7 +198,7 @@ def run(k: int, args: argparse.Namespace) -> dict:
              "--preset", args.preset, "--min-updates", str(k), "--max-updates", str(k), "--rounds", str(args.rounds),
              "--local-steps", "1", "--batch-size", "1", "--seq-len", str(args.seq_len), "--lr", str(args.lr),
              "--codec", args.codec,
-             "--round-seconds", "3600", "--device", "cpu", "--registrations-per-hour", "100000"],
+             "--round-seconds", "3600", "--device", args.device, "--registrations-per-hour", "100000"],
             cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.time() + 300
@@ -264,6 +265,7 @@ def main() -> None:
                     help="real training runs per model version (default: one per client; fewer are "
                          "refused as duplicate work by Proof-of-Contribution)")
     ap.add_argument("--threads", type=int, default=1, help="coordinator's intra-op threads")
+    ap.add_argument("--device", default="cpu", help="coordinator's device (cuda: validation on the GPU)")
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--k", type=int, nargs=2, default=[4, 32], metavar=("SMALL", "LARGE"))
     ap.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
@@ -280,6 +282,7 @@ def main() -> None:
     sink = sink_baseline(body, args.clients)
     small, large = run(args.k[0], args), run(args.k[1], args)
     print(json.dumps({"bench": "scale", "preset": args.preset, "clients": args.clients, "codec": args.codec,
+                      "device": args.device, "threads": args.threads,
                       "memory_ratio": round(large["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
                       "accept_p99_ms": large["accept_p99_ms"], "sink_p99_ms": sink["p99_ms"],
                       "updates_per_s": round(large["accepted"] / large["wall_s"], 2),
