@@ -158,18 +158,23 @@ def test_a_full_round_whose_close_failed_is_closed_by_the_next_tick(tmp_path, mo
     assert coord.version == 1 and coord.current_round().id == 2
 
 
+def _registered_trained_update(client, coord, name):
+    """(body, signed meta) of a real 3-step update on round 1 by a freshly registered wallet."""
+    from ailo.data import TokenDataset
+    wallet = Wallet.generate().with_username(name)
+    assert client.post("/v1/register", json=register_tx(wallet, name, now_ms()).to_json()).status_code == 200
+    model = type(coord.model)(coord.cfg, seed=None)
+    model.load_state_dict(coord.model.state_dict())
+    batches = TokenDataset.from_dir(None, "train").random_batches(8, 64, seed=5)
+    body = encode_update(train_local(model, batches, TrainConfig(steps=3)).delta)
+    return body, sign_update(wallet, UpdateMeta(name, 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
+
+
 def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, corpus_dir):
     app = build_app(CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1), tmp_path / "coord")
     coord = app.state.coordinator
     with TestClient(app) as client:
-        wallet = Wallet.generate().with_username("retrier")
-        assert client.post("/v1/register", json=register_tx(wallet, "retrier", now_ms()).to_json()).status_code == 200
-        model = type(coord.model)(coord.cfg, seed=None)
-        model.load_state_dict(coord.model.state_dict())
-        from ailo.data import TokenDataset
-        batches = TokenDataset.from_dir(None, "train").random_batches(8, 64, seed=5)
-        body = encode_update(train_local(model, batches, TrainConfig(steps=3)).delta)
-        meta = sign_update(wallet, UpdateMeta("retrier", 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
+        body, meta = _registered_trained_update(client, coord, "retrier")
         first = client.post("/v1/updates", content=body, headers=meta.to_headers())
         again = client.post("/v1/updates", content=body, headers=meta.to_headers())  # reply lost: retry
         assert first.status_code == 202
@@ -209,14 +214,7 @@ def test_idle_validator_prepares_each_versions_reference_once_before_updates_arr
     with TestClient(app) as client:
         wait_for(0)
         assert coord.store.count_updates(1, "accepted") == 0 and computed == [0]
-        wallet = Wallet.generate().with_username("trainer")
-        assert client.post("/v1/register", json=register_tx(wallet, "trainer", now_ms()).to_json()).status_code == 200
-        model = type(coord.model)(coord.cfg, seed=None)
-        model.load_state_dict(coord.model.state_dict())
-        from ailo.data import TokenDataset
-        batches = TokenDataset.from_dir(None, "train").random_batches(8, 64, seed=5)
-        body = encode_update(train_local(model, batches, TrainConfig(steps=3)).delta)
-        meta = sign_update(wallet, UpdateMeta("trainer", 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
+        body, meta = _registered_trained_update(client, coord, "trainer")
         r = client.post("/v1/updates", content=body, headers=meta.to_headers())
         v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 60}).json()
         assert v["status"] == "accepted" and v["aggregated"], v
@@ -270,3 +268,18 @@ def test_busy_when_too_many_updates_wait(tmp_path):
     assert exc.value.reason == "busy" and exc.value.status == 429
     coord.drain()
     assert coord.submit(UpdateMeta("c", 1, 0, 8, 5.0), body)["status"] == "pending"
+
+
+def test_validator_thread_runs_at_a_lower_cpu_priority_than_the_request_path(tmp_path):
+    import os
+    seen = {}
+
+    def record_priority(coord, sub):
+        seen["validator"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    coord = Coordinator(CoordinatorConfig(min_updates=1, val_batches=1), tmp_path / "s", post_checks=[record_priority])
+    with TestClient(create_app(coord)) as client:
+        r = client.post("/v1/updates", content=encode_update(_delta(coord, 1)), headers=_headers("alice", 8))
+        assert client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 30}).json()["status"] != "pending"
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen["validator"] >= main + 10 or seen["validator"] == 19, (seen, main)

@@ -12,6 +12,7 @@ row already decided is skipped, so each stored update is judged once.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ class ValidationPipeline:
     capacity: int = 256
     idle_seconds: float = 0.5
     name: str = "validator"
+    niceness: int = 10                          # the validator yields the CPU to the request path
     in_flight: int | None = None
     judged: int = 0
     busy_seconds: float = 0.0
@@ -92,7 +94,18 @@ class ValidationPipeline:
                 self._load_backlog()
             return None
 
+    def _lower_priority(self) -> None:
+        """On a small CPU box validation and admission share the cores: a lower scheduling
+        priority for this thread (Linux: per-thread nice) keeps `POST /v1/updates` answering at
+        transfer speed while the validator works. Threads it starts (torch's pool) inherit it."""
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), self.niceness))
+        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+            pass
+
     def _loop(self) -> None:
+        self._lower_priority()
         while not self._stop.is_set():
             update_id = self._next()
             if update_id is not None:
