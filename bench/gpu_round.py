@@ -98,6 +98,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-decay", type=float, default=1.0, help="client lr of round r: lr·decay^(r−1)")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="client lr ramp over each round's first N steps")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"], help="update codec")
     ap.add_argument("--compact-downloads", action="store_true", help="bf16 model + int8 patches from v-1")
@@ -115,13 +116,13 @@ def main() -> int:
     coord = spawn(["coordinator", "--state", str(work / "coord"), "--port", str(port), "--preset", args.preset,
                    "--device", args.device, "--min-updates", str(args.workers), "--max-updates", str(args.workers),
                    "--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--batch-size",
-                   str(args.batch_size), "--lr", str(args.lr), "--lr-decay", str(args.lr_decay), "--chunks", str(args.chunks), "--round-seconds", "3600",
+                   str(args.batch_size), "--lr", str(args.lr), "--lr-decay", str(args.lr_decay), "--warmup-steps", str(args.warmup_steps), "--chunks", str(args.chunks), "--round-seconds", "3600",
                    "--codec", args.codec, *(["--compact-downloads"] if args.compact_downloads else []), *seq], work / "logs" / "coordinator.log")
     procs = {"coordinator": coord}
     sampler = GpuSampler()
     sampler.start()
     result: dict = {"bench": "gpu_round", "preset": args.preset, "device": args.device, "workers": args.workers,
-                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
+                    "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "warmup_steps": args.warmup_steps,
                     "codec": args.codec, "compact_downloads": args.compact_downloads}
 
     def tail(name: str) -> str:

@@ -60,3 +60,15 @@ def test_compiled_forward_keeps_parameter_names(monkeypatch):
     assert calls == [model]
     assert set(upd.delta) == set(build_model("ailo-tiny").state_dict())
     assert all(float(d.abs().sum()) > 0 for k, d in upd.delta.items() if k.endswith("weight"))
+
+
+def test_warmup_scales_the_first_adamw_step_by_one_over_n():
+    """AdamW's first step moves every weight by ~lr whatever its gradient; a warm-up of N steps
+    makes that first step lr/N (what keeps a round from overshooting right after init)."""
+    batch = [(torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16)))]
+    norms = {}
+    for warmup in (0, 4):
+        model = build_model("ailo-tiny", seed=3)
+        upd = train_local(model, batch, TrainConfig(steps=1, lr=1e-3, grad_clip=0.0, warmup_steps=warmup))
+        norms[warmup] = float(torch.sqrt(sum((d.double() ** 2).sum() for d in upd.delta.values())))
+    assert norms[4] == pytest.approx(norms[0] / 4, rel=1e-3)

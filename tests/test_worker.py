@@ -102,3 +102,18 @@ def test_registration_whose_reply_was_lost_is_recognised(tmp_path, corpus_dir):
         worker = _flaky_worker(client, {("POST", "/v1/register"): ["drop"]}, "carol", corpus_dir, tmp_path)
         worker.ensure_registered()  # the resent REGISTER is refused as a duplicate, the balance shows it landed
         assert app.state.ledger.username(worker.wallet.address) == "carol"
+
+
+def test_task_carries_the_warmup_and_the_worker_trains_with_it(tmp_path, corpus_dir, monkeypatch):
+    import ailo.federation.worker as worker_module
+    app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1, warmup_steps=2), tmp_path / "coord")
+    seen, real = [], worker_module.train_local
+    monkeypatch.setattr(worker_module, "train_local",
+                        lambda model, batches, cfg, device=None: (seen.append(cfg), real(model, batches, cfg, device))[1])
+    with TestClient(app) as client:
+        assert client.post("/v1/tasks", json={"client_id": "peek"}).json()["warmup_steps"] == 2
+        worker = Worker("http://testserver", "warm", corpus_dir, 0, 2, progress=False, http=client,
+                        wallet=Wallet.generate().with_username("warm"), cache_dir=tmp_path / "w")
+        worker.ensure_registered()
+        report = worker.run_round()
+        assert [c.warmup_steps for c in seen] == [2] and report.response["status"] == "accepted"

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
                    help="clients' local optimizer (sgd pairs with the sparse codec: see bench/RESULTS.md)")
     c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
+    c.add_argument("--warmup-steps", type=int, default=0,
+                   help="client lr ramps linearly over each round's first N local steps (AdamW restarts its moments every round)")
     c.add_argument("--server-lr", type=float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
     c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
                    help="outer optimizer on the averaged pseudo-gradient (sgd = FedAvg); state persists across restarts")
@@ -123,6 +125,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
             raise CLIError("--device cuda: PyTorch sees no CUDA device (use --device auto or cpu)")
     if args.max_pending < 1:
         raise CLIError("--max-pending must be at least 1")
+    if args.warmup_steps < 0:
+        raise CLIError("--warmup-steps must be 0 or more")
     if args.min_updates < 1:
         raise CLIError("--min-updates must be at least 1")
     if args.max_updates is not None and args.max_updates < args.min_updates:

@@ -165,7 +165,8 @@ class Coordinator:
         c = self.config
         return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
                 "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task(),
-                **({"download": "bf16"} if c.compact_downloads else {})}
+                **({"download": "bf16"} if c.compact_downloads else {}),
+                **({"warmup_steps": c.warmup_steps} if c.warmup_steps else {})}
 
     @property
     def version(self) -> int:

@@ -45,6 +45,7 @@ class CoordinatorConfig:
     seq_len: int | None = None
     lr: float = 3e-3
     lr_decay: float = 1.0                # client learning rate of round r: lr · lr_decay^(r−1)
+    warmup_steps: int = 0                # client lr ramps linearly over a round's first N local steps
     optimizer: str = "adamw"
     server_lr: float = 1.0
     aggregator: str = "fedavg"

@@ -249,7 +249,8 @@ class Worker:
         downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
         t_download = time.perf_counter() - t0
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
-                          optimizer=task["optimizer"], progress=self.progress)
+                          optimizer=task["optimizer"], warmup_steps=int(task.get("warmup_steps", 0)),
+                          progress=self.progress)
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
                                            seed=_batch_seed(self.seed, self.client_id, task["round"],
                                                             self.attempts.get(task["round"], 0)))

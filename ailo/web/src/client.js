@@ -146,7 +146,8 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
   try {
     onStatus({ phase: 'train', task });
     result = await trainLocal(model, randomBatches(tokens, task.batch_size, seq, seed % 2147483647),
-      { steps: task.steps, batch_size: task.batch_size, lr: task.lr, optimizer: task.optimizer }, { onStep });
+      { steps: task.steps, batch_size: task.batch_size, lr: task.lr, optimizer: task.optimizer,
+        warmup_steps: task.warmup_steps ?? 0 }, { onStep });
   } finally {
     model.dispose();
   }
