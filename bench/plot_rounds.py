@@ -40,7 +40,8 @@ def main() -> None:
         ax.set_xlabel("round")
         ax.set_xticks(xs)
         codec = run["codec"] + (" + compact downloads" if run.get("compact_downloads") else "")
-        ax.set_title(f"{run['preset']} · {codec}\nclient lr {run['lr']:g} × {run.get('lr_decay', 1.0):g}^(r−1) · "
+        warm = f", warm-up {run['warmup_steps']} steps" if run.get("warmup_steps") else ""
+        ax.set_title(f"{run['preset']} · {codec}\nclient lr {run['lr']:g} × {run.get('lr_decay', 1.0):g}^(r−1){warm} · "
                      f"commit {path.stem.rsplit('_', 1)[-1]}", fontsize=9)
         loss = ax.twinx()
         loss.plot([0] + xs, run["val_loss"][:len(xs) + 1], "k.-", label="val loss")
