@@ -84,7 +84,7 @@ def test_restart_keeps_serving_and_patching(tmp_path):
     m1, m2 = (Manifest.from_json(again.downloads.manifest_path(v).read_text()) for v in (1, 2))
     w1 = ChunkStore(m1, DirectorySource(again.store.chunks_dir)).state_dict()
     w2 = ChunkStore(m2, DirectorySource(again.store.chunks_dir)).state_dict()
-    rebuilt = apply_patch(w1, again.downloads.patch(2))
+    rebuilt = apply_patch(w1, again.downloads.patch_path(2).read_bytes())
     assert all(torch.equal(rebuilt[k], w2[k]) for k in w2)
     plain = Coordinator(CoordinatorConfig(val_batches=1), tmp_path / "plain")
     with TestClient(create_app(plain)) as client:

@@ -398,8 +398,9 @@ class Coordinator:
             with ThreadPoolExecutor(1) as pool:  # bf16 W_{v+1} + int8 patch (GPU codec) beside the fp32 chunks
                 compact = pool.submit(_seconds, self.downloads.prepare, self.version + 1, new_state, base) \
                     if self.downloads else None
+                t_split = time.perf_counter()
                 manifest = self._split(self.version + 1, new_state)
-                fp32_s = time.perf_counter() - t2
+                fp32_s = time.perf_counter() - t_split
                 compact_s = compact.result() if compact else 0.0
             crash_point("close_aggregate")
             self.store.publish(rnd.id, manifest.version, manifest.to_json(), val_loss, self._task_spec(rnd.id + 1),

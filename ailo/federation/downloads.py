@@ -87,7 +87,3 @@ class CompactDownloads:
             self.version = None
             self._load(version, master)
         return self.manifest_path(version).read_text()
-
-    def patch(self, version: int) -> bytes | None:
-        path = self.patch_path(version)
-        return path.read_bytes() if path.exists() else None

@@ -33,23 +33,26 @@ def to_served(master: Mapping[str, torch.Tensor]) -> StateDict:
     return {k: v.detach().to(torch.float32).to(torch.bfloat16) for k, v in master.items()}
 
 
+def _device_of(state: Mapping[str, torch.Tensor]) -> torch.device | None:
+    return next(iter(state.values())).device if state else None
+
+
 def make_patch(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.Tensor]) -> bytes:
-    """P_v: the int8-codec body of M_v − W_{v−1}, computed on the master's device."""
-    return encode({k: master[k].detach().to(torch.float32) - previous[k].to(master[k].device, torch.float32)
-                   for k in master}, PATCH_CODEC)
+    """P_v: the int8-codec body of M_v − W_{v−1} (both on one device, where it is computed)."""
+    return encode({k: master[k].detach().to(torch.float32) - previous[k].to(torch.float32) for k in master},
+                  PATCH_CODEC)
 
 
 def apply_patch(previous: Mapping[str, torch.Tensor], patch: bytes) -> StateDict:
     """W_v from W_{v−1} and P_v, on W_{v−1}'s device (raises codecs.CodecError for a malformed
     patch). Bit-identical on every device: one float32 add, one round-to-nearest-even to bf16."""
-    device = next(iter(previous.values())).device if previous else None
-    step = decode(patch, {k: tuple(v.shape) for k, v in previous.items()}, PATCH_CODEC, device=device)
+    step = decode(patch, {k: tuple(v.shape) for k, v in previous.items()}, PATCH_CODEC, device=_device_of(previous))
     return {k: (previous[k].to(torch.float32) + step[k]).to(torch.bfloat16) for k in previous}
 
 
 def next_served(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.Tensor]) -> tuple[bytes, StateDict]:
     """(P_v, W_v): what the coordinator publishes when version v closes (on the master's device)."""
-    device = next(iter(master.values())).device if master else None
+    device = _device_of(master)
     previous = {k: v.to(device) for k, v in previous.items()}
     patch = make_patch(previous, master)
     return patch, apply_patch(previous, patch)

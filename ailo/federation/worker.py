@@ -158,9 +158,13 @@ class Worker:
             raise Refused(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
         return r.json()
 
-    def load_model(self, manifest: Manifest):
+    def _model_for(self, manifest: Manifest) -> None:
+        """An uninitialised model of the manifest's preset on the training device, unless held."""
         if self.model is None or self.model.cfg.name != manifest.preset:
             self.model = empty_model(get_preset(manifest.preset), pick_device(self.device))
+
+    def load_model(self, manifest: Manifest):
+        self._model_for(manifest)
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
         source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar, policy=self.policy)
@@ -187,8 +191,7 @@ class Worker:
             return r.content if r.status_code == 200 else None
         got = self.served.patched(manifest, fetch_patch)
         if got is not None:
-            if self.model is None or self.model.cfg.name != manifest.preset:
-                self.model = empty_model(get_preset(manifest.preset), pick_device(self.device))
+            self._model_for(manifest)
             self.model.load_state_dict(got[0])
             downloaded = got[1]
         else:
