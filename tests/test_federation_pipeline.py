@@ -6,6 +6,7 @@ with real safetensors bodies; the slow validator is a real post-check that block
 import gc
 import hashlib
 import threading
+import time
 import weakref
 
 import pytest
@@ -283,3 +284,36 @@ def test_validator_thread_runs_at_a_lower_cpu_priority_than_the_request_path(tmp
         assert client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 30}).json()["status"] != "pending"
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen["validator"] >= main + 10 or seen["validator"] == 19, (seen, main)
+
+
+def test_status_and_verdict_say_when_a_closed_rounds_rewards_are_minted(tmp_path):
+    """A round closed by its deadline is published before its close hooks (rewards) run:
+    readers of balances wait for `settled_round` / `settled`, not for the next round."""
+    release, entered = threading.Event(), threading.Event()
+
+    def slow_rewards(coord, round_id):
+        entered.set()
+        assert release.wait(60)
+
+    coord = Coordinator(CoordinatorConfig(min_updates=1, max_updates=10, round_seconds=3600, val_batches=1),
+                        tmp_path / "s", on_round_closed=[slow_rewards])
+    with TestClient(create_app(coord)) as client:
+        assert client.get("/v1/status").json()["settled_round"] == 0
+        r = client.post("/v1/updates", content=encode_update(_delta(coord, 1)), headers=_headers("alice", 8))
+        update_id = r.json()["update_id"]
+        v = client.get(f"/v1/updates/{update_id}", params={"wait": 30}).json()
+        assert v["status"] == "accepted" and v["aggregated"] is False and v["settled"] is False
+        coord.store.extend_deadline(1, 0.0)      # due: the pipeline's tick closes it
+        assert entered.wait(30)                  # published, rewards not yet minted
+        status = _in_thread(lambda: client.get("/v1/status").json())
+        assert status["round"] == 2 and status["version"] == 1 and status["settled_round"] == 0
+        v = _in_thread(lambda: client.get(f"/v1/updates/{update_id}").json())
+        assert v["aggregated"] is True and v["settled"] is False
+        release.set()
+        deadline = time.time() + 30
+        while client.get("/v1/status").json()["settled_round"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert client.get("/v1/status").json()["settled_round"] == 1
+        assert client.get(f"/v1/updates/{update_id}").json()["settled"] is True
+    restarted = Coordinator(CoordinatorConfig(min_updates=1, val_batches=1), tmp_path / "s")
+    assert restarted.settled_round == 1          # start-up pays what a crash left unpaid (settle_all)

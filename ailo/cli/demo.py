@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             if len(status["history"]) > shown:
                 last_progress = time.time()
             shown = len(status["history"])
-            if status["finished"]:
+            if status["finished"] and status["settled_round"] >= status["round"] - 1:  # last round paid too
                 break
             if time.time() - last_progress > args.stall_seconds:
                 raise CLIError(f"no round closed for {args.stall_seconds:.0f} s; see {out / 'logs'}")

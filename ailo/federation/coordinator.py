@@ -95,6 +95,9 @@ class Coordinator:
             self.outer_store.restore(self.outer, self.manifest.version)
             self.model.to(self.device)
         self.model.eval()
+        # Last round whose close hooks (rewards) have run. Published rounds before this start
+        # count as settled: `ProofOfContribution.install` pays any left unpaid before serving.
+        self.settled_round = self.current_round().id - 1
         self.accumulator = RoundAccumulator(self.aggregator, self.device)
         self._rebuild_accumulator()
         self.pipeline = ValidationPipeline(self.judge, self.tick, self._pending_ids, capacity=config.max_pending,
@@ -427,6 +430,7 @@ class Coordinator:
                 hook(self, rnd.id)
             except Exception as exc:  # the version is published; hooks (rewards) catch up on restart
                 print(f"round {rnd.id} hook {hook!r} failed: {exc!r}", flush=True)
+        self.settled_round = rnd.id  # balances now include this round's rewards
 
     # -- read side (ailo/federation/round_status.py) -------------------------------------------
     def record_chunk_bytes(self, n: int) -> None:

@@ -275,9 +275,10 @@ class Campaign:
             rnd = coord.current_round()
             coord.store.extend_deadline(rnd.id, time.time() - 1)  # the validation pipeline's tick closes it
             deadline = time.time() + 120
-            while coord.current_round().id == rnd.id and time.time() < deadline:
+            while coord.settled_round < rnd.id and time.time() < deadline:  # published, then paid
                 time.sleep(0.2)
             assert coord.current_round().id == rnd.id + 1, "round did not close (no accepted update?)"
+            assert coord.settled_round == rnd.id, "round closed but its rewards were not minted in time"
             after = self.balances()
             self.earnings.append({k: after[k] - before[k] for k in after})
             before = after

@@ -22,7 +22,9 @@ def short_verdict(u: UpdateRecord) -> dict:
 
 def verdict(coord: "Coordinator", update_id: int) -> dict | None:
     """The client-facing state of one update. `pending` until the pipeline has finished with
-    it (including a round close it triggered), so `aggregated` is final when it is not."""
+    it (including a round close it triggered), so `aggregated` is final when it is not.
+    `settled`: its round's rewards are minted (a round closed by its deadline is published
+    first, then paid, so balances lag `aggregated` until then)."""
     u = coord.store.update(update_id)
     if u is None:
         return None
@@ -32,7 +34,7 @@ def verdict(coord: "Coordinator", update_id: int) -> dict | None:
         out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
     elif status == "accepted":
         closed = coord.store.round(u.round_id).status == "closed"
-        out.update(aggregated=closed, version=coord.version,
+        out.update(aggregated=closed, settled=coord.settled_round >= u.round_id, version=coord.version,
                    accepted_in_round=coord.store.count_updates(u.round_id, "accepted"))
     return out
 
@@ -82,7 +84,7 @@ def status(coord: "Coordinator") -> dict:
     rnd = coord.current_round()
     counters = coord.store.counters()
     pipe = coord.pipeline
-    out = {"round": rnd.id, "version": coord.version, "preset": coord.cfg.name,
+    out = {"round": rnd.id, "version": coord.version, "settled_round": coord.settled_round, "preset": coord.cfg.name,
            "finished": coord.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
            "accepted_in_round": coord.store.count_updates(rnd.id, "accepted"),
            "pending_in_round": coord.store.count_updates(rnd.id, "pending"), "clients": coord.store.clients(),

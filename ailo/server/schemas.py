@@ -114,6 +114,7 @@ class TaskReply(Reply):
 class StatusReply(Reply):
     round: int
     version: int
+    settled_round: int
     finished: bool
     accepted_in_round: int
     history: list[dict[str, Any]]
