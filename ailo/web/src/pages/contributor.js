@@ -312,7 +312,7 @@ async function train() {
       steps: out.result.steps, tokens: out.result.tokens, seconds: out.result.seconds, bytes: out.bytes, sha256: out.sha256, backend: out.backend,
       wallSeconds: (performance.now() - t0) / 1000 });
     setText('train-status', `Trained ${out.result.steps} steps (${out.result.tokens} tokens) in ${out.result.seconds.toFixed(1)} s on ${out.backend}; sent ${mb(out.bytes)}.`, 'muted');
-    setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round}.` + (out.reply.aggregated ? ' The round closed: rewards are minted.' : ''), 'ok');
+    setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round}.` + (out.reply.settled ? ' The round closed: rewards are minted.' : out.reply.aggregated ? ' The round closed; rewards are being minted.' : ''), 'ok');
     for (let i = 0; i < 20; i++) {  // the reward is minted when the round closes
       const b = await refreshBalance();
       if (b && b.spendable > 0 && out.reply.aggregated) break;
