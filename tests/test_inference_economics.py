@@ -154,3 +154,39 @@ def test_ailo_ask_pays_for_its_request(party):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert alc(http, party["honest"].address) == before - price - FEE
+
+
+def test_ailo_ask_waits_for_a_forming_room_and_pays_once(party):
+    """503 (room forming) is answered before any charge: `ailo ask` tries again with a fresh
+    payment (the price is known once the room is planned) until the room is routable, and only
+    the request that runs is paid for."""
+    http, keys, base = party["http"], party["keys"], party["base"]
+    token = (base / "state" / "operator-token").read_text().strip()
+    config = json.loads((base / "model" / "config.json").read_text())
+    r = http.post("/v1/rooms", json={"id": "later", "slots": 1, "model": config},
+                  headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    before = alc(http, party["honest"].address)
+    cmd = [sys.executable, "-m", "ailo.cli.main", "ask", "--room", "later", "--coordinator", party["url"],
+           "--ids", "5,6,7", "--max-tokens", "2", "--wallet", str(keys["honest"])]
+    once = subprocess.run([*cmd, "--wait", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert once.returncode != 0 and "still forming" in once.stderr and "gave up" in once.stderr, once.stderr
+    waiting = subprocess.Popen([*cmd, "--wait", "120"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    node = None
+    try:
+        time.sleep(3)
+        assert waiting.poll() is None                      # still trying: the room has no node yet
+        assert alc(http, party["honest"].address) == before  # ...and nothing has been charged
+        node = ailo("node", "--room", "later", "--model-dir", str(base / "model"), "--coordinator", party["url"],
+                    "--memory", "1GB", "--wallet", str(keys["node0"]), log=base / "node-later.log")
+        out, err = waiting.communicate(timeout=150)
+    finally:
+        waiting.kill()
+        if node is not None:
+            stop(node)
+    assert waiting.returncode == 0, err
+    assert "still forming" in err and "trying again" in err and len(out.split()) == 2, (out, err)
+    price = http.get("/v1/rooms/later").json()["price"]  # known once the room is planned (1 span)
+    assert price == 5_000_000
+    assert alc(http, party["honest"].address) == before - price - FEE  # one charge: the tries that waited were free

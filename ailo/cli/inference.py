@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -120,8 +121,20 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+# Answers to `ailo ask` given before the request is charged (rooms_api.generate): the room is
+# forming or a span has no live node (503), or the caller is over its rate (429). Worth waiting
+# out; any other refusal, and anything after the stream has started, is final.
+ASK_RETRYABLE = (429, 503)
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
+    """Signed, paid request; waits up to --wait seconds for a room that is not routable yet.
+    Every try carries a fresh payment and signature (a refused try charges nothing)."""
+    import time
+
     import httpx
+
+    from ailo.backoff import Backoff, retry_after
 
     wallet = load_wallet(args.wallet, "asking a room")
     body: dict = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
@@ -133,41 +146,60 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         raise CLIError("give a prompt, or --ids 1,2,3")
     url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
-    try:
-        body["payment"] = payment_for(args.coordinator, args.room, wallet)
-        with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), url, wallet, body,
-                         timeout=httpx.Timeout(10.0, read=None)) as r:
-            if r.status_code >= 400:
+    policy, t0 = Backoff(base=0.5, cap=5.0), time.monotonic()
+    for attempt in itertools.count():
+        why, hint = None, None
+        try:
+            body["payment"] = payment_for(args.coordinator, args.room, wallet)
+            with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), url, wallet, body,
+                             timeout=httpx.Timeout(10.0, read=None)) as r:
+                if r.status_code < 400:
+                    _print_answer(r, args.verbose)
+                    return 0
                 r.read()
-                raise CLIError(f"room {args.room}: {_detail(r)}")
-            printed = ""
-            for line in r.iter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                kind = event["type"]
-                if kind == "token":
-                    piece = event["text"] if event["text"] is not None else f"{event['token']} "
-                    printed += piece
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                elif kind == "failover":
-                    print(f"\nailo: {event['span']} moved from node {event['from']} to {event['to']} "
-                          f"({event['reason']})", file=sys.stderr)
-                elif kind == "error":
-                    sys.stdout.write("\n")
-                    raise CLIError(event["error"])
-                elif kind == "done":
-                    text = event.get("text")
-                    if text and text.startswith(printed):  # a trailing partial character held back
-                        sys.stdout.write(text[len(printed):])
-                    sys.stdout.write("\n")
-                    if args.verbose:
-                        print(json.dumps({k: event[k] for k in ("request_id", "finish_reason", "payees",
-                                                                "failovers", "stats")}), file=sys.stderr)
-    except httpx.HTTPError as exc:
-        raise CLIError(f"coordinator {args.coordinator} unreachable: {exc}") from None
-    return 0
+                if r.status_code not in ASK_RETRYABLE:
+                    raise CLIError(f"room {args.room}: {_detail(r)}")
+                why, hint = f"room {args.room}: {_detail(r)}", retry_after(r)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: nothing was charged
+            why = f"coordinator {args.coordinator} unreachable: {exc}"
+        except httpx.HTTPError as exc:
+            raise CLIError(f"coordinator {args.coordinator} unreachable: {exc}") from None
+        left = args.wait - (time.monotonic() - t0)
+        if left <= 0:
+            raise CLIError(f"{why} (gave up after {args.wait:g} s; --wait sets how long to wait)")
+        delay = min(left, policy.delay(attempt, hint))
+        print(f"ailo: {why}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
+        time.sleep(delay)
+    return 1  # not reached: the loop returns or raises
+
+
+def _print_answer(r, verbose: bool) -> None:
+    """Streams the room's NDJSON events: tokens to stdout, failovers to stderr."""
+    printed = ""
+    for line in r.iter_lines():
+        if not line:
+            continue
+        event = json.loads(line)
+        kind = event["type"]
+        if kind == "token":
+            piece = event["text"] if event["text"] is not None else f"{event['token']} "
+            printed += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        elif kind == "failover":
+            print(f"\nailo: {event['span']} moved from node {event['from']} to {event['to']} "
+                  f"({event['reason']})", file=sys.stderr)
+        elif kind == "error":
+            sys.stdout.write("\n")
+            raise CLIError(event["error"])
+        elif kind == "done":
+            text = event.get("text")
+            if text and text.startswith(printed):  # a trailing partial character held back
+                sys.stdout.write(text[len(printed):])
+            sys.stdout.write("\n")
+            if verbose:
+                print(json.dumps({k: event[k] for k in ("request_id", "finish_reason", "payees",
+                                                        "failovers", "stats")}), file=sys.stderr)
 
 
 def cmd_room(args: argparse.Namespace) -> int:
@@ -242,6 +274,10 @@ def register(subparsers) -> None:
     a.add_argument("--seed", type=int)
     a.add_argument("--wallet", help="key file that signs (and pays for) the request "
                    "(default $AILO_WALLET or ~/.ailo/wallet.json)")
+    a.add_argument("--wait", type=float, default=30.0,
+                   help="seconds to keep trying while the room is forming, has a span without a live node, "
+                   "rate-limits the request or the coordinator is unreachable (nothing is charged for "
+                   "those; 0: one try; default %(default)s)")
     a.add_argument("-v", "--verbose", action="store_true", help="print request stats to stderr")
     a.set_defaults(func=cmd_ask)
 
