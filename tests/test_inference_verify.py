@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from ailo.inference import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
@@ -20,6 +19,7 @@ from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
 from ailo.inference.verify import ReferenceSpans, SpotChecker, requests_for_detection
+from ailo.storage.rooms_file import DurableRoomRegistry
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.procs import ROOT, free_port
@@ -110,6 +110,63 @@ def test_a_cheating_node_is_caught_unpaid_struck_and_evicted(ckpt, attack):
         assert all(a != cheat.address for a, _, _ in ledger.calls)
     finally:
         stop(nodes)
+
+
+def test_leaving_and_rejoining_keeps_a_cheaters_strikes_and_eviction_takes_all_its_nodes(ckpt):
+    """The attack: a node answering zeros leaves after two strikes and joins again as a fresh
+    node record (and the same wallet runs a second, honest-looking node). Strikes count per
+    wallet, so the third conviction still evicts — both nodes — and bars the wallet."""
+    reg, nodes = room_of(ckpt, {"a": "float32", "b": "float32", "c": "float32"}, {"b": "zeros"})
+    checker = SpotChecker(reg, p=1.0, references=lambda room: ReferenceSpans(ckpt), strikes_to_evict=3)
+    ledger = FakeLedger()
+    svc, server, cheat = nodes["b"]
+    second_svc = NodeService(ckpt, dtype="float32")
+    second = ThreadedServer(build_node_app(second_svc)).start()
+    try:
+        for _ in range(2):
+            ask(reg, checker, ledger, n=3)
+        assert cheat.strikes == 2
+        reg.leave("r", cheat.node_id, owner=cheat.address)
+        fingerprint = svc.spec.fingerprint()
+        again = reg.join("r", url=server.url, memory=10 ** 9, fingerprint=fingerprint, address=cheat.address)
+        other = reg.join("r", url=second.url, memory=10 ** 9, fingerprint=fingerprint, address=cheat.address)
+        assert again.node_id != cheat.node_id and again.strikes == 2 and other.strikes == 2
+        room = reg.get("r")
+        for rec, node_svc in ((again, svc), (other, second_svc)):
+            span = room.span_of(rec)
+            node_svc.load(span.start, span.end)
+            reg.heartbeat("r", rec.node_id, (span.start, span.end))
+        assert room.span_of(again).index == 1  # the cheater's old span: no other node serves it
+        done = ask(reg, checker, ledger, n=3)
+        assert [c["status"] for c in done["checks"] if c["node_id"] == again.node_id] == ["mismatch"]
+        view = reg.view(room)
+        assert cheat.address in view["verification"]["banned"]
+        assert not any(n["address"] == cheat.address for n in view["nodes"])  # both of its nodes are out
+        evicted = [e for e in view["verification"]["events"] if e["status"] == "evicted"]
+        assert len(evicted) == 1 and evicted[0]["strikes"] == 3 and len(evicted[0]["nodes"]) == 2
+    finally:
+        second.stop()
+        stop(nodes)
+
+
+def test_strikes_and_bans_survive_a_coordinator_restart(ckpt, tmp_path):
+    path, spec = tmp_path / "rooms.json", read_spec(ckpt)
+    reg = DurableRoomRegistry(path, clock=lambda: 0.0)
+    reg.create_room("r", spec, 2)
+    struck, barred = Wallet.from_label("durable-struck").address, Wallet.from_label("durable-barred").address
+    n1 = reg.join("r", url="http://127.0.0.1:9001", memory=10 ** 9, fingerprint=spec.fingerprint(), address=struck)
+    n2 = reg.join("r", url="http://127.0.0.1:9002", memory=10 ** 9, fingerprint=spec.fingerprint(), address=barred)
+    assert reg.record_check("r", {"status": "mismatch", "node_id": n1.node_id}, n1.node_id, 3)
+    for _ in range(3):
+        reg.record_check("r", {"status": "mismatch", "node_id": n2.node_id}, n2.node_id, 3)
+    assert not reg.record_check("r", {"status": "ok", "node_id": n1.node_id}, None, 3)  # no strike: no write
+    restarted = DurableRoomRegistry(path, clock=lambda: 0.0)
+    with pytest.raises(RoomError, match="lost its place"):
+        restarted.join("r", url="http://127.0.0.1:9002", memory=10 ** 9, fingerprint=spec.fingerprint(),
+                       address=barred)
+    again = restarted.join("r", url="http://127.0.0.1:9001", memory=10 ** 9, fingerprint=spec.fingerprint(),
+                           address=struck)
+    assert again.strikes == 1 and restarted.view(restarted.get("r"))["verification"]["banned"] == [barred]
 
 
 def test_replica_referees_dispute_without_a_second_opinion_and_convict_with_one(ckpt):

@@ -63,6 +63,7 @@ class Room:
     checks: Counter = field(default_factory=Counter)                      # verdict status -> count
     events: deque = field(default_factory=lambda: deque(maxlen=50))      # mismatches, disputes, evictions
     banned: set[str] = field(default_factory=set)                         # wallets evicted for cheating
+    strikes: Counter = field(default_factory=Counter)  # per wallet (node id if unsigned): a re-join keeps them
 
     def span_of(self, node: NodeRecord) -> Span | None:
         return None if self.plan is None or node.span is None else self.plan.spans[node.span]
@@ -139,6 +140,7 @@ class RoomRegistry:
                         raise RoomError(f"URL {url} is served by a live node of another wallet", 409, "url_in_use")
                     del room.nodes[other.node_id]
             node = NodeRecord(secrets.token_hex(16), address, url, int(memory), now, now)
+            node.strikes = room.strikes.get(address, 0) if address else 0  # leaving does not wipe a record
             if room.plan is None:
                 for other in list(room.nodes.values()):
                     if not self.alive(other):
@@ -205,12 +207,15 @@ class RoomRegistry:
             if node is not None:
                 node.failed, node.failed_at = reason, self._clock()
 
-    def record_check(self, room_id: str, verdict: dict, culprit: str | None, strikes_to_evict: int) -> None:
-        """Count a spot-check verdict; strike the culprit, evict (and bar) it at the limit."""
+    def record_check(self, room_id: str, verdict: dict, culprit: str | None, strikes_to_evict: int) -> bool:
+        """Count a spot-check verdict; strike the culprit's wallet, and at the limit evict every
+        node of that wallet and bar it. Strikes belong to the wallet, not the node record: a
+        cheater who leaves and re-joins (or runs several nodes) keeps counting towards eviction.
+        True when a strike was recorded."""
         try:
             room = self.get(room_id)
         except RoomError:
-            return
+            return False
         with self._lock:
             room.checks[verdict["status"]] += 1
             checked = room.nodes.get(verdict["node_id"])
@@ -220,14 +225,21 @@ class RoomRegistry:
                 room.events.append({"time": time.time(), **verdict})
             node = room.nodes.get(culprit) if culprit else None
             if node is None:
-                return
-            node.strikes += 1
-            if node.strikes >= strikes_to_evict:
-                room.nodes.pop(node.node_id, None)
+                return False
+            key = node.address or node.node_id
+            room.strikes[key] += 1
+            mine = [n for n in room.nodes.values() if (n.address or n.node_id) == key]
+            for n in mine:
+                n.strikes = room.strikes[key]
+            if room.strikes[key] >= strikes_to_evict:
+                for n in mine:
+                    room.nodes.pop(n.node_id, None)
                 if node.address:
                     room.banned.add(node.address)
                 room.events.append({"time": time.time(), "status": "evicted", "node_id": node.node_id,
-                                    "address": node.address, "strikes": node.strikes})
+                                    "address": node.address, "strikes": room.strikes[key],
+                                    "nodes": [n.node_id for n in mine]})
+            return True
 
     # ----- routing ------------------------------------------------------------------------
     def candidates(self, room_id: str, span_index: int, exclude: set[str] = frozenset(),

@@ -4,7 +4,7 @@
     rooms (distributed inference) ── mints ──┘        web pages (browser client, dashboard)
 
 State lives under one directory: `state.db` + `chunks/` + `updates/` (federation),
-`ledger.db` (chain), `rooms.json` (room definitions, restored at start-up),
+`ledger.db` (chain), `rooms.json` (room definitions and spot-check sanctions, restored at start-up),
 `coordinator-key.json` (the key that signs blocks and mints, 0600), `operator-token` (the
 Bearer token that creates and deletes rooms, 0600), and `exports/` (model releases written by `ailo export`, served read-only).
 """

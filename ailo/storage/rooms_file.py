@@ -4,7 +4,9 @@
 restart). What an operator created — the room id, its model spec, slots and options — is
 written to `rooms.json` in the state directory on every create/delete (temporary file, fsync,
 rename: a crash leaves the old file or the new one) and re-created at start-up, so `ailo node`
-processes that ride out the restart find their room again.
+processes that ride out the restart find their room again. Spot-check sanctions — each wallet's
+strikes and the wallets barred for cheating — are written the same way whenever a strike is
+recorded, so a restart is not an amnesty.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ class DurableRoomRegistry(RoomRegistry):
         self._defs: dict[str, dict] = {}
         if self.path.exists():
             for d in json.loads(self.path.read_text()):
-                super().create_room(d["id"], ModelSpec.from_dict(d["spec"]), d["slots"], **d["options"])
+                room = super().create_room(d["id"], ModelSpec.from_dict(d["spec"]), d["slots"], **d["options"])
+                sanctions = d.get("sanctions", {})
+                room.strikes.update(sanctions.get("strikes", {}))
+                room.banned.update(sanctions.get("banned", []))
                 self._defs[d["id"]] = d
         self.path.with_name(f".{self.path.name}.tmp").unlink(missing_ok=True)
 
@@ -39,10 +44,20 @@ class DurableRoomRegistry(RoomRegistry):
         self._defs.pop(room_id, None)
         self._save()
 
+    def record_check(self, room_id: str, verdict: dict, culprit: str | None, strikes_to_evict: int) -> bool:
+        struck = super().record_check(room_id, verdict, culprit, strikes_to_evict)
+        if struck and room_id in self._defs:
+            room = self.get(room_id)
+            with self._lock:
+                self._defs[room_id]["sanctions"] = {"strikes": dict(room.strikes), "banned": sorted(room.banned)}
+            self._save()
+        return struck
+
     def _save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(list(self._defs.values()), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with self._lock:  # one writer of the temporary file at a time (creates, deletes, strikes)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with open(tmp, "w") as f:
+                json.dump(list(self._defs.values()), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
