@@ -206,6 +206,16 @@ def invalid_cases(base: list[dict]) -> dict[str, tuple[str, list[dict]]]:
         [pay(CAROL, RID2, PRICE), mint_inf(ALICE, RID2), mint_inf(DAVE, RID2)])
     bad("invalid_inference_bad_ref", "MINT_INFERENCE whose ref does not name request and recipient",
         [pay(CAROL, RID2, PRICE), mint_inf(ALICE, RID2, ref=f"request:{RID2}:{DAVE.address}")])
+    def refund(to: Wallet, rid: str, amount: int = PRICE) -> Transaction:
+        return mint_inf(to, rid, amount, ref=f"refund:{rid}")
+
+    bad("invalid_refund_unpaid", "a refund for a request nobody paid for", [refund(CAROL, RID2)])
+    bad("invalid_refund_to_other", "a failed request's payment refunded to someone else",
+        [pay(CAROL, RID2, PRICE), refund(ALICE, RID2)])
+    bad("invalid_refund_after_payout", "a refund on top of the node payouts the payment funded",
+        [pay(CAROL, RID2, PRICE), mint_inf(DAVE, RID2), refund(CAROL, RID2, 1)])
+    bad("invalid_refund_twice", "the same refund minted twice",
+        [pay(CAROL, RID2, PRICE), refund(CAROL, RID2, PRICE // 2), refund(CAROL, RID2, PRICE // 2)])
     bad("invalid_pay_inference_twice", "a second payment for an already paid request id",
         [pay(CAROL, RID, PRICE)])
     bad("invalid_pay_inference_overspend", "a payment larger than the payer's balance",
@@ -265,6 +275,10 @@ EXPECT = {   # name -> (block, tx, code): the hand-checked first violation
     "invalid_inference_to_payer": (3, 1, "self_dealing"),
     "invalid_inference_over_budget": (3, 2, "over_budget"),
     "invalid_inference_bad_ref": (3, 1, "bad_ref"),
+    "invalid_refund_unpaid": (3, 0, "unpaid_request"),
+    "invalid_refund_to_other": (3, 1, "bad_ref"),
+    "invalid_refund_after_payout": (3, 2, "over_budget"),
+    "invalid_refund_twice": (3, 2, "duplicate_ref"),
     "invalid_pay_inference_twice": (3, 0, "duplicate_request"),
     "invalid_pay_inference_overspend": (3, 0, "insufficient_funds"),
     "invalid_username_taken": (3, 0, "username_taken"),
@@ -294,23 +308,40 @@ def primitives() -> dict[str, Any]:
     }
 
 
-def build() -> dict[str, dict[str, Any]]:
-    base, _ = base_chain()
-    vectors: dict[str, dict[str, Any]] = {}
-    report = verify_chain(base, now=NOW)
+def refund_chain(base: list[dict]) -> list[dict]:
+    """carol pays for a 2-span request; dave's span is paid, the other span's node fails."""
+    t = base[2]["timestamp"] + 1_000
+    pay = raw_tx({"type": "PAY_INFERENCE", "from": CAROL.address, "request": RID2, "amount": PRICE,
+                  "fee": FEE, "timestamp": t}, CAROL)   # 2 spans at PRICE / 2 each
+    mints = [raw_tx({"type": "MINT_INFERENCE", "to": to.address, "amount": PRICE // 2, "ref": ref,
+                     "timestamp": t}, COORD)
+             for to, ref in ((DAVE, f"request:{RID2}:{DAVE.address}"), (CAROL, f"refund:{RID2}"))]
+    return extend(base[:3], [pay, *mints])
+
+
+def valid(description: str, chain: list[dict]) -> dict[str, Any]:
+    report = verify_chain(chain, now=NOW)
     assert report.ok, report.violation
     st = report.state
     assert st is not None
-    vectors["valid_basic"] = {
-        "description": "registrations, training mints, a paid inference request (PAY_INFERENCE "
-                       "burns the price, MINT_INFERENCE to the serving node, which does not become "
-                       "ACTIVE), transfers with fee and burn, a settlement, a dispute reaching 51% "
-                       "of the ACTIVE nodes and its REVERSAL",
-        "now_ms": NOW, "chain": base,
-        "expect": {**{k: v for k, v in report.to_json().items() if k != "violation"},
-                   "balances": {a: {"spendable": st.spendable.get(a, 0),
-                                    "pending": st.pending_in.get(a, 0)}
-                                for a in sorted(set(st.spendable) | set(st.pending_in))}}}
+    return {"description": description, "now_ms": NOW, "chain": chain,
+            "expect": {**{k: v for k, v in report.to_json().items() if k != "violation"},
+                       "balances": {a: {"spendable": st.spendable.get(a, 0), "pending": st.pending_in.get(a, 0)}
+                                    for a in sorted(set(st.spendable) | set(st.pending_in))}}}
+
+
+def build() -> dict[str, dict[str, Any]]:
+    base, _ = base_chain()
+    vectors: dict[str, dict[str, Any]] = {}
+    vectors["valid_basic"] = valid(
+        "registrations, training mints, a paid inference request (PAY_INFERENCE "
+        "burns the price, MINT_INFERENCE to the serving node, which does not become "
+        "ACTIVE), transfers with fee and burn, a settlement, a dispute reaching 51% "
+        "of the ACTIVE nodes and its REVERSAL", base)
+    vectors["valid_inference_refund"] = valid(
+        "a paid request for 2 spans fails after one node was paid: the unspent half of the payment "
+        "goes back to its payer (MINT_INFERENCE ref refund:<request id>); the fee is kept",
+        refund_chain(base))
     for name, (desc, chain) in invalid_cases(base).items():
         got = verify_chain(chain, now=NOW)
         v = got.violation

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -181,12 +182,19 @@ def test_ailo_ask_waits_for_a_forming_room_and_pays_once(party):
         node = ailo("node", "--room", "later", "--model-dir", str(base / "model"), "--coordinator", party["url"],
                     "--memory", "1GB", "--wallet", str(keys["node0"]), log=base / "node-later.log")
         out, err = waiting.communicate(timeout=150)
+        assert waiting.returncode == 0, err
+        assert "still forming" in err and "trying again" in err and len(out.split()) == 2, (out, err)
+        price = http.get("/v1/rooms/later").json()["price"]  # known once the room is planned (1 span)
+        assert price == 5_000_000
+        assert alc(http, party["honest"].address) == before - price - FEE  # one charge: the waits were free
+
+        # The node dies without leaving (SIGKILL): the room still looks routable, the next request
+        # is charged, its span has no other node, and it fails. Its payment comes back; the fee not.
+        stop(node, signal.SIGKILL)
+        failed = subprocess.run([*cmd, "--wait", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert failed.returncode != 0 and "payment refunded: 0.05000000 ALC" in failed.stderr, failed.stderr
+        assert alc(http, party["honest"].address) == before - price - 2 * FEE
     finally:
         waiting.kill()
         if node is not None:
             stop(node)
-    assert waiting.returncode == 0, err
-    assert "still forming" in err and "trying again" in err and len(out.split()) == 2, (out, err)
-    price = http.get("/v1/rooms/later").json()["price"]  # known once the room is planned (1 span)
-    assert price == 5_000_000
-    assert alc(http, party["honest"].address) == before - price - FEE  # one charge: the tries that waited were free

@@ -234,3 +234,22 @@ def test_inference_is_paid_by_the_requester_and_never_mints_more_than_it_paid(ne
     assert after.requests[rid].remaining == 0
     # inference mints leave ACTIVE untouched:
     assert after.last_work.get(bob.address) == before.last_work.get(bob.address)
+
+
+def test_a_failed_requests_unspent_payment_is_refunded_once_to_its_payer(net) -> None:
+    svc, clock, alice, bob, carol = net
+    rid, price = "e" * 32, 2 * (UNIT // 20)
+    assert svc.refund_inference(rid) is None                      # never paid: nothing to give back
+    svc.pay_inference(pay_inference_tx(alice, rid, price, clock()).to_json())
+    svc.mint_inference(bob.address, UNIT // 20, f"request:{rid}:{bob.address}")  # one span was served
+    assert code_of(svc.mint_inference, bob.address, UNIT // 20, f"refund:{rid}") == "bad_ref"  # not the payer
+    receipt = svc.refund_inference(rid)
+    assert receipt.created and receipt.address == alice.address and receipt.amount == UNIT // 20
+    assert svc.refund_inference(rid).created is False             # idempotent: one refund per request
+    assert svc.balance(alice.address).spendable == UNIT // 2 - UNIT // 20 - FEE  # the fee is kept
+    assert svc.state().requests[rid].remaining == 0
+    assert code_of(svc.mint_inference, carol.address, UNIT // 20, f"request:{rid}:{carol.address}") \
+        == "over_budget"                                          # nothing left to pay anyone with
+    full = "f" * 32
+    svc.pay_inference(pay_inference_tx(alice, full, price, clock()).to_json())
+    assert svc.refund_inference(full).amount == price            # nobody served: all of it back

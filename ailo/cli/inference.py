@@ -191,7 +191,9 @@ def _print_answer(r, verbose: bool) -> None:
                   f"({event['reason']})", file=sys.stderr)
         elif kind == "error":
             sys.stdout.write("\n")
-            raise CLIError(event["error"])
+            back = event.get("refunded") or 0
+            raise CLIError(event["error"] + (f" (payment refunded: {back / 1e8:.8f} ALC; the fee is kept)"
+                                             if back else ""))
         elif kind == "done":
             text = event.get("text")
             if text and text.startswith(printed):  # a trailing partial character held back

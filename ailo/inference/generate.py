@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ailo.inference.plan import Span
-from ailo.inference.rewards import InferenceRewardSink, pay_request
+from ailo.inference.rewards import InferenceRewardSink, pay_request, refund_request
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
 from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
 from ailo.inference.verify import SpanAudit, SpotChecker
@@ -213,7 +213,8 @@ class Generation:
             completed = True
         except GenerationError as exc:
             yield from self._drain()
-            yield {"type": "error", "request_id": self.request_id, "error": str(exc)}
+            yield {"type": "error", "request_id": self.request_id, "error": str(exc),
+                   "refunded": refund_request(self.rewards, self.request_id)}
         finally:
             for n in self.route:
                 self.registry.set_active(n, -1, served=completed and n.node_id in self.processed)

@@ -1,7 +1,8 @@
 """Per-request inference rewards (SPEC R7, R9).
 
 Each successfully completed request pays 0.05 ALC to every node that processed it, once,
-and never to the requester — even when the requester's own node served a span. The ledger
+and never to the requester — even when the requester's own node served a span. A paid request
+that fails (a span with no node left) gets its unspent payment back (`refund_request`). The ledger
 (`ailo.ledger.LedgerService`, built separately) implements `mint_inference` idempotently
 by `ref`; this package only depends on the Protocol below, so rooms run without a ledger.
 """
@@ -65,3 +66,17 @@ def pay_request(sink: InferenceRewardSink | None, request_id: str, node_addresse
             log.warning("inference reward to %s for %s failed: %s", address, request_id, exc)
             errors.append(f"{address}: {exc}")
     return paid, errors
+
+
+def refund_request(sink: object, request_id: str) -> int:
+    """Units given back to the payer of a request that failed (0: unpaid, no ledger, or the
+    ledger refused). Never raises: the client still gets the failure it is owed."""
+    refund = getattr(sink, "refund_inference", None)
+    if refund is None:
+        return 0
+    try:
+        receipt = refund(request_id)
+    except Exception as exc:
+        log.warning("refund of %s failed: %s", request_id, exc)
+        return 0
+    return int(getattr(receipt, "amount", 0) or 0)

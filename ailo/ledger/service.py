@@ -152,6 +152,20 @@ class LedgerService:
     def mint_inference(self, address: str, amount: int, ref: str) -> MintReceipt:
         return self._mint(MINT_INFERENCE, address, amount, ref)
 
+    def refund_inference(self, request_id: str) -> MintReceipt | None:
+        """Give a failed request's unspent payment back to its payer (`refund:<id>`, once;
+        the fee is not refunded). None when the request was never paid or nothing is left."""
+        with self._lock:
+            state = self._working or self._state
+            done = state.refs.get(f"refund:{request_id}")
+            if done is not None:
+                return MintReceipt(done.txid, f"refund:{request_id}", done.type, done.to, done.amount,
+                                   done.height, created=False)
+            budget = state.requests.get(request_id)
+            if budget is None or budget.remaining <= 0:
+                return None
+            return self._mint(MINT_INFERENCE, budget.payer, budget.remaining, f"refund:{request_id}")
+
     def _mint(self, kind: str, address: str, amount: int, ref: str) -> MintReceipt:
         with self._lock:
             state = self._working or self._state

@@ -27,6 +27,7 @@ from .tx import (MINT_INFERENCE, MINT_TRAINING, MINT_TYPES, PAY_INFERENCE, REGIS
 
 REPORTED, DISPUTED, REVERSED = "REPORTED", "DISPUTED", "REVERSED"
 INFERENCE_REF_RE = re.compile(r"^request:([0-9a-f]{32}):(ailo1[0-9a-f]{72})\Z")
+REFUND_REF_RE = re.compile(r"^refund:([0-9a-f]{32})\Z")  # a failed request's unspent payment, back to its payer
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,19 +217,22 @@ def _mint(state: LedgerState, tx: Transaction) -> None:
     if ref in state.refs:
         raise ConflictError(f"ref {ref!r} was already minted", "duplicate_ref")
     if tx.type == MINT_INFERENCE:
-        m = INFERENCE_REF_RE.match(ref)
-        if m is None or m.group(2) != to:
-            raise LedgerError("MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address>",
-                              "bad_ref")
-        budget = state.requests.get(m.group(1))
+        m, refund = INFERENCE_REF_RE.match(ref), REFUND_REF_RE.match(ref)
+        if refund is None and (m is None or m.group(2) != to):
+            raise LedgerError("MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address> "
+                              "or refund:<32-hex request id>", "bad_ref")
+        request = (refund or m).group(1)
+        budget = state.requests.get(request)
         if budget is None:
-            raise LedgerError(f"request {m.group(1)} was never paid (no PAY_INFERENCE)", "unpaid_request")
-        if to == budget.payer:
+            raise LedgerError(f"request {request} was never paid (no PAY_INFERENCE)", "unpaid_request")
+        if refund is not None and to != budget.payer:
+            raise LedgerError(f"a refund of request {request} goes to its payer {budget.payer}", "bad_ref")
+        if refund is None and to == budget.payer:
             raise LedgerError("the requester cannot be paid for its own request", "self_dealing")
         if amount > budget.remaining:
             raise LedgerError(f"mint of {amount} exceeds the {budget.remaining} units left of request "
-                              f"{m.group(1)}'s payment", "over_budget")
-        state.requests[m.group(1)] = RequestBudget(budget.payer, budget.remaining - amount)
+                              f"{request}'s payment", "over_budget")
+        state.requests[request] = RequestBudget(budget.payer, budget.remaining - amount)
     _credit(state.spendable, to, amount)
     state.minted += amount
     state.refs[ref] = MintRecord(tx.txid, tx.type, to, amount, state.open_height or 0)

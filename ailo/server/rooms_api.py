@@ -332,7 +332,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             return StreamingResponse(lines(), media_type="application/x-ndjson")
         final = (await run_in_threadpool(lambda: list(gen.events())))[-1]
         if final["type"] == "error":
-            return JSONResponse({"detail": final["error"], "reason": "generation_failed"}, 502)
+            return JSONResponse({"detail": final["error"], "reason": "generation_failed",
+                                 "refunded": final.get("refunded", 0)}, 502)
         return final
 
     return router

@@ -66,7 +66,10 @@ export async function askRoom({ base = '', room, wallet, prompt = null, inputIds
     while ((nl = buffered.indexOf('\n')) >= 0) { take(buffered.slice(0, nl)); buffered = buffered.slice(nl + 1); }
   }
   take(buffered + decoder.decode());
-  if (!last || last.type === 'error') throw new Error(last ? last.error : `room ${room}: the answer stopped before it was done`);
+  if (!last || last.type === 'error') {
+    const back = last && last.refunded ? ` (payment refunded: ${(last.refunded / 1e8).toFixed(8)} ALC; the fee is kept)` : '';
+    throw new Error(last ? last.error + back : `room ${room}: the answer stopped before it was done`);
+  }
   if (last.type !== 'done') throw new Error(`room ${room}: the answer stopped before it was done`);
   return last;
 }

@@ -122,6 +122,7 @@ const REF_RE = /^[A-Za-z0-9:._/-]{1,128}$/;
 const REASON_RE = /^[\x20-\x7e]{0,200}$/;
 const REQUEST_RE = /^[0-9a-f]{32}$/;
 const INFERENCE_REF_RE = /^request:([0-9a-f]{32}):(ailo1[0-9a-f]{72})$/;
+const REFUND_REF_RE = /^refund:([0-9a-f]{32})$/; // a failed request's unspent payment, back to its payer
 
 function checkInt(name, v) {
   if (!isInt(v) || v < 0 || v > MAX_SAFE_INT) throw new LedgerError('malformed', `${name} must be an integer in [0, 2^53-1]`);
@@ -369,13 +370,15 @@ const RULES = {
     if (to === s.params.coordinator) throw new LedgerError('self_mint', 'the coordinator cannot mint to itself');
     if (s.refs.has(ref)) throw new LedgerError('duplicate_ref', `ref '${ref}' was already minted`);
     if (tx.type === 'MINT_INFERENCE') {
-      const m = INFERENCE_REF_RE.exec(ref);
-      if (!m || m[2] !== to) throw new LedgerError('bad_ref', 'MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address>');
-      const budget = s.requests.get(m[1]);
-      if (!budget) throw new LedgerError('unpaid_request', `request ${m[1]} was never paid (no PAY_INFERENCE)`);
-      if (to === budget.payer) throw new LedgerError('self_dealing', 'the requester cannot be paid for its own request');
-      if (amount > budget.remaining) throw new LedgerError('over_budget', `mint of ${amount} exceeds the ${budget.remaining} units left of request ${m[1]}'s payment`);
-      s.requests.set(m[1], { payer: budget.payer, remaining: budget.remaining - amount });
+      const m = INFERENCE_REF_RE.exec(ref), refund = REFUND_REF_RE.exec(ref);
+      if (!refund && (!m || m[2] !== to)) throw new LedgerError('bad_ref', 'MINT_INFERENCE ref must be request:<32-hex request id>:<recipient address> or refund:<32-hex request id>');
+      const request = (refund || m)[1];
+      const budget = s.requests.get(request);
+      if (!budget) throw new LedgerError('unpaid_request', `request ${request} was never paid (no PAY_INFERENCE)`);
+      if (refund && to !== budget.payer) throw new LedgerError('bad_ref', `a refund of request ${request} goes to its payer ${budget.payer}`);
+      if (!refund && to === budget.payer) throw new LedgerError('self_dealing', 'the requester cannot be paid for its own request');
+      if (amount > budget.remaining) throw new LedgerError('over_budget', `mint of ${amount} exceeds the ${budget.remaining} units left of request ${request}'s payment`);
+      s.requests.set(request, { payer: budget.payer, remaining: budget.remaining - amount });
     }
     credit(s.spendable, to, amount);
     s.minted += amount;
