@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -146,8 +145,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         raise CLIError("give a prompt, or --ids 1,2,3")
     url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
-    policy, t0 = Backoff(base=0.5, cap=5.0), time.monotonic()
-    for attempt in itertools.count():
+    policy, t0, attempt = Backoff(base=0.5, cap=5.0), time.monotonic(), 0
+    while True:
         why, hint = None, None
         try:
             body["payment"] = payment_for(args.coordinator, args.room, wallet)
@@ -170,7 +169,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         delay = min(left, policy.delay(attempt, hint))
         print(f"ailo: {why}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
         time.sleep(delay)
-    return 1  # not reached: the loop returns or raises
+        attempt += 1
 
 
 def _print_answer(r, verbose: bool) -> None:

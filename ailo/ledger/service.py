@@ -155,16 +155,16 @@ class LedgerService:
     def refund_inference(self, request_id: str) -> MintReceipt | None:
         """Give a failed request's unspent payment back to its payer (`refund:<id>`, once;
         the fee is not refunded). None when the request was never paid or nothing is left."""
+        ref = f"refund:{request_id}"
         with self._lock:
             state = self._working or self._state
-            done = state.refs.get(f"refund:{request_id}")
-            if done is not None:
-                return MintReceipt(done.txid, f"refund:{request_id}", done.type, done.to, done.amount,
-                                   done.height, created=False)
+            done = state.refs.get(ref)
+            if done is not None:  # already refunded: `_mint` answers the replay with its receipt
+                return self._mint(MINT_INFERENCE, done.to, done.amount, ref)
             budget = state.requests.get(request_id)
             if budget is None or budget.remaining <= 0:
                 return None
-            return self._mint(MINT_INFERENCE, budget.payer, budget.remaining, f"refund:{request_id}")
+            return self._mint(MINT_INFERENCE, budget.payer, budget.remaining, ref)
 
     def _mint(self, kind: str, address: str, amount: int, ref: str) -> MintReceipt:
         with self._lock:
