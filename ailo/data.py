@@ -4,7 +4,7 @@ Every file is split by position into three fixed, disjoint parts: `train` (the f
 `val` (next 6 %: the published global validation set) and `holdout` (last 4 %: the
 coordinator's fallback Proof-of-Contribution pool when it has no private holdout folder).
 `all` is a whole file: a private holdout folder (`ailo coordinator --holdout-dir`, see
-`ailo.federation.holdout`) is used entirely, since no client ever sees it. Clients get
+`ailo.federation.coordinator.holdout`) is used entirely, since no client ever sees it. Clients get
 disjoint shards of `train` by file; their text never leaves their machine.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ailo.federation.aggregate import FedAvg, WeightedDelta  # noqa: E402
+from ailo.federation.core.aggregate import FedAvg, WeightedDelta  # noqa: E402
 from ailo.model import build_model  # noqa: E402
 
 

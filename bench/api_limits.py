@@ -30,7 +30,7 @@ def serve(kind: str, port: int, state: str) -> None:
     from fastapi import FastAPI
 
     if kind == "contract":
-        from ailo.federation.coordinator import CoordinatorConfig
+        from ailo.federation.coordinator.coordinator import CoordinatorConfig
         from ailo.server.services import build_app
         app = build_app(CoordinatorConfig(val_batches=1), Path(state))
     else:  # the ledger router alone: what POST /v1/register did before the contract

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, open_harness  # noqa: E402
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, open_harness  # noqa: E402
 
 PAGE_JS = """async ([backend, preset, batch, seq, steps, repeats]) => {
   await ailo.useBackend(backend);
@@ -123,7 +123,7 @@ def native_span(model_dir: Path, start: int, end: int, prompt: int, decode: int,
 def span_bench(args, available: list[str], ctx_factory) -> dict:
     """Page span forward vs native span on one random Llama checkpoint (a middle span: no
     embedding, no head — the work every node of a large room does)."""
-    from ailo.inference import devserver
+    from ailo.server import devserver
     from ailo.inference.checkpoints import make_hf_checkpoint
     from ailo.inference.rooms import RoomRegistry
     from ailo.inference.spec import read_spec

@@ -1,12 +1,12 @@
 """Compact downloads in the browser: what the page spends to move from served version 0 to 1.
 
-Two ways for the contributor page to get W_1 (ailo/web/src/patching.js, ailo/federation/served.py):
+Two ways for the contributor page to get W_1 (ailo/web/src/patching.js, ailo/federation/core/served.py):
   chunks — fetch every bf16 chunk of W_1, verify size + sha256, assemble float32 tensors;
   patch  — fetch the int8 patch P_1, rebuild W_1 = bf16(W_0 + decode(P_1)) bit for bit,
            re-serialise every chunk, check its sha256 against the manifest, assemble.
 Both in headless Chromium over loopback (so the time is the page's CPU, not a network's), best
 of --repeats, with the bytes each moves; and the native client's patch path
-(`apply_patch` + `chunk_bytes` + sha256, what `ailo.federation.patching.ServedCache` runs) on
+(`apply_patch` + `chunk_bytes` + sha256, what `ailo.federation.client.patching.ServedCache` runs) on
 the same W_0, P_1 in this process as the baseline. W_1 is W_0's master after one random step of
 --step-std (an AdamW round moves weights ~1e-3). Prints one JSON line.
 
@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.chunks import split_state_dict  # noqa: E402
-from ailo.federation.downloads import chunk_bytes  # noqa: E402
-from ailo.federation.served import apply_patch, next_served, to_served  # noqa: E402
+from ailo.federation.coordinator.downloads import chunk_bytes  # noqa: E402
+from ailo.federation.core.served import apply_patch, next_served, to_served  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, json_route, open_harness  # noqa: E402
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, json_route, open_harness  # noqa: E402
 
 PAGE_JS = """async (repeats) => {
   const m0 = await (await fetch('/m0.json')).json();

@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.chunks import split_state_dict  # noqa: E402
 from ailo.data import TokenDataset  # noqa: E402
-from ailo.federation.codecs import CodecSpec, compress  # noqa: E402
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig  # noqa: E402
-from ailo.federation.served import next_served, to_served  # noqa: E402
-from ailo.federation.update_format import UpdateMeta  # noqa: E402
-from ailo.federation.worker import _batch_seed  # noqa: E402
+from ailo.federation.core.codecs import CodecSpec, compress  # noqa: E402
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig  # noqa: E402
+from ailo.federation.core.served import next_served, to_served  # noqa: E402
+from ailo.federation.core.update_format import UpdateMeta  # noqa: E402
+from ailo.federation.client.worker import _batch_seed  # noqa: E402
 from ailo.model import build_model  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 

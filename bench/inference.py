@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ailo.inference import devserver  # noqa: E402
+from ailo.server import devserver  # noqa: E402
 from ailo.inference.auth import sign_request  # noqa: E402
 from ailo.inference.blocks import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402

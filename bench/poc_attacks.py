@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ailo.data import carve_private  # noqa: E402
-from ailo.federation.coordinator import CoordinatorConfig  # noqa: E402
-from ailo.federation.redteam import EXTRA_KINDS, KINDS, Campaign  # noqa: E402
-from ailo.federation.rewards import RewardConfig  # noqa: E402
-from ailo.federation.validate import ValidationConfig  # noqa: E402
+from ailo.federation.coordinator.coordinator import CoordinatorConfig  # noqa: E402
+from ailo.testing.redteam import EXTRA_KINDS, KINDS, Campaign  # noqa: E402
+from ailo.federation.core.rewards import RewardConfig  # noqa: E402
+from ailo.federation.core.validate import ValidationConfig  # noqa: E402
 from ailo.paths import corpus_dir  # noqa: E402
 from ailo.server.services import ServiceConfig, build_app  # noqa: E402
 

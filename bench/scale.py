@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ailo.chunks import ChunkStore, Manifest  # noqa: E402
 from ailo.data import TokenDataset  # noqa: E402
-from ailo.federation.signing import sign_update  # noqa: E402
-from ailo.federation.codecs import CodecSpec, encode  # noqa: E402
-from ailo.federation.update_format import UpdateMeta  # noqa: E402
-from ailo.federation.uploader import BodyPieces  # noqa: E402
+from ailo.federation.core.signing import sign_update  # noqa: E402
+from ailo.federation.core.codecs import CodecSpec, encode  # noqa: E402
+from ailo.federation.core.update_format import UpdateMeta  # noqa: E402
+from ailo.federation.client.uploader import BodyPieces  # noqa: E402
 from ailo.ledger.tx import register_tx  # noqa: E402
 from ailo.ledger.verify import now_ms  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.data import TokenDataset  # noqa: E402
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig, Submission  # noqa: E402
-from ailo.federation.holdout import sequence_losses  # noqa: E402
-from ailo.federation.poc import ProofOfContribution  # noqa: E402
-from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update  # noqa: E402
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig, Submission  # noqa: E402
+from ailo.federation.coordinator.holdout import sequence_losses  # noqa: E402
+from ailo.federation.coordinator.poc import ProofOfContribution  # noqa: E402
+from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 
 

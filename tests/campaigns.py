@@ -1,4 +1,4 @@
-"""A red-team campaign (`ailo.federation.redteam`) played on a real coordinator app with a
+"""A red-team campaign (`ailo.testing.redteam`) played on a real coordinator app with a
 private holdout carved from the corpus: the setting the PoC campaign tests share."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 from fastapi.testclient import TestClient
 
 from ailo.data import carve_private
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.redteam import Campaign
-from ailo.federation.validate import ValidationConfig
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.testing.redteam import Campaign
+from ailo.federation.core.validate import ValidationConfig
 from ailo.server.services import ServiceConfig, build_app
 
 

@@ -21,7 +21,7 @@ from ailo.ledger.tx import register_tx
 from ailo.server.services import coordinator_wallet
 from ailo.storage.ledger_store import SQLiteLedgerStore
 from ailo.wallet import Wallet
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
 
 PROMPT = [7, 100, 42, 9, 250, 3, 77]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ailo.federation.aggregate import FedAvg, WeightedDelta, weights
+from ailo.federation.core.aggregate import FedAvg, WeightedDelta, weights
 
 
 def _rand_state(seed):
@@ -63,7 +63,7 @@ def test_sliced_aggregation_from_disk_for_aggregators_that_need_all_updates(tmp_
     """A non-streaming aggregator is run slice by slice over the stored update files."""
     from safetensors.torch import save_file
 
-    from ailo.federation.accumulator import RoundAccumulator
+    from ailo.federation.coordinator.accumulator import RoundAccumulator
 
     class WholeFedAvg:  # only `aggregate`: like a robust aggregator, it needs every update
         name = "whole"
@@ -97,7 +97,7 @@ def test_sliced_aggregation_from_disk_for_aggregators_that_need_all_updates(tmp_
 
 def test_streaming_result_takes_the_updates_folded_in_any_order():
     """Concurrent uploads reach the pipeline out of id order: ids folded 2, 1 are the round's {1, 2}."""
-    from ailo.federation.accumulator import RoundAccumulator
+    from ailo.federation.coordinator.accumulator import RoundAccumulator
 
     g = torch.Generator().manual_seed(3)
     base = {"w": torch.randn(8, 4, generator=g)}

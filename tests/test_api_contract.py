@@ -8,10 +8,10 @@ import hashlib
 import pytest
 from fastapi.testclient import TestClient
 
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta, encode_update
-from ailo.federation.validate import ValidationConfig
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
+from ailo.federation.core.validate import ValidationConfig
 from ailo.inference.auth import load_operator_token, sign_request
 from ailo.inference.plan import PRESETS
 from ailo.ledger.client import LedgerClient, LedgerHTTPError
@@ -158,7 +158,7 @@ def asgi_post(app, path: str, total: int, content_length: bool, extra: dict | No
 def test_200_mb_body_is_refused_after_the_limit_plus_one_read(coordinator, path, limit) -> None:
     app, _ = coordinator
     if limit is None:
-        from ailo.federation.update_format import max_update_bytes
+        from ailo.federation.core.update_format import max_update_bytes
         limit = max_update_bytes(app.state.coordinator.manifest)
     before = state(app)
     headers = UpdateMeta("alice", 1, 0, 8, 5.0).to_headers()

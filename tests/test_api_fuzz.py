@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 from starlette.testclient import TestClient  # noqa: E402
 
-from ailo.federation.coordinator import CoordinatorConfig  # noqa: E402
-from ailo.federation.validate import ValidationConfig  # noqa: E402
+from ailo.federation.coordinator.coordinator import CoordinatorConfig  # noqa: E402
+from ailo.federation.core.validate import ValidationConfig  # noqa: E402
 from ailo.inference.auth import load_operator_token, sign_request  # noqa: E402
 from ailo.inference.plan import PRESETS  # noqa: E402
 from ailo.ledger.tx import register_tx  # noqa: E402

@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 
 from ailo.chunks import split_state_dict
 from ailo.model import build_model
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, open_harness
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, open_harness
 
 pytestmark = pytest.mark.slow
 

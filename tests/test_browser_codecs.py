@@ -1,13 +1,13 @@
 """The page's update codecs (ailo/web/src/codecs.js, headless Chromium) against
-ailo/federation/codecs.py: for the same Δ and error-feedback residual, the same body bytes (so
+ailo/federation/core/codecs.py: for the same Δ and error-feedback residual, the same body bytes (so
 the same sha256 to sign) and the same new residual, under every codec."""
 import pytest
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ailo.federation.codecs import CodecSpec, compress
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, open_harness
+from ailo.federation.core.codecs import CodecSpec, compress
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, open_harness
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ailo.federation.worker import Worker
+from ailo.federation.client.worker import Worker
 from ailo.wallet import Wallet
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from tests.pages import coordinator_process, open_page, register
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from ailo.inference.checkpoints import make_hf_checkpoint
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from tests.pages import coordinator_process, open_page, register
 
 pytestmark = pytest.mark.slow

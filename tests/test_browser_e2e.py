@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ailo.ledger import verify_chain
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from procs import ROOT
 from tests.pages import coordinator_process
 

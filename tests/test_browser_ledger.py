@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ailo.federation.signing import update_message
+from ailo.federation.core.signing import update_message
 from ailo.ledger import verify_chain
 from ailo.ledger.tx import Transaction
 from ailo.wallet import Wallet, verify_signature
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, open_harness
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, open_harness
 
 pytestmark = pytest.mark.slow
 

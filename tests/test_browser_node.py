@@ -22,12 +22,12 @@ import httpx
 import pytest
 import torch
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.rewards import INFERENCE_REWARD_UNITS
 from ailo.inference.rooms import RoomRegistry
 from ailo.wallet import Wallet
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from tests.fakes import FakeLedger
 from tests.procs import free_port
 from tests.room_helpers import operator, signed_stream

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 from ailo.model import build_model
 from ailo.training import TrainConfig, train_local
 from ailo.tokenizer import encode
-from ailo.web.harness import LoopbackServer, chromium, ensure_built, json_route, open_harness
+from ailo.testing.harness import LoopbackServer, chromium, ensure_built, json_route, open_harness
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.node import NodeService, build_node_app
 from ailo.inference.rooms import RoomRegistry
@@ -14,7 +14,7 @@ from ailo.inference.serving import ThreadedServer
 from ailo.inference.spec import read_spec
 from ailo.inference.verify import ReferenceSpans
 from ailo.wallet import Wallet
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 from tests.room_helpers import signed
 
 pytestmark = pytest.mark.usefixtures("one_thread")

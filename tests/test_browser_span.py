@@ -13,7 +13,7 @@ import torch
 
 from fastapi.staticfiles import StaticFiles
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.blocks import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span, save_ailo_checkpoint
@@ -21,7 +21,7 @@ from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.weights import CheckpointIndex
 from ailo.model import GPT, GPTConfig
-from ailo.web.harness import chromium, ensure_built
+from ailo.testing.harness import chromium, ensure_built
 
 pytestmark = pytest.mark.slow
 TOL = 1e-3

@@ -15,8 +15,8 @@ import torch
 
 from ailo.backoff import Backoff
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.federation.update_format import UpdateMeta, encode_update
-from ailo.federation.uploader import submit_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
+from ailo.federation.client.uploader import submit_update
 from tests.chaos_harness import Chaos, ChaosConfig
 from tests.procs import ailo, free_port, stop, wait_healthy
 

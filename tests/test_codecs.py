@@ -1,4 +1,4 @@
-"""Update codecs (ailo/federation/codecs.py): round trips, error feedback, size, and refusal of
+"""Update codecs (ailo/federation/core/codecs.py): round trips, error feedback, size, and refusal of
 every malformed encoding with a reason code."""
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
-from ailo.federation.codecs import (INT8_BLOCK, CodecError, CodecSpec, compress, decode, encode, max_body_bytes,
+from ailo.federation.core.codecs import (INT8_BLOCK, CodecError, CodecSpec, compress, decode, encode, max_body_bytes,
                                     sparse_k)
 from ailo.model import build_model
 
@@ -192,7 +192,7 @@ def _int8_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA here; the GPU run checks it (bench/RESULTS.md)"))])
 def test_int8_on_any_device_is_bit_identical_to_the_float64_reference(device):
-    from ailo.federation import int8
+    from ailo.federation.core import int8
     g = torch.Generator().manual_seed(7)
     parts = [torch.randn(1000, generator=g) * 1e-6, torch.zeros(300), torch.full((256,), 3.0),
              torch.tensor([127.0, 0.5, -0.5, 1.5, -1.5, 2.5] + [0.0] * 250),  # halves: round half up

@@ -8,11 +8,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from ailo.chunks import ChunkStore, Manifest
-from ailo.federation.codecs import CodecSpec, encode
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta
-from ailo.federation.worker import Worker
+from ailo.federation.core.codecs import CodecSpec, encode
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta
+from ailo.federation.client.worker import Worker
 from ailo.ledger.tx import register_tx
 from ailo.ledger.verify import now_ms
 from ailo.model import build_model

@@ -4,10 +4,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.federation.codecs import CodecSpec, encode
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.served import apply_patch, next_served, to_served
-from ailo.federation.worker import Worker
+from ailo.federation.core.codecs import CodecSpec, encode
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.served import apply_patch, next_served, to_served
+from ailo.federation.client.worker import Worker
 from ailo.server.app import create_app
 
 
@@ -71,7 +71,7 @@ def test_worker_downloads_bf16_then_only_patches(tmp_path, corpus_dir, one_threa
 
 def test_restart_keeps_serving_and_patching(tmp_path):
     cfg = CoordinatorConfig(min_updates=1, val_batches=1, compact_downloads=True)
-    from ailo.federation.update_format import UpdateMeta
+    from ailo.federation.core.update_format import UpdateMeta
     coord = Coordinator(cfg, tmp_path / "s")
     coord.submit(UpdateMeta("a", 1, 0, 8, 5.0), encode(_rand(1, coord.model.state_dict()), CodecSpec()))
     coord.drain()  # the validation pipeline's work, in this thread

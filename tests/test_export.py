@@ -145,7 +145,7 @@ def test_running_coordinator_dashboard_links_latest_export(tmp_path):
     """`ailo export` beside a running coordinator; its dashboard (headless Chromium) links it."""
     import httpx
 
-    from ailo.web.harness import chromium, ensure_built
+    from ailo.testing.harness import chromium, ensure_built
     from tests.procs import ailo, free_port, stop, wait_healthy
 
     ensure_built()

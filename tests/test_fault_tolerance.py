@@ -4,8 +4,8 @@ import time
 import torch
 from fastapi.testclient import TestClient
 
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 from ailo.server.services import ServiceConfig, build_app
 from ailo.storage.rounds_store import SQLiteRoundStore
 

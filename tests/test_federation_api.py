@@ -10,8 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as st_save
 
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 from ailo.server.app import create_app
 from tests.verdicts import resolve
 

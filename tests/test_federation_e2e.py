@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 from tests.procs import ailo, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import ailo.federation.coordinator as coordinator_module
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta, encode_update
+import ailo.federation.coordinator.coordinator as coordinator_module
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 from ailo.ledger.tx import register_tx
 from ailo.ledger.verify import now_ms
 from ailo.server.app import create_app
@@ -263,7 +263,7 @@ def test_busy_when_too_many_updates_wait(tmp_path):
     body = encode_update(_delta(coord, 3))
     for c in ("a", "b"):
         coord.submit(UpdateMeta(c, 1, 0, 8, 5.0), body)
-    from ailo.federation.update_format import UpdateRejected
+    from ailo.federation.core.update_format import UpdateRejected
     with pytest.raises(UpdateRejected) as exc:
         coord.submit(UpdateMeta("c", 1, 0, 8, 5.0), body)
     assert exc.value.reason == "busy" and exc.value.status == 429

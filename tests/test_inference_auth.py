@@ -9,7 +9,7 @@ import re
 import httpx
 import pytest
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.auth import RequestVerifier, check_node_url, AuthError
 from ailo.inference.plan import get_preset
 from ailo.inference.rooms import RoomRegistry

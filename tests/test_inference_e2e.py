@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.checkpoints import make_byte_bpe_tokenizer, make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.spec import read_spec

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.node import NodeService, build_node_app

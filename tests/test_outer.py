@@ -3,10 +3,10 @@ import shutil
 
 import torch
 
-from ailo.federation.aggregate import FedAvg, WeightedDelta, average_delta
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.outer import FedAdam, OuterSGD
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.core.aggregate import FedAvg, WeightedDelta, average_delta
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.core.outer import FedAdam, OuterSGD
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 
 
 def _rand(seed, shapes={"a": (4, 3), "b": (5,)}):

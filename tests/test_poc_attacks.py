@@ -12,11 +12,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from ailo.chunks import Manifest
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta, encode_update
-from ailo.federation.validate import ValidationConfig
-from ailo.federation.worker import Worker
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
+from ailo.federation.core.validate import ValidationConfig
+from ailo.federation.client.worker import Worker
 from ailo.ledger.tx import register_tx
 from ailo.ledger.verify import now_ms, verify_chain
 from ailo.server.services import ServiceConfig, build_app
@@ -28,7 +28,7 @@ UNIT = 10**8
 
 
 def expected_reward(n, task_samples, reduction, median, seconds):
-    """R7 written out again, independently of ailo.federation.rewards."""
+    """R7 written out again, independently of ailo.federation.core.rewards."""
     base = Fraction(UNIT, 10) * Fraction(min(n, task_samples), task_samples)
     ratio = Fraction(reduction).limit_denominator(10**9) / Fraction(median).limit_denominator(10**9)
     bonus = min(Fraction(1, 2), Fraction(1, 2) * max(Fraction(0), ratio - 1))

@@ -1,4 +1,4 @@
-"""Issue 11's attacks as real clients (`ailo.federation.redteam`) beside honest workers on one
+"""Issue 11's attacks as real clients (`ailo.testing.redteam`) beside honest workers on one
 real coordinator app with a private holdout: Sybil clones, holdout gaming, copycat, lazy and
 boosted updates. The 10-round honest-refusal count lives in bench/poc_attacks.py."""
 import statistics
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.federation.update_format import decode_update
-from ailo.federation.validate import ValidationConfig, update_norm
+from ailo.federation.core.update_format import decode_update
+from ailo.federation.core.validate import ValidationConfig, update_norm
 from tests.campaigns import played_campaign
 
 ROUNDS = 2  # round 1 builds the norm history; every attack is judged again in round 2

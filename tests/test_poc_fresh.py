@@ -1,12 +1,12 @@
 """Zero-compute updates built from the last global change G that slip under the 0.99 copy
 limits (docs/REWARDS.md "Fresh work"): a copy of G diluted with noise, and sign(G). They are
-real clients (`ailo.federation.redteam`) beside honest workers on a real coordinator app with a
+real clients (`ailo.testing.redteam`) beside honest workers on a real coordinator app with a
 private holdout; what they add to G is not work, so the round's settlement pays them nothing
 while every honest update is paid."""
 import numpy as np
 import pytest
 
-from ailo.federation.validate import ValidationConfig, fresh_cosines
+from ailo.federation.core.validate import ValidationConfig, fresh_cosines
 from tests.campaigns import played_campaign
 
 ROUNDS = 3  # round 1 has no global change to copy; rounds 2 and 3 are judged

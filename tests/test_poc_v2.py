@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from ailo.data import carve_private, text_files
-from ailo.federation import sketch as sk
-from ailo.federation.aggregate import AGGREGATORS, FedAvg, WeightedDelta, make_aggregator
-from ailo.federation.holdout import PrivateHoldout, check_private, load_secret
-from ailo.federation.robust import (CoordinateMedian, FedAvgM, MultiKrum, TrimmedMean, coordinate_median,
+from ailo.federation.core import sketch as sk
+from ailo.federation.core.aggregate import AGGREGATORS, FedAvg, WeightedDelta, make_aggregator
+from ailo.federation.coordinator.holdout import PrivateHoldout, check_private, load_secret
+from ailo.federation.core.robust import (CoordinateMedian, FedAvgM, MultiKrum, TrimmedMean, coordinate_median,
                                     krum_select, pairwise_sq_dists, trimmed_mean)
-from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_descent, check_loss_harm,
+from ailo.federation.core.update_format import UpdateRejected
+from ailo.federation.core.validate import (TokenBucket, ValidationConfig, check_descent, check_loss_harm,
                                       check_loss_paired, check_round_similarity, clip_scale, cooldown_seconds)
 
 SECRET = b"s" * 32

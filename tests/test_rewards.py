@@ -1,8 +1,8 @@
 from fractions import Fraction
 
-from ailo.federation.rewards import RewardConfig, loss_bonus, speed_bonus, training_reward
-from ailo.federation.validate import TokenBucket, ValidationConfig, check_direction, check_loss, check_norm
-from ailo.federation.update_format import UpdateRejected
+from ailo.federation.core.rewards import RewardConfig, loss_bonus, speed_bonus, training_reward
+from ailo.federation.core.validate import TokenBucket, ValidationConfig, check_direction, check_loss, check_norm
+from ailo.federation.core.update_format import UpdateRejected
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.auth import request_message
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry

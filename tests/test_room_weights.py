@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors import safe_open
 
-from ailo.inference import devserver
+from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span
 from ailo.inference.rooms import RoomRegistry

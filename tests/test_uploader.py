@@ -5,8 +5,8 @@ import json
 import httpx
 
 from ailo.backoff import Backoff
-from ailo.federation import uploader
-from ailo.federation.update_format import UpdateMeta
+from ailo.federation.client import uploader
+from ailo.federation.core.update_format import UpdateMeta
 
 
 def test_a_large_body_goes_out_in_pieces_and_a_retry_resends_every_byte(monkeypatch):

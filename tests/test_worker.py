@@ -4,8 +4,8 @@ from fastapi.testclient import TestClient
 
 from ailo.backoff import Backoff
 
-from ailo.federation.coordinator import CoordinatorConfig
-from ailo.federation.worker import Worker
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.federation.client.worker import Worker
 from ailo.server.services import build_app
 from ailo.wallet import Wallet
 
@@ -105,7 +105,7 @@ def test_registration_whose_reply_was_lost_is_recognised(tmp_path, corpus_dir):
 
 
 def test_task_carries_the_warmup_and_the_worker_trains_with_it(tmp_path, corpus_dir, monkeypatch):
-    import ailo.federation.worker as worker_module
+    import ailo.federation.client.worker as worker_module
     app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1, warmup_steps=2), tmp_path / "coord")
     seen, real = [], worker_module.train_local
     monkeypatch.setattr(worker_module, "train_local",

@@ -8,8 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ailo.cli.main import CLIError
-from ailo.federation.aggregate import AGGREGATORS
-from ailo.federation.coordinator import CoordinatorConfig
+from ailo.federation.core.aggregate import AGGREGATORS
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
 from ailo.model import PRESETS
 
 
@@ -114,7 +114,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     from ailo.server.services import build_app
 
-    from ailo.federation.codecs import CodecSpec
+    from ailo.federation.core.codecs import CodecSpec
     try:
         CodecSpec(args.codec, args.codec_density, args.ef_decay)
     except ValueError as exc:
@@ -131,7 +131,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise CLIError("--min-updates must be at least 1")
     if args.max_updates is not None and args.max_updates < args.min_updates:
         raise CLIError(f"--max-updates ({args.max_updates}) must be at least --min-updates ({args.min_updates})")
-    from ailo.federation.validate import ValidationConfig
+    from ailo.federation.core.validate import ValidationConfig
     from ailo.server.services import ServiceConfig
 
     if args.holdout_dir and not Path(args.holdout_dir).is_dir():
@@ -166,7 +166,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from ailo.federation.worker import CoordinatorUnavailable, Refused, Worker
+    from ailo.federation.client.worker import CoordinatorUnavailable, Refused, Worker
 
     client_id = args.client_id or f"worker-{os.getpid()}"
     cache = Path(args.cache) if args.cache else Path("data/worker-cache") / client_id

@@ -1,1 +1,2 @@
-"""Federated rounds: update format, aggregation (pure), coordinator service, native worker."""
+"""Federated rounds, split by side: `core/` (pure maths: update format, codecs, aggregation,
+validation, rewards), `coordinator/` (the coordinator service) and `client/` (the native worker)."""

@@ -1,7 +1,7 @@
 """Who may do what in rooms: signed wallet requests, the operator token, rate limits, node URLs.
 
 Signed request (nodes: join / heartbeat / leave; requesters: generate). The wallet signs ONE
-ASCII line, easy to rebuild byte-for-byte in a browser (same style as `federation/signing.py`):
+ASCII line, easy to rebuild byte-for-byte in a browser (same style as `federation/core/signing.py`):
 
     ailo-room/v1|<METHOD>|<path>|<address>|<nonce>|<timestamp_ms>|<sha256 hex of the raw body>
 

@@ -15,9 +15,9 @@ from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from ailo.federation.admission import receive_to_file
-from ailo.federation.coordinator import Coordinator
-from ailo.federation.update_format import UpdateMeta, UpdateRejected, max_update_bytes
+from ailo.federation.coordinator.admission import receive_to_file
+from ailo.federation.coordinator.coordinator import Coordinator
+from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, max_update_bytes
 from ailo.mirrors import with_mirrors
 from ailo.server.contract import install_contract
 from ailo.server.limits import INT64_MAX

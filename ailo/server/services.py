@@ -15,9 +15,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from ailo.federation.coordinator import Coordinator, CoordinatorConfig
-from ailo.federation.poc import ProofOfContribution
-from ailo.federation.validate import ValidationConfig
+from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
+from ailo.federation.coordinator.poc import ProofOfContribution
+from ailo.federation.core.validate import ValidationConfig
 from ailo.inference.auth import load_operator_token
 from ailo.inference.socket_nodes import RoutingNodeClient, SocketHub
 from ailo.ledger.service import LedgerService
@@ -29,7 +29,7 @@ from ailo.server.room_socket_api import make_room_socket_router
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.factory import open_ledger_store, open_round_store
 from ailo.storage.rooms_file import DurableRoomRegistry
-from ailo.web.routes import make_web_router
+from ailo.server.web_routes import make_web_router
 from ailo.wallet import Wallet
 
 

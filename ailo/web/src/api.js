@@ -85,7 +85,7 @@ export class CoordinatorClient {
     return parseJson(await this.request(`/v1/chain?from=${from}&limit=${limit}`, { text: true }));
   }
 
-  /** POST /v1/updates: safetensors body + X-Ailo-* headers (ailo/federation/update_format.py). */
+  /** POST /v1/updates: safetensors body + X-Ailo-* headers (ailo/federation/core/update_format.py). */
   submitUpdate(body, meta) {
     const h = {
       'Content-Type': 'application/octet-stream',

@@ -1,4 +1,4 @@
-// One federated round from the page, as the native worker does it (ailo/federation/worker.py).
+// One federated round from the page, as the native worker does it (ailo/federation/client/worker.py).
 import * as tf from '@tensorflow/tfjs';
 import { ChunkCache, ChunkLoader, assembleTensors } from './chunks.js';
 import { PatchError, patchedChunks } from './patching.js';

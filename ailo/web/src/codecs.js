@@ -1,4 +1,4 @@
-// Update codecs in the page, byte-identical to ailo/federation/codecs.py (docs/ARCHITECTURE.md,
+// Update codecs in the page, byte-identical to ailo/federation/core/codecs.py (docs/ARCHITECTURE.md,
 // "Communication: update codecs"). The coordinator names the codec in the task; the page encodes
 // Δ with error feedback (x = β·e + Δ; body = encode(x); e ← x − decode(body)) and keeps e in
 // IndexedDB between rounds. Every value is float32 arithmetic done exactly as numpy does it

@@ -1,4 +1,4 @@
-// Compact downloads in the page (ailo/federation/served.py, patching.py): the coordinator's
+// Compact downloads in the page (ailo/federation/core/served.py, patching.py): the coordinator's
 // `--compact-downloads` serves W_v, bfloat16 tensors, as the manifest of GET /v1/model?format=bf16,
 // and P_v = the int8 update-codec body of (M_v − W_{v−1}) at GET /v1/patches/{v}. A page that
 // holds W_{v−1} fetches only P_v (≈ ¼ of the fp32 bytes), rebuilds
@@ -20,7 +20,7 @@ const numel = (shape) => shape.reduce((a, b) => a * b, 1);
 const byName = (l, r) => (l < r ? -1 : l > r ? 1 : 0);
 
 /** The int8 codec body over `shapes` (Map name → shape) → Map name → Float32Array, with the
- *  checks of ailo/federation/codecs.py `decode` (exactly q I8[total] and scale F32[blocks],
+ *  checks of ailo/federation/core/codecs.py `decode` (exactly q I8[total] and scale F32[blocks],
  *  finite non-negative scales, no code −128, finite results). Values are q·s rounded once to
  *  float32, as numpy computes them. */
 export function decodeInt8Body(body, shapes) {
@@ -93,7 +93,7 @@ export function applyPatch(held, patch) {
   return out;
 }
 
-/** The chunk files of a bf16 `manifest` rebuilt from full tensors (ailo/federation/downloads.py
+/** The chunk files of a bf16 `manifest` rebuilt from full tensors (ailo/federation/coordinator/downloads.py
  *  chunk_bytes): Map chunk index → bytes. */
 export function chunkBytes(manifest, weights) {
   const groups = new Map();

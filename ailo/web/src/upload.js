@@ -1,5 +1,5 @@
 // Submitting one update from the page so that a coordinator restart neither loses it nor
-// counts it twice (the page's copy of ailo/federation/uploader.py):
+// counts it twice (the page's copy of ailo/federation/client/uploader.py):
 // - network errors and 5xx/429: `client.request` resends the SAME signed body (backoff.js);
 //   the coordinator answers a resent, already accepted update with its original verdict;
 // - refused as `replay` (the interrupted attempt consumed the nonce) or `bad_timestamp` (the

@@ -1,7 +1,7 @@
 // The contributor's wallet in the browser: an Ed25519 key kept in IndexedDB (a non-extractable
 // WebCrypto CryptoKey where the browser supports Ed25519, else a @noble/ed25519 seed), its
 // Ailo address, and the signatures the coordinator checks: REGISTER transactions
-// (docs/LEDGER.md) and updates (ailo/federation/signing.py).
+// (docs/LEDGER.md) and updates (ailo/federation/core/signing.py).
 import { KV } from './idb.js';
 import { toHex } from './hash.js';
 import { addressFromPublicKey, generateKey, keyFromSeed, sign } from './ed25519.js';
@@ -58,7 +58,7 @@ export class Wallet {
   }
 }
 
-/** The digest line a contributor signs for an update (ailo/federation/signing.py). */
+/** The digest line a contributor signs for an update (ailo/federation/core/signing.py). */
 export function updateMessage(round, baseVersion, bodySha256, nSamples, nonce, timestampMs) {
   return `ailo-update/v1|${round}|${baseVersion}|${bodySha256}|${nSamples}|${nonce}|${timestampMs}`;
 }

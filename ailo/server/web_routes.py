@@ -15,7 +15,7 @@ from ailo.data import SPLITS, text_files
 from ailo.paths import corpus_dir
 from ailo.server.schemas import TEXT, DashboardUpdates, SamplesReply, reply
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
              "Cross-Origin-Resource-Policy": "same-origin"}
 _TYPES = {".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json",
@@ -24,7 +24,7 @@ _TYPES = {".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/c
 
 
 def make_web_router(coord=None, static_dir: Path = STATIC_DIR, samples_dir: Path | None = None) -> APIRouter:
-    """`coord` (an `ailo.federation.coordinator.Coordinator`) feeds the dashboard's update list."""
+    """`coord` (an `ailo.federation.coordinator.coordinator.Coordinator`) feeds the dashboard's update list."""
     r = APIRouter(tags=["web"])
     static_dir = Path(static_dir)
 

@@ -9,7 +9,7 @@ Streaming (O(model) memory, SPEC R4 at scale): an aggregator that also implement
 `finish`), so the coordinator never holds more than one decoded update beside one fp32
 accumulator. Aggregators that need all updates at once (coordinate-wise robust ones) keep only
 `aggregate`; the coordinator then calls them slice by slice of each tensor, reading the stored
-updates from disk (`ailo/federation/accumulator.py`), so peak memory is K × one slice.
+updates from disk (`ailo/federation/coordinator/accumulator.py`), so peak memory is K × one slice.
 The robust ones (trimmed mean, coordinate median, multi-Krum, FedAvgM) live in `robust.py`.
 `WeightedDelta.scale` is the Proof-of-Contribution clip factor (≤ 1, bounded influence): every
 aggregator uses scale·Δ, never the raw Δ.
@@ -126,6 +126,6 @@ def make_aggregator(name: str) -> Aggregator:
     return copy.deepcopy(AGGREGATORS[name])
 
 
-from ailo.federation import robust as _robust  # noqa: E402  (robust.py builds on this module)
+from ailo.federation.core import robust as _robust  # noqa: E402  (robust.py builds on this module)
 
 AGGREGATORS.update(_robust.ROBUST_AGGREGATORS)

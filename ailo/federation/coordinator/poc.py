@@ -28,20 +28,20 @@ import torch
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
 from ailo.faults import crash_point
-from ailo.federation import sketch as sk
-from ailo.federation.codecs import CodecSpec, backlog_lr
-from ailo.federation.holdout import PrivateHoldout, derive, load_secret, sequence_losses
-from ailo.federation.reputation import Reputation
-from ailo.federation.rewards import RewardConfig, training_reward
-from ailo.federation.signing import update_message
-from ailo.federation.update_format import UpdateRejected
-from ailo.federation.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
+from ailo.federation.core import sketch as sk
+from ailo.federation.core.codecs import CodecSpec, backlog_lr
+from ailo.federation.coordinator.holdout import PrivateHoldout, derive, load_secret, sequence_losses
+from ailo.federation.coordinator.reputation import Reputation
+from ailo.federation.core.rewards import RewardConfig, training_reward
+from ailo.federation.core.signing import update_message
+from ailo.federation.core.update_format import UpdateRejected
+from ailo.federation.core.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
                                       check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
                                       check_timestamp, clip_scale, cooldown_seconds, fresh_cosines)
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
-    from ailo.federation.coordinator import Coordinator, Submission
+    from ailo.federation.coordinator.coordinator import Coordinator, Submission
     from ailo.ledger.service import LedgerService
 
 NOT_COUNTED = {"rate_limited", "duplicate"}  # refusals that say nothing about the work's quality

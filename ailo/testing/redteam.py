@@ -35,10 +35,10 @@ import torch
 from ailo.backoff import Backoff, Unavailable
 from ailo.chunks import ChunkStore, Manifest
 from ailo.data import TokenDataset
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta, encode_update
-from ailo.federation.uploader import submit_update
-from ailo.federation.worker import Worker
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
+from ailo.federation.client.uploader import submit_update
+from ailo.federation.client.worker import Worker
 from ailo.ledger.tx import register_tx
 from ailo.ledger.verify import now_ms
 from ailo.model import build_model
@@ -225,7 +225,7 @@ class Campaign:
     round); each round ends at its deadline, which the driver brings forward once everyone has
     acted, so a run does not wait out real deadlines."""
     http: httpx.Client
-    coordinator: object            # ailo.federation.coordinator.Coordinator (for the deadline)
+    coordinator: object            # ailo.federation.coordinator.coordinator.Coordinator (for the deadline)
     data_dir: Path
     honest: int = 3
     kinds: tuple[str, ...] = KINDS

@@ -34,8 +34,8 @@ import torch
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
-from ailo.federation import int8
-from ailo.federation.int8 import INT8_BLOCK
+from ailo.federation.core import int8
+from ailo.federation.core.int8 import INT8_BLOCK
 
 CODECS = ("fp32", "int8", "sparse")
 SLOT = 1 << 16  # sparse: indices are stored modulo this, with a count per slot

@@ -22,7 +22,7 @@ from typing import Mapping
 
 import torch
 
-from ailo.federation.codecs import CodecSpec, decode, encode
+from ailo.federation.core.codecs import CodecSpec, decode, encode
 
 PATCH_CODEC = CodecSpec("int8")
 StateDict = dict[str, torch.Tensor]

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ailo.paths import REPO_ROOT
+from ailo.server.devserver import HARNESS_HTML
 
-WEB_DIR = Path(__file__).resolve().parent
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 BUNDLE = STATIC_DIR / "ailo.js"
 
@@ -29,15 +30,6 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-quic",
 ]
-
-# A blank page that loads the bundle and exposes it as window.ailo (tests and benchmarks).
-HARNESS_HTML = b"""<!doctype html><meta charset="utf-8"><title>ailo harness</title>
-<script type="module">
-import * as ailo from '/static/ailo.js';
-window.ailo = ailo;
-window.ailoReady = true;
-</script>
-"""
 
 _CONTENT_TYPES = {".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm",
                   ".html": "text/html; charset=utf-8", ".css": "text/css", ".bpe": "text/plain; charset=utf-8",

@@ -19,8 +19,8 @@ import struct
 from pathlib import Path
 
 from ailo.chunks import Manifest
-from ailo.federation.codecs import CodecSpec
-from ailo.federation.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
+from ailo.federation.core.codecs import CodecSpec
+from ailo.federation.core.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
 
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}

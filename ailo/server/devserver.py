@@ -3,7 +3,7 @@
 The real coordinator (`ailo.server.app`) mounts the very same router next to training and
 the ledger; this one mounts only `make_rooms_router`, so rooms can be exercised alone:
 
-    python -m ailo.inference.devserver --port 8700
+    python -m ailo.server.devserver --port 8700
 
 Dev defaults: node URLs on loopback/private networks are allowed, the operator token is
 random per start (printed; `server.operator_token` in tests), and with no ledger any valid
@@ -22,6 +22,16 @@ from ailo.inference.rewards import InferenceRewardSink
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
+
+
+# A blank page that loads the bundle and exposes it as window.ailo (tests and benchmarks).
+HARNESS_HTML = b"""<!doctype html><meta charset="utf-8"><title>ailo harness</title>
+<script type="module">
+import * as ailo from '/static/ailo.js';
+window.ailo = ailo;
+window.ailoReady = true;
+</script>
+"""
 
 
 def dev_policy(rewards: InferenceRewardSink | None = None, **overrides) -> RoomPolicy:
@@ -58,8 +68,7 @@ def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, p
     if web:
         from fastapi.responses import HTMLResponse
 
-        from ailo.web.harness import HARNESS_HTML
-        from ailo.web.routes import ISOLATION, make_web_router
+        from ailo.server.web_routes import ISOLATION, make_web_router
         app.include_router(make_web_router())
         # a blank page with the bundle as window.ailo, on this origin (browser-node tests, benches)
         app.add_api_route("/harness", lambda: HTMLResponse(HARNESS_HTML.decode(), headers=ISOLATION),

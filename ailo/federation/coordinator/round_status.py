@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ailo.federation.update_format import UpdateRejected
+from ailo.federation.core.update_format import UpdateRejected
 from ailo.storage.rounds_store import UpdateRecord
 
 if TYPE_CHECKING:
-    from ailo.federation.coordinator import Coordinator
+    from ailo.federation.coordinator.coordinator import Coordinator
 
 
 def short_verdict(u: UpdateRecord) -> dict:

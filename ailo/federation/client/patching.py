@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 
 from ailo.chunks import ChunkError, ChunkStore, Manifest, _atomic_write
-from ailo.federation.codecs import CodecError
-from ailo.federation.downloads import chunk_bytes
-from ailo.federation.served import apply_patch
+from ailo.federation.core.codecs import CodecError
+from ailo.federation.coordinator.downloads import chunk_bytes
+from ailo.federation.core.served import apply_patch
 
 
 class _NoNetwork:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from ailo.federation.update_format import UpdateMeta
+from ailo.federation.core.update_format import UpdateMeta
 from ailo.wallet import Wallet
 
 PREFIX = "ailo-update/v1"

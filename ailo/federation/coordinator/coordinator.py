@@ -31,18 +31,18 @@ from torch.func import functional_call
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
-from ailo.federation import round_status
-from ailo.federation.accumulator import RoundAccumulator
-from ailo.federation.admission import check_header, fsync_file, idempotency_key
-from ailo.federation.aggregate import make_aggregator
-from ailo.federation.codecs import CodecSpec
-from ailo.federation.coordinator_config import (AcceptHook, Check, CoordinatorConfig, RefuseHook, RoundHook,
+from ailo.federation.coordinator import round_status
+from ailo.federation.coordinator.accumulator import RoundAccumulator
+from ailo.federation.coordinator.admission import check_header, fsync_file, idempotency_key
+from ailo.federation.core.aggregate import make_aggregator
+from ailo.federation.core.codecs import CodecSpec
+from ailo.federation.coordinator.config import (AcceptHook, Check, CoordinatorConfig, RefuseHook, RoundHook,
                                                 Submission, resolve_device)
-from ailo.federation.downloads import CompactDownloads
-from ailo.federation.outer import make_outer
-from ailo.federation.outer_store import OuterStateStore
-from ailo.federation.pipeline import ValidationPipeline
-from ailo.federation.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
+from ailo.federation.coordinator.downloads import CompactDownloads
+from ailo.federation.core.outer import make_outer
+from ailo.federation.coordinator.outer_store import OuterStateStore
+from ailo.federation.coordinator.pipeline import ValidationPipeline
+from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
 
@@ -432,7 +432,7 @@ class Coordinator:
                 print(f"round {rnd.id} hook {hook!r} failed: {exc!r}", flush=True)
         self.settled_round = rnd.id  # balances now include this round's rewards
 
-    # -- read side (ailo/federation/round_status.py) -------------------------------------------
+    # -- read side (ailo/federation/coordinator/round_status.py) -------------------------------------------
     def record_chunk_bytes(self, n: int) -> None:
         self.store.bump_counter("chunk_bytes_served", n)
         self.store.bump_counter(f"chunk_bytes_served.round.{self.current_round().id}", n)

@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save
 
 from ailo.chunks import _atomic_write
-from ailo.federation.outer import OuterOptimizer
+from ailo.federation.core.outer import OuterOptimizer
 
 
 class OuterStateStore:

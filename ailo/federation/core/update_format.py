@@ -17,8 +17,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ailo.chunks import Manifest
-from ailo.federation.codecs import CodecError, CodecSpec, body_metadata, decode as codec_decode
-from ailo.federation.codecs import encode as codec_encode, max_body_bytes
+from ailo.federation.core.codecs import CodecError, CodecSpec, body_metadata, decode as codec_decode
+from ailo.federation.core.codecs import encode as codec_encode, max_body_bytes
 
 FP32 = CodecSpec()
 

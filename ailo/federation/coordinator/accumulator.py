@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from safetensors import safe_open
 
-from ailo.federation.aggregate import Aggregator, StateDict, StreamingAggregator, WeightedDelta
+from ailo.federation.core.aggregate import Aggregator, StateDict, StreamingAggregator, WeightedDelta
 
 Decoder = Callable[[Path], Mapping[str, torch.Tensor]]  # stored update file → checked tensors
 

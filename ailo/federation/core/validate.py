@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ailo.federation.update_format import UpdateRejected
+from ailo.federation.core.update_format import UpdateRejected
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from tqdm import tqdm
 
 from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
 from ailo.chunks import ChunkStore, Manifest, _atomic_write
-from ailo.federation.codecs import CodecSpec, compress
-from ailo.federation.patching import ServedCache
+from ailo.federation.core.codecs import CodecSpec, compress
+from ailo.federation.client.patching import ServedCache
 from ailo.data import TokenDataset
-from ailo.federation.signing import sign_update
-from ailo.federation.update_format import UpdateMeta
-from ailo.federation.uploader import submit_update
+from ailo.federation.core.signing import sign_update
+from ailo.federation.core.update_format import UpdateMeta
+from ailo.federation.client.uploader import submit_update
 from ailo.mirrors import MirroredSource
 from ailo.model import empty_model, get_preset
 from ailo.training import TrainConfig, pick_device, train_local

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ailo.federation.aggregate import FedAvg, StateDict, WeightedDelta, weights
+from ailo.federation.core.aggregate import FedAvg, StateDict, WeightedDelta, weights
 
 
 def scaled(u: WeightedDelta, name: str) -> torch.Tensor:

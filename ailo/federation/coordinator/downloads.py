@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, _atomic_write, split_state_dict
-from ailo.federation.served import next_served, to_served
+from ailo.federation.core.served import next_served, to_served
 from ailo.storage.rounds_store import SQLiteRoundStore
 
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ailo.federation.update_format import UpdateMeta, UpdateRejected
+from ailo.federation.core.update_format import UpdateMeta, UpdateRejected
 from ailo.storage.rounds_store import RoundRecord
 
 if TYPE_CHECKING:
-    from ailo.federation.coordinator import Coordinator
+    from ailo.federation.coordinator.coordinator import Coordinator
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import httpx
 
 from ailo.backoff import DEFAULT, Backoff, request
-from ailo.federation.update_format import UpdateMeta
+from ailo.federation.core.update_format import UpdateMeta
 
 PENDING = {"pending", "queued", "received", "validating"}
 RESIGN = {"replay", "bad_timestamp"}
