@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import math
 import os
-import struct
 from pathlib import Path
 
 from ailo.chunks import Manifest
 from ailo.federation.core.codecs import CodecSpec
+from ailo.federation.core.safetensors_header import DTYPE_NAMES, HeaderError, read_header_file
 from ailo.federation.core.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
 
-_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def idempotency_key(meta: UpdateMeta, sha256: str) -> str | None:
@@ -45,42 +40,23 @@ def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = F
     if size > limit:
         raise UpdateRejected("too_large", f"update body of {size} bytes exceeds the limit of {limit} bytes "
                              f"for model version {manifest.version} in codec {codec.name}", 413)
-    if size < 8:
-        raise UpdateRejected("truncated", "update body is shorter than a safetensors header", 400)
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > size - 8:
-            raise UpdateRejected("truncated", f"safetensors header claims {header_len} bytes but the body has "
-                                 f"{size - 8}: truncated upload", 400)
-        raw = f.read(header_len)
     try:
-        header = json.loads(raw)
-        entries = {k: v for k, v in header.items() if k != "__metadata__"}
-        data_end = max((v["data_offsets"][1] for v in entries.values()), default=0)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UpdateRejected("malformed", f"unreadable safetensors header: {exc}") from None
-    if 8 + header_len + data_end > size:
-        raise UpdateRejected("truncated", f"tensor data ends at byte {8 + header_len + data_end} but the body "
-                             f"has {size} bytes: truncated upload", 400)
-    meta = header.get("__metadata__") or {}
-    sent = meta.get("codec", "fp32") if isinstance(meta, dict) else None
+        with open(path, "rb") as f:
+            header = read_header_file(f, size)
+    except HeaderError as exc:
+        raise UpdateRejected(exc.reason, str(exc), exc.status) from None
+    sent = header.metadata.get("codec", "fp32")
     if sent != codec.name:
         raise UpdateRejected("codec_mismatch", f"body is encoded as {sent!r} but this round asks for {codec.name!r}")
     if codec.name != "fp32":
         return
-    check_tensor_names(entries, manifest)
+    check_tensor_names(header.tensors, manifest)
     for name, entry in manifest.tensors.items():
-        e = entries[name]
-        try:
-            dtype, shape, (lo, hi) = e["dtype"], tuple(e["shape"]), e["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise UpdateRejected("malformed", f"unreadable safetensors entry for {name!r}") from None
-        if dtype != "F32":
-            raise UpdateRejected("dtype", f"tensor {name!r} has dtype {_DTYPE_NAMES.get(dtype, dtype)}, expected float32")
-        if shape != tuple(entry.shape):
-            raise UpdateRejected("shape", f"tensor {name!r} has shape {shape}, expected {tuple(entry.shape)}")
-        if hi - lo != _DTYPE_SIZES[dtype] * math.prod(shape):
-            raise UpdateRejected("malformed", f"tensor {name!r}: data offsets do not match its shape")
+        e = header.tensors[name]
+        if e.dtype != "F32":
+            raise UpdateRejected("dtype", f"tensor {name!r} has dtype {DTYPE_NAMES.get(e.dtype, e.dtype)}, expected float32")
+        if e.shape != tuple(entry.shape):
+            raise UpdateRejected("shape", f"tensor {name!r} has shape {e.shape}, expected {tuple(entry.shape)}")
 
 
 async def receive_to_file(chunks, path: Path, limit: int, declared: int | None,

@@ -23,9 +23,7 @@ index, so the browser's encoder (ailo/web/src/codecs.js) produces the very same 
 """
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -36,6 +34,7 @@ from safetensors.numpy import save as np_save
 
 from ailo.federation.core import int8
 from ailo.federation.core.int8 import INT8_BLOCK
+from ailo.federation.core.safetensors_header import HeaderError, read_header
 
 CODECS = ("fp32", "int8", "sparse")
 SLOT = 1 << 16  # sparse: indices are stored modulo this, with a count per slot
@@ -250,25 +249,12 @@ def compress(delta: Mapping[str, torch.Tensor], error: Mapping[str, torch.Tensor
 
 # -- decoding ---------------------------------------------------------------------------------
 def body_metadata(body: bytes) -> dict:
-    """The `__metadata__` of a safetensors body ({} if none); raises CodecError if unreadable."""
-    if len(body) < 8:
-        raise CodecError("truncated", "update body is shorter than a safetensors header", 400)
-    (n,) = struct.unpack("<Q", body[:8])
-    if n > len(body) - 8:
-        raise CodecError("truncated", f"safetensors header claims {n} bytes but the body has {len(body) - 8}: "
-                         "truncated upload", 400)
+    """The `__metadata__` of a safetensors body ({} if none) from its validated header
+    (`safetensors_header.read_header`); raises CodecError if unreadable."""
     try:
-        header = json.loads(body[8:8 + n])
-        meta = header.get("__metadata__") or {}
-        data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CodecError("malformed", f"unreadable safetensors header: {exc}") from None
-    if 8 + n + data_end > len(body):
-        raise CodecError("truncated", f"tensor data ends at byte {8 + n + data_end} but the body has {len(body)} "
-                         "bytes: truncated upload", 400)
-    if not isinstance(meta, dict):
-        raise CodecError("malformed", "safetensors __metadata__ must be an object")
-    return meta
+        return read_header(body).metadata
+    except HeaderError as exc:
+        raise CodecError(exc.reason, str(exc), exc.status) from None
 
 
 def _arrays(body: bytes, expect: dict[str, tuple[np.dtype, tuple[int, ...] | None]], codec: str) -> dict[str, np.ndarray]:
