@@ -1,11 +1,13 @@
 """Outer optimizers on the averaged pseudo-gradient, and their state across coordinator restarts."""
 import shutil
 
+import pytest
 import torch
 
 from ailo.federation.core.aggregate import FedAvg, WeightedDelta, average_delta
 from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig
 from ailo.federation.core.outer import FedAdam, OuterSGD
+from ailo.federation.core.registry import round_strategy
 from ailo.federation.core.update_format import UpdateMeta, encode_update
 
 
@@ -53,8 +55,10 @@ def _submit(coord, seed, client="c"):
     return coord.verdict(receipt["update_id"])
 
 
-def test_restart_keeps_outer_optimizer_state(tmp_path):
-    cfg = CoordinatorConfig(min_updates=1, val_batches=1, outer="nesterov", server_lr=0.7)
+@pytest.mark.parametrize("strategy", [dict(outer="nesterov"), dict(aggregator="fedavgm")])
+def test_restart_keeps_outer_optimizer_state(tmp_path, strategy):
+    """Nesterov's buffers and FedAvgM's velocity (outer.py's momentum SGD) survive a restart."""
+    cfg = CoordinatorConfig(min_updates=1, val_batches=1, server_lr=0.7, **strategy)
     steady = Coordinator(cfg, tmp_path / "steady")
     for seed in (1, 2, 3):
         assert _submit(steady, seed)["aggregated"]
@@ -78,3 +82,10 @@ def test_restart_keeps_outer_optimizer_state(tmp_path):
     assert amnesiac.outer.steps == 0
     _submit(amnesiac, 3)
     assert not all(torch.equal(amnesiac.model.state_dict()[k], v) for k, v in steady.model.state_dict().items())
+
+
+def test_fedavgm_is_fedavg_streamed_into_momentum_and_takes_no_other_outer():
+    agg, outer = round_strategy("fedavgm", "sgd", 0.5)
+    assert isinstance(agg, FedAvg) and isinstance(outer, OuterSGD) and outer.momentum == 0.9 and outer.lr == 0.5
+    with pytest.raises(ValueError, match="takes --outer sgd"):
+        round_strategy("fedavgm", "nesterov", 0.5)

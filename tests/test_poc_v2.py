@@ -8,7 +8,8 @@ import torch
 
 from ailo.data import carve_private, text_files
 from ailo.federation.core import sketch as sk
-from ailo.federation.core.aggregate import AGGREGATORS, FedAvg, WeightedDelta, make_aggregator
+from ailo.federation.core.aggregate import FedAvg, WeightedDelta
+from ailo.federation.core.registry import AGGREGATORS, make_aggregator, round_strategy
 from ailo.federation.coordinator.holdout import PrivateHoldout, check_private, load_secret
 from ailo.federation.core.robust import (CoordinateMedian, FedAvgM, MultiKrum, TrimmedMean, coordinate_median,
                                     krum_select, pairwise_sq_dists, trimmed_mean)

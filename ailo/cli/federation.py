@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ailo.cli.main import CLIError
-from ailo.federation.core.aggregate import AGGREGATORS
+from ailo.federation.core.registry import AGGREGATORS
 from ailo.federation.coordinator.coordinator import CoordinatorConfig
 from ailo.model import PRESETS
 

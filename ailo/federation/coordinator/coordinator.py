@@ -34,12 +34,11 @@ from ailo.faults import crash_point
 from ailo.federation.coordinator import round_status
 from ailo.federation.coordinator.accumulator import RoundAccumulator
 from ailo.federation.coordinator.admission import check_header, fsync_file, idempotency_key
-from ailo.federation.core.aggregate import make_aggregator
 from ailo.federation.core.codecs import CodecSpec
 from ailo.federation.coordinator.config import (AcceptHook, Check, CoordinatorConfig, RefuseHook, RoundHook,
                                                 Submission, resolve_device)
 from ailo.federation.coordinator.downloads import CompactDownloads
-from ailo.federation.core.outer import make_outer
+from ailo.federation.core.registry import round_strategy
 from ailo.federation.coordinator.outer_store import OuterStateStore
 from ailo.federation.coordinator.pipeline import ValidationPipeline
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
@@ -66,9 +65,9 @@ class Coordinator:
         if self.device.type == "cuda":  # holdout forwards in TF32 (fp32 accumulate); see docs/ARCHITECTURE.md
             torch.backends.cuda.matmul.allow_tf32 = True
         self.store = store if store is not None else SQLiteRoundStore(state_dir)
-        self.aggregator = make_aggregator(config.aggregator)
         self.codec = CodecSpec(config.codec, config.codec_density, config.ef_decay)
-        self.outer = make_outer(config.outer, config.server_lr, config.outer_momentum)
+        self.aggregator, self.outer = round_strategy(config.aggregator, config.outer, config.server_lr,
+                                                     config.outer_momentum)
         self.outer_store = OuterStateStore(Path(state_dir) / "outer")
         self.downloads = CompactDownloads(self.store, config.num_chunks, self.cfg.name, self.cfg.to_dict()) \
             if config.compact_downloads else None
@@ -386,7 +385,7 @@ class Coordinator:
             files = self._fp32_copies(files, codec)
         try:
             with torch.no_grad():
-                if self.config.outer == "sgd":  # FedAvg with the server learning rate
+                if self.outer.name == "sgd":  # FedAvg with the server learning rate
                     new_state = self.accumulator.result(base, files, self.config.server_lr)
                 else:  # the outer optimizer steps on the averaged pseudo-gradient ḡ
                     zeros = {n: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for n, t in base.items()}

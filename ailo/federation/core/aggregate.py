@@ -10,13 +10,13 @@ Streaming (O(model) memory, SPEC R4 at scale): an aggregator that also implement
 accumulator. Aggregators that need all updates at once (coordinate-wise robust ones) keep only
 `aggregate`; the coordinator then calls them slice by slice of each tensor, reading the stored
 updates from disk (`ailo/federation/coordinator/accumulator.py`), so peak memory is K × one slice.
-The robust ones (trimmed mean, coordinate median, multi-Krum, FedAvgM) live in `robust.py`.
+The robust ones (trimmed mean, coordinate median, multi-Krum, FedAvgM) live in `robust.py`;
+`registry.py` names them all.
 `WeightedDelta.scale` is the Proof-of-Contribution clip factor (≤ 1, bounded influence): every
 aggregator uses scale·Δ, never the raw Δ.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, runtime_checkable
 
@@ -108,24 +108,9 @@ class FedAvg:
         return out
 
 
-AGGREGATORS: dict[str, Aggregator] = {"fedavg": FedAvg()}
-
-
 def average_delta(aggregator: Aggregator, base: Mapping[str, torch.Tensor],
                   updates: Iterable[WeightedDelta]) -> StateDict:
     """The round's averaged pseudo-gradient ḡ under any averaging rule, for an outer optimizer
     (`outer.py`): the rule applied with η = 1 to a zero model gives −ḡ (exact for FedAvg)."""
     zeros = {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in base.items()}
     return {n: t.neg_() for n, t in aggregator.aggregate(zeros, updates, 1.0).items()}
-
-
-def make_aggregator(name: str) -> Aggregator:
-    """A fresh instance (stateful ones such as FedAvgM must not be shared between coordinators)."""
-    if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
-    return copy.deepcopy(AGGREGATORS[name])
-
-
-from ailo.federation.core import robust as _robust  # noqa: E402  (robust.py builds on this module)
-
-AGGREGATORS.update(_robust.ROBUST_AGGREGATORS)

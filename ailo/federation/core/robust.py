@@ -8,8 +8,8 @@ the K updates, so a streaming coordinator can call them chunk by chunk:
 - `pairwise_sq_dists` + `krum_select` — multi-Krum: keep the m updates whose summed squared
   distance to their K−f−2 nearest neighbours is smallest, then sample-weighted mean of those
   (the distance matrix is a sum over tensors/chunks, so it too is computed chunk-wise);
-- `FedAvgM` — FedAvg with server momentum v ← βv + mean, M ← M − ηv (its velocity lives in
-  memory and restarts at zero after a coordinator restart).
+- `FedAvgM` — FedAvg with server momentum v ← βv + mean, M ← M − ηv: outer.py's momentum SGD on
+  the FedAvg mean (a coordinator persists the velocity with each model version).
 Every function takes scale·Δ (the clipped contribution), never the raw Δ. The coordinate-wise
 rules (trimmed mean, median) ignore sample counts by design: a weight is itself a lever.
 """
@@ -20,7 +20,8 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ailo.federation.core.aggregate import FedAvg, StateDict, WeightedDelta, weights
+from ailo.federation.core.aggregate import FedAvg, StateDict, WeightedDelta, average_delta, weights
+from ailo.federation.core.outer import OuterSGD
 
 
 def scaled(u: WeightedDelta, name: str) -> torch.Tensor:
@@ -113,19 +114,22 @@ class MultiKrum:
 
 @dataclass
 class FedAvgM:
+    """FedAvg with server momentum: the sample-weighted mean ḡ of scale·Δ goes through outer.py's
+    momentum SGD (v ← βv + ḡ, M ← M − ηv). A coordinator folds `averaging` (streaming) and steps
+    `outer` itself (`registry.round_strategy`), so the velocity is saved with each version."""
     beta: float = 0.9
     name: str = "fedavgm"
-    velocity: dict[str, torch.Tensor] = field(default_factory=dict)
+    averaging: FedAvg = field(default_factory=FedAvg)
+    outer: OuterSGD = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.outer is None:
+            self.outer = OuterSGD(momentum=self.beta)
+
+    @property
+    def velocity(self) -> StateDict:
+        return self.outer.buffers
 
     def aggregate(self, base, updates: Iterable[WeightedDelta], server_lr: float = 1.0) -> StateDict:
-        updates = list(updates)
-        w = [wk * u.scale for wk, u in zip(weights([u.n_samples for u in updates]), updates)]
-        for n in base:
-            mean = sum(wk * u.delta[n].to(torch.float32) for wk, u in zip(w, updates))
-            v = self.velocity.get(n)
-            self.velocity[n] = mean if v is None or v.shape != mean.shape else self.beta * v + mean
-        return _apply(base, self.velocity, server_lr)
-
-
-ROBUST_AGGREGATORS = {"trimmed-mean": TrimmedMean(), "median": CoordinateMedian(), "krum": MultiKrum(m=1, name="krum"),
-                      "multi-krum": MultiKrum(name="multi-krum"), "fedavgm": FedAvgM()}
+        self.outer.lr = server_lr
+        return self.outer.step(base, average_delta(self.averaging, base, updates))
