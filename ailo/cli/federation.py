@@ -93,6 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--username", default=None, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true")
     w.add_argument("--json-log", action="store_true", help="print one JSON line per round (timings, verdict)")
+    w.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory the worker may use for training, e.g. 10GiB or 12GB (default: what the device "
+                   "has free: CUDA free memory, else available RAM); the worker plans micro-batches, "
+                   "checkpointing and lean optimizer states to fit, and refuses a task that cannot")
     w.add_argument("--attack", choices=["sign-flip", "scale"], default=None, help=argparse.SUPPRESS)
     w.set_defaults(func=run_worker)
 
@@ -168,7 +172,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from ailo.federation.client.worker import CoordinatorUnavailable, Refused, Worker
 
+    from ailo.federation.client.memory_plan import parse_size
     client_id = args.client_id or f"worker-{os.getpid()}"
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
+    except ValueError as exc:
+        raise CLIError(f"--memory-budget: {exc}") from None
     cache = Path(args.cache) if args.cache else Path("data/worker-cache") / client_id
     wallet = None
     if args.wallet:
@@ -183,7 +192,7 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
                         args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet,
-                        attack=args.attack, json_log=args.json_log)
+                        attack=args.attack, json_log=args.json_log, memory_budget=budget)
         worker.run(args.rounds)
     except (CoordinatorUnavailable, Refused) as exc:
         raise CLIError(str(exc)) from None

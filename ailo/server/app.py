@@ -34,6 +34,8 @@ class ChunkFile(FileResponse):
 class TaskRequest(BaseModel):
     client_id: str = Field(min_length=1, max_length=128)
     address: str | None = None
+    memory_budget: int | None = Field(default=None, ge=0, description="bytes the client can spend on training "
+                                      "(its --memory-budget); a coordinator may answer a small one with a slice")
 
 
 def federation_router(coord: Coordinator) -> APIRouter:

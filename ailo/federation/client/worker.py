@@ -18,6 +18,8 @@ from tqdm import tqdm
 from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
 from ailo.chunks import ChunkStore, Manifest, _atomic_write
 from ailo.federation.core.codecs import CodecSpec, compress
+from ailo.federation.client.lean_training import available_memory, model_shape, task_shape, train_planned
+from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, format_size, plan as plan_memory
 from ailo.federation.client.patching import ServedCache
 from ailo.data import TokenDataset
 from ailo.federation.core.signing import sign_update
@@ -35,6 +37,10 @@ CoordinatorUnavailable = Unavailable   # the name the CLI catches
 
 class Refused(RuntimeError):
     """A clear 4xx verdict on a call other than an update (e.g. registration refused)."""
+
+
+class TaskDoesNotFit(Refused):
+    """The task cannot be trained inside this worker's memory budget (refused before any download)."""
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Worker:
     max_attempts: int = 3               # submissions per round before giving the round up
     policy: Backoff = DEFAULT           # back-off on connection errors and 5xx (ailo.backoff)
     json_log: bool = False              # one JSON line per round on stdout (bench/gpu_round.py)
+    memory_budget: int | None = None    # bytes for training on the device; None = what it has free now
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -142,6 +149,9 @@ class Worker:
         self.rounds_done = 0
         self.attempts: dict[int, int] = {}   # round → refused submissions so far
         self.outages = 0                     # calls that needed at least one retry
+        if self.memory_budget is None:       # measured before this process holds a model
+            self.memory_budget = available_memory(pick_device(self.device))
+        self.plan: MemoryPlan | None = None  # how the last task was held in memory
 
     def _retry_note(self, attempt: int, wait: float, why: str) -> None:
         if attempt == 1:
@@ -238,11 +248,12 @@ class Worker:
 
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
-        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id})
+        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget})
         self.last_status = task["status"]
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
+        self.plan_task(task)  # refuses (TaskDoesNotFit) before downloading what it cannot train
         compact = task.get("download") == "bf16"  # the served bf16 model, patched from v−1 when held
         manifest = Manifest.from_json(self._call("GET", "/v1/model?format=bf16" if compact else "/v1/model").content)
         if manifest.version != task["version"]:
@@ -257,7 +268,9 @@ class Worker:
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
                                            seed=_batch_seed(self.seed, self.client_id, task["round"],
                                                             self.attempts.get(task["round"], 0)))
-        upd = train_local(self.model, batches, cfg, pick_device(self.device))
+        device = pick_device(self.device)
+        upd = train_planned(self.model, batches, cfg, self.plan, device) if self.plan.lean else \
+            train_local(self.model, batches, cfg, device)
         t_trained = time.perf_counter()
         codec = CodecSpec.from_task(task)
         delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
@@ -284,6 +297,20 @@ class Worker:
         self.reports.append(report)
         self.rounds_done += 1
         return report
+
+    def plan_task(self, task: dict) -> MemoryPlan:
+        """How to train this task inside the memory budget; logged when it changes."""
+        device = pick_device(self.device)
+        try:
+            plan = plan_memory(model_shape(get_preset(task["preset"])), task_shape(task), self.memory_budget, device.type)
+        except DoesNotFit as exc:
+            raise TaskDoesNotFit(f"[{self.client_id}] refusing the {task['preset']} task of round {task['round']}: {exc} "
+                                 f"(--memory-budget; free memory on {device.type}: "
+                                 f"{format_size(available_memory(device))})") from None
+        if plan != self.plan:
+            print(f"[{self.client_id}] memory plan for {task['preset']}: {plan.describe()}", flush=True)
+        self.plan = plan
+        return plan
 
     def ensure_registered(self) -> None:
         """Bind the wallet's address to its username on the ledger, once (R5: no e-mail).

@@ -1,0 +1,155 @@
+"""Local training that follows a MemoryPlan (ailo.federation.client.memory_plan): the same task maths as
+`ailo.training.train_local` (mean loss over the task's batch, clipping, warm-up, the task's lr),
+held in less memory by micro-batches with gradient accumulation, activation checkpointing, a
+chunked head, 8/4-bit or host-offloaded AdamW states (torchao) and a host snapshot of M_start.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ailo.federation.client.memory_plan import MemoryPlan, ModelShape, TaskShape
+from ailo.model import GPT, GPTConfig
+from ailo.training import LocalUpdate, TrainConfig, make_optimizer
+
+
+def model_shape(cfg: GPTConfig) -> ModelShape:
+    return ModelShape(cfg.n_layer, cfg.n_embd, cfg.n_ffn, cfg.vocab_size, cfg.n_ctx)
+
+
+def task_shape(task: dict) -> TaskShape:
+    return TaskShape(int(task["batch_size"]), int(task["seq_len"]), str(task.get("optimizer", "adamw")))
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes the device has free now: CUDA free memory, else available host RAM (the smaller of
+    MemAvailable and what the process's cgroup still allows)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if free is None:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # cgroup v2 limit of this container, if any
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return int(free)
+
+
+def _head_loss_sum(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(h, weight)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+
+
+def planned_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, checkpoint_blocks: int, head_chunk: int) -> torch.Tensor:
+    """GPT.forward(x, y) with the first `checkpoint_blocks` blocks and the head (in chunks of
+    `head_chunk` tokens) recomputed in backward instead of kept: same value, less memory."""
+    pos = torch.arange(x.shape[1], device=x.device)
+    h = model.wte(x) + model.wpe(pos)
+    for i, block in enumerate(model.blocks):
+        h = checkpoint(block, h, use_reentrant=False) if i < checkpoint_blocks else block(h)
+    h = model.ln_f(h).reshape(-1, h.shape[-1])
+    if not head_chunk:
+        return _head_loss_sum(h, model.wte.weight, y) / y.numel()
+    y = y.reshape(-1)
+    total = sum(checkpoint(_head_loss_sum, h[i:i + head_chunk], model.wte.weight, y[i:i + head_chunk],
+                           use_reentrant=False) for i in range(0, y.numel(), head_chunk))
+    return total / y.numel()
+
+
+def make_lean_optimizer(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> torch.optim.Optimizer:
+    """The task's AdamW (betas 0.9/0.95) with the plan's state: torchao 8-bit or 4-bit blockwise
+    quantised moments, or fp32 moments and the step on the host (CPUOffloadOptimizer, CUDA only)."""
+    if kind in ("adamw", "sgd"):
+        return make_optimizer(model, cfg)
+    from torchao.optim import AdamW4bit, AdamW8bit, CPUOffloadOptimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw = dict(lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if kind == "adamw8bit":
+        return AdamW8bit(params, **kw)
+    if kind == "adamw4bit":
+        return AdamW4bit(params, **kw)
+    if kind == "adamw-offload":
+        return CPUOffloadOptimizer(params, torch.optim.AdamW, **kw)
+    raise ValueError(f"unknown optimizer state {kind!r}")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        if isinstance(g["lr"], torch.Tensor):  # torchao keeps lr as a tensor (no recompile per value)
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def _clip(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> None:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    d2h = getattr(opt, "param_d2h_map", None)
+    if d2h and float(norm) > max_norm:  # offload copied the unclipped gradients to the host already
+        opt.stream.synchronize()
+        for p_device, p_host in d2h.items():
+            p_host.grad.copy_(p_device.grad)
+
+
+def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
+                  plan: MemoryPlan, device: torch.device) -> LocalUpdate:
+    """`train_local` under a plan: returns the same pseudo-gradient Δ = M_start − M_end."""
+    model.to(device).train()
+    host = plan.snapshot_on_host and device.type == "cuda"
+    with torch.no_grad():
+        start = {k: v.detach().to("cpu", copy=True) if host else v.detach().clone()
+                 for k, v in model.state_dict().items()}
+    opt = make_lean_optimizer(model, cfg, plan.optimizer)
+    use_amp = cfg.amp and device.type == "cuda"
+    losses: list[torch.Tensor] = []
+    n_samples = tokens = 0
+    t0 = time.perf_counter()
+    it: Iterator = iter(batches)
+    for step in range(cfg.steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        if cfg.warmup_steps:
+            set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
+        opt.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=device)
+        for xs, ys in zip(x.split(plan.micro_batch), y.split(plan.micro_batch)):
+            xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = planned_loss(model, xs, ys, plan.checkpoint_blocks, plan.head_chunk) * (xs.shape[0] / x.shape[0])
+            loss.backward()
+            step_loss += loss.detach()
+        if cfg.grad_clip:
+            _clip(model, opt, cfg.grad_clip)
+        opt.step()
+        losses.append(step_loss)
+        n_samples += x.shape[0]
+        tokens += x.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    opt.zero_grad(set_to_none=True)
+    del opt  # gradients and optimizer states go before Δ is built beside the weights
+    loss_values = [float(v) for v in losses]
+    with torch.no_grad():
+        delta = {k: start.pop(k).to(device).sub_(v.detach()).to(torch.float32) for k, v in model.state_dict().items()}
+    return LocalUpdate(delta, n_samples, tokens, sum(loss_values) / max(1, len(loss_values)),
+                       len(loss_values), seconds, loss_values)

@@ -1,0 +1,156 @@
+"""The memory planner (pure), the planned training loop, and a budgeted worker end to end."""
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.federation.client.lean_training import model_shape, planned_loss, train_planned
+from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, TaskShape, estimate, parse_size, plan
+from ailo.federation.client.worker import TaskDoesNotFit, Worker
+from ailo.model import build_model, count_parameters, get_preset
+from ailo.server.services import build_app
+from ailo.training import TrainConfig, train_local
+from ailo.wallet import Wallet
+
+GB = 10**9
+ONE_B = model_shape(get_preset("ailo-1b"))
+
+
+def test_parse_size():
+    assert parse_size("10GiB") == 10 * 2**30 and parse_size("12GB") == 12 * GB
+    assert parse_size("3.5GiB") == int(3.5 * 2**30) and parse_size("512 MiB") == 512 * 2**20
+    assert parse_size("4096") == 4096 and parse_size("1g") == GB
+    for bad in ("", "ten GB", "10XB", "0GB", "-1GB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_shape_counts_the_model_parameters():
+    for name in ("ailo-tiny", "ailo-small"):
+        assert model_shape(get_preset(name)).params == count_parameters(build_model(name, device="meta"))
+
+
+def test_ample_budget_keeps_todays_path_and_smaller_budgets_get_leaner():
+    task = TaskShape(2, 2048, "adamw")
+    roomy = plan(ONE_B, task, 80 * GB)
+    assert not roomy.lean and roomy.micro_batch == 2 and roomy.optimizer == "adamw"
+    previous = roomy
+    for budget in (24, 16, 12, 8):
+        p = plan(ONE_B, task, budget * GB)
+        assert p.estimate <= budget * GB and p.lean
+        assert p.estimate < previous.estimate
+        previous = p
+    # 24 GB holds exact AdamW states; 12 GB needs a lean optimizer state (fp32 W+G+AdamW is 13.1 GB)
+    assert plan(ONE_B, task, 24 * GB).optimizer == "adamw"
+    assert plan(ONE_B, task, 12 * GB).optimizer == "adamw8bit"
+    assert plan(ONE_B, task, 8 * GB).optimizer in ("adamw4bit", "adamw-offload")
+    # the CPU has no host to offload to: the snapshot and optimizer stay in the one memory
+    cpu = plan(ONE_B, task, 16 * GB, device="cpu")
+    assert not cpu.snapshot_on_host and cpu.optimizer != "adamw-offload"
+
+
+def test_a_budget_nothing_fits_is_refused_with_the_least_it_needs():
+    with pytest.raises(DoesNotFit) as err:
+        plan(ONE_B, TaskShape(2, 2048), 4 * GB)
+    assert "needs at least" in str(err.value) and "budget is 3.73 GiB" in str(err.value)
+    assert err.value.least > 4 * GB * 0.94
+    sgd = plan(ONE_B, TaskShape(2, 2048, "sgd"), 16 * GB)  # sgd has no state: never swapped for AdamW
+    assert sgd.optimizer == "sgd"
+
+
+def test_estimate_grows_with_every_knob_released():
+    task = TaskShape(4, 2048)
+    base = estimate(ONE_B, task, "cuda", 1, 24, "adamw8bit", True, 512)["peak"]
+    assert estimate(ONE_B, task, "cuda", 2, 24, "adamw8bit", True, 512)["peak"] > base
+    assert estimate(ONE_B, task, "cuda", 1, 0, "adamw8bit", True, 512)["peak"] > base
+    assert estimate(ONE_B, task, "cuda", 1, 24, "adamw", True, 512)["peak"] > base
+    assert estimate(ONE_B, task, "cuda", 1, 24, "adamw8bit", False, 512)["peak"] > base
+    assert estimate(ONE_B, task, "cuda", 1, 24, "adamw8bit", True, 0)["peak"] > base
+
+
+def test_planned_loss_equals_the_model_forward_with_the_same_gradients(one_thread):
+    torch.manual_seed(0)
+    model = build_model("ailo-tiny", seed=1)
+    x = torch.randint(0, 50257, (2, 32))
+    y = torch.randint(0, 50257, (2, 32))
+    ref = model(x, y)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    lean = planned_loss(model, x, y, checkpoint_blocks=2, head_chunk=24)
+    lean.backward()
+    assert torch.allclose(lean, ref, atol=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-6, rtol=1e-4), n
+
+
+def _batches(n, batch, seq, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randint(0, 50257, (batch, seq + 1), generator=g)
+        out.append((x[:, :-1], x[:, 1:]))
+    return out
+
+
+def test_micro_batches_and_checkpointing_give_the_same_update(one_thread):
+    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=2)
+    batches = _batches(3, 4, 32)
+    ref = train_local(build_model("ailo-tiny", seed=2), batches, cfg, torch.device("cpu"))
+    lean_plan = MemoryPlan(micro_batch=1, accum_steps=4, checkpoint_blocks=1, head_chunk=40, optimizer="adamw",
+                           snapshot_on_host=False, autocast_bf16=False, estimate=0, budget=0, breakdown={})
+    lean = train_planned(build_model("ailo-tiny", seed=2), batches, cfg, lean_plan, torch.device("cpu"))
+    assert lean.n_samples == ref.n_samples == 12 and lean.steps == 3
+    assert lean.train_loss == pytest.approx(ref.train_loss, rel=1e-5)
+    for k, d in ref.delta.items():
+        assert torch.allclose(lean.delta[k], d, atol=2e-6, rtol=1e-3), k
+    assert sum(float(d.abs().sum()) for d in ref.delta.values()) > 0
+
+
+def _global_state(app) -> dict:
+    return {k: v.detach().clone() for k, v in app.state.coordinator.model.state_dict().items()}
+
+
+def _one_round(tmp_path, corpus_dir, name, budget):
+    app = build_app(CoordinatorConfig(min_updates=1, local_steps=2, batch_size=4, seq_len=32, val_batches=1,
+                                      max_rounds=1), tmp_path / f"coord-{name}")
+    with TestClient(app) as client:
+        worker = Worker("http://testserver", "same-client", corpus_dir, 0, 2, progress=False, http=client,
+                        wallet=Wallet.generate().with_username(name), cache_dir=tmp_path / name,
+                        memory_budget=budget)
+        worker.ensure_registered()
+        report = worker.run_round()
+        app.state.coordinator.drain()
+        return report, worker, _global_state(app)
+
+
+def test_budgeted_worker_trains_the_same_update_or_refuses_clearly(tmp_path, corpus_dir, one_thread, capsys):
+    tiny, task = model_shape(get_preset("ailo-tiny")), TaskShape(4, 32, "adamw")
+    whole = estimate(tiny, task, "cpu", 4, 0, "adamw", False)["peak"]
+    tight = int(whole * 0.99)          # just below today's path: micro-batches, same maths
+    assert plan(tiny, task, tight, "cpu").accum_steps > 1
+
+    free_report, free_worker, free_state = _one_round(tmp_path, corpus_dir, "free", 64 * GB)
+    assert not free_worker.plan.lean
+    lean_report, lean_worker, lean_state = _one_round(tmp_path, corpus_dir, "lean", tight)
+    assert lean_worker.plan.lean and lean_worker.plan.optimizer == "adamw"
+    assert "memory plan for ailo-tiny: micro-batch" in capsys.readouterr().out
+    assert free_report.response["status"] == lean_report.response["status"] == "accepted"
+    for k, v in free_state.items():
+        assert torch.allclose(lean_state[k], v, atol=1e-5), k
+
+    app = build_app(CoordinatorConfig(min_updates=1, local_steps=2, batch_size=4, seq_len=32, val_batches=1),
+                    tmp_path / "coord-small")
+    with TestClient(app) as client:
+        import json
+        sent = []
+        client.event_hooks["request"].append(
+            lambda req: sent.append(json.loads(req.content)) if req.url.path == "/v1/tasks" else None)
+        small = Worker("http://testserver", "small", corpus_dir, 0, 2, progress=False, http=client,
+                       cache_dir=tmp_path / "small", memory_budget=2**20)
+        with pytest.raises(TaskDoesNotFit, match=r"refusing the ailo-tiny task of round 1: .*needs at least .*"
+                                                 r"the memory budget is 0.00 GiB"):
+            small.run_round()
+        assert not (tmp_path / "small" / "chunks").exists()  # refused before downloading anything
+        assert sent == [{"client_id": "small", "memory_budget": 2**20}]  # the budget travels with the request
+        assert client.post("/v1/tasks", json={"client_id": "x", "memory_budget": -1}).status_code == 422
