@@ -154,3 +154,9 @@ def test_budgeted_worker_trains_the_same_update_or_refuses_clearly(tmp_path, cor
         assert not (tmp_path / "small" / "chunks").exists()  # refused before downloading anything
         assert sent == [{"client_id": "small", "memory_budget": 2**20}]  # the budget travels with the request
         assert client.post("/v1/tasks", json={"client_id": "x", "memory_budget": -1}).status_code == 422
+
+
+def test_cli_refuses_a_malformed_budget(capsys):
+    from ailo.cli.main import main
+    assert main(["worker", "--coordinator", "http://127.0.0.1:9", "--memory-budget", "lots"]) != 0
+    assert "--memory-budget: not a memory size: 'lots'" in capsys.readouterr().err
