@@ -12,7 +12,9 @@ A `Retry-After` header (seconds) raises the next delay to at least that, still c
 """
 from __future__ import annotations
 
+import logging
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
@@ -20,6 +22,7 @@ from typing import Callable, Iterator, TypeVar
 import httpx
 
 T = TypeVar("T")
+log = logging.getLogger("ailo.backoff")
 
 
 class Unavailable(RuntimeError):
@@ -34,6 +37,8 @@ class Backoff:
     jitter: float = 0.5                # share of each delay that is random (0 = none, 1 = "full jitter")
     max_elapsed: float | None = None   # give up after this long (None: never, a volunteer rides it out)
     max_attempts: int | None = None    # or after this many attempts
+    interactive: bool = False          # a person waits: say so on the first retry; a host that does
+                                       # not resolve is an error at once, not after the whole budget
 
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         d = min(self.cap, self.base * self.factor ** min(attempt, 64))
@@ -50,7 +55,7 @@ class Backoff:
 
 
 DEFAULT = Backoff()
-QUICK = Backoff(base=0.2, cap=2.0, max_elapsed=30.0)   # interactive commands: a restart, not an outage
+QUICK = Backoff(base=0.2, cap=2.0, max_elapsed=30.0, interactive=True)   # interactive commands: a restart, not an outage
 ONCE = Backoff(max_attempts=1)                         # no retry (library default where the caller decides)
 
 
@@ -75,7 +80,14 @@ def retrying(fn: Callable[[], T], policy: Backoff = DEFAULT, *, what: str = "coo
     while True:
         try:
             return fn()
+        except httpx.UnsupportedProtocol as exc:  # no retry can fix a wrong URL
+            raise Unavailable(f"{what}: {exc} (use an http:// or https:// URL)") from exc
         except (httpx.TransportError, TransientStatus) as exc:
+            if policy.interactive and _unresolvable(exc):
+                raise Unavailable(f"{what}: the host name does not resolve ({exc})") from exc
+            if policy.interactive and attempt == 0:
+                budget = f"up to {policy.max_elapsed:.0f} s" if policy.max_elapsed else "as long as it takes"
+                log.warning("%s: %s; retrying for %s (Ctrl-C to stop)", what, exc or type(exc).__name__, budget)
             hint = exc.retry_after if isinstance(exc, TransientStatus) else None
             attempt += 1
             wait = policy.delay(attempt - 1, hint)
@@ -87,6 +99,16 @@ def retrying(fn: Callable[[], T], policy: Backoff = DEFAULT, *, what: str = "coo
             if on_retry is not None:
                 on_retry(attempt, wait, str(exc))
             sleep(wait)
+
+
+def _unresolvable(exc: BaseException) -> bool:
+    """A DNS failure anywhere in the exception's cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Name or service not known" in str(exc) or "nodename nor servname" in str(exc)
 
 
 class TransientStatus(Exception):
@@ -107,4 +129,5 @@ def request(http: httpx.Client, method: str, path: str, policy: Backoff = DEFAUL
         if is_transient(r.status_code):
             raise TransientStatus(r)
         return r
-    return retrying(once, policy, what=f"{method} {path}", on_retry=on_retry)
+    base = str(http.base_url).rstrip("/")
+    return retrying(once, policy, what=f"{method} {base}{path}", on_retry=on_retry)

@@ -122,8 +122,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_version(mv: ModelVersion, out: Path, fmt: str = "hf", overwrite: bool = False) -> dict:
-    """Write `mv` to `out` (atomically: temp folder + rename); returns the export.json dict."""
+def model_card(meta: dict, provenance: dict) -> str:
+    """README.md of an export: what the weights are, where they came from, how to load them."""
+    cfg = meta["config"]
+    loss = meta.get("val_loss")
+    lines = [f"# Ailo Network model: {meta['preset']}, version {meta['version']}", "",
+             f"A GPT-2-style decoder ({cfg.get('n_layer')} layers, width {cfg.get('n_embd')}, "
+             f"{cfg.get('n_head')} heads, context {cfg.get('n_ctx')}) with the GPT-2 BPE tokenizer.", "",
+             "| | |", "|---|---|",
+             f"| Training | {provenance.get('training', 'federated rounds of the Ailo Network (FedAvg)')} |",
+             f"| Data | {provenance.get('data', 'each contributor trains on its own local text; nothing is shared')} |",
+             f"| Rounds | {meta.get('round') if meta.get('round') is not None else 'n/a'} |",
+             f"| Contributors | {provenance.get('contributors', 'n/a')} |",
+             f"| Validation loss (mean next-token cross-entropy, nats) | "
+             f"{f'{loss:.4f}' if isinstance(loss, float) else 'n/a'} |",
+             "| Licence | Apache-2.0 |", ""]
+    if meta["format"] == "hf":
+        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  "model = AutoModelForCausalLM.from_pretrained(DIR)", "tok = AutoTokenizer.from_pretrained(DIR)",
+                  "```", "", "Or: `ailo generate --model DIR \"To be, or not to be\"`.", ""]
+    return "\n".join(lines)
+
+
+def export_version(mv: ModelVersion, out: Path, fmt: str = "hf", overwrite: bool = False,
+                   provenance: dict | None = None) -> dict:
+    """Write `mv` to `out` (atomically: temp folder + rename); returns the export.json dict.
+    Files are world-readable (a release is public) and the folder carries a model card."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     out = Path(out)
@@ -148,9 +172,13 @@ def export_version(mv: ModelVersion, out: Path, fmt: str = "hf", overwrite: bool
             state = {k: v.detach().contiguous() for k, v in mv.state.items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "ailo_version": str(mv.version)})
             (tmp / "manifest.json").write_text(mv.manifest.to_json(), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(meta, provenance or {}), encoding="utf-8")
         meta["files"] = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
                          for p in sorted(tmp.iterdir()) if p.is_file()}
         _write_json(tmp / EXPORT_META, meta)
+        for p in tmp.iterdir():
+            p.chmod(0o644)
+        tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ailo.cli import checks
 from ailo.cli.main import CLIError
 from ailo.cli.wallet import DEFAULT_COORDINATOR, _http, client_for
 from ailo.ledger.params import format_alc
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cs = c.add_subparsers(dest="chain_command", required=True)
     v = cs.add_parser("verify", help="verify every block, signature and balance locally")
     src = v.add_mutually_exclusive_group()
-    src.add_argument("--coordinator", default=None,
+    src.add_argument("--coordinator", default=None, type=checks.url,
                      help=f"coordinator URL to download from (default $AILO_COORDINATOR "
                           f"or {DEFAULT_COORDINATOR})")
     src.add_argument("--file", type=Path, help="verify a saved chain JSON offline")

@@ -23,8 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from ailo.cli import checks
 from ailo.cli.main import CLIError
+from ailo.model import PRESETS
 
+
+LATE = {"stale_round", "finished"}  # refusals of updates that came after their round: not cheats
+HEARTBEAT_S = 15.0  # a progress line at least this often while a round is open
 
 DEFAULT_CODEC, DEFAULT_OUTER, DEFAULT_SERVER_LR, DEFAULT_OPTIMIZER = "sparse", "sgd", 2.0, "sgd"
 
@@ -39,27 +44,28 @@ def _size(n: float) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a local federated-training demo (coordinator + workers)")
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local-steps", type=int, default=30)
-    p.add_argument("--preset", default="ailo-tiny")
+    p.add_argument("--workers", type=checks.positive_int, default=3, help="honest native workers")
+    p.add_argument("--rounds", type=checks.positive_int, default=5, help="training rounds")
+    p.add_argument("--local-steps", type=checks.positive_int, default=30, help="local steps per worker and round")
+    p.add_argument("--preset", default="ailo-tiny", choices=sorted(PRESETS), help="model size")
     p.add_argument("--cheater", default="sign-flip", choices=["sign-flip", "scale", "none"],
                    help="add one worker that sends a corrupted update (refused and unpaid)")
     p.add_argument("--out", default="runs/demo", help="state, logs and the plot go here (wiped first)")
-    p.add_argument("--round-seconds", type=float, default=90.0,
+    p.add_argument("--port", type=checks.port, default=0, help="coordinator port (0: a free one)")
+    p.add_argument("--round-seconds", type=checks.positive_float, default=90.0,
                    help="deadline: a round closes early with one update per worker, else at the deadline")
-    p.add_argument("--lr-decay", type=float, default=0.8, help="client learning rate × this per round")
+    p.add_argument("--lr-decay", type=checks.positive_float, default=0.8, help="client learning rate × this per round")
     # Communication (issue 13; defaults = the best setting of bench/compression.py, bench/RESULTS.md)
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["adamw", "sgd"], help="workers' local optimizer")
-    p.add_argument("--lr", type=float, default=None, help="workers' learning rate (default: 0.3 for sgd, 3e-3 for adamw)")
+    p.add_argument("--lr", type=checks.positive_float, default=None, help="workers' learning rate (default: 0.3 for sgd, 3e-3 for adamw)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=["fp32", "int8", "sparse"], help="update codec")
-    p.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")
+    p.add_argument("--codec-density", type=checks.probability, default=0.01, help="sparse: share of each tensor's entries sent")
     p.add_argument("--outer", default=DEFAULT_OUTER, choices=["sgd", "nesterov", "fedadam"], help="outer optimizer")
-    p.add_argument("--server-lr", type=float, default=DEFAULT_SERVER_LR, help="outer learning rate")
+    p.add_argument("--server-lr", type=checks.positive_float, default=DEFAULT_SERVER_LR, help="outer learning rate")
     p.add_argument("--full-downloads", action="store_true",
                    help="serve only the fp32 model (default: bf16 model + int8 patches from the previous version)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--stall-seconds", type=float, default=900.0, help="give up when no round closes this long")
+    p.add_argument("--stall-seconds", type=checks.positive_float, default=900.0, help="give up when no round closes this long")
     p.add_argument("--no-room", action="store_true", help="skip the signed, paid inference-room step")
     p.set_defaults(func=run)
 
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     (out / "logs").mkdir(parents=True)
-    port = _free_port()
+    port = args.port or _free_port()
     url = f"http://127.0.0.1:{port}"
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     coord_log = out / "logs" / "coordinator.log"
@@ -138,25 +144,32 @@ def run(args: argparse.Namespace) -> int:
         for k, name in enumerate(names):
             cmd = ["worker", "--coordinator", url, "--data", str(public),
                    "--shard", str(k % args.workers), "--num-shards", str(args.workers),
-                   "--client-id", name, "--cache", str(out / f"cache-{name}"), "--quiet",
+                   "--client-id", name, "--cache", str(out / f"cache-{name}"), "--quiet", "--json-log",
                    "--wallet", str(out / "wallets" / f"{name}.json")]
             if name == "cheater":
                 cmd += ["--attack", args.cheater]
                 say(f"cheater: a worker that sends {args.cheater} updates")
             procs.append(_spawn(cmd, out / "logs" / f"{name}.log"))
         shown, last_progress = 0, time.time()
-        say(f"{'round':>5} {'val loss':>9} {'updates':>8} {'refused':>8} {'down':>10} {'up':>10}")
+        say(f"{'round':>5} {'val loss':>9} {'accepted':>8} {'refused':>8} {'late':>5} {'down':>10} {'up':>10}"
+            f"   (refused: failed Proof-of-Contribution; late: came after the round closed)")
+        last_line = time.time()
         while True:
             status = httpx.get(f"{url}/v1/status", timeout=30).json()
             for h in status["history"][shown:]:
                 if h["version"] > 0 or shown == 0:
-                    say(f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} {h['refused']:>8} "
-                        f"{_size(h['bytes_down']):>10} {_size(h['bytes_up']):>10}")
+                    say(_round_line(h))
+                    last_line = time.time()
             if len(status["history"]) > shown:
                 last_progress = time.time()
             shown = len(status["history"])
             if status["finished"] and status["settled_round"] >= status["round"] - 1:  # last round paid too
                 break
+            if time.time() - last_line > HEARTBEAT_S and not status["finished"]:
+                left = max(0, status["deadline"] - time.time())
+                say(f"      round {status['round']}: {status['accepted_in_round']} accepted, "
+                    f"{status['pending_in_round']} being validated, closes with {args.workers} or in {left:.0f} s")
+                last_line = time.time()
             if time.time() - last_progress > args.stall_seconds:
                 raise CLIError(f"no round closed for {args.stall_seconds:.0f} s; see {out / 'logs'}")
             dead = [p for p in procs[1:] if p.poll() not in (None, 0)]
@@ -197,12 +210,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["chain_verify_ok"] else 1
 
 
+def _round_line(h: dict) -> str:
+    reasons = h.get("refusals", {})
+    late = sum(n for r, n in reasons.items() if r in LATE)
+    cheats = ", ".join(f"{r} ×{n}" for r, n in sorted(reasons.items()) if r not in LATE)
+    return (f"{h['version']:>5} {h['val_loss']:>9.4f} {h['updates']:>8} {h['refused'] - late:>8} {late:>5} "
+            f"{_size(h['bytes_down']):>10} {_size(h['bytes_up']):>10}" + (f"   refused: {cheats}" if cheats else ""))
+
+
 def _room_step(url: str, out: Path, say) -> dict:
     """The signed inference flow: the operator creates a 2-span room (token file), worker-0 and
     worker-1 serve it with `ailo node --wallet`, worker-2 asks with `ailo ask --wallet` and pays
     the room's price with a PAY_INFERENCE; each node earns 0.05 ALC."""
     from ailo.inference.checkpoints import make_hf_checkpoint
 
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no stray "Writing model shards" bar in the demo's output
     model = out / "room-model"
     make_hf_checkpoint(model, "llama", layers=2, hidden=64, vocab=512, init_std=0.3)
     token = (out / "coordinator" / "operator-token").read_text().strip()

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import socket
 from dataclasses import fields
 from pathlib import Path
 
+from ailo.cli import checks, logs
 from ailo.cli.main import CLIError
 from ailo.federation.core.registry import AGGREGATORS
 from ailo.federation.coordinator.coordinator import CoordinatorConfig
@@ -16,51 +19,58 @@ from ailo.model import PRESETS
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("coordinator", help="run the coordinator (HTTP API, rounds, ledger, rooms)")
     c.add_argument("--state", default="runs/coordinator", help="state directory (SQLite + chunk files)")
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=8400)
-    c.add_argument("--preset", default="ailo-tiny", choices=sorted(PRESETS))
-    c.add_argument("--chunks", type=int, default=8, dest="num_chunks")
-    c.add_argument("--min-updates", type=int, default=3)
-    c.add_argument("--max-updates", type=int, default=None)
-    c.add_argument("--round-seconds", type=float, default=300.0)
-    c.add_argument("--quorum", type=int, default=1, dest="quorum_updates",
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    c.add_argument("--port", type=checks.port, default=8400, help="TCP port to listen on")
+    c.add_argument("--preset", default="ailo-tiny", choices=sorted(PRESETS), help="model size trained by the network")
+    c.add_argument("--chunks", type=checks.positive_int, default=8, dest="num_chunks",
+                   help="hash-verified pieces each model version is split into")
+    c.add_argument("--min-updates", type=checks.positive_int, default=3,
+                   help="accepted updates that close a round (before --round-seconds)")
+    c.add_argument("--max-updates", type=checks.positive_int, default=None,
+                   help="updates admitted per round at most (default: no limit)")
+    c.add_argument("--round-seconds", type=checks.positive_float, default=300.0,
+                   help="a round closes this long after it opens if it has --min-updates accepted updates")
+    c.add_argument("--quorum", type=checks.positive_int, default=1, dest="quorum_updates",
                    help="liveness: a round still short of --min-updates at twice --round-seconds closes "
                         "with this many accepted updates (default 1; = --min-updates disables it)")
-    c.add_argument("--rounds", type=int, default=None, dest="max_rounds", help="stop after this many rounds")
-    c.add_argument("--local-steps", type=int, default=20)
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's context)")
-    c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--rounds", type=checks.positive_int, default=None, dest="max_rounds",
+                   help="stop after this many rounds (default: run for ever)")
+    c.add_argument("--local-steps", type=checks.positive_int, default=20,
+                   help="optimizer steps each client takes per round")
+    c.add_argument("--batch-size", type=checks.positive_int, default=8, help="sequences per local step")
+    c.add_argument("--seq-len", type=checks.positive_int, default=None, help="tokens per sequence (default: the preset's context)")
+    c.add_argument("--lr", type=checks.positive_float, default=3e-3, help="clients' local learning rate")
     c.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
                    help="clients' local optimizer (sgd pairs with the sparse codec: see bench/RESULTS.md)")
-    c.add_argument("--lr-decay", type=float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
-    c.add_argument("--warmup-steps", type=int, default=0,
+    c.add_argument("--lr-decay", type=checks.positive_float, default=1.0, help="client learning rate of round r: lr·decay^(r−1)")
+    c.add_argument("--warmup-steps", type=checks.non_negative_int, default=0,
                    help="client lr ramps linearly over each round's first N local steps (AdamW restarts its moments every round)")
-    c.add_argument("--server-lr", type=float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
+    c.add_argument("--server-lr", type=checks.positive_float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
     c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
                    help="outer optimizer on the averaged pseudo-gradient (sgd = FedAvg); state persists across restarts")
-    c.add_argument("--outer-momentum", type=float, default=0.9, help="nesterov: momentum")
+    c.add_argument("--outer-momentum", type=checks.probability, default=0.9, help="nesterov: momentum")
     c.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
                    help="update codec named in every task (sparse: top-k + 2-bit with client error feedback)")
     c.add_argument("--init", default=None, help="start (version 0) from this safetensors state dict")
     c.add_argument("--compact-downloads", action="store_true",
                    help="also serve the model in bf16 and int8 patches from the previous version (clients train from bf16)")
-    c.add_argument("--codec-density", type=float, default=0.01, help="sparse: share of each tensor's entries sent")
-    c.add_argument("--ef-decay", type=float, default=1.0, help="lossy codecs: client error feedback e ← decay·e + Δ")
+    c.add_argument("--codec-density", type=checks.probability, default=0.01, help="sparse: share of each tensor's entries sent")
+    c.add_argument("--ef-decay", type=checks.probability, default=1.0, help="lossy codecs: client error feedback e ← decay·e + Δ")
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="seed of version 0's weights and the validation set")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where validation, aggregation and evaluation run (auto: CUDA when present)")
-    c.add_argument("--max-pending", type=int, default=256,
+    c.add_argument("--max-pending", type=checks.positive_int, default=256,
                    help="updates admitted but not yet validated; beyond this POST /v1/updates answers 429 busy")
     c.add_argument("--holdout-dir", default=None, help="private folder of .txt the Proof-of-Contribution holdout "
                    "is drawn from; never served, must not be inside the public data folder")
-    c.add_argument("--holdout-sequences", type=int, default=64, help="holdout windows scored per model version")
+    c.add_argument("--holdout-sequences", type=checks.positive_int, default=64, help="holdout windows scored per model version")
     c.add_argument("--aggregator", default="fedavg", choices=sorted(AGGREGATORS),
                    help="how accepted updates are combined (robust ones bound a few bad updates' influence)")
     c.add_argument("--open", action="store_true",
                    help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
-    c.add_argument("--registrations-per-hour", type=float, default=10.0, help="per network address")
+    c.add_argument("--registrations-per-hour", type=checks.positive_float, default=10.0,
+                   help="username registrations allowed per network address and hour")
     c.add_argument("--room-checkpoints", default=None, help="folder of checkpoint folders whose span weights "
                    "browser nodes may fetch (GET /v1/rooms/{id}/weights)")
     c.add_argument("--allow-private-node-urls", action=argparse.BooleanOptionalAction, default=None,
@@ -69,29 +79,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mirror", action="append", default=[], dest="mirrors", metavar="URL",
                    help="chunk mirror base URL serving <URL>/<sha256> (repeatable; see `ailo mirror sync`); "
                    "clients try mirrors first and verify every chunk")
-    c.add_argument("--room-requests-per-minute", type=float, default=60.0,
+    c.add_argument("--room-requests-per-minute", type=checks.positive_float, default=60.0,
                    help="rooms: generate requests per requester wallet per minute (burst 1/6 of it; 4x per network address)")
     c.add_argument("--db", default=None, metavar="URL",
                    help="postgresql://user@host:port/dbname for rounds and ledger (default: SQLite files in --state); "
                    "keep the password out of the URL: psycopg reads PGPASSWORD or ~/.pgpass")
-    c.add_argument("--room-verify", type=float, default=0.10, metavar="P",
+    c.add_argument("--room-verify", type=checks.probability, default=0.10, metavar="P",
                    help="rooms: probability that a span of a request is audited (re-run on the --room-checkpoints "
                    "copy, else another wallet's replica); a mismatching node is unpaid, 3 strikes evict it")
-    c.set_defaults(func=run_coordinator)
+    c.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML file of these options (e.g. min-updates = 5); flags given here win")
+    logs.add_arguments(c)
+    c.set_defaults(func=run_coordinator, command_parser=c)
 
     w = sub.add_parser("worker", help="run a native training worker")
-    w.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8400")
+    w.add_argument("--coordinator", required=True, type=checks.url, help="coordinator URL, e.g. http://127.0.0.1:8400")
     w.add_argument("--data", default=None, help="folder of your own .txt files (default: shipped corpus)")
-    w.add_argument("--shard", type=int, default=0)
-    w.add_argument("--num-shards", type=int, default=1)
-    w.add_argument("--client-id", default=None)
-    w.add_argument("--cache", default=None, help="chunk cache directory")
-    w.add_argument("--rounds", type=int, default=None, help="stop after this many submitted rounds")
-    w.add_argument("--device", default=None)
+    w.add_argument("--shard", type=checks.non_negative_int, default=0, help="which of --num-shards parts of --data this worker trains on")
+    w.add_argument("--num-shards", type=checks.positive_int, default=1, help="split --data into this many disjoint parts")
+    w.add_argument("--client-id", default=None, help="name of this worker in logs and the cache folder (default: worker-<pid>)")
+    w.add_argument("--cache", default=None, help="chunk cache directory (default: data/worker-cache/<client id>)")
+    w.add_argument("--rounds", type=checks.positive_int, default=None, help="stop after this many submitted rounds (default: run for ever)")
+    w.add_argument("--device", default=None, help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
     w.add_argument("--wallet", default=None, help="wallet key file (created if missing) that signs updates "
                    "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
     w.add_argument("--username", default=None, help="username to register (default: the client id)")
-    w.add_argument("--quiet", action="store_true")
+    w.add_argument("--quiet", action="store_true", help="no progress bars or round lines")
     w.add_argument("--json-log", action="store_true", help="print one JSON line per round (timings, verdict)")
     w.add_argument("--memory-budget", default=None, metavar="SIZE",
                    help="memory the worker may use for training, e.g. 10GiB or 12GB (default: what the device "
@@ -152,6 +165,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
                         room_requests_per_minute=args.room_requests_per_minute, room_verify_p=args.room_verify,
                         holdout_dir=args.holdout_dir, holdout_sequences=args.holdout_sequences)
     from ailo.storage.factory import StoreConfigError, is_postgres
+    sock = listen(args.host, args.port)
+    logs.configure(args.log_level, args.log_format, args.access_log)
     try:
         app = build_app(coordinator_config(args), Path(args.state), svc)
     except StoreConfigError as exc:
@@ -165,8 +180,22 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
           f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=args.access_log,
+                                           log_level=args.log_level))
+    server.run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the port before anything is written: a busy port is a one-line error, not a state folder
+    left behind and a traceback after the banner."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except socket.gaierror as exc:
+        raise CLIError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    except OSError as exc:
+        hint = " (another coordinator running? choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -187,6 +216,9 @@ def run_worker(args: argparse.Namespace) -> int:
             wallet = Wallet.load(path) if path.exists() else Wallet.generate().with_username(args.username or client_id)
         except (PermissionError, ValueError) as exc:
             raise CLIError(f"wallet {path}: {exc}") from None
+        if args.username and wallet.username and args.username != wallet.username:
+            raise CLIError(f"wallet {path} belongs to username {wallet.username!r}, not {args.username!r}: drop "
+                           f"--username, or give a new --wallet file to register {args.username!r}")
         if not path.exists():
             wallet.save(path)
     try:

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ailo.cli import checks
 from ailo.cli.errors import CLIError
 
 DEFAULT_COORDINATOR = os.environ.get("AILO_COORDINATOR", "http://127.0.0.1:8400")  # `ailo coordinator`'s port
@@ -250,29 +251,30 @@ def cmd_room(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("node", help="join a distributed-inference room and serve a span of its model")
-    p.add_argument("--room", required=True)
+    p.add_argument("--room", required=True, help="room to serve (made by the operator with `ailo room create`)")
     p.add_argument("--model-dir", required=True, help="folder with config.json and *.safetensors")
-    p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--coordinator", type=checks.url, default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address this node listens on")
     p.add_argument("--port", type=int, default=0, help="0 = any free port")
     p.add_argument("--advertise-url", help="URL the coordinator should use (default http://HOST:PORT)")
     p.add_argument("--memory", help="memory offered to the room, e.g. 2GB (default: what is free)")
     p.add_argument("--wallet", help="key file that signs this node's calls and receives its rewards "
                    "(default $AILO_WALLET or ~/.ailo/wallet.json)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weights' dtype (auto: the checkpoint's on CUDA, float32 on CPU)")
+    p.add_argument("--device", default="auto", help="torch device (auto: CUDA when present)")
     p.add_argument("--attack", choices=["zeros", "noise", "skip"], default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_node)
 
     a = subparsers.add_parser("ask", help="send a prompt to a room and stream the answer")
     a.add_argument("prompt", nargs="?")
-    a.add_argument("--room", required=True)
-    a.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
+    a.add_argument("--room", required=True, help="room to ask")
+    a.add_argument("--coordinator", type=checks.url, default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     a.add_argument("--ids", help="comma-separated token ids instead of a text prompt")
-    a.add_argument("--max-tokens", type=int, default=64)
-    a.add_argument("--temperature", type=float, default=0.0)
-    a.add_argument("--top-p", type=float, default=1.0)
-    a.add_argument("--seed", type=int)
+    a.add_argument("--max-tokens", type=checks.positive_int, default=64, help="tokens to generate")
+    a.add_argument("--temperature", type=checks.non_negative_float, default=0.0, help="0 = greedy")
+    a.add_argument("--top-p", type=checks.probability, default=1.0, help="nucleus sampling mass")
+    a.add_argument("--seed", type=int, help="sampler seed (default: random)")
     a.add_argument("--wallet", help="key file that signs (and pays for) the request "
                    "(default $AILO_WALLET or ~/.ailo/wallet.json)")
     a.add_argument("--wait", type=float, default=30.0,
@@ -288,12 +290,12 @@ def register(subparsers) -> None:
                                                                    "runs/coordinator/operator-token"),
                    help="create/delete: the coordinator's operator token (default $AILO_OPERATOR_TOKEN, "
                    "else $AILO_OPERATOR_TOKEN_FILE or %(default)s)")
-    r.add_argument("--room")
-    r.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
-    r.add_argument("--model-dir")
+    r.add_argument("--room", help="room name (create, delete)")
+    r.add_argument("--coordinator", type=checks.url, default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
+    r.add_argument("--model-dir", help="checkpoint folder whose layers the room serves (create)")
     r.add_argument("--preset", help="qwen-1.8b, llama-2-7b or llama-2-70b")
-    r.add_argument("--slots", type=int)
-    r.add_argument("--context", type=int, default=2048)
+    r.add_argument("--slots", type=checks.positive_int, help="nodes the layers are split over (create)")
+    r.add_argument("--context", type=checks.positive_int, default=2048, help="longest prompt + answer in tokens")
     r.add_argument("--checkpoint", help="create: checkpoint folder (under the coordinator's --room-checkpoints) "
                    "whose span weights browser nodes fetch")
     r.add_argument("--nodes", type=int, help="plan: number of nodes (default: the preset's)")

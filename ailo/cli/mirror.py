@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ailo.cli import checks
 from ailo.cli.errors import CLIError
 
 
@@ -11,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("mirror", help="chunk mirrors: sync a folder of chunk files, print an nginx config")
     ms = m.add_subparsers(dest="mirror_command", required=True)
     s = ms.add_parser("sync", help="download the current model's chunks into a folder (verified, atomic)")
-    s.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8400")
+    s.add_argument("--coordinator", required=True, type=checks.url, help="coordinator URL, e.g. http://127.0.0.1:8400")
     s.add_argument("--out", required=True, help="folder a static web server serves as <URL>/<sha256>")
     s.add_argument("--quick", action="store_true", help="trust existing files of the right size (no re-hash)")
     s.add_argument("--prune", action="store_true", help="delete chunk files the current model does not use")
@@ -20,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     n = ms.add_parser("nginx-conf", help="print a self-contained nginx config serving a mirror folder")
     n.add_argument("--root", required=True, help="the synced folder")
-    n.add_argument("--port", type=int, default=8480)
-    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--port", type=checks.port, default=8480, help="port nginx listens on")
+    n.add_argument("--host", default="127.0.0.1", help="address nginx listens on")
     n.add_argument("--prefix", required=True, help="folder for nginx's pid, logs and temp files")
     n.set_defaults(func=run_nginx_conf)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ailo.cli import checks
 from ailo.cli.errors import CLIError
 
 
@@ -12,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--state", required=True, help="the coordinator's state directory")
     e.add_argument("--db", default=None, help="the coordinator's database URL when it is not the state's "
                    "SQLite file (e.g. postgresql://user@host/db)")
-    e.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    e.add_argument("--version", type=checks.non_negative_int, default=None, help="model version (default: the latest)")
     e.add_argument("--out", default=None, help="output folder (default: STATE/exports/v<N>-<format>, "
                    "which the coordinator's dashboard links)")
     e.add_argument("--format", choices=["hf", "ailo"], default="hf",
@@ -22,11 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="sample text locally from an exported Hugging Face folder")
     g.add_argument("--model", required=True, help="folder written by `ailo export`")
-    g.add_argument("prompt")
-    g.add_argument("--max-new-tokens", type=int, default=50)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("prompt", help="text to continue")
+    g.add_argument("--max-new-tokens", type=checks.positive_int, default=50, help="tokens to sample")
+    g.add_argument("--temperature", type=checks.non_negative_float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=checks.positive_int, default=50, help="sample among the k likeliest tokens")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     g.set_defaults(func=run_generate)
 
 
@@ -42,7 +43,10 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         mv = load_version(store, args.version)
         out = Path(args.out) if args.out else state / "exports" / f"v{mv.version}-{args.format}"
-        meta = export_version(mv, out, args.format, overwrite=args.force)
+        contributors = {u.address or u.client_id for u in store.updates(None, "accepted", limit=10**9)
+                        if mv.round_id is not None and u.round_id <= mv.round_id}
+        meta = export_version(mv, out, args.format, overwrite=args.force,
+                              provenance={"contributors": len(contributors)})
     except ExportError as exc:
         raise CLIError(str(exc)) from None
     finally:

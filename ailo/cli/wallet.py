@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from ailo.cli import checks
 from ailo.cli.main import CLIError
 from ailo.backoff import QUICK, Unavailable
 from ailo.ledger.client import LedgerClient
@@ -25,7 +26,7 @@ def client_for(url: str) -> LedgerClient:
 
 
 def add_coordinator_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coordinator", default=os.environ.get("AILO_COORDINATOR",
+    p.add_argument("--coordinator", type=checks.url, default=os.environ.get("AILO_COORDINATOR",
                                                            DEFAULT_COORDINATOR),
                    help="coordinator URL (default $AILO_COORDINATOR or %(default)s)")
 

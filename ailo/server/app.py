@@ -19,6 +19,7 @@ from ailo.federation.coordinator.admission import receive_to_file
 from ailo.federation.coordinator.coordinator import Coordinator
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, max_update_bytes
 from ailo.mirrors import with_mirrors
+from ailo.server.docs_ui import install_docs
 from ailo.server.contract import install_contract
 from ailo.server.limits import INT64_MAX
 from ailo.server.schemas import (BINARY, UPDATE_OPENAPI, ManifestReply, ReadyReply, StatusReply, TaskReply,
@@ -159,8 +160,9 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
         stop.set()
         coord.stop()
 
-    app = FastAPI(title="Ailo Network coordinator", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Ailo Network coordinator", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Federated training, Proof-of-Contribution, AiloCoin ledger, inference rooms.")
+    install_docs(app)  # Swagger UI from the bundled static files, not a CDN
 
     @app.exception_handler(UpdateRejected)
     async def rejected(_: Request, exc: UpdateRejected) -> JSONResponse:

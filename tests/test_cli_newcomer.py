@@ -1,0 +1,125 @@
+"""A newcomer's first hour (issue 30): every wrong invocation is one clear line and a non-zero
+exit, never a traceback; checks run before any work (a busy port writes no state)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ailo.cli import config
+from ailo.cli.main import build_parser
+from tests.procs import ROOT
+
+
+def run_cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AILO_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env.pop("AILO_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "ailo.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT, env=env)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    assert r.returncode != 0, r
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_wrong_invocations_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["train", "--data", str(empty)], ["--data", "no .txt files"]),
+        (["train", "--steps", "-5"], ["--steps", "at least 1"]),
+        (["train", "--data", str(tmp_path / "missing")], ["not a folder"]),
+        (["generate", "--model", str(tmp_path), "--temperature", "-1", "hi"], ["--temperature", "0 or more"]),
+        (["chain", "verify", "--coordinator", "htp://nope"], ["http://"]),
+        (["wallet", "balance", "--coordinator", "localhost:8400"], ["not an http"]),
+        (["coordinator", "--round-verify" if False else "--room-verify", "1.5"], ["between 0 and 1"]),
+        (["worker", "--coordinator", "ftp://x"], ["http://"]),
+    ]
+    import torch
+    if not torch.cuda.is_available():
+        cases.append((["train", "--device", "cuda"], ["no CUDA device"]))
+    for args, needles in cases:
+        t0 = time.monotonic()
+        assert_one_line_error(run_cli(*args), *needles)
+        assert time.monotonic() - t0 < 30, f"{args}: a wrong argument must fail at once"
+
+
+def test_unresolvable_host_fails_fast_and_names_it():
+    t0 = time.monotonic()
+    r = run_cli("chain", "verify", "--coordinator", "http://no-such-host.invalid:8400")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no-such-host.invalid" in r.stderr and "does not resolve" in r.stderr
+    assert time.monotonic() - t0 < 20, "DNS failures are not retried for a whole budget"
+
+
+def test_version_and_help_defaults():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("ailo ")
+    r = run_cli("coordinator", "--help")
+    assert r.returncode == 0 and "(default: 8400)" in r.stdout and "(default: 3)" in r.stdout
+
+
+def _all_parsers(parser: argparse.ArgumentParser, prefix: str = "ailo"):
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, f"{prefix} {name}")
+
+
+def test_every_option_has_help_text():
+    missing = [f"{cmd} {a.option_strings[0]}" for cmd, p in _all_parsers(build_parser()) for a in p._actions
+               if a.option_strings and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
+    assert not missing, f"options without help text: {missing}"
+
+
+def test_busy_port_fails_before_writing_state(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        state = tmp_path / "state"
+        r = run_cli("coordinator", "--state", str(state), "--port", str(port))
+    line = assert_one_line_error(r, f"127.0.0.1:{port}")
+    assert "coordinator on" not in r.stdout, "the banner comes only once the port is ours"
+    assert not state.exists(), f"nothing may be written before the port is bound: {line}"
+
+
+def test_worker_username_must_match_its_wallet(tmp_path):
+    from ailo.wallet import Wallet
+    path = tmp_path / "bob.json"
+    Wallet.generate().with_username("bob").save(path)
+    r = run_cli("worker", "--coordinator", "http://127.0.0.1:9", "--wallet", str(path), "--username", "alice")
+    assert_one_line_error(r, "'bob'", "'alice'")
+
+
+def test_config_file_values_are_defaults_and_flags_win(tmp_path):
+    parser = build_parser()
+    cfg = tmp_path / "coord.toml"
+    cfg.write_text('min-updates = 5\nround_seconds = 60\nport = 8500\nmirror = ["https://m.example/ailo"]\n'
+                   'compact-downloads = true\n')
+    argv = ["coordinator", "--config", str(cfg), "--port", "8600"]
+    args = parser.parse_args(argv)
+    config.apply(args.command_parser, args.config)
+    args = parser.parse_args(argv)
+    assert (args.min_updates, args.round_seconds, args.port) == (5, 60.0, 8600)
+    assert args.mirrors == ["https://m.example/ailo"] and args.compact_downloads is True
+    for text, needle in [("min-update = 5\n", "did you mean 'min-updates'"), ("min-updates = -1\n", "at least 1"),
+                         ("codec = 'zip'\n", "not one of"), ("open = 'yes'\n", "true or false"), ("x = [\n", "TOML")]:
+        cfg.write_text(text)
+        r = run_cli("coordinator", "--config", str(cfg), "--state", str(tmp_path / "never"))
+        assert_one_line_error(r, needle)
+        assert not (tmp_path / "never").exists()
