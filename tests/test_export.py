@@ -92,7 +92,11 @@ def test_ailo_format_round_trips(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert manifest["version"] == 0 and manifest["preset"] == "ailo-tiny"
-    assert set(meta["files"]) == {"model.safetensors", "manifest.json"}
+    assert set(meta["files"]) == {"model.safetensors", "manifest.json", "README.md"}
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "version 0" in card and "Apache-2.0" in card and "Contributors" in card
+    for f in (tmp_path / "plain").iterdir():  # a release is public: world-readable
+        assert f.stat().st_mode & 0o044 == 0o044, f
     with pytest.raises(ExportError, match="already exists"):
         export_version(load_version(store, 0), tmp_path / "plain", "ailo")
     with pytest.raises(ExportError, match="no model version 7"):
@@ -173,3 +177,22 @@ def test_running_coordinator_dashboard_links_latest_export(tmp_path):
         assert weights.status_code == 200 and len(weights.content) == meta["files"]["model.safetensors"]["size"]
     finally:
         stop(proc)
+
+
+def test_train_out_is_a_model_generate_loads(tmp_path):
+    """`ailo train --out DIR` saves a Hugging Face folder that `ailo generate` samples from."""
+    import os
+    import subprocess
+    import sys
+    from tests.procs import ROOT
+    env = {**os.environ, "AILO_HOME": os.environ.get("AILO_HOME", str(ROOT)), "OMP_NUM_THREADS": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ailo.cli.main", *a], capture_output=True, text=True,
+                                    cwd=ROOT, env=env, timeout=600)
+    out = tmp_path / "trained"
+    r = run("train", "--steps", "2", "--eval-every", "2", "--batch-size", "2", "--seq-len", "32", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "config.json").is_file() and "1 machine" not in (out / "README.md").read_text()
+    r = run("generate", "--model", str(out), "--max-new-tokens", "5", "--seed", "1", "To be")
+    assert r.returncode == 0 and r.stdout.startswith("To be"), r.stderr
+    r = run("train", "--steps", "1", "--out", str(out))
+    assert r.returncode == 2 and "already exists" in r.stderr

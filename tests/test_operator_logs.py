@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest
-from ailo.federation.update_format import UpdateMeta, encode_update
+from ailo.federation.core.update_format import UpdateMeta, encode_update
 from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_json_logs_one_line_per_verdict_and_round(tmp_path):
 
 
 def test_api_docs_render_with_no_network(tmp_path):
-    from ailo.web.harness import chromium, ensure_built
+    from ailo.testing.harness import chromium, ensure_built
     ensure_built()
     state, port = tmp_path / "coord", free_port()
     url = f"http://127.0.0.1:{port}"
@@ -81,7 +81,7 @@ def test_pip_install_serves_the_page(tmp_path):
     """`pip install .` (not editable) into a fresh venv gives an `ailo` whose coordinator serves
     the bundled page. Dependencies come from the project venv through a .pth file (the registry
     is not needed for what is already installed); the package itself is built and installed."""
-    from ailo.web.harness import ensure_built
+    from ailo.testing.harness import ensure_built
     ensure_built()
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AILO_HOME")}
