@@ -32,6 +32,13 @@ class RequestCache:
         self.kv[layer] = (k, v)
         return k, v
 
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on: drafted tokens the room rejected (speculative decoding)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.kv = {i: (k[:, :, :length], v[:, :, :length]) for i, (k, v) in self.kv.items()}
+        self.length = length
+
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv.values())
 
@@ -215,8 +222,10 @@ class Head(nn.Module):
         self.norm = nn.LayerNorm(s.hidden, eps=s.norm_eps) if s.family == "ailo" else RMSNorm(s.hidden, s.norm_eps)
         self.lm_head = nn.Linear(s.hidden, s.vocab, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(x[:, -1, :])).float()
+    def forward(self, x: torch.Tensor, every: bool = False) -> torch.Tensor:
+        """(1, vocab) for the last position, or (T, vocab) for all T positions of batch row 0 when
+        `every` (the room verifies drafted tokens in one pass)."""
+        return self.lm_head(self.norm(x[0] if every else x[:, -1, :])).float()
 
 
 def make_unit(s: ModelSpec, unit: int) -> nn.Module:
@@ -248,7 +257,7 @@ class SpanModel(nn.Module):
         return self.head is not None
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, start_pos: int, cache: RequestCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int, cache: RequestCache, all_logits: bool = False) -> torch.Tensor:
         """Process positions [start_pos, start_pos + T); the cache must hold exactly start_pos."""
         if cache.length != start_pos:
             raise ValueError(f"cache holds {cache.length} positions, input starts at {start_pos}")
@@ -267,7 +276,7 @@ class SpanModel(nn.Module):
         for unit in self.units:
             x = unit(x, step, cache)
         cache.length = start_pos + t
-        return self.head(x) if self.head is not None else x
+        return self.head(x, all_logits) if self.head is not None else x
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

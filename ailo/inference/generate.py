@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ailo.inference.draft import propose
 from ailo.inference.plan import Span
+from ailo.inference.pushing import HopError, PushHub, PushPath, hop_cause, replay
 from ailo.inference.rewards import InferenceRewardSink, pay_request, refund_request
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
 from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
@@ -39,6 +41,8 @@ class GenerateParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_at_eos: bool = True
+    transport: str = "auto"  # "auto": nodes push activations to each other when all can; "relay": via us
+    draft_tokens: int = 4    # speculative decoding at temperature 0 (draft.py); 0 = off
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
@@ -60,6 +64,9 @@ class _Stats:
     decode_steps: int = 0
     rebuild_bytes: int = 0
     failovers: int = 0
+    passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass
@@ -78,6 +85,7 @@ class Generation:
     client_factory: Callable[[], NodeClient] = HttpNodeClient
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     checker: SpotChecker | None = None  # spot checks of a random fraction of hops (verify.py)
+    push: PushHub | None = None  # node-to-node activations (links.py, pushing.py)
 
     def __post_init__(self) -> None:
         self.room: Room = self.registry.get(self.room_id)
@@ -101,9 +109,40 @@ class Generation:
         # spans audited in this request (verify.py): what each was sent and answered since its cache was built
         chosen = [k for k in range(len(self.spans)) if self.checker is not None and self.checker.sample()]
         self._audit: dict[int, tuple[list, list, list]] = {k: ([], [], []) for k in chosen}
+        self._pushed = PushPath(self.push, self.request_id, self.hop_timeout) if self.push is not None else None
+        self._last_pushed = False
+
+    def _pushable(self) -> bool:
+        return (self._pushed is not None and self.params.transport != "relay"
+                and all(getattr(n, "link_token", None) for n in self.route))
+
+    def _through_push(self, ids: list[int], start: int, reset: bool, every: bool) -> tuple[torch.Tensor, int]:
+        greedy = self.params.temperature <= 0
+        first = Frame(self.request_id, start, (self.spans[0].start, self.spans[0].end),
+                      torch.tensor([ids], dtype=torch.long), reset, every, greedy)
+        for n in self.route:
+            self._used.setdefault(n.node_id, n)
+        try:
+            out = self._pushed.through(self.route, self.spans, first).tensor
+        except HopError as exc:
+            raise _HopFailed(exc.index, hop_cause(exc)) from None
+        rows = len(ids) if every else 1
+        want = (rows,) if greedy else (rows, self.room.spec.vocab)
+        ok = out.dtype == torch.int64 and bool(((out >= 0) & (out < self.room.spec.vocab)).all()) if greedy \
+            else bool(torch.isfinite(out).all())
+        if tuple(out.shape) != want or not ok:
+            raise _HopFailed(len(self.spans) - 1, NodeUnavailable(
+                f"answered {tuple(out.shape)} {out.dtype} (expected {want}) or values out of range"))
+        for n in self.route:
+            self.processed.setdefault(n.node_id, n.address)
+        self._last_pushed = True
+        return out, len(ids) * 8 + out.numel() * out.element_size()
 
     # ----- pipeline -----------------------------------------------------------------------
-    def _through(self, ids: list[int], start: int, reset: bool) -> tuple[torch.Tensor, int]:
+    def _through(self, ids: list[int], start: int, reset: bool, every: bool) -> tuple[torch.Tensor, int]:
+        if self._pushable():
+            return self._through_push(ids, start, reset, every)
+        self._last_pushed = False
         x = torch.tensor([ids], dtype=torch.long)
         moved = 0
         for k, span in enumerate(self.spans):
@@ -131,13 +170,15 @@ class Generation:
                 answers.append(out)
                 ends.append(start + x.shape[1])
             x = out
-        return x[0], moved
+        return x, moved
 
-    def _forward(self, new_ids: list[int], start: int) -> torch.Tensor:
+    def _forward(self, new_ids: list[int], start: int, every: bool = False) -> torch.Tensor:
+        """Logits (1, vocab) of the last position — every position's with `every` — or, on the
+        pushed path at temperature 0, the greedy token ids (rows,)."""
         ids, reset, attempts = new_ids, start == 0, 0
         while True:
             try:
-                logits, moved = self._through(ids, start, reset)
+                logits, moved = self._through(ids, start, reset, every)
             except _HopFailed as hop:
                 attempts += 1
                 span, node = self.spans[hop.index], self.route[hop.index]
@@ -146,16 +187,17 @@ class Generation:
                                           f"{span.label} on node {node.node_id}: {hop.cause}") from None
                 if isinstance(hop.cause, NodeUnavailable):
                     self._replace(hop.index, str(hop.cause))
-                ids, start, reset = list(self.tokens), 0, True  # rebuild every span's cache
+                ids, start, reset = self.tokens[:start] + ids, 0, True  # rebuild every span's cache
                 continue
             if reset and start == 0 and attempts:
                 self.stats.rebuild_bytes += moved
-            elif len(ids) == 1 and start > 0:
+            elif start > 0:
                 self.stats.decode_bytes += moved
                 self.stats.decode_steps += 1
             else:
                 self.stats.prefill_bytes += moved
-            return logits
+            self.stats.passes += 1
+            return logits[-(len(new_ids) if every else 1):]
 
     def _replace(self, k: int, reason: str) -> None:
         span, node = self.spans[k], self.route[k]
@@ -175,6 +217,28 @@ class Generation:
         self._notes.append({"type": "failover", "span": span.label, "from": node.node_id,
                             "to": options[0].node_id, "reason": reason})
 
+    def _collect_audits(self) -> list[SpanAudit]:
+        """The audited spans' hops: recorded by us on the relay path, fetched signed from the
+        neighbours on the pushed path (before the nodes are released)."""
+        out = []
+        for k in self._audit:
+            s = self.spans[k]
+            if self._last_pushed:
+                pairs = self._pushed.audit_pairs(self.route, k)
+                got = replay(pairs, s.last) if pairs else None
+                if got is None:
+                    log.warning("request %s: %s's frames cannot be audited", self.request_id, s.label)
+                    continue
+                inputs, answers, ends = got
+            else:
+                sent, answers, ends = self._audit[k]
+                if not answers:
+                    continue
+                inputs = torch.cat(sent, dim=1)
+            out.append(SpanAudit(self.room_id, self.request_id, k, (s.start, s.end), s.label, s.last,
+                                 self.route[k], inputs, answers, ends))
+        return out
+
     def _drain(self) -> list[dict]:
         notes, self._notes = self._notes, []
         return notes
@@ -187,29 +251,47 @@ class Generation:
         eos = set(spec.eos_token_ids) if p.stop_at_eos else set()
         for n in self.route:
             self.registry.set_active(n, +1)
-        completed, emitted, finish = False, "", "length"
+        completed, emitted, finish, audits = False, "", "length", []
         try:
             yield {"type": "start", "request_id": self.request_id, "room": self.room_id,
                    "prompt_tokens": len(self.prompt),
                    "route": [{"span": s.label, "node_id": n.node_id} for s, n in zip(self.spans, self.route)]}
-            new, start = list(self.prompt), 0
-            for i in range(budget):
-                logits = self._forward(new, start)
+            new, start, i = list(self.prompt), 0, 0
+            k = p.draft_tokens if p.temperature <= 0 else 0
+            while i < budget:
+                drafts = propose(self.tokens, min(k, budget - i - 1)) if start > 0 and k and self._pushable() else []
+                out = self._forward(new + drafts, start, every=bool(drafts))
                 yield from self._drain()
-                tok = sample(logits, p.temperature, p.top_p, gen)
-                start = len(self.tokens)
-                self.tokens.append(tok)
-                new = [tok]
-                piece: str | None = None
-                if self.decode_text is not None:
-                    piece = ""
-                    text = self.decode_text(self.tokens[len(self.prompt):])
-                    if not text.endswith("\ufffd"):
-                        piece, emitted = text[len(emitted):], text
-                yield {"type": "token", "index": i, "token": tok, "text": piece}
-                if tok in eos:
-                    finish = "eos"
+                if out.dtype == torch.int64:
+                    picks = out.view(-1).tolist()
+                elif drafts:
+                    picks = out.argmax(-1).tolist()
+                else:
+                    picks = [sample(out[-1], p.temperature, p.top_p, gen)]
+                emit = [picks[0]]
+                for j, d in enumerate(drafts):  # the room's own choice decides; a draft only saves a pass
+                    if picks[j] != d:
+                        break
+                    emit.append(picks[j + 1])
+                self.stats.drafted += len(drafts)
+                self.stats.accepted += len(emit) - 1
+                for tok in emit[:budget - i]:
+                    self.tokens.append(tok)
+                    piece: str | None = None
+                    if self.decode_text is not None:
+                        piece = ""
+                        text = self.decode_text(self.tokens[len(self.prompt):])
+                        if not text.endswith("\ufffd"):
+                            piece, emitted = text[len(emitted):], text
+                    yield {"type": "token", "index": i, "token": tok, "text": piece}
+                    i += 1
+                    if tok in eos:
+                        finish = "eos"
+                        break
+                if finish == "eos":
                     break
+                start, new = len(self.tokens) - 1, [self.tokens[-1]]
+            audits = self._collect_audits()
             completed = True
         except GenerationError as exc:
             yield from self._drain()
@@ -222,11 +304,10 @@ class Generation:
                 if n.node_id not in self.failed:
                     self._client.release(n.url, self.request_id)
             self._client.close()
+            if self.push is not None:
+                self.push.close(self.request_id)
         if completed:
-            checks = [self.checker.submit(SpanAudit(self.room_id, self.request_id, k, (s.start, s.end), s.label,
-                                                    s.last, self.route[k], torch.cat(sent, dim=1), answers, ends))
-                      for k, (sent, answers, ends) in self._audit.items() if answers
-                      for s in [self.spans[k]]]
+            checks = [self.checker.submit(a) for a in audits]
             verdicts = []
             for future in checks:  # rewards wait for this request's audits
                 try:
@@ -247,6 +328,10 @@ class Generation:
                    "stats": {"prefill_bytes": self.stats.prefill_bytes, "decode_bytes": self.stats.decode_bytes,
                              "decode_steps": self.stats.decode_steps, "rebuild_bytes": self.stats.rebuild_bytes,
                              "bytes_per_token": self.stats.decode_bytes / steps,
+                             "transport": "push" if self._last_pushed else "relay", "passes": self.stats.passes,
+                             "drafted": self.stats.drafted, "accepted": self.stats.accepted,
+                             "acceptance": round(self.stats.accepted / self.stats.drafted, 3)
+                             if self.stats.drafted else None,
                              "node_compute_ms": round(getattr(self._client, "node_compute_ms", 0.0), 3)}}
 
 

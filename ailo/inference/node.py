@@ -24,6 +24,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from ailo.backoff import Backoff, is_transient
 from ailo.inference.auth import sign_request
 from ailo.inference.blocks import RequestCache, SpanModel
+from ailo.inference.links import NodeLink, add_link_routes
 from ailo.inference.loader import load_span
 from ailo.inference.spec import read_spec
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
@@ -82,6 +83,7 @@ class NodeService:
     node_id: str | None = None
     room: str | None = None
     attack: str | None = None  # tests/benchmarks only: "zeros" | "noise" | "skip" (see _cheat)
+    link: NodeLink | None = None  # pushed pipelines (links.py), set when the node joins a room
 
     def __post_init__(self) -> None:
         self.spec = read_spec(self.model_dir)
@@ -116,17 +118,21 @@ class NodeService:
                     raise HTTPException(409, f"no cache for request {frame.request_id}; "
                                              f"resend from position 0 (got {frame.start})")
                 cache = self.caches.new(frame.request_id)
+            elif frame.start < cache.length:  # drafted tokens the room rejected: forget them
+                cache.truncate(frame.start)
             elif cache.length != frame.start:
                 raise HTTPException(409, f"cache holds {cache.length} positions, frame starts at {frame.start}")
             try:
-                out = model(x.to(self.device), frame.start, cache) if self.attack is None \
-                    else _cheat(self.attack, model, x.to(self.device), frame.start, cache)
+                out = model(x.to(self.device), frame.start, cache, frame.all_logits) if self.attack is None \
+                    else _cheat(self.attack, model, x.to(self.device), frame.start, cache, frame.all_logits)
             except ValueError as exc:
                 self.caches.drop(frame.request_id)
                 raise HTTPException(400, str(exc)) from None
             except Exception:
                 self.caches.drop(frame.request_id)
                 raise
+        if frame.greedy and model.last:  # temperature 0: the token ids, not 4 × vocab bytes a position
+            out = out.argmax(-1)
         return Frame(frame.request_id, frame.start, frame.span, out.cpu())
 
     def info(self) -> dict:
@@ -142,17 +148,18 @@ class _Skipped(torch.nn.Module):
         return x
 
 
-def _cheat(attack: str, model: SpanModel, x: torch.Tensor, start: int, cache: RequestCache) -> torch.Tensor:
+def _cheat(attack: str, model: SpanModel, x: torch.Tensor, start: int, cache: RequestCache,
+           all_logits: bool = False) -> torch.Tensor:
     """A dishonest node, for the spot-check tests and bench/verify.py: answers zeros, noise of
     the right scale, or skips the last unit (half-layer) of its span."""
     if attack == "skip":
         last = len(model.units) - 1
         unit, model.units[last] = model.units[last], _Skipped()
         try:
-            return model(x, start, cache)
+            return model(x, start, cache, all_logits)
         finally:
             model.units[last] = unit
-    out = model(x, start, cache)
+    out = model(x, start, cache, all_logits)
     if attack == "zeros":
         return torch.zeros_like(out)
     if attack == "noise":
@@ -181,7 +188,11 @@ def build_node_app(service: NodeService) -> FastAPI:
     def release(request_id: str) -> dict:
         with service.lock:
             service.caches.drop(request_id)
+        if service.link is not None:
+            service.link.forget(request_id)
         return {"released": request_id}
+
+    add_link_routes(app, service)
 
     @app.get("/v1/node/info")
     def info() -> dict:
@@ -221,6 +232,8 @@ class RoomAgent:
     def __post_init__(self) -> None:
         self.stop = threading.Event()
         self._http = httpx.Client(base_url=self.coordinator.rstrip("/"), timeout=10.0)
+        if self.service.link is None:  # frames pushed by other nodes, outputs pushed on (links.py)
+            self.service.link = NodeLink(self.wallet, self.coordinator, self.room)
         self._joined_once = False
         self.failures = 0      # consecutive failed steps (drives the back-off)
         self.outages = 0       # times the coordinator became unavailable
@@ -247,7 +260,8 @@ class RoomAgent:
 
     def _join(self) -> None:
         reply = self._post("join", {"url": self.url, "memory": self.memory,
-                                    "fingerprint": self.service.spec.fingerprint()})
+                                    "fingerprint": self.service.spec.fingerprint(),
+                                    "link_token": self.service.link.token})
         self.service.node_id, self.service.room = reply["node_id"], self.room
         self._joined_once = True
         self.interval = float(reply.get("heartbeat_interval", self.interval))

@@ -46,6 +46,7 @@ class NodeRecord:
     served: int = 0
     checks: int = 0     # spot checks of this node's hops (ailo.inference.verify)
     strikes: int = 0    # convictions; the node loses its slot at the room's limit
+    link_token: str | None = None  # secret the node gave at join: it takes pushed frames (links.py)
 
 
 @dataclass
@@ -120,7 +121,8 @@ class RoomRegistry:
         span = room.span_of(node)
         return span is not None and node.loaded == (span.start, span.end) and self.alive(node)
 
-    def join(self, room_id: str, *, url: str, memory: int, fingerprint: str, address: str | None = None) -> NodeRecord:
+    def join(self, room_id: str, *, url: str, memory: int, fingerprint: str, address: str | None = None,
+             link_token: str | None = None) -> NodeRecord:
         """`address` is the signer of the join (its reward address). A URL already used by a
         live node of ANOTHER owner is refused; the same owner (a restart) replaces its old record."""
         room = self.get(room_id)
@@ -139,7 +141,7 @@ class RoomRegistry:
                     if other.address != address and self.alive(other):
                         raise RoomError(f"URL {url} is served by a live node of another wallet", 409, "url_in_use")
                     del room.nodes[other.node_id]
-            node = NodeRecord(secrets.token_hex(16), address, url, int(memory), now, now)
+            node = NodeRecord(secrets.token_hex(16), address, url, int(memory), now, now, link_token=link_token)
             node.strikes = room.strikes.get(address, 0) if address else 0  # leaving does not wipe a record
             if room.plan is None:
                 for other in list(room.nodes.values()):

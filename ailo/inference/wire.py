@@ -6,7 +6,11 @@ Layout (little-endian), one frame per HTTP body, both directions:
     version               u8   (1)
     dtype code            u8   (0 f32, 1 f16, 2 bf16, 3 i64)
     ndim                  u8
-    flags                 u8   (bit 0: reset — drop this request's cache before running)
+    flags                 u8   (bit 0: reset — drop this request's cache before running;
+                                bit 1: all logits — the last span answers every position's logits,
+                                for speculative decoding, not only the final one;
+                                bit 2: greedy — the last span answers the argmax token ids (int64)
+                                instead of float32 logits: 8 bytes a position instead of 4 × vocab)
     start position        u32  (absolute position of the first row)
     span start, span end  u32, u32 (units the sender expects the receiver to run)
     request id length     u16, then the id in UTF-8
@@ -27,6 +31,8 @@ MAGIC = b"AILF"
 VERSION = 1
 CONTENT_TYPE = "application/x-ailo-frame"
 FLAG_RESET = 1
+FLAG_ALL_LOGITS = 2
+FLAG_GREEDY = 4
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64]
 _FIXED = struct.Struct("<4sBBBBIIIH")
 
@@ -42,16 +48,22 @@ class Frame:
     span: tuple[int, int]
     tensor: torch.Tensor
     reset: bool = False
+    all_logits: bool = False
+    greedy: bool = False
 
     def encode(self) -> bytes:
         t = self.tensor.detach().contiguous().cpu()
         if t.dtype not in _DTYPES:
             raise WireError(f"dtype {t.dtype} cannot travel")
         rid = self.request_id.encode()
-        head = _FIXED.pack(MAGIC, VERSION, _DTYPES.index(t.dtype), t.dim(), FLAG_RESET if self.reset else 0,
+        head = _FIXED.pack(MAGIC, VERSION, _DTYPES.index(t.dtype), t.dim(), self.flags,
                            self.start, self.span[0], self.span[1], len(rid))
         shape = struct.pack(f"<{t.dim()}I", *t.shape)
         return b"".join((head, rid, shape, t.view(torch.uint8).numpy().tobytes() if t.numel() else b""))
+
+    @property
+    def flags(self) -> int:
+        return (FLAG_RESET * self.reset) | (FLAG_ALL_LOGITS * self.all_logits) | (FLAG_GREEDY * self.greedy)
 
     @classmethod
     def decode(cls, data: bytes) -> "Frame":
@@ -75,4 +87,5 @@ class Frame:
         if len(payload) != n * torch.empty((), dtype=dtype).element_size():
             raise WireError(f"payload of {len(payload)} bytes does not match shape {shape} {dtype}")
         tensor = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
-        return cls(rid, start, (s0, s1), tensor, bool(flags & FLAG_RESET))
+        return cls(rid, start, (s0, s1), tensor, bool(flags & FLAG_RESET),
+                   bool(flags & FLAG_ALL_LOGITS), bool(flags & FLAG_GREEDY))

@@ -20,13 +20,16 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ailo.inference.links import H_SIGNATURE, frame_signer
+from ailo.inference.pushing import PushHub
+from ailo.inference.wire import Frame, WireError
 from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier, check_node_url, check_operator
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.plan import PRESETS, PlanError, get_preset
@@ -57,6 +60,9 @@ class Join(BaseModel):
     memory: int = Field(ge=1, le=2 ** 53)
     fingerprint: str = Field(max_length=128)
     address: str | None = Field(None, description="optional; must equal the signer (rewards go to the signer)")
+    link_token: str | None = Field(None, min_length=16, max_length=128,
+                                   description="the node takes pushed frames from its neighbours: the secret "
+                                   "the coordinator shows it when routing (ailo/inference/links.py)")
 
 
 class Heartbeat(BaseModel):
@@ -78,6 +84,9 @@ class GenerateBody(BaseModel):
     stop_at_eos: bool = True
     stream: bool = True
     payment: dict[str, Any] | None = Field(None, description="signed PAY_INFERENCE transaction (docs/LEDGER.md)")
+    transport: Literal["auto", "relay"] = Field("auto", description="auto: nodes push activations to each other "
+                                                "when every node of the route can; relay: every hop via the coordinator")
+    draft_tokens: int = Field(4, ge=0, le=16, description="speculative decoding at temperature 0 (0 = off)")
 
 
 @dataclass
@@ -170,6 +179,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     per_ip = RateLimiter(policy.generate_per_ip_per_min, policy.generate_ip_burst, "network address")
     joins_per_ip = RateLimiter(policy.join_per_ip_per_min, policy.join_ip_burst, "network address")
     payments = rewards if isinstance(rewards, InferencePayments) else None  # a ledger: requests are paid
+    push = PushHub()  # node-to-node activations: routes out, last spans' outputs back
 
     def price(room) -> int | None:
         return request_price(len(room.plan.spans)) if payments is not None and room.plan is not None else None
@@ -271,7 +281,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                 raise AuthError(400, "address_not_signer", "rewards go to the signing wallet: 'address' must be "
                                 f"the signer {signer} (or left out)")
             url = check_node_url(body.url, policy.allow_private_urls)
-            node = rooms.join(room_id, url=url, memory=body.memory, fingerprint=body.fingerprint, address=signer)
+            node = rooms.join(room_id, url=url, memory=body.memory, fingerprint=body.fingerprint, address=signer,
+                              link_token=body.link_token)
             return {"node_id": node.node_id, "room": room_id, "address": signer,
                     "span": span_dict(room_id, node.node_id), "heartbeat_interval": rooms.heartbeat_interval,
                     "heartbeat_timeout": rooms.heartbeat_timeout}
@@ -300,6 +311,39 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             return _refusal(exc)
         return {"left": body.node_id}
 
+    @router.post("/{room_id}/frames", include_in_schema=False)
+    async def frames(room_id: str, request: Request):
+        """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
+        raw = await _body(request)
+        signer = frame_signer(request.headers, raw)
+        if signer is None:
+            return JSONResponse({"detail": "frame is not signed by the X-Ailo-Address wallet",
+                                 "reason": "bad_signature"}, 401)
+        try:
+            rid = Frame.decode(raw).request_id
+        except WireError as exc:
+            return JSONResponse({"detail": f"bad frame: {exc}", "reason": "bad_frame"}, 400)
+        status, reason, detail = push.deliver(rid, signer, raw, request.headers.get(H_SIGNATURE, ""))
+        return Response(status_code=202) if status == 202 else JSONResponse({"detail": detail, "reason": reason}, status)
+
+    @router.post("/{room_id}/hop-errors", include_in_schema=False)
+    async def hop_errors(room_id: str, request: Request):
+        """A node of a pushed request could not run its frame, or reach the next node."""
+        raw = await _body(request)
+        signer = frame_signer(request.headers, raw)
+        if signer is None:
+            return JSONResponse({"detail": "report is not signed by the X-Ailo-Address wallet",
+                                 "reason": "bad_signature"}, 401)
+        try:
+            d = json.loads(raw)
+            span = tuple(int(v) for v in d["span"]) if d.get("span") else None
+            status, reason, detail = push.hop_error(str(d["request_id"]), signer, span,
+                                                    "next" if d.get("failed") == "next" else "self",
+                                                    int(d.get("status", 502)), str(d.get("detail", ""))[:500])
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"detail": f"bad report: {exc}", "reason": "bad_request"}, 400)
+        return Response(status_code=202) if status == 202 else JSONResponse({"detail": detail, "reason": reason}, status)
+
     @router.post("/{room_id}/generate", openapi_extra=signed_json(GenerateBody, "the request"),
                  responses=reply(GenerateDone, content=NDJSON,
                                  more={502: {"description": "every node of a span failed (stream: false)"},
@@ -316,11 +360,12 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             if body.prompt is not None and codec is None:
                 raise RoomError(f"room {room_id!r} has no tokenizer; send 'input_ids'", 400)
             ids = body.input_ids if body.input_ids is not None else codec.encode(body.prompt).ids
-            params = GenerateParams(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop_at_eos)
+            params = GenerateParams(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop_at_eos,
+                                    body.transport, body.draft_tokens)
             decode: Callable | None = codec.decode if codec is not None else None
             gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
                              hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode,
-                             client_factory=client_factory or HttpNodeClient, checker=checker)
+                             client_factory=client_factory or HttpNodeClient, checker=checker, push=push)
             if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
                 gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
         except (AuthError, RoomError, ValidationError) as exc:

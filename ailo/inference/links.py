@@ -1,0 +1,258 @@
+"""Node-to-node activations (issue 28): a node pushes its output straight to the next span's node.
+
+The coordinator relays nothing per token. For each request it sends every node of the route
+its place once (`POST /v1/node/route`: who may send this request's frames, where the output
+goes), pushes the first frame to the first span's node, and waits for the last span's
+node to push the logits back to it (`POST /v1/rooms/{room}/frames` on the coordinator). Each
+hop is one one-way trip over a kept-alive connection; the 202 that acknowledges a push travels
+back off the critical path.
+
+Trust:
+- route and coordinator frames carry the node's link token (`X-Ailo-Link`): a random secret the
+  node gave the coordinator in its signed join, so only that coordinator can route it;
+- every node-to-node (and node-to-coordinator) frame is signed by the sending node's wallet
+  over `ailo-frame/v1|<sha256 hex of the frame bytes>` (`X-Ailo-Address`, `X-Ailo-Signature`);
+  the receiver refuses (403) a frame for a request it is not routed for, from any wallet but the
+  route's predecessor, or for another span (421);
+- each node keeps the signed frames it received for a request (since its cache was last
+  built) until the request is released; spot checks fetch them (`GET .../received`), so an
+  audit re-runs a span on exactly the inputs its predecessor signed and compares with the
+  outputs the node itself signed: a node cannot deny what it sent.
+Failures: a node that cannot run a frame (409 lost cache, …) or cannot reach the next node reports
+it (`POST /v1/rooms/{room}/hop-errors`, signed) and the coordinator fails over as before.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import httpx
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+from ailo.wallet import Wallet, is_valid_address, verify_signature
+
+log = logging.getLogger(__name__)
+
+FRAME_PREFIX = "ailo-frame/v1"
+H_LINK, H_ADDRESS, H_SIGNATURE = "x-ailo-link", "x-ailo-address", "x-ailo-signature"
+MAX_ROUTES = 1024
+
+
+def frame_message(body: bytes) -> bytes:
+    return f"{FRAME_PREFIX}|{hashlib.sha256(body).hexdigest()}".encode("ascii")
+
+
+def sign_frame(wallet: Wallet, body: bytes) -> dict[str, str]:
+    return {H_ADDRESS: wallet.address, H_SIGNATURE: wallet.sign(frame_message(body))}
+
+
+def frame_signer(headers, body: bytes) -> str | None:
+    """The wallet that signed `body`, or None when the signature is missing or wrong."""
+    address, sig = headers.get(H_ADDRESS), headers.get(H_SIGNATURE)
+    if not address or not sig or not is_valid_address(address):
+        return None
+    return address if verify_signature(address, frame_message(body), sig) else None
+
+
+@dataclass
+class Hop:
+    """This node's place in one request's route."""
+
+    request_id: str
+    prev: str | None            # wallet address allowed to push frames here; None = the coordinator only
+    next_url: str | None        # where outputs go; None = back to the coordinator (last span)
+    next_span: tuple[int, int] | None
+
+
+@dataclass
+class SignedFrame:
+    body: bytes
+    address: str
+    signature: str
+
+    def to_json(self) -> dict:
+        return {"body": base64.b64encode(self.body).decode(), "address": self.address, "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SignedFrame":
+        return cls(base64.b64decode(d["body"]), str(d["address"]), str(d["signature"]))
+
+    def valid(self) -> bool:
+        return is_valid_address(self.address) and verify_signature(self.address, frame_message(self.body),
+                                                                   self.signature)
+
+
+@dataclass
+class NodeLink:
+    """What a node needs to take part in pushed pipelines: its wallet (signs frames), its
+    coordinator (where the last span's output and hop errors go) and the link token."""
+
+    wallet: Wallet
+    coordinator: str
+    room: str
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    routes: OrderedDict = field(default_factory=OrderedDict)       # request id -> Hop
+    received: dict[str, list[SignedFrame]] = field(default_factory=dict)
+    queue: asyncio.Queue | None = None
+    http: httpx.AsyncClient | None = None
+    pushed: int = 0
+
+    def authorised(self, headers) -> bool:
+        given = headers.get(H_LINK) or ""
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def route(self, hop: Hop) -> None:
+        self.routes[hop.request_id] = hop
+        self.routes.move_to_end(hop.request_id)
+        while len(self.routes) > MAX_ROUTES:
+            rid, _ = self.routes.popitem(last=False)
+            self.received.pop(rid, None)
+
+    def forget(self, rid: str) -> None:
+        self.routes.pop(rid, None)
+        self.received.pop(rid, None)
+
+
+class Refused(Exception):
+    """A push, route or read this node will not take: answered {"detail", "reason"} with `status`."""
+
+    def __init__(self, status: int, reason: str, detail: str):
+        super().__init__(detail)
+        self.status, self.reason = status, reason
+
+
+def _refuse(status: int, reason: str, detail: str) -> Refused:
+    return Refused(status, reason, detail)
+
+
+def add_link_routes(app: FastAPI, service) -> None:
+    """Mount the push endpoints on a node app (`service`: node.NodeService with a `link`)."""
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status)
+
+    def link_or_404() -> NodeLink:
+        if service.link is None:
+            raise _refuse(404, "no_link", "this node takes no pushed frames (it has not joined a room)")
+        return service.link
+
+    @app.post("/v1/node/route")
+    async def route(request: Request) -> dict:
+        link = link_or_404()
+        if not link.authorised(request.headers):
+            raise _refuse(403, "not_coordinator", "only this node's coordinator may route requests to it")
+        try:
+            d = json.loads(await request.body())
+            span = d.get("next_span")
+            hop = Hop(str(d["request_id"]), d.get("prev"), d.get("next_url"),
+                      (int(span[0]), int(span[1])) if span else None)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _refuse(400, "bad_route", f"bad route: {exc}") from None
+        link.route(hop)
+        return {"routed": hop.request_id}
+
+    @app.post("/v1/node/push", status_code=202)
+    async def push(request: Request) -> Response:
+        link = link_or_404()
+        body = await request.body()
+        try:
+            frame = Frame.decode(body)
+        except WireError as exc:
+            raise _refuse(400, "bad_frame", f"bad frame: {exc}") from None
+        hop = link.routes.get(frame.request_id)
+        if hop is None:
+            raise _refuse(403, "not_routed", f"this node is not routed for request {frame.request_id}")
+        if link.authorised(request.headers):
+            sender = None
+        else:
+            sender = frame_signer(request.headers, body)
+            if sender is None:
+                raise _refuse(401, "bad_signature", "frame is not signed by the X-Ailo-Address wallet")
+            if sender != hop.prev:
+                raise _refuse(403, "wrong_sender", f"request {frame.request_id} takes frames from "
+                              f"{hop.prev or 'the coordinator'}, not {sender}")
+        if service.span is None or frame.span != service.span:
+            raise _refuse(421, "wrong_span", f"this node serves {service.span}, not {list(frame.span)}")
+        if sender is not None:
+            log_ = link.received.setdefault(frame.request_id, [])
+            if frame.reset:
+                log_.clear()  # the cache is rebuilt: earlier frames are superseded
+            log_.append(SignedFrame(body, sender, request.headers[H_SIGNATURE]))
+        if link.queue is None:
+            link.queue = asyncio.Queue()
+            link.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), timeout=30.0)
+            asyncio.get_running_loop().create_task(_worker(service, link))
+        link.queue.put_nowait((frame, hop))
+        return Response(status_code=202)
+
+    @app.get("/v1/node/requests/{request_id}/received")
+    async def received(request_id: str, request: Request) -> dict:
+        link = link_or_404()
+        if not link.authorised(request.headers):
+            raise _refuse(403, "not_coordinator", "only this node's coordinator may read its frames")
+        return {"frames": [f.to_json() for f in link.received.get(request_id, [])]}
+
+
+async def _worker(service, link: NodeLink) -> None:
+    """Frames in arrival order: compute (under the node's lock, on this loop: compute is short and
+    the hand-off to a thread costs more), sign, push on without waiting for the receiver."""
+    assert link.queue is not None
+    while True:
+        frame, hop = await link.queue.get()
+        try:
+            out = service.forward(frame)
+        except HTTPException as exc:
+            asyncio.ensure_future(_report(link, frame.request_id, "self", exc.status_code, str(exc.detail),
+                                           frame.span))
+            continue
+        except Exception as exc:  # never let one frame stop the worker
+            log.exception("push worker: frame of %s failed", frame.request_id)
+            asyncio.ensure_future(_report(link, frame.request_id, "self", 500, f"{type(exc).__name__}: {exc}",
+                                           frame.span))
+            continue
+        span = hop.next_span or frame.span
+        body = Frame(frame.request_id, frame.start, span, out.tensor, frame.reset, frame.all_logits,
+                     frame.greedy).encode()
+        target = f"{hop.next_url}/v1/node/push" if hop.next_url else \
+            f"{link.coordinator.rstrip('/')}/v1/rooms/{link.room}/frames"
+        asyncio.ensure_future(_send(link, target, body, frame.request_id, hop.next_url is not None, frame.span))
+
+
+async def _send(link: NodeLink, url: str, body: bytes, rid: str, to_node: bool, span: tuple[int, int]) -> None:
+    assert link.http is not None
+    headers = {"content-type": CONTENT_TYPE, **sign_frame(link.wallet, body)}
+    try:
+        r = await link.http.post(url, content=body, headers=headers)
+        if r.status_code < 300:
+            link.pushed += 1
+            return
+        detail = f"HTTP {r.status_code}: {r.text[:300]}"
+    except httpx.HTTPError as exc:
+        detail = f"{type(exc).__name__}: {exc or 'connection lost'}"
+    if to_node:
+        await _report(link, rid, "next", 502, detail, span)
+    else:
+        log.warning("coordinator refused the output of %s: %s", rid, detail)
+
+
+async def _report(link: NodeLink, rid: str, failed: str, status: int, detail: str,
+                  span: tuple[int, int] | None = None) -> None:
+    """Tell the coordinator that this node ("self") or the next one ("next") could not go on."""
+    assert link.http is not None
+    body = json.dumps({"request_id": rid, "failed": failed, "status": status, "detail": detail[:500],
+                       "span": list(span) if span else None}).encode()
+    try:
+        await link.http.post(f"{link.coordinator.rstrip('/')}/v1/rooms/{link.room}/hop-errors", content=body,
+                             headers={"content-type": "application/json", **sign_frame(link.wallet, body)})
+    except httpx.HTTPError as exc:
+        log.warning("cannot report a hop error for %s: %s", rid, exc)

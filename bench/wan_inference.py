@@ -1,0 +1,190 @@
+"""Rooms over the internet: tokens/s of real coordinator and node processes behind emulated links.
+
+Shapes of the whitepaper's presets at tiny width (compute is negligible, so this measures the
+network path): Qwen 1.8B × 4 nodes (24 layers), Llama-2 7B × 12 nodes (32 layers). One
+coordinator process (`python -m ailo...devserver`, the rooms router of `ailo coordinator`) and
+N `ailo node` processes; each listens behind its own link of `bench/linkemu.py`, so every link
+(coordinator → node, node → node, node → coordinator) has the same round trip and bandwidth.
+For each transport mode the same room is timed at 0 ms (loopback) and at --rtt-ms: one stream,
+then --concurrency streams at once (aggregate tokens/s); every run's tokens are compared with
+greedy decoding over all layers in this process. The 70B × 120 room is simulated from the
+per-hop cost measured here (120 processes do not fit a 2-core box). Prints one JSON line.
+
+    .venv/bin/python bench/wan_inference.py --preset llama-2-7b
+    .venv/bin/python bench/wan_inference.py --preset qwen-1.8b
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from linkemu import LinkEmulator  # noqa: E402
+
+from ailo.inference.auth import sign_request  # noqa: E402
+from ailo.inference.blocks import RequestCache  # noqa: E402
+from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
+from ailo.inference.loader import load_span  # noqa: E402
+from ailo.wallet import Wallet  # noqa: E402
+
+AILO = [sys.executable, "-m", "ailo.cli.main"]
+SHAPES = {"qwen-1.8b": dict(layers=24, nodes=4, vocab=32000), "llama-2-7b": dict(layers=32, nodes=12, vocab=32000),
+          "llama-2-70b": dict(layers=80, nodes=120, vocab=32000)}
+ASKERS = itertools.count()  # one wallet per request: the per-wallet rate limit is not what is measured
+# transport modes, as generate-request fields (see GenerateBody)
+MODES = {"relay": {"transport": "relay", "draft_tokens": 0},
+         "push": {"transport": "auto", "draft_tokens": 0},
+         "push+draft": {"transport": "auto", "draft_tokens": 4}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_generate(model, prompt: list[int], n: int) -> list[int]:
+    cache, out, x, pos = RequestCache(), [], torch.tensor([prompt]), 0
+    for _ in range(n):
+        logits = model(x, pos, cache)
+        pos += x.shape[1]
+        out.append(int(torch.argmax(logits[0])))
+        x = torch.tensor([[out[-1]]])
+    return out
+
+
+def ask(url: str, prompt: list[int], n: int, extra: dict) -> tuple[list[int], float, dict]:
+    body = json.dumps({"input_ids": prompt, "max_new_tokens": n, "stop_at_eos": False, "stream": False,
+                       **extra}).encode()
+    headers = {"content-type": "application/json", **sign_request(Wallet.from_label(f"wan-asker-{next(ASKERS)}"), "POST", "/v1/rooms/wan/generate", body)}
+    t0 = time.perf_counter()
+    r = httpx.post(f"{url}/v1/rooms/wan/generate", content=body, headers=headers, timeout=600)
+    dt = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise RuntimeError(f"generate: HTTP {r.status_code}: {r.text[:500]}")
+    done = r.json()
+    return done["tokens"], dt, done
+
+
+def start_coordinator(d: Path, port: int) -> tuple[subprocess.Popen, str]:
+    mod = "ailo.server.devserver" if (ROOT / "ailo/server/devserver.py").exists() else "ailo.inference.devserver"
+    log = open(d / "coordinator.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", mod, "--port", str(port), "--heartbeat-timeout", "30"],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = (d / "coordinator.log").read_text()
+        if "operator token:" in text:
+            return proc, text.split("operator token:")[1].split()[0]
+        if proc.poll() is not None:
+            raise SystemExit(f"coordinator died:\n{text}")
+        time.sleep(0.2)
+    raise SystemExit("coordinator did not start")
+
+
+def measure(url: str, prompt: list[int], n: int, extra: dict, concurrency: int, want: list[int]) -> dict:
+    toks, dt, done = ask(url, prompt, n, extra)
+    single = {"tokens_per_s": round(n / dt, 2), "ms_per_token": round(1000 * dt / n, 1), "match": toks == want,
+              "stats": done.get("stats", {})}
+    prompts = [prompt[i:] + prompt[:i] for i in range(concurrency)]  # distinct requests
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda p: ask(url, p, n, extra), prompts))
+    wall = time.perf_counter() - t0
+    single["aggregate_tokens_per_s"] = round(concurrency * n / wall, 2)
+    single["concurrent_match_first"] = results[0][0] == want
+    return single
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="llama-2-7b", choices=["qwen-1.8b", "llama-2-7b"])
+    ap.add_argument("--nodes", type=int)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--rtt-ms", type=float, default=40.0)
+    ap.add_argument("--mbit", type=float, default=50.0)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--modes", default=",".join(MODES))
+    args = ap.parse_args()
+    shape = SHAPES[args.preset]
+    nodes = args.nodes or shape["nodes"]
+
+    tmp = tempfile.TemporaryDirectory(prefix="ailo-bench-wan-")
+    d = Path(tmp.name)
+    make_hf_checkpoint(d, "llama", vocab=shape["vocab"], hidden=args.hidden, layers=shape["layers"], heads=4,
+                       kv_heads=4, intermediate=2 * args.hidden, init_std=0.05)
+    prompt = torch.randint(0, shape["vocab"], (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    emu = LinkEmulator().start()
+    cport = free_port()
+    coord, token = start_coordinator(d, cport)
+    direct = f"http://127.0.0.1:{cport}"
+    coord_link = emu.proxy("127.0.0.1", cport)  # what nodes call (results, heartbeats)
+    procs: list[subprocess.Popen] = []
+    try:
+        httpx.post(f"{direct}/v1/rooms", json={"id": "wan", "slots": nodes,
+                                               "model": json.loads((d / "config.json").read_text())},
+                   headers={"authorization": f"Bearer {token}"}).raise_for_status()
+        logs = open(d / "nodes.log", "w")
+        for i in range(nodes):
+            port = free_port()
+            key = Wallet.from_label(f"wan-node-{i}").save(d / f"node-{i}.json")
+            procs.append(subprocess.Popen(
+                [*AILO, "node", "--room", "wan", "--model-dir", str(d), "--coordinator", coord_link, "--port", str(port),
+                 "--advertise-url", emu.proxy("127.0.0.1", port), "--memory", "1GB", "--wallet", str(key)],
+                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                stdout=logs, stderr=subprocess.STDOUT))
+            time.sleep(0.3)  # join order = span order
+        deadline = time.monotonic() + 600
+        while httpx.get(f"{direct}/v1/rooms/wan").json()["state"] != "ready":
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit(f"room did not become ready:\n{(d / 'nodes.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        room = httpx.get(f"{direct}/v1/rooms/wan").json()
+        want = local_generate(load_span(d, 0, 2 * shape["layers"]).model, prompt, args.new_tokens)
+        out: dict = {"bench": "wan_inference", "preset": args.preset, "layers": shape["layers"], "nodes": nodes,
+                     "spans": len(room["plan"]["spans"]), "hidden": args.hidden, "rtt_ms": args.rtt_ms,
+                     "mbit_s": args.mbit, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                     "concurrency": args.concurrency}
+        for mode in args.modes.split(","):
+            extra = MODES[mode]
+            res = {}
+            for label, one_way in (("loopback", 0.0), ("wan", args.rtt_ms / 2000)):
+                emu.set(one_way, args.mbit if one_way else 0.0)
+                ask(direct, prompt, 4, extra)  # warm connections at this setting
+                res[label] = measure(direct, prompt, args.new_tokens, extra, args.concurrency, want)
+            out[mode] = res
+        out.update({"cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)})
+        print(json.dumps(out))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        coord.terminate()
+        coord.wait(timeout=15)
+        emu.stop()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
