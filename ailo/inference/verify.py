@@ -141,15 +141,35 @@ class ReferenceSpans:
 
 def hop_distances(audit: SpanAudit, want: torch.Tensor) -> list[float]:
     """Distance of each hop's answer to the referee's rows (a node referee on the last span
-    gives only the final position: then only the last hop is compared)."""
+    gives only the final position: then only the last hop is compared). Last-span answers are
+    (rows, vocab) logits or, on the pushed path at temperature 0, (rows,) greedy token ids; a
+    hop whose answer was cut by a later rollback (None) is not compared."""
     if audit.last and want.dim() == 2:
-        return [distance(audit.outputs[-1], want)]
+        got = next((o for o in reversed(audit.outputs) if o is not None), None)
+        return [] if got is None else [_last_distance(got[-1:], want)]
     out, start = [], 0
     for got, end in zip(audit.outputs, audit.ends):
-        ref = want[:, end - 1] if audit.last else want[:, start:end]
-        out.append(distance(got, ref))
+        if got is not None:
+            if audit.last:
+                rows = got.shape[0]
+                out.append(_last_distance(got, want[0, end - rows:end]))
+            else:
+                out.append(distance(got, want[:, start:end]))
         start = end
     return out
+
+
+def _last_distance(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Logits: relative L2. Greedy ids: how far below the referee's best logit the chosen
+    token's is, in standard deviations of the row (0 for an honest node; a near-tie stays tiny)."""
+    if got.dtype != torch.int64:
+        return distance(got, want)
+    w = want.float()
+    if got.dim() != 1 or got.shape[0] != w.shape[0] or bool((got < 0).any()) or bool((got >= w.shape[-1]).any()):
+        return math.inf
+    chosen = w.gather(-1, got.view(-1, 1)).squeeze(-1)
+    gap = float(((w.max(-1).values - chosen) / (w.std(-1) + 1e-12)).max())
+    return gap if math.isfinite(gap) else math.inf
 
 
 class SpotChecker:
@@ -217,7 +237,7 @@ class SpotChecker:
                 log.info("referee %s for %s unavailable: %s", name, rec.label, exc)
                 continue
             tol = tolerance(rec.outputs[-1].dtype, want.dtype)
-            results.append((name, max(hop_distances(rec, want)), tol))
+            results.append((name, max(hop_distances(rec, want), default=0.0), tol))
             dist = results[-1][1]
             if dist <= tol:
                 if len(results) == 1:

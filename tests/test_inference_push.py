@@ -1,0 +1,188 @@
+"""Node-to-node activations (issue 28): in-process nodes with links, over real HTTP, against a
+real rooms coordinator. Pushed tokens equal relayed and local greedy tokens (with and without
+drafts); frames from anyone but the route's predecessor are refused; spot checks catch a lying
+node on the push path; a node killed mid-request fails over to its replica."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+
+from ailo.inference.blocks import RequestCache
+from ailo.inference.checkpoints import make_hf_checkpoint
+from ailo.inference.links import H_LINK, NodeLink, sign_frame
+from ailo.inference.loader import load_span
+from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.rooms import RoomRegistry
+from ailo.inference.serving import ThreadedServer
+from ailo.inference.spec import read_spec
+from ailo.inference.verify import ReferenceSpans
+from ailo.inference.wire import CONTENT_TYPE, Frame
+from ailo.server import devserver
+from ailo.wallet import Wallet
+from tests.fakes import FakeLedger
+from tests.room_helpers import signed, signed_stream
+
+PROMPT = [3, 14, 15, 92, 65, 35, 3, 14]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("push")
+    make_hf_checkpoint(d, "llama", layers=3, init_std=0.02)
+    return d
+
+
+def greedy(ckpt, n: int) -> list[int]:
+    model = load_span(ckpt, 0, read_spec(ckpt).n_units).model
+    cache, out, x, pos = RequestCache(), [], torch.tensor([PROMPT]), 0
+    for _ in range(n):
+        logits = model(x, pos, cache)
+        pos += x.shape[1]
+        out.append(int(torch.argmax(logits[0])))
+        x = torch.tensor([[out[-1]]])
+    return out
+
+
+class Room:
+    """A coordinator and nodes named by letter; the first three get spans 0, 1, 2, later ones replicas."""
+
+    def __init__(self, ckpt, names: str, attacks: dict[str, str] | None = None, verify_p: float = 0.0):
+        self.reg = RoomRegistry(clock=lambda: 0.0)
+        self.reg.create_room("r", read_spec(ckpt), 3)
+        self.ledger = FakeLedger()
+        self.server = devserver.serve(self.reg, self.ledger, verify_p=verify_p,
+                                      references=lambda room: ReferenceSpans(ckpt))
+        self.nodes = {}
+        for name in names:
+            wallet = Wallet.from_label(f"push-{name}")
+            svc = NodeService(ckpt, attack=(attacks or {}).get(name))
+            svc.link = NodeLink(wallet, self.server.url, "r")
+            srv = ThreadedServer(build_node_app(svc)).start()
+            rec = self.reg.join("r", url=srv.url, memory=10 ** 9, fingerprint=svc.spec.fingerprint(),
+                                address=wallet.address, link_token=svc.link.token)
+            self.nodes[name] = (svc, srv, rec, wallet)
+        for svc, _, rec, _ in self.nodes.values():
+            span = self.reg.get("r").span_of(rec)
+            svc.load(span.start, span.end)
+            self.reg.heartbeat("r", rec.node_id, (span.start, span.end))
+        self.http = httpx.Client(base_url=self.server.url, timeout=60)
+
+    def ask(self, **kw) -> dict:
+        r = signed(self.http, "/v1/rooms/r/generate", Wallet.from_label("push-asker"),
+                   {"input_ids": PROMPT, "max_new_tokens": 12, "stop_at_eos": False, "stream": False, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def close(self) -> None:
+        for _, srv, _, _ in self.nodes.values():
+            srv.stop()
+        self.http.close()
+        self.server.stop()
+
+
+def test_pushed_tokens_equal_relayed_and_local_greedy_with_and_without_drafts(ckpt):
+    room = Room(ckpt, "abc")
+    try:
+        want = greedy(ckpt, 12)
+        pushed, drafted = room.ask(draft_tokens=0), room.ask(draft_tokens=4)
+        relayed = room.ask(transport="relay")
+        assert pushed["tokens"] == drafted["tokens"] == relayed["tokens"] == want
+        assert pushed["stats"]["transport"] == drafted["stats"]["transport"] == "push"
+        assert relayed["stats"]["transport"] == "relay"
+        assert pushed["stats"]["passes"] == 12 and pushed["stats"]["drafted"] == 0
+        s = drafted["stats"]
+        assert s["passes"] + s["accepted"] == 12 and 0 <= s["accepted"] <= s["drafted"]
+        assert sorted(pushed["payees"]) == sorted(n[3].address for n in room.nodes.values())  # paid as before
+        sampled = room.ask(temperature=0.8, seed=7)  # sampling: full logits travel back, no drafts
+        assert len(sampled["tokens"]) == 12 and sampled["stats"]["drafted"] == 0
+    finally:
+        room.close()
+
+
+def test_frames_from_anyone_but_the_routed_predecessor_are_refused(ckpt):
+    room = Room(ckpt, "abc")
+    try:
+        a, b, c = (room.nodes[k] for k in "abc")
+        span_b = (b[0].span[0], b[0].span[1])
+        x = torch.zeros(1, 1, read_spec(ckpt).hidden)
+        body = Frame("rid-1", 0, span_b, x, True).encode()
+        push = lambda srv, body, headers: httpx.post(f"{srv.url}/v1/node/push", content=body,  # noqa: E731
+                                                     headers={"content-type": CONTENT_TYPE, **headers})
+        # not routed for this request at all (a's wallet, a real member of the room)
+        r = push(b[1], body, sign_frame(a[3], body))
+        assert r.status_code == 403 and r.json()["reason"] == "not_routed"
+        # routes come only from the coordinator (the link token)
+        route = {"request_id": "rid-1", "prev": a[3].address, "next_url": c[1].url, "next_span": list(c[0].span)}
+        assert httpx.post(f"{b[1].url}/v1/node/route", json=route).json()["reason"] == "not_coordinator"
+        assert httpx.post(f"{b[1].url}/v1/node/route", json=route, headers={H_LINK: b[0].link.token}).status_code == 200
+        # routed, but signed by another wallet (c), or by nobody, or a's signature over other bytes
+        r = push(b[1], body, sign_frame(c[3], body))
+        assert r.status_code == 403 and r.json()["reason"] == "wrong_sender"
+        r = push(b[1], body, {})
+        assert r.status_code == 401 and r.json()["reason"] == "bad_signature"
+        r = push(b[1], body, sign_frame(a[3], body + b"x"))
+        assert r.status_code == 401 and r.json()["reason"] == "bad_signature"
+        assert len(b[0].caches) == 0 and b[0].link.pushed == 0  # nothing ran, nothing went on
+        # the coordinator takes outputs only for a waiting request, from its route's last node
+        out = Frame("rid-1", 0, span_b, torch.zeros(1, 4), False).encode()
+        r = httpx.post(f"{room.server.url}/v1/rooms/r/frames", content=out, headers=sign_frame(c[3], out))
+        assert r.status_code == 403 and r.json()["reason"] == "not_routed"
+        report = json.dumps({"request_id": "rid-1", "failed": "next", "status": 502, "detail": "x"}).encode()
+        r = httpx.post(f"{room.server.url}/v1/rooms/r/hop-errors", content=report,
+                       headers=sign_frame(Wallet.from_label("push-stranger"), report))
+        assert r.status_code == 403
+        assert room.ask()["tokens"] == greedy(ckpt, 12)  # the room still works
+    finally:
+        room.close()
+
+
+@pytest.mark.parametrize("liar", ["b", "c"])  # a middle span (hidden states) and the last span (greedy ids)
+def test_spot_checks_catch_a_lying_node_on_the_push_path(ckpt, liar):
+    room = Room(ckpt, "abc", attacks={liar: "noise"}, verify_p=1.0)
+    try:
+        cheat = room.nodes[liar][3].address
+        done = room.ask()
+        assert done["stats"]["transport"] == "push" and len(done["checks"]) == 3
+        bad = [c for c in done["checks"] if c["address"] == cheat]
+        assert len(bad) == 1 and bad[0]["status"] == "mismatch" and bad[0]["by"] == "reference"
+        assert all(c["status"] == "ok" for c in done["checks"] if c["address"] != cheat)
+        assert cheat not in done["payees"] and len(done["payees"]) == 2
+        assert cheat not in {a for a, _, _ in room.ledger.calls}
+        honest = Room(ckpt, "abc", verify_p=1.0)
+        try:
+            done = honest.ask(draft_tokens=4)  # drafts: rolled-back positions are cut from the audit
+            assert {c["status"] for c in done["checks"]} == {"ok"} and len(done["checks"]) == 3
+        finally:
+            honest.close()
+    finally:
+        room.close()
+
+
+def test_a_node_killed_mid_request_fails_over_to_its_replica_on_the_push_path(ckpt):
+    room = Room(ckpt, "abcd")  # d: a replica (the least-served span)
+    try:
+        d_span = room.nodes["d"][2].span
+        by_id = {rec.node_id: k for k, (_, _, rec, _) in room.nodes.items()}
+        with signed_stream(room.http, "/v1/rooms/r/generate", Wallet.from_label("push-asker"),
+                           {"input_ids": PROMPT, "max_new_tokens": 12, "stop_at_eos": False,
+                            "draft_tokens": 0}) as r:
+            events = []
+            for line in r.iter_lines():
+                events.append(json.loads(line))
+                if len(events) == 1:  # the start event names the route: kill the node serving d's span
+                    victim = by_id[events[0]["route"][d_span]["node_id"]]
+                    replica = next(k for k in by_id.values() if k != victim and room.nodes[k][2].span == d_span)
+                if [e["type"] for e in events].count("token") == 4 and room.nodes[victim][1].server.started:
+                    room.nodes[victim][1].stop()
+                    room.nodes[victim][1].server.started = False
+        fo = [e for e in events if e["type"] == "failover"]
+        assert len(fo) == 1 and fo[0]["from"] == room.nodes[victim][2].node_id
+        assert fo[0]["to"] == room.nodes[replica][2].node_id
+        assert events[-1]["type"] == "done" and events[-1]["tokens"] == greedy(ckpt, 12)
+        assert events[-1]["stats"]["transport"] == "push"
+    finally:
+        room.close()
