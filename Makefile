@@ -6,11 +6,12 @@ STAMP_PY := $(VENV)/.installed
 STAMP_JS := node_modules/.installed
 STAMP_CHROMIUM := $(VENV)/.chromium
 STAMP_SERVERS := $(VENV)/.servers
+STAMP_LAVAPIPE := $(VENV)/.lavapipe
 CORPUS := data/corpus/.fetched
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM) $(STAMP_SERVERS)
+setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM) $(STAMP_SERVERS) $(STAMP_LAVAPIPE)
 
 $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,12 @@ $(STAMP_CHROMIUM): | $(STAMP_PY)
 $(STAMP_SERVERS): | $(STAMP_PY)
 	{ [ -x /usr/sbin/nginx ] && [ -x /usr/lib/postgresql/15/bin/initdb ]; } || { [ "$$(id -u)" = 0 ] && SUDO= || SUDO="sudo -n"; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y nginx-light postgresql; }
+	touch $@
+
+# Mesa's software Vulkan (lavapipe >= 24, bookworm-backports): the WebGPU adapter of Dawn (npm
+# `webgpu`) on a machine without a GPU, for tests/test_webgpu.py (which fail, not skip, without it).
+$(STAMP_LAVAPIPE): scripts/install-lavapipe.sh | $(STAMP_PY)
+	sh scripts/install-lavapipe.sh
 	touch $@
 
 $(CORPUS): $(STAMP_PY) ailo/assets.py

@@ -13,9 +13,11 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
 const out = join(here, 'static');
+const nodeOut = join(here, 'node');  // the WebGPU runner for Node (src/runner/), not served
 const nm = join(root, 'node_modules');
 
 rmSync(out, { recursive: true, force: true });
+rmSync(nodeOut, { recursive: true, force: true });
 mkdirSync(join(out, 'wasm'), { recursive: true });
 mkdirSync(join(out, 'tokenizer'), { recursive: true });
 
@@ -43,6 +45,22 @@ await build({
   logLevel: 'warning',
   // tfjs-backend-wasm references Node built-ins behind runtime checks; never used in a page.
   external: ['fs', 'path', 'crypto', 'worker_threads', 'perf_hooks', 'os'],
+});
+
+// The same modules for Node (ailo/web/node/runner.mjs): Dawn's WebGPU (npm `webgpu`, a native
+// addon) stays external; the tfjs ESM builds reference `require` behind Node checks.
+await build({
+  entryPoints: { runner: join(here, 'src', 'runner', 'main.js') },
+  bundle: true,
+  format: 'esm',
+  platform: 'node',
+  target: ['node20'],
+  mainFields: ['module', 'main'],
+  outExtension: { '.js': '.mjs' },
+  outdir: nodeOut,
+  logLevel: 'warning',
+  external: ['webgpu'],
+  banner: { js: "import { createRequire as __ailoRequire } from 'node:module'; const require = __ailoRequire(import.meta.url);" },
 });
 
 for (const f of readdirSync(join(nm, '@tensorflow', 'tfjs-backend-wasm', 'dist'))) {

@@ -9,6 +9,7 @@ import { setWasmPaths, setThreadsCount, getThreadsCount } from '@tensorflow/tfjs
 export const BACKEND_ORDER = ['webgpu', 'webgl', 'wasm', 'cpu'];
 
 let wasmConfigured = false;
+let gpuAdapter = null;  // {vendor, architecture, device, description} of the WebGPU adapter found
 
 /** Where the tfjs wasm binaries are served (the build copies them to static/wasm/), and optionally
  *  how many XNNPACK threads to ask for (threads need a cross-origin isolated page; tfjs's default
@@ -34,7 +35,10 @@ async function trySet(name) {
   if (name === 'webgpu') {
     if (!(typeof navigator !== 'undefined' && navigator.gpu)) return false;
     try {
-      if (!(await navigator.gpu.requestAdapter())) return false;  // API present, no adapter (e.g. --disable-gpu)
+      const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+      if (!adapter) return false;  // API present, no adapter (e.g. --disable-gpu)
+      const i = adapter.info || {};
+      gpuAdapter = { vendor: i.vendor || '', architecture: i.architecture || '', device: i.device || '', description: i.description || '' };
     } catch {
       return false;
     }
@@ -104,6 +108,11 @@ export function backendInfo() {
     info.webglVersion = tf.env().getNumber('WEBGL_VERSION');
     info.float32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
     Object.assign(info, webglRenderer());
+  }
+  if (name === 'webgpu' && gpuAdapter) {
+    info.adapter = gpuAdapter;
+    // Mesa's lavapipe / SwiftShader: WebGPU on the CPU (CI), not a GPU.
+    info.software = /lavapipe|llvmpipe|swiftshader|software/i.test(Object.values(gpuAdapter).join(' '));
   }
   if (name === 'wasm') {
     info.threads = getThreadsCount();  // > 1 only when the page is cross-origin isolated

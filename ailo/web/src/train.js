@@ -81,10 +81,22 @@ export function makeOptimizer(model, cfg) {
   throw new Error(`unknown optimizer ${cfg.optimizer}`);
 }
 
+/** Σ of same-shape tensors, at most 4 per addN: WebGPU's AddN binds one storage buffer per input
+ *  and the default device allows 8 per shader stage (a 6-layer model has 76 gradients). */
+export function sumAll(ts) {
+  let level = ts;
+  while (level.length > 1) {
+    const next = [];
+    for (let i = 0; i < level.length; i += 4) next.push(level.length - i === 1 ? level[i] : tf.addN(level.slice(i, i + 4)));
+    level = next;
+  }
+  return level[0];
+}
+
 /** torch.nn.utils.clip_grad_norm_: g ← g · min(1, max_norm / (‖g‖₂ + 1e-6)), over all tensors. */
 export function clipGradNorm(grads, maxNorm) {
   return tf.tidy(() => {
-    const total = tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g)))));
+    const total = tf.sqrt(sumAll(grads.map((g) => tf.sum(tf.square(g)))));
     const coef = tf.minimum(tf.div(maxNorm, tf.add(total, 1e-6)), 1);
     return grads.map((g) => tf.mul(g, coef));
   });
