@@ -10,6 +10,7 @@ decode steps) vs `SpanModel` on a random Llama span of the same shape (TinyLlama
 default), fp32 both.
 
     python bench/webgpu.py                                   # ailo-small, batch 8, seq 256
+    AILO_NODE=/path/to/node AILO_RUNNER_PREBUILT=1 python3 bench/webgpu.py   # a copy with the runner built elsewhere
     python bench/webgpu.py --preset ailo-tiny --batch 2 --steps 3 --skip-span   # lavapipe (CI box)
     AILO_DAWN_FLAGS='enable-dawn-features=disable_robustness' python bench/webgpu.py --profile
 """
@@ -19,9 +20,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,25 +31,16 @@ sys.path.insert(0, str(ROOT))
 from ailo.inference.blocks import RequestCache, SpanModel  # noqa: E402
 from ailo.inference.spec import ModelSpec  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
+from ailo.testing import noderunner  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 
-RUNNER = ROOT / "ailo" / "web" / "node" / "runner.mjs"
 TINYLLAMA = dict(family="llama", n_layers=22, hidden=2048, n_heads=32, n_kv_heads=4, head_dim=64,
                  intermediate=5632, vocab=32000, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False,
                  max_positions=2048)
 
 
-def runner(cmd: str, job: dict, node: str, timeout: float) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    proc = subprocess.run([node, str(RUNNER), cmd, f.name], capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"runner {cmd} printed no result (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    out = json.loads(lines[-1])
-    if not out.get("ok"):
-        raise RuntimeError(f"runner {cmd} failed: {out.get('error')}\n{proc.stderr[-3000:]}")
-    return out
+def runner(cmd: str, job: dict, timeout: float) -> dict:
+    return noderunner.run(cmd, job, timeout=timeout, build=not os.environ.get("AILO_RUNNER_PREBUILT"))
 
 
 def native_train(preset: str, batch: int, seq: int, steps: int, warmup: int, device: torch.device, amp: bool) -> dict:
@@ -110,7 +100,6 @@ def main() -> None:
     ap.add_argument("--span-prompt", type=int, default=128)
     ap.add_argument("--span-decode", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--node", default=os.environ.get("AILO_NODE", "node"))
     ap.add_argument("--timeout", type=float, default=400)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
@@ -118,11 +107,11 @@ def main() -> None:
     seq = args.seq or get_preset(args.preset).n_ctx
     out: dict = {"bench": "webgpu", "machine": platform.node(), "torch": torch.__version__,
                  "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
-    info = runner("info", {}, args.node, args.timeout)
+    info = runner("info", {}, args.timeout)
     out["webgpu"] = {"adapter": info.get("adapter"), "software": info.get("software"), "dawn_flags": os.environ.get("AILO_DAWN_FLAGS", "")}
     if not args.skip_train:
         job = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps, "warmup": args.warmup}
-        web = runner("bench", job, args.node, args.timeout)
+        web = runner("bench", job, args.timeout)
         out["train"] = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps,
                         "webgpu": {k: web[k] for k in ("stepMs", "tokensPerS", "warmupSeconds", "losses")}}
         for amp in ((False, True) if device.type == "cuda" else (False,)):
@@ -131,14 +120,14 @@ def main() -> None:
             out["train"][key] = nat
             out["train"][f"ratio_vs_{key}"] = web["tokensPerS"] / nat["tokensPerS"]
         if args.profile:
-            prof = runner("profile", {"preset": args.preset, "batch": args.batch, "seq": seq, "top": 20}, args.node, args.timeout)
+            prof = runner("profile", {"preset": args.preset, "batch": args.batch, "seq": seq, "top": 20}, args.timeout)
             out["profile"] = {k: prof[k] for k in ("kernels", "kernelMs", "wallMs", "byKernel", "byShape")}
     if not args.skip_span:
         spec_d = {**TINYLLAMA, "n_layers": TINYLLAMA["n_layers"]}
         spec = ModelSpec.from_dict(spec_d)
         start, end = 0, 2 * args.span_layers
         web = runner("spanbench", {"spec": spec.to_dict(), "start": start, "end": end, "prompt": args.span_prompt,
-                                   "decode": args.span_decode, "repeats": args.repeats}, args.node, args.timeout)
+                                   "decode": args.span_decode, "repeats": args.repeats}, args.timeout)
         nat = native_span(spec, start, end, args.span_prompt, args.span_decode, device, args.repeats)
         keep = ("prefillMs", "prefillTokensPerS", "decodeMsPerToken", "decodeTokensPerS")
         out["span"] = {"model": "TinyLlama-1.1B shape, random", "units": [start, end], "prompt": args.span_prompt,

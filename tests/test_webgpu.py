@@ -28,7 +28,7 @@ from ailo.model import GPT, GPTConfig, build_model
 from ailo.paths import corpus_dir
 from ailo.tokenizer import encode
 from ailo.training import TrainConfig, train_local
-from ailo.web import noderunner
+from ailo.testing import noderunner
 from tests.pages import coordinator_process
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ailo.web.harness import WEB_DIR, ensure_built
-
-RUNNER = WEB_DIR / "node" / "runner.mjs"
+RUNNER = Path(__file__).resolve().parent.parent / "web" / "node" / "runner.mjs"
 SKIP_ENV = "AILO_SKIP_WEBGPU"
 
 
@@ -34,9 +32,13 @@ def node_binary() -> str:
     return os.environ.get("AILO_NODE", "node")
 
 
-def run(command: str, job: dict[str, Any] | None = None, *, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
-    """`node runner.mjs COMMAND JOB.json` → its JSON answer; RunnerError with its stderr on failure."""
-    ensure_built()
+def run(command: str, job: dict[str, Any] | None = None, *, timeout: float = 600, env: dict[str, str] | None = None,
+        build: bool = True) -> dict:
+    """`node runner.mjs COMMAND JOB.json` → its JSON answer; RunnerError with its stderr on failure.
+    `build=False` uses the runner as it is (a machine that got a built copy and has no esbuild)."""
+    if build:
+        from ailo.testing.harness import ensure_built  # the build check (its module needs the server's packages)
+        ensure_built()
     with tempfile.TemporaryDirectory(prefix="ailo-runner-") as tmp:
         path = Path(tmp) / "job.json"
         path.write_text(json.dumps(job or {}))
