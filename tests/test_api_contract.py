@@ -197,6 +197,17 @@ def test_integer_headers_are_range_checked_and_named(coordinator) -> None:
     refused(client.post("/v1/tasks", json={"client_id": ""}), 422, "bad_field", "client_id")
 
 
+def test_device_header_is_bounded_printable_ascii(coordinator) -> None:
+    """X-Ailo-Device (what trained the update, shown on the dashboard) is free text a client picks:
+    at most 128 printable ASCII characters, else 400 before the body is read."""
+    _, client = coordinator
+    good = UpdateMeta("alice", 1, 0, 8, 5.0).to_headers()
+    for value in ["x" * 129, "webgpu\tnvidia", "<script>\x7f"]:
+        refused(client.post("/v1/updates", content=b"x", headers={**good, "X-Ailo-Device": value}), 400, "bad_field",
+                "X-Ailo-Device")
+    assert UpdateMeta.from_headers({**good, "X-Ailo-Device": "webgpu - nvidia hopper"}).device == "webgpu - nvidia hopper"
+
+
 # -- one error shape everywhere ----------------------------------------------------------
 
 def test_every_router_answers_in_the_error_shape(coordinator) -> None:

@@ -176,6 +176,10 @@ def test_two_rounds_end_to_end_through_the_runner(webgpu, coordinator, tmp_path)
     assert (r1["version"], r1["model"]["format"], r1["model"]["via"]) == (0, "bf16", "chunks"), r1
     assert (r2["version"], r2["model"]["format"], r2["model"]["via"]) == (1, "bf16", "patch"), r2
     assert r2["model"]["patchBytes"] == len(httpx.get(f"{coordinator}/v1/patches/1").content)
+    # The dashboard's updates list says what trained each one: the runner's WebGPU adapter.
+    ups = [u for u in httpx.get(f"{coordinator}/v1/dashboard/updates").json()["updates"] if u["address"] == out["address"]]
+    assert len(ups) == 2 and all(u["device"].startswith("webgpu - ") for u in ups), ups
+    assert ups[0]["device"] == r1["device"] and (" (software)" in r1["device"]) == webgpu["software"], (ups, r1)
     st = httpx.get(f"{coordinator}/v1/status").json()
     assert st["version"] >= 2, st
     bal = httpx.get(f"{coordinator}/v1/balance/{out['address']}").json()

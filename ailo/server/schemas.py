@@ -169,6 +169,8 @@ UPDATE_OPENAPI: dict[str, Any] = {
         _header("X-Ailo-Samples", "n_k, samples trained on", True, type="integer", minimum=1, maximum=INT64_MAX),
         _header("X-Ailo-Train-Loss", "mean local training loss (finite)", True, type="number"),
         _header("X-Ailo-Task", "task id from POST /v1/tasks"),
+        _header("X-Ailo-Device", "what trained the update (backend and adapter), shown on the dashboard; not signed",
+                type="string", maxLength=128, pattern="^[ -~]*$"),
         _header("X-Ailo-Address", "wallet address (Proof-of-Contribution)", type="string", pattern=ADDRESS),
         _header("X-Ailo-Nonce", "strictly increasing per address", **_UINT),
         _header("X-Ailo-Timestamp", "milliseconds since the epoch, as signed", **_UINT),

@@ -79,7 +79,7 @@ def make_web_router(coord=None, static_dir: Path = STATIC_DIR, samples_dir: Path
         if coord is None:
             return {"updates": []}
         rows = coord.store.updates(limit=limit, newest=True)
-        keep = ("norm_per_work", "cosine", "reduction", "loss_before", "loss_after", "seconds")
+        keep = ("norm_per_work", "cosine", "reduction", "loss_before", "loss_after", "seconds", "device")
         return {"updates": [{"id": u.id, "round": u.round_id, "client": u.client_id, "address": u.address,
                              "n_samples": u.n_samples, "train_loss": u.train_loss, "status": u.status,
                              "reason": u.reason, "detail": u.detail, "received": u.received,

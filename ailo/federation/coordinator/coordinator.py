@@ -241,6 +241,8 @@ class Coordinator:
             fsync_file(tmp)
             self.store.adopt_update_blob(sha256, tmp)
             extra = {**sub.extra, "base_version": meta.base_version, "task_id": meta.task_id}
+            if meta.device:
+                extra["device"] = meta.device
             if receive_ms is not None:
                 extra["receive_ms"] = receive_ms  # body upload time as the coordinator saw it
             update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,

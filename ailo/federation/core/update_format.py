@@ -112,6 +112,7 @@ class UpdateMeta:
     signature: str = ""
     nonce: int = 0
     timestamp: int = 0          # milliseconds since the epoch, as signed
+    device: str = ""            # what trained it ("webgpu - nvidia hopper", "wasm - 4 threads"): shown, not signed
 
     HEADER_PREFIX = "x-ailo-"
 
@@ -119,8 +120,8 @@ class UpdateMeta:
         fields = {"client": self.client_id, "round": self.round_id, "base-version": self.base_version,
                   "samples": self.n_samples, "train-loss": repr(self.train_loss), "task": self.task_id,
                   "address": self.address, "signature": self.signature, "nonce": self.nonce,
-                  "timestamp": self.timestamp}
-        optional = {"task", "address", "signature", "nonce", "timestamp"}
+                  "timestamp": self.timestamp, "device": self.device}
+        optional = {"task", "address", "signature", "nonce", "timestamp", "device"}
         return {f"X-Ailo-{k.title()}": str(v) for k, v in fields.items() if k not in optional or v}
 
     @classmethod
@@ -146,9 +147,11 @@ class UpdateMeta:
         meta = cls(client_id=get("client", str), round_id=get("round", int), base_version=get("base-version", int),
                    n_samples=get("samples", int), train_loss=get("train-loss", float), task_id=get("task", str, ""),
                    address=get("address", str, ""), signature=get("signature", str, ""),
-                   nonce=get("nonce", int, 0), timestamp=get("timestamp", int, 0))
+                   nonce=get("nonce", int, 0), timestamp=get("timestamp", int, 0), device=get("device", str, ""))
         if not 0 < meta.n_samples <= INT64_MAX:
             raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count below 2^63", 400)
         if not meta.client_id or len(meta.client_id) > 128:
             raise UpdateRejected("bad_field", "X-Ailo-Client must be 1–128 characters", 400)
+        if len(meta.device) > 128 or not all(" " <= c <= "~" for c in meta.device):
+            raise UpdateRejected("bad_field", "X-Ailo-Device must be at most 128 printable ASCII characters", 400)
         return meta

@@ -92,7 +92,7 @@ export class CoordinatorClient {
       'X-Ailo-Client': meta.clientId, 'X-Ailo-Round': String(meta.round), 'X-Ailo-Base-Version': String(meta.baseVersion),
       'X-Ailo-Samples': String(meta.nSamples), 'X-Ailo-Train-Loss': String(meta.trainLoss), 'X-Ailo-Task': meta.taskId || '',
       'X-Ailo-Address': meta.address, 'X-Ailo-Signature': meta.signature, 'X-Ailo-Nonce': String(meta.nonce),
-      'X-Ailo-Timestamp': String(meta.timestamp),
+      'X-Ailo-Timestamp': String(meta.timestamp), 'X-Ailo-Device': meta.device || '',
     };
     for (const k of Object.keys(h)) if (h[k] === '') delete h[k];
     return this.request('/v1/updates', { method: 'POST', body, headers: h });

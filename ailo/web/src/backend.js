@@ -120,4 +120,18 @@ export function backendInfo() {
   return info;
 }
 
+/** One line for people (the page's header, the X-Ailo-Device header the dashboard shows):
+ *  "webgpu - nvidia hopper", "webgpu - mesa llvmpipe (software)", "wasm - 4 threads". Printable
+ *  ASCII, at most 128 characters (an HTTP header value). */
+export function deviceLabel(info = backendInfo()) {
+  let s = info.backend || 'none';
+  if (info.adapter) {
+    const a = info.adapter;
+    s += ` - ${[a.vendor, a.architecture !== 'software' ? a.architecture : '', a.device || a.description].filter(Boolean).join(' ')}`;
+  } else if (info.renderer) s += ` - ${info.renderer}`;
+  else if (info.threads) s += ` - ${info.threads} thread${info.threads > 1 ? 's' : ''}`;
+  if (info.software) s += ' (software)';
+  return s.replace(/[^ -~]/g, '?').slice(0, 128);
+}
+
 export { tf };

@@ -9,6 +9,7 @@ import { codecFromTask, compress, ErrorFeedbackStore } from './codecs.js';
 import { submitSigned } from './upload.js';
 import { withBackoff } from './backoff.js';
 import { isRetryable } from './api.js';
+import { deviceLabel } from './backend.js';
 
 export { CoordinatorClient, HttpError, syncChain } from './api.js';
 
@@ -163,7 +164,7 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
     // Signed here; resent as is after a network error / 5xx, re-signed on replay (upload.js).
     reply = await submitSigned(client, wallet, body, sha, {
       clientId: wallet.username, round: task.round, baseVersion: task.version, nSamples: result.nSamples,
-      trainLoss: result.trainLoss, taskId: task.task_id,
+      trainLoss: result.trainLoss, taskId: task.task_id, device: deviceLabel(),
     }, {
       // 202: stored and queued; the coordinator's validation pipeline decides (accepted / refused:
       // waitVerdict throws the refusal as an HttpError with its reason).
@@ -173,6 +174,6 @@ export async function contributeRound({ client, wallet, holder, tokens, onStatus
   } finally {
     if (ef) ef.close();
   }
-  return { status: 'submitted', codec: codec.name, task, result: { ...result, delta: undefined }, reply, sha256: sha, bytes: body.byteLength, backend: tf.getBackend() };
+  return { status: 'submitted', codec: codec.name, task, result: { ...result, delta: undefined }, reply, sha256: sha, bytes: body.byteLength, backend: tf.getBackend(), device: deviceLabel() };
 }
 

@@ -59,10 +59,11 @@ export function configFrom(x) {
 // x·Wᵀ transposes W explicitly and gets a gradient made of plain matmuls. GPU backends fold the
 // transpose into the shader and keep tf.matMul's own gradient.
 const EXPLICIT_TRANSPOSE = new Set(['wasm', 'cpu']);
-// Scatter/gather over the 25.7 M-entry logits are cheap on CPU backends but pathological in
-// tfjs's WebGL shaders (every output texel loops over all updates); GPU backends use one-hot
-// products instead.
-const cpuLike = () => EXPLICIT_TRANSPOSE.has(tf.getBackend());
+// Scatter/gather over the 25.7 M-entry logits are cheap on CPU backends and on WebGPU (its
+// ScatterNd dispatches one atomic add per update: O(N·C), not O(N·V·C)), but pathological in
+// tfjs's WebGL shaders (every output texel loops over all updates), so only WebGL uses one-hot
+// products — which on WebGPU cost as many FLOPs as the LM head and an [N, V] float one-hot.
+const cpuLike = () => tf.getBackend() !== 'webgl';
 const oneHotF32 = (ids, depth) => tf.cast(tf.oneHot(ids, depth), 'float32');  // wasm's float32 OneHot is broken
 
 /** a [M, K] · b[N, K]ᵀ → [M, N] (torch's F.linear without bias). */
@@ -112,8 +113,8 @@ function embedding(table, idxFlat) {
 
 /** Mean cross-entropy of logits [N, V] against int32 targets [N] (torch's F.cross_entropy).
  *  Forward: logsumexp − logit[target] from one max/exp/sum sweep; backward: (softmax − onehot)/N
- *  from the saved exponentials. CPU backends pick and patch the N target entries with
- *  gather/scatter; GPU backends use a one-hot mask. */
+ *  from the saved exponentials. CPU backends and WebGPU pick and patch the N target entries
+ *  with gather/scatter; WebGL uses a one-hot mask. */
 export function crossEntropy(logits, targets) {
   const [N, V] = logits.shape;
   const f = tf.customGrad((lg, save) => {

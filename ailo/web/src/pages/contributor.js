@@ -1,7 +1,7 @@
 // The contributor page (`/`): wallet + registration, model download through the IndexedDB
 // chunk cache, local training, signed update submission, balance, in-page chain verification.
 // Page state is mirrored in `window.ailoPage` (read by the end-to-end test).
-import { initBackend, backendInfo } from '../backend.js';
+import { initBackend, backendInfo, deviceLabel } from '../backend.js';
 import { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from '../client.js';
 import { GPT2Tokenizer } from '../tokenizer.js';
 import { Wallet, USERNAME_RE } from '../wallet.js';
@@ -365,7 +365,9 @@ async function main() {
   const backend = await initBackend(params.get('backend') || null);
   const info = backendInfo();
   state.backend = backend;
-  setText('backend', `${backend}${info.threads ? ` (${info.threads} thread${info.threads > 1 ? 's' : ''})` : ''}${info.software ? ' (software GL)' : ''}`);
+  state.device = deviceLabel(info);
+  state.adapter = info.adapter || null;
+  setText('backend', `${backend}${info.threads ? ` (${info.threads} thread${info.threads > 1 ? 's' : ''})` : ''}${info.adapter ? ` on ${info.adapter.vendor} ${info.adapter.architecture !== 'software' ? info.adapter.architecture : ''} ${info.adapter.device || info.adapter.description}`.replace(/ +/g, ' ') : ''}${info.software ? (backend === 'webgpu' ? ' (software)' : ' (software GL)') : ''}`);
   wallet = await Wallet.load();
   state.webcryptoEd25519 = await hasWebCryptoEd25519();
   showWallet();

@@ -91,9 +91,9 @@ async function render() {
     '<tr><td colspan="7" class="muted">no signed updates yet</td></tr>';
 
   $('updates').querySelector('tbody').innerHTML = updates.updates.slice().reverse().map((u) =>
-    `<tr><td>${u.id}</td><td>${u.round}</td><td>${esc(u.client)}</td><td>${u.n_samples}</td><td>${Number(u.train_loss).toFixed(4)}</td>` +
+    `<tr><td>${u.id}</td><td>${u.round}</td><td>${esc(u.client)}</td><td>${esc(u.device || '')}</td><td>${u.n_samples}</td><td>${Number(u.train_loss).toFixed(4)}</td>` +
     `<td class="${u.status === 'accepted' ? 'ok' : 'bad'}">${esc(u.status)}</td><td>${esc(u.reason || '')}${u.detail ? ` <span class="muted">${esc(u.detail)}</span>` : ''}</td></tr>`).join('') ||
-    '<tr><td colspan="7" class="muted">no updates yet</td></tr>';
+    '<tr><td colspan="8" class="muted">no updates yet</td></tr>';
 
   const list = rooms && (rooms.rooms || rooms);
   $('rooms').innerHTML = roomsTable(list);

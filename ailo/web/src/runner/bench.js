@@ -49,7 +49,8 @@ export async function profileStep(ailo, { preset = 'ailo-small', batch = 8, seq 
     const { x, y } = it.next().value;
     return tf.tidy(() => {
       const { loss, grads } = model.lossAndGrads(tf.tensor2d(x, [batch, T], 'int32'), tf.tensor2d(y, [batch, T], 'int32'));
-      opt.step(ailo.clipGradNorm(model.names.map((n) => grads[n]), 1.0));
+      const g = model.names.map((n) => grads[n]);
+      opt.step(g, 1e-3, ailo.clipCoefficient(g, 1.0));  // as trainLocal does
       return loss;
     });
   };

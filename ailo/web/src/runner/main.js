@@ -92,7 +92,7 @@ async function round(job) {
   for (let i = 0; i < (job.rounds || 1); i++) {
     const r = await ailo.contributeRound({ client, wallet, holder, tokens, seed: (job.seed_batches || 1) + i });
     rounds.push({
-      status: r.status, codec: r.codec, backend: r.backend, version: r.task && r.task.version, reply: r.reply,
+      status: r.status, codec: r.codec, backend: r.backend, device: r.device, version: r.task && r.task.version, reply: r.reply,
       losses: r.result && r.result.losses, model: { ...holder.stats, version: holder.manifest && holder.manifest.version, notes: holder.notes },
     });
     if (r.status !== 'submitted') break;  // the next call waits (task 'wait') until the next round opens
