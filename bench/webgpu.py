@@ -34,6 +34,7 @@ from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.testing import noderunner  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 
+STOCK = {"AILO_FUSED_ADAMW": False, "AILO_SPARSE_GRADS": False}
 TINYLLAMA = dict(family="llama", n_layers=22, hidden=2048, n_heads=32, n_kv_heads=4, head_dim=64,
                  intermediate=5632, vocab=32000, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False,
                  max_positions=2048)
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--stock", action="store_true", help="also time WebGPU with tfjs's stock ops (the baseline)")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-span", action="store_true")
     ap.add_argument("--span-layers", type=int, default=4, help="layers in the span (units [0, 2·layers))")
@@ -112,16 +114,23 @@ def main() -> None:
     if not args.skip_train:
         job = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps, "warmup": args.warmup}
         web = runner("bench", job, args.timeout)
+        keep = ("stepMs", "tokensPerS", "warmupSeconds", "losses")
         out["train"] = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps,
-                        "webgpu": {k: web[k] for k in ("stepMs", "tokensPerS", "warmupSeconds", "losses")}}
+                        "webgpu": {k: web[k] for k in keep}}
+        if args.stock:  # baseline: tfjs's stock ops (one-hot cross-entropy/embedding grad, AdamW from ~15 ops)
+            stock = runner("bench", {**job, "tfFlags": STOCK}, args.timeout)
+            out["train"]["webgpu_stock"] = {k: stock[k] for k in keep}
+            out["train"]["speedup_vs_stock"] = web["tokensPerS"] / stock["tokensPerS"]
         for amp in ((False, True) if device.type == "cuda" else (False,)):
             nat = native_train(args.preset, args.batch, seq, args.steps, args.warmup, device, amp)
             key = "native_bf16" if nat["amp_bf16"] else "native_fp32"
             out["train"][key] = nat
             out["train"][f"ratio_vs_{key}"] = web["tokensPerS"] / nat["tokensPerS"]
         if args.profile:
-            prof = runner("profile", {"preset": args.preset, "batch": args.batch, "seq": seq, "top": 20}, args.timeout)
-            out["profile"] = {k: prof[k] for k in ("kernels", "kernelMs", "wallMs", "byKernel", "byShape")}
+            for key, flags in (("profile", {}), ("profile_stock", STOCK)) if args.stock else (("profile", {}),):
+                prof = runner("profile", {"preset": args.preset, "batch": args.batch, "seq": seq, "top": 15, "tfFlags": flags},
+                              args.timeout)
+                out[key] = {k: prof[k] for k in ("kernels", "kernelMs", "wallMs", "byKernel", "byShape")}
     if not args.skip_span:
         spec_d = {**TINYLLAMA, "n_layers": TINYLLAMA["n_layers"]}
         spec = ModelSpec.from_dict(spec_d)

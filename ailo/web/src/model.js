@@ -63,7 +63,9 @@ const EXPLICIT_TRANSPOSE = new Set(['wasm', 'cpu']);
 // ScatterNd dispatches one atomic add per update: O(N·C), not O(N·V·C)), but pathological in
 // tfjs's WebGL shaders (every output texel loops over all updates), so only WebGL uses one-hot
 // products — which on WebGPU cost as many FLOPs as the LM head and an [N, V] float one-hot.
-const cpuLike = () => tf.getBackend() !== 'webgl';
+// tf.env flag AILO_SPARSE_GRADS (default on) lets bench/webgpu.py time WebGPU's old one-hot path.
+tf.env().registerFlag('AILO_SPARSE_GRADS', () => true);
+const cpuLike = () => EXPLICIT_TRANSPOSE.has(tf.getBackend()) || (tf.getBackend() !== 'webgl' && tf.env().getBool('AILO_SPARSE_GRADS'));
 const oneHotF32 = (ids, depth) => tf.cast(tf.oneHot(ids, depth), 'float32');  // wasm's float32 OneHot is broken
 
 /** a [M, K] · b[N, K]ᵀ → [M, N] (torch's F.linear without bias). */

@@ -40,20 +40,30 @@ class AdamWProgram {
 
 const f32 = (...xs) => xs.map((x) => ({ type: 'float32', data: [Math.fround(x)] }));
 
-function run(program, inputs, uniforms) {
-  const info = tf.backend().runWebGPUProgram(program, inputs, 'float32', uniforms);
-  return tf.engine().makeTensorFromTensorInfo(info);
-}
+// Registered as kernels of the WebGPU backend, so they run (and are profiled) like tfjs's own.
+tf.registerKernel({
+  kernelName: 'AiloAdamWMoment', backendName: 'webgpu',
+  kernelFunc: ({ inputs: { x, g, c }, backend, attrs: { beta, square } }) =>
+    backend.runWebGPUProgram(new AdamWProgram(square ? 'v' : 'm', x.shape), [x, g, c], 'float32', f32(beta, 1 - beta)),
+});
+tf.registerKernel({
+  kernelName: 'AiloAdamWParam', backendName: 'webgpu',
+  kernelFunc: ({ inputs: { p, m, v }, backend, attrs: { decay, stepSize, bc2sqrt, eps } }) =>
+    backend.runWebGPUProgram(new AdamWProgram('p', p.shape), [p, m, v], 'float32', f32(decay, stepSize, bc2sqrt, eps)),
+});
+
+// tf.env flag AILO_FUSED_ADAMW (default on) lets bench/webgpu.py time the stock-op path.
+tf.env().registerFlag('AILO_FUSED_ADAMW', () => true);
 
 /** Whether the fused kernels apply (the WebGPU backend is active). */
-export const fusedAdamWAvailable = () => tf.getBackend() === 'webgpu' && typeof tf.backend().runWebGPUProgram === 'function';
+export const fusedAdamWAvailable = () => tf.getBackend() === 'webgpu' && tf.env().getBool('AILO_FUSED_ADAMW');
 
 /** One AdamW update of one parameter: returns [p', m', v'] (the caller assigns them). `coef`: a
  *  1-value float32 tensor multiplying g (gradient clipping). */
 export function fusedAdamW(p, m, v, g, coef, { b1, b2, eps, decay, stepSize, bc2sqrt }) {
-  const shape = p.shape;
-  const m2 = run(new AdamWProgram('m', shape), [m, g, coef], f32(b1, 1 - b1));
-  const v2 = run(new AdamWProgram('v', shape), [v, g, coef], f32(b2, 1 - b2));
-  const p2 = run(new AdamWProgram('p', shape), [p, m2, v2], f32(decay, stepSize, bc2sqrt, eps));
+  const run = (name, inputs, attrs) => tf.engine().runKernel(name, inputs, attrs);
+  const m2 = run('AiloAdamWMoment', { x: m, g, c: coef }, { beta: b1, square: false });
+  const v2 = run('AiloAdamWMoment', { x: v, g, c: coef }, { beta: b2, square: true });
+  const p2 = run('AiloAdamWParam', { p, m: m2, v: v2 }, { decay, stepSize, bc2sqrt, eps });
   return [p2, m2, v2];
 }
