@@ -123,3 +123,31 @@ def test_config_file_values_are_defaults_and_flags_win(tmp_path):
         r = run_cli("coordinator", "--config", str(cfg), "--state", str(tmp_path / "never"))
         assert_one_line_error(r, needle)
         assert not (tmp_path / "never").exists()
+
+
+def test_wallet_balance_lists_accepted_but_unpaid_updates(tmp_path, corpus_dir):
+    """Rewards are minted when a round closes: until then the update is listed with its round's
+    progress (accepted of needed, deadline), then no longer."""
+    from fastapi.testclient import TestClient
+
+    from ailo.cli.wallet import unpaid_updates
+    from ailo.federation.coordinator.coordinator import CoordinatorConfig
+    from ailo.server.services import build_app
+    from tests.test_federation_pipeline import _registered_trained_update
+    app = build_app(CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1), tmp_path / "coord")
+    coord = app.state.coordinator
+    with TestClient(app) as client:
+        body, meta = _registered_trained_update(client, coord, "patient")
+        uid = client.post("/v1/updates", content=body, headers=meta.to_headers()).json()["update_id"]
+        v = client.get(f"/v1/updates/{uid}", params={"wait": 60}).json()
+        assert v["status"] == "accepted" and not v["settled"]
+        assert (v["accepted_in_round"], v["needed_in_round"]) == (1, 2) and v["round_deadline"] > time.time()
+        [u] = unpaid_updates(client, meta.address)
+        assert (u["update_id"], u["round"], u["accepted_in_round"], u["needed_in_round"]) == (uid, 1, 1, 2)
+        assert unpaid_updates(client, "ailo1" + "0" * 72) == []
+        coord.config = type(coord.config)(**{**coord.config.__dict__, "min_updates": 1})  # now the round is full
+        coord.tick()
+        deadline = time.time() + 30
+        while unpaid_updates(client, meta.address) and time.time() < deadline:
+            time.sleep(0.2)
+        assert unpaid_updates(client, meta.address) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -110,9 +111,38 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_balance(args: argparse.Namespace) -> int:
     address = _address(args.address) if args.address else load_wallet(args).address
     bal = _http(lambda: client_for(args.coordinator).balance(address))
+    import httpx
+    with httpx.Client(base_url=args.coordinator, timeout=30) as http:
+        unpaid = _http(lambda: unpaid_updates(http, address))
     print(json.dumps({**bal, "spendable_alc": format_alc(bal["spendable"]),
-                      "pending_alc": format_alc(bal["pending"])}))
+                      "pending_alc": format_alc(bal["pending"]), "unpaid_updates": unpaid}))
+    for u in unpaid:  # people read stderr; scripts read the JSON line
+        if u["accepted_in_round"] is None:
+            when = f"now: round {u['round']} closed and its rewards are being minted"
+        else:
+            left = u["round_deadline"] - time.time()
+            when = (f"when round {u['round']} closes ({u['accepted_in_round']} of {u['needed_in_round']} updates "
+                    f"accepted" + (f", or at its deadline in {left:.0f} s)" if left > 0 else ", any moment now)"))
+        print(f"update {u['update_id']} was accepted; its reward is paid {when}", file=sys.stderr)
     return 0
+
+
+def unpaid_updates(http, address: str) -> list[dict]:
+    """This wallet's accepted updates whose round is not paid yet (rewards are minted when a
+    round closes, docs/REWARDS.md), with the round's progress. `http`: an httpx.Client on the
+    coordinator."""
+    from ailo.backoff import request
+    status = request(http, "GET", "/v1/status", QUICK).json()
+    rows = request(http, "GET", "/v1/dashboard/updates", QUICK, params={"limit": 1000}).json()["updates"]
+    out = []
+    for u in rows:
+        if u.get("address") == address and u["status"] == "accepted" and u["round"] > status.get("settled_round", 0):
+            open_round = u["round"] == status["round"]
+            out.append({"update_id": u["id"], "round": u["round"],
+                        "accepted_in_round": status["accepted_in_round"] if open_round else None,
+                        "needed_in_round": (status["config"].get("max_updates") or status["min_updates"]),
+                        "round_deadline": status["deadline"] if open_round else time.time()})
+    return out
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -33,9 +33,12 @@ def verdict(coord: "Coordinator", update_id: int) -> dict | None:
     if status == "refused":
         out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
     elif status == "accepted":
-        closed = coord.store.round(u.round_id).status == "closed"
+        rnd = coord.store.round(u.round_id)
+        closed = rnd.status == "closed"
         out.update(aggregated=closed, settled=coord.settled_round >= u.round_id, version=coord.version,
                    accepted_in_round=coord.store.count_updates(u.round_id, "accepted"))
+        if not closed:  # when the reward comes: the round closes with `needed` accepted or at its deadline
+            out.update(needed_in_round=coord.config.max_updates or rnd.min_updates, round_deadline=rnd.deadline)
     return out
 
 

@@ -4,8 +4,9 @@
 // (docs/LEDGER.md) and updates (ailo/federation/core/signing.py).
 import { KV } from './idb.js';
 import { toHex } from './hash.js';
-import { addressFromPublicKey, generateKey, keyFromSeed, sign } from './ed25519.js';
+import { addressFromPublicKey, keyFromSeed, sign } from './ed25519.js';
 import { signTx } from './ledger.js';
+import { decryptBackup, encryptBackup } from './wallet_backup.js';
 
 const STORE = 'wallet';
 export const USERNAME_RE = /^[a-z0-9][a-z0-9_-]{2,31}$/;
@@ -18,6 +19,7 @@ export class Wallet {
     this.registered = !!record.registered;
     this.lastNonce = record.lastNonce || 0;
     this.dbName = record.dbName || 'ailo-wallet';
+    this.wrapped = record.wrapped || null;  // {key: non-extractable AES-GCM CryptoKey, iv, ct}: the seed, for backups
   }
 
   get kind() { return this.key.kind; }
@@ -26,7 +28,34 @@ export class Wallet {
 
   static async fromSeed(seed, opts) { return new Wallet(await keyFromSeed(seed, opts)); }
 
-  static async generate() { return new Wallet(await generateKey()); }
+  /** A new wallet. Its seed is kept only wrapped by a non-extractable AES key of this browser,
+   *  so `backup()` can write a passphrase-encrypted file later; signing never needs it. */
+  static async generate() {
+    const seed = crypto.getRandomValues(new Uint8Array(32));
+    const wallet = new Wallet(await keyFromSeed(seed));
+    if (wallet.key.kind === 'webcrypto') wallet.wrapped = await wrapSeed(seed);
+    return wallet;
+  }
+
+  /** The wallet in a backup file (checked against the address the file names). */
+  static async restore(backup, passphrase) {
+    const seed = await decryptBackup(backup, passphrase);
+    const wallet = await Wallet.fromSeed(seed);
+    if (wallet.address !== backup.address) throw new Error('backup file: the key does not match its address');
+    if (wallet.key.kind === 'webcrypto') wallet.wrapped = await wrapSeed(seed);
+    wallet.username = backup.username || null;
+    return wallet;
+  }
+
+  /** A passphrase-encrypted backup object (wallet_backup.js) of this wallet's seed. */
+  async backup(passphrase) {
+    let seed;
+    if (this.key.kind === 'noble') seed = this.key.seed;
+    else if (this.wrapped) {
+      seed = new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: this.wrapped.iv }, this.wrapped.key, this.wrapped.ct));
+    } else throw new Error('this wallet was made before backups existed: its key cannot leave this browser');
+    return encryptBackup(seed, this.address, this.username, passphrase);
+  }
 
   /** The wallet saved in this browser (IndexedDB `ailo-wallet`), or null. */
   static async load(dbName = 'ailo-wallet') {
@@ -41,7 +70,8 @@ export class Wallet {
     this.dbName = dbName;
     const kv = await KV.open(dbName, [STORE]);
     try {
-      await kv.put(STORE, 'default', { key: this.key, address: this.address, username: this.username, registered: this.registered, lastNonce: this.lastNonce });
+      await kv.put(STORE, 'default', { key: this.key, address: this.address, username: this.username, registered: this.registered, lastNonce: this.lastNonce,
+        wrapped: this.wrapped });
     } finally { kv.close(); }
   }
 
@@ -61,4 +91,10 @@ export class Wallet {
 /** The digest line a contributor signs for an update (ailo/federation/core/signing.py). */
 export function updateMessage(round, baseVersion, bodySha256, nSamples, nonce, timestampMs) {
   return `ailo-update/v1|${round}|${baseVersion}|${bodySha256}|${nSamples}|${nonce}|${timestampMs}`;
+}
+
+async function wrapSeed(seed) {
+  const key = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  return { key, iv, ct: new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, key, seed)) };
 }

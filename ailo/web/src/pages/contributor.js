@@ -10,9 +10,11 @@ import { hasWebCryptoEd25519 } from '../ed25519.js';
 import { ContinuousContributor } from '../continuous.js';
 import { BrowserNode } from '../node.js';
 import { askRoom, parseTokenIds } from '../asker.js';
+import { backupWallet, modelConsent, restoreWallet, sampleTitle, watchReward } from './newcomer_panels.js';
 
 const $ = (id) => document.getElementById(id);
-const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], asks: [], chain: null, errors: [] });
+const state = (window.ailoPage = { ready: false, backend: null, wallet: null, model: null, rounds: [], asks: [], chain: null, errors: [],
+  rewards: [], modelConsent: null });
 const client = new CoordinatorClient('');
 const params = new URLSearchParams(location.search);
 let wallet = null;
@@ -93,8 +95,11 @@ const holder = new ModelHolder(client, {
   },
 });
 
+let consentAsked;
+const asking4consent = new Promise((resolve) => { consentAsked = resolve; });  // the page is ready while it waits for a click
 async function loadModel() {
   try {
+    await modelConsent(panel, Number(params.get('askAboveMB') || 100) * 1e6, consentAsked);
     await holder.ensure();
     const s = holder.stats;
     state.model = { version: holder.manifest.version, preset: holder.manifest.preset, downloadedBytes: s.downloadedBytes, cacheHits: s.cacheHits, chunks: s.chunks, totalBytes: s.totalBytes,
@@ -117,7 +122,7 @@ async function loadSamples() {
     for (const s of samples) {
       const o = document.createElement('option');
       o.value = s.name;
-      o.textContent = `sample: ${s.name}`;
+      o.textContent = `sample: ${sampleTitle(s.name)} (${Math.round(s.bytes / 1000)} kB)`;
       sel.appendChild(o);
     }
     if (samples.length) sel.value = samples[0].name;
@@ -312,12 +317,9 @@ async function train() {
       steps: out.result.steps, tokens: out.result.tokens, seconds: out.result.seconds, bytes: out.bytes, sha256: out.sha256, backend: out.backend,
       wallSeconds: (performance.now() - t0) / 1000 });
     setText('train-status', `Trained ${out.result.steps} steps (${out.result.tokens} tokens) in ${out.result.seconds.toFixed(1)} s on ${out.backend}; sent ${mb(out.bytes)}.`, 'muted');
-    setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round}.` + (out.reply.settled ? ' The round closed: rewards are minted.' : out.reply.aggregated ? ' The round closed; rewards are being minted.' : ''), 'ok');
-    for (let i = 0; i < 20; i++) {  // the reward is minted when the round closes
-      const b = await refreshBalance();
-      if (b && b.spendable > 0 && out.reply.aggregated) break;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
+    setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round} ` +
+      `(${out.result.steps * out.task.batch_size} sequences, ${out.result.tokens} tokens).`, 'ok');
+    watchReward(panel, out.reply).catch((e) => fail('reward', e));
     await verifyChain();
     await loadModel();  // the next version, if the round closed (only changed chunks download)
   } catch (e) {
@@ -328,6 +330,9 @@ async function train() {
     updateTrainButton();
   }
 }
+
+const panel = { $, setText, fail, client, state, refreshBalance, getWallet: () => wallet,
+  setWallet: async (w) => { wallet = w; showWallet(); await refreshBalance(); updateTrainButton(); } };
 
 let chainRun = 0;  // only the latest verification may write the result (an older one can finish later)
 
@@ -353,6 +358,8 @@ async function verifyChain() {
 
 async function main() {
   $('register').addEventListener('click', register);
+  $('backup').addEventListener('click', () => backupWallet(panel));
+  $('restore').addEventListener('click', () => restoreWallet(panel));
   $('train').addEventListener('click', train);
   $('verify-chain').addEventListener('click', verifyChain);
   $('continuous').addEventListener('change', toggleContinuous);
@@ -371,7 +378,7 @@ async function main() {
   wallet = await Wallet.load();
   state.webcryptoEd25519 = await hasWebCryptoEd25519();
   showWallet();
-  await Promise.all([loadModel(), loadSamples(), refreshBalance(), loadRooms()]);
+  await Promise.all([Promise.race([loadModel(), asking4consent]), loadSamples(), refreshBalance(), loadRooms()]);
   $('own-text').hidden = !!$('text-source').value;
   updateTrainButton();
   await verifyChain();

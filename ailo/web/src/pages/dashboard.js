@@ -44,6 +44,13 @@ async function render() {
   const chain = await syncChain(client, { dbName: 'ailo-chain-dashboard' });
   $('kpi-round').textContent = status.finished ? `${status.round} (finished)` : status.round;
   $('kpi-version').textContent = status.version;
+  const needed = status.config.max_updates || status.min_updates;
+  const left = Math.max(0, Math.round(status.deadline - Date.now() / 1000));
+  const progress = status.finished ? 'finished' : `${status.accepted_in_round} of ${needed} accepted · closes in ≤ ${left} s`;
+  $('kpi-progress').textContent = progress;
+  // Contributors with an update in this round or the last one (the dashboard's list is the newest 200).
+  const active = new Set(updates.updates.filter((u) => u.round >= status.round - 1).map((u) => u.address || u.client)).size;
+  $('kpi-active').textContent = active;
   $('kpi-height').textContent = info.height;
   $('kpi-supply').textContent = formatAlc(info.supply);
   $('kpi-chain').innerHTML = chain.ok ? '<span class="ok">verified ✓</span>' : `<span class="bad">REJECTED: ${esc(chain.violation.code)}</span>`;
@@ -101,7 +108,7 @@ async function render() {
   const events = roomEvents(list);
   $('rooms').innerHTML += roomChecksTable(list);
   $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
-  Object.assign(state, { status, release: rel, reputation, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
+  Object.assign(state, { status, progress, active, release: rel, reputation, updates: updates.updates, info, chain: { ok: chain.ok, height: chain.height, violation: chain.violation || null },
     contributors: rows.map(([address, p]) => ({ address, ...p })), points, roomEvents: events });
 }
 
