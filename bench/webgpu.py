@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--stock", action="store_true", help="also time WebGPU with tfjs's stock ops (the baseline)")
+    ap.add_argument("--tf-flags", default="{}", help='tf.env flags for the timed WebGPU run, e.g. \'{"WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE": 64}\'')
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-span", action="store_true")
     ap.add_argument("--span-layers", type=int, default=4, help="layers in the span (units [0, 2·layers))")
@@ -112,13 +113,14 @@ def main() -> None:
     info = runner("info", {}, args.timeout)
     out["webgpu"] = {"adapter": info.get("adapter"), "software": info.get("software"), "dawn_flags": os.environ.get("AILO_DAWN_FLAGS", "")}
     if not args.skip_train:
-        job = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps, "warmup": args.warmup}
+        job = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps, "warmup": args.warmup,
+               "tfFlags": json.loads(args.tf_flags)}
         web = runner("bench", job, args.timeout)
         keep = ("stepMs", "tokensPerS", "warmupSeconds", "losses")
         out["train"] = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps,
                         "webgpu": {k: web[k] for k in keep}}
         if args.stock:  # baseline: tfjs's stock ops (one-hot cross-entropy/embedding grad, AdamW from ~15 ops)
-            stock = runner("bench", {**job, "tfFlags": STOCK}, args.timeout)
+            stock = runner("bench", {**job, "tfFlags": {**job["tfFlags"], **STOCK}}, args.timeout)
             out["train"]["webgpu_stock"] = {k: stock[k] for k in keep}
             out["train"]["speedup_vs_stock"] = web["tokensPerS"] / stock["tokensPerS"]
         for amp in ((False, True) if device.type == "cuda" else (False,)):
