@@ -99,7 +99,9 @@ def start_coordinator(d: Path, port: int) -> tuple[subprocess.Popen, str]:
 
 def measure(url: str, prompt: list[int], n: int, extra: dict, concurrency: int, want: list[int]) -> dict:
     toks, dt, done = ask(url, prompt, n, extra)
+    passes = max(done.get("stats", {}).get("passes", n), 1)
     single = {"tokens_per_s": round(n / dt, 2), "ms_per_token": round(1000 * dt / n, 1), "match": toks == want,
+              "ms_per_pass": round(1000 * dt / passes, 1),
               "stats": done.get("stats", {})}
     prompts = [prompt[i:] + prompt[:i] for i in range(concurrency)]  # distinct requests
     t0 = time.perf_counter()
@@ -108,7 +110,31 @@ def measure(url: str, prompt: list[int], n: int, extra: dict, concurrency: int, 
     wall = time.perf_counter() - t0
     single["aggregate_tokens_per_s"] = round(concurrency * n / wall, 2)
     single["concurrent_match_first"] = results[0][0] == want
+    single["concurrent_acceptance"] = [r[2]["stats"].get("acceptance") for r in results]
     return single
+
+
+def simulate(out: dict, args, shape: dict) -> dict:
+    """Llama-2 70B over 120 nodes at the same link, from this run's measured pushed pipeline:
+    a pass costs (hops + 1) × the per-hop time measured here (one-way delay, HTTP, signing,
+    checks, compute at tiny width), plus each hop's serialisation of a real-width frame
+    (8192 × 2 bytes a position at --mbit) that the tiny-width run did not carry; tokens per
+    pass as measured with drafts. Compute at real width is NOT included (a 70B layer on a
+    consumer GPU adds ~1-3 ms per hop)."""
+    spans = out["spans"]
+    push, draft = out["push"]["wan"], out["push+draft"]["wan"]
+    per_hop_ms = push["ms_per_pass"] / (spans + 1)
+    tokens_per_pass = args.new_tokens / max(draft["stats"]["passes"], 1)
+    rows = 1 + draft["stats"]["drafted"] / max(draft["stats"]["passes"], 1)
+    wire_ms = lambda hidden, r: hidden * 2 * r * 8 / (args.mbit * 1e6) * 1000 if args.mbit else 0.0  # noqa: E731
+    plain_pass = 121 * (per_hop_ms + wire_ms(8192, 1))
+    draft_pass = 121 * (per_hop_ms + wire_ms(8192, rows))
+    return {"basis": "simulated from this run's per-hop cost", "per_hop_ms": round(per_hop_ms, 2),
+            "hops": 121, "tokens_per_pass": round(tokens_per_pass, 2),
+            "tokens_per_s": round(1000 / plain_pass, 2),
+            "tokens_per_s_with_drafts": round(1000 * tokens_per_pass / draft_pass, 2),
+            "llama_2_7b_real_width_tokens_per_s_with_drafts": round(
+                1000 * tokens_per_pass / ((spans + 1) * (per_hop_ms + wire_ms(4096, rows))), 2)}
 
 
 def main() -> None:
@@ -170,6 +196,8 @@ def main() -> None:
                 ask(direct, prompt, 4, extra)  # warm connections at this setting
                 res[label] = measure(direct, prompt, args.new_tokens, extra, args.concurrency, want)
             out[mode] = res
+        if "push" in out and "push+draft" in out:
+            out["simulated_70b_120_nodes"] = simulate(out, args, shape)
         out.update({"cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)})
         print(json.dumps(out))
     finally:

@@ -12,6 +12,7 @@ with an error event naming the span and the failure. A node that answers 409 los
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -149,8 +150,10 @@ class Generation:
             node = self.route[k]
             self._used.setdefault(node.node_id, node)
             body = Frame(self.request_id, start, (span.start, span.end), x, reset).encode()
+            t0 = time.perf_counter()
             try:
                 raw = self._client.forward(node.url, body, self.hop_timeout)
+                self.registry.observe_hop(node, (time.perf_counter() - t0) * 1000)
                 out = Frame.decode(raw).tensor
             except WireError as exc:
                 raise _HopFailed(k, NodeUnavailable(f"bad frame: {exc}")) from None

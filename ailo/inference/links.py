@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 FRAME_PREFIX = "ailo-frame/v1"
 H_LINK, H_ADDRESS, H_SIGNATURE = "x-ailo-link", "x-ailo-address", "x-ailo-signature"
 MAX_ROUTES = 1024
+MAX_LOGS = 64                 # requests whose received frames are kept (like the KV caches' LRU)
+MAX_LOG_BYTES = 16 * 2 ** 20  # per request; past it the request's audit is unverifiable, not wrong
 
 
 def frame_message(body: bytes) -> bytes:
@@ -101,10 +104,17 @@ class NodeLink:
     room: str
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     routes: OrderedDict = field(default_factory=OrderedDict)       # request id -> Hop
-    received: dict[str, list[SignedFrame]] = field(default_factory=dict)
+    received: OrderedDict = field(default_factory=OrderedDict)  # request id -> [SignedFrame] since the last reset
+    overflow: set[str] = field(default_factory=set)              # requests whose log was cut
     queue: asyncio.Queue | None = None
     http: httpx.AsyncClient | None = None
     pushed: int = 0
+    hop_ms: float | None = None      # moving average: push to the next node until its 202
+    compute_ms: float | None = None  # moving average: this span per frame
+
+    def observe(self, attr: str, ms: float) -> None:
+        old = getattr(self, attr)
+        setattr(self, attr, ms if old is None else 0.8 * old + 0.2 * ms)
 
     def authorised(self, headers) -> bool:
         given = headers.get(H_LINK) or ""
@@ -120,6 +130,23 @@ class NodeLink:
     def forget(self, rid: str) -> None:
         self.routes.pop(rid, None)
         self.received.pop(rid, None)
+        self.overflow.discard(rid)
+
+    def keep(self, rid: str, frame: SignedFrame, reset: bool) -> None:
+        """Log a frame received from a node (what audits re-run), within memory bounds."""
+        frames = self.received.setdefault(rid, [])
+        self.received.move_to_end(rid)
+        if reset:  # the cache is rebuilt: earlier frames are superseded
+            frames.clear()
+            self.overflow.discard(rid)
+        if rid in self.overflow or sum(len(f.body) for f in frames) + len(frame.body) > MAX_LOG_BYTES:
+            frames.clear()
+            self.overflow.add(rid)
+        else:
+            frames.append(frame)
+        while len(self.received) > MAX_LOGS:
+            old, _ = self.received.popitem(last=False)
+            self.overflow.add(old)
 
 
 class Refused(Exception):
@@ -184,10 +211,7 @@ def add_link_routes(app: FastAPI, service) -> None:
         if service.span is None or frame.span != service.span:
             raise _refuse(421, "wrong_span", f"this node serves {service.span}, not {list(frame.span)}")
         if sender is not None:
-            log_ = link.received.setdefault(frame.request_id, [])
-            if frame.reset:
-                log_.clear()  # the cache is rebuilt: earlier frames are superseded
-            log_.append(SignedFrame(body, sender, request.headers[H_SIGNATURE]))
+            link.keep(frame.request_id, SignedFrame(body, sender, request.headers[H_SIGNATURE]), frame.reset)
         if link.queue is None:
             link.queue = asyncio.Queue()
             link.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), timeout=30.0)
@@ -200,7 +224,8 @@ def add_link_routes(app: FastAPI, service) -> None:
         link = link_or_404()
         if not link.authorised(request.headers):
             raise _refuse(403, "not_coordinator", "only this node's coordinator may read its frames")
-        return {"frames": [f.to_json() for f in link.received.get(request_id, [])]}
+        return {"frames": [f.to_json() for f in link.received.get(request_id, [])],
+                "complete": request_id not in link.overflow}
 
 
 async def _worker(service, link: NodeLink) -> None:
@@ -209,8 +234,10 @@ async def _worker(service, link: NodeLink) -> None:
     assert link.queue is not None
     while True:
         frame, hop = await link.queue.get()
+        t0 = time.perf_counter()
         try:
             out = service.forward(frame)
+            link.observe("compute_ms", (time.perf_counter() - t0) * 1000)
         except HTTPException as exc:
             asyncio.ensure_future(_report(link, frame.request_id, "self", exc.status_code, str(exc.detail),
                                            frame.span))
@@ -231,10 +258,12 @@ async def _worker(service, link: NodeLink) -> None:
 async def _send(link: NodeLink, url: str, body: bytes, rid: str, to_node: bool, span: tuple[int, int]) -> None:
     assert link.http is not None
     headers = {"content-type": CONTENT_TYPE, **sign_frame(link.wallet, body)}
+    t0 = time.perf_counter()
     try:
         r = await link.http.post(url, content=body, headers=headers)
         if r.status_code < 300:
             link.pushed += 1
+            link.observe("hop_ms", (time.perf_counter() - t0) * 1000)
             return
         detail = f"HTTP {r.status_code}: {r.text[:300]}"
     except httpx.HTTPError as exc:

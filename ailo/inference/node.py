@@ -271,7 +271,10 @@ class RoomAgent:
         if self.service.node_id is None:
             self._join()
         try:
-            reply = self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span})
+            link = self.service.link
+            reply = self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span,
+                                             "hop_ms": link.hop_ms if link else None,
+                                             "compute_ms": link.compute_ms if link else None})
         except LookupError:
             self.on_event("ailo node: coordinator forgot this node; joining again")
             self.service.node_id = None

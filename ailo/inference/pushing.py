@@ -106,6 +106,8 @@ class PushHub:
     async def fetch_received(self, url: str, token: str, rid: str, timeout: float) -> list[SignedFrame]:
         r = await self._http.get(f"{url}/v1/node/requests/{rid}/received", headers={H_LINK: token}, timeout=timeout)
         r.raise_for_status()
+        if r.json().get("complete") is False:
+            raise ValueError("the node kept only part of this request's frames")
         return [SignedFrame.from_json(f) for f in r.json()["frames"]]
 
     async def probe(self, urls: list[str], timeout: float) -> int | None:

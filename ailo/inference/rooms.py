@@ -47,6 +47,8 @@ class NodeRecord:
     checks: int = 0     # spot checks of this node's hops (ailo.inference.verify)
     strikes: int = 0    # convictions; the node loses its slot at the room's limit
     link_token: str | None = None  # secret the node gave at join: it takes pushed frames (links.py)
+    hop_ms: float | None = None      # measured: its push to the next node (its report), or our relay hop
+    compute_ms: float | None = None  # measured: its span's compute per frame (its report)
 
 
 @dataclass
@@ -186,7 +188,8 @@ class RoomRegistry:
         return node
 
     def heartbeat(self, room_id: str, node_id: str, loaded: tuple[int, int] | None,
-                  owner: str | None = None) -> NodeRecord:
+                  owner: str | None = None, hop_ms: float | None = None,
+                  compute_ms: float | None = None) -> NodeRecord:
         room = self.get(room_id)
         with self._lock:
             node = self.owned(room, node_id, owner)
@@ -195,7 +198,16 @@ class RoomRegistry:
                 node.failed = None  # alive after all (e.g. a slow answer): routable again
             node.last_seen = now
             node.loaded = tuple(loaded) if loaded else None
+            if hop_ms is not None:
+                node.hop_ms = round(float(hop_ms), 2)
+            if compute_ms is not None:
+                node.compute_ms = round(float(compute_ms), 3)
             return node
+
+    def observe_hop(self, node: NodeRecord, ms: float) -> None:
+        """A relayed hop's time as the coordinator saw it (moving average)."""
+        with self._lock:
+            node.hop_ms = round(ms if node.hop_ms is None else 0.8 * node.hop_ms + 0.2 * ms, 2)
 
     def leave(self, room_id: str, node_id: str, owner: str | None = None) -> None:
         room = self.get(room_id)
@@ -290,7 +302,9 @@ class RoomRegistry:
         with self._lock:
             nodes = [{"node_id": n.node_id, "address": n.address, "url": n.url, "memory": n.memory,
                       "span": n.span, "ready": self.ready(room, n), "alive": self.alive(n), "failed": n.failed,
-                      "served": n.served, "checks": n.checks, "strikes": n.strikes} for n in room.nodes.values()]
+                      "served": n.served, "checks": n.checks, "strikes": n.strikes,
+                      "hop_ms": n.hop_ms, "compute_ms": n.compute_ms,
+                      "push": n.link_token is not None} for n in room.nodes.values()]
             return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
                     "fingerprint": room.spec.fingerprint(), "slots": room.slots, "context": room.context,
                     "state": self.state(room), "has_tokenizer": room.tokenizer is not None,

@@ -68,6 +68,8 @@ class Join(BaseModel):
 class Heartbeat(BaseModel):
     node_id: str = Field(max_length=64)
     loaded: list[int] | None = Field(None, max_length=2)
+    hop_ms: float | None = Field(None, ge=0, le=1e7, description="the node's measured push to its next node")
+    compute_ms: float | None = Field(None, ge=0, le=1e7, description="the node's compute per frame")
 
 
 class Leave(BaseModel):
@@ -296,7 +298,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             loaded = tuple(body.loaded) if body.loaded else None
             if loaded is not None and len(loaded) != 2:
                 raise RoomError("'loaded' is [start, end]", 400)
-            node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer)
+            node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer, hop_ms=body.hop_ms,
+                                   compute_ms=body.compute_ms)
             room = rooms.get(room_id)
             return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room)}
         except (AuthError, RoomError, ValidationError) as exc:
