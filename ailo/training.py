@@ -7,6 +7,7 @@ seen) and the mean train loss: exactly what the coordinator's FedAvg consumes.
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -41,6 +42,13 @@ class LocalUpdate:
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+
+
+def device_label(device: torch.device) -> str:
+    """What trains, for people (the X-Ailo-Device header the dashboard shows): "torch cuda NVIDIA
+    H100 80GB HBM3", "torch cpu x86_64". Printable ASCII, at most 128 characters."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    return "".join(c if " " <= c <= "~" else "?" for c in f"torch {device.type} {name}".strip())[:128]
 
 
 def pick_device(requested: str | None = None) -> torch.device:

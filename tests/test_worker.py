@@ -76,6 +76,7 @@ def test_reply_lost_after_accept_is_retried_with_the_same_body_and_counted_once(
         assert report.response["status"] == "accepted" and report.response["replayed"] is True
         assert report.response["resigned"] == 0                    # the same signed body, sent again
         assert [(u.status, u.id) for u in rows] == [("accepted", report.response["update_id"])]
+        assert rows[0].extra["device"].startswith("torch cpu")  # X-Ailo-Device, shown on the dashboard
         assert coord.version == 1 and worker.outages == 3  # tasks, model, update: each rode it out
         paid = ledger.balance(worker.wallet.address).spendable
         assert paid > 0 and ledger.state().refs.keys() == {f"update:{rows[0].id}"}  # one mint

@@ -27,7 +27,7 @@ from ailo.federation.core.update_format import UpdateMeta
 from ailo.federation.client.uploader import submit_update
 from ailo.mirrors import MirroredSource
 from ailo.model import empty_model, get_preset
-from ailo.training import TrainConfig, pick_device, train_local
+from ailo.training import TrainConfig, device_label, pick_device, train_local
 from ailo.wallet import Wallet
 
 
@@ -276,7 +276,7 @@ class Worker:
         delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
         body, residual = compress(delta, self.load_error_feedback(manifest.preset, codec), codec)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
-                          task_id=task["task_id"])
+                          task_id=task["task_id"], device=device_label(device))
         sha = hashlib.sha256(body).hexdigest()
         t1 = time.perf_counter()
         result = submit_update(self.http, body, self._sign(meta, sha), policy=self.policy,
