@@ -40,6 +40,7 @@ from ailo.inference.auth import sign_request  # noqa: E402
 from ailo.inference.blocks import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
+from ailo.inference.plan import LLAMA_2_70B, GiB, fewest_spans  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
 AILO = [sys.executable, "-m", "ailo.cli.main"]
@@ -127,14 +128,17 @@ def simulate(out: dict, args, shape: dict) -> dict:
     tokens_per_pass = args.new_tokens / max(draft["stats"]["passes"], 1)
     rows = 1 + draft["stats"]["drafted"] / max(draft["stats"]["passes"], 1)
     wire_ms = lambda hidden, r: hidden * 2 * r * 8 / (args.mbit * 1e6) * 1000 if args.mbit else 0.0  # noqa: E731
-    plain_pass = 121 * (per_hop_ms + wire_ms(8192, 1))
-    draft_pass = 121 * (per_hop_ms + wire_ms(8192, rows))
-    return {"basis": "simulated from this run's per-hop cost", "per_hop_ms": round(per_hop_ms, 2),
-            "hops": 121, "tokens_per_pass": round(tokens_per_pass, 2),
-            "tokens_per_s": round(1000 / plain_pass, 2),
-            "tokens_per_s_with_drafts": round(1000 * tokens_per_pass / draft_pass, 2),
-            "llama_2_7b_real_width_tokens_per_s_with_drafts": round(
-                1000 * tokens_per_pass / ((spans + 1) * (per_hop_ms + wire_ms(4096, rows))), 2)}
+    res = {"basis": "simulated from this run's per-hop cost", "per_hop_ms": round(per_hop_ms, 2),
+           "tokens_per_pass": round(tokens_per_pass, 2)}
+    for name, gib in (("spread", None), ("fewest_2gib", 2), ("fewest_8gib", 8)):  # placement at that memory
+        spans70 = 120 if gib is None else len(fewest_spans(LLAMA_2_70B, [gib * GiB] * 120)[0].spans)
+        hops = spans70 + 1
+        res[name] = {"spans": spans70,
+                     "tokens_per_s": round(1000 / (hops * (per_hop_ms + wire_ms(8192, 1))), 2),
+                     "tokens_per_s_with_drafts": round(1000 * tokens_per_pass / (hops * (per_hop_ms + wire_ms(8192, rows))), 2)}
+    res["llama_2_7b_real_width_tokens_per_s_with_drafts"] = round(
+        1000 * tokens_per_pass / ((spans + 1) * (per_hop_ms + wire_ms(4096, rows))), 2)
+    return res
 
 
 def main() -> None:

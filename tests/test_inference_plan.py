@@ -136,3 +136,27 @@ def test_registry_refuses_wrong_checkpoint_and_too_little_memory():
         reg.create_room("r", spec, 2)
     with pytest.raises(RoomError, match="slots must be between"):
         reg.create_room("big", spec, 9)
+
+
+def test_fewest_spans_uses_the_largest_nodes_and_fewer_hops():
+    from ailo.inference.plan import LLAMA_2_70B, LLAMA_2_7B, fewest_spans
+    plan, chosen = fewest_spans(LLAMA_2_7B, [2 * GiB] * 12)
+    assert len(plan.spans) == len(chosen) < 12 and plan.spans[-1].end == LLAMA_2_7B.n_units
+    with pytest.raises(PlanError):
+        plan_room(LLAMA_2_7B, [2 * GiB] * (len(chosen) - 1))  # no fewer nodes would do
+    plan, chosen = fewest_spans(LLAMA_2_7B, [1 * GiB, 8 * GiB, 1 * GiB, 8 * GiB, 1 * GiB])
+    assert chosen == [1, 3] and len(plan.spans) == 2  # the two large nodes, in join order
+    plan, _ = fewest_spans(LLAMA_2_70B, [2 * GiB] * 120)
+    assert len(plan.spans) < 120
+
+
+def test_a_fewest_room_plans_one_span_and_makes_the_rest_replicas():
+    from ailo.inference.rooms import RoomRegistry
+    reg = RoomRegistry(clock=lambda: 0.0)
+    spec = PRESETS["qwen-1.8b"].model
+    reg.create_room("r", spec, 3, placement="fewest")
+    nodes = [reg.join("r", url=f"http://n{i}", memory=m, fingerprint=spec.fingerprint())
+             for i, m in enumerate([2 * GiB, 64 * GiB, 64 * GiB])]
+    room = reg.get("r")
+    assert len(room.plan.spans) == 1 and [n.span for n in nodes] == [None, 0, 0]
+    assert reg.view(room)["placement"] == "fewest"

@@ -221,7 +221,7 @@ def cmd_room(args: argparse.Namespace) -> int:
     base = f"{args.coordinator.rstrip('/')}/v1/rooms"
     try:
         if args.action == "create":
-            body: dict = {"id": args.room, "slots": args.slots, "context": args.context}
+            body: dict = {"id": args.room, "slots": args.slots, "context": args.context, "placement": args.placement}
             if args.checkpoint:
                 body["checkpoint"] = args.checkpoint
             if args.preset:
@@ -298,6 +298,9 @@ def register(subparsers) -> None:
     r.add_argument("--context", type=checks.positive_int, default=2048, help="longest prompt + answer in tokens")
     r.add_argument("--checkpoint", help="create: checkpoint folder (under the coordinator's --room-checkpoints) "
                    "whose span weights browser nodes fetch")
+    r.add_argument("--placement", choices=["spread", "fewest"], default="spread",
+                   help="create: spread = one span per slot; fewest = the fewest nodes that hold the model serve "
+                   "its spans, the others are replicas (fewer hops over the internet)")
     r.add_argument("--nodes", type=int, help="plan: number of nodes (default: the preset's)")
     r.add_argument("--memory", help="plan: memory per node, e.g. 2GiB")
     r.set_defaults(func=cmd_room)

@@ -181,6 +181,32 @@ def plan_room(spec: ModelSpec, memory: list[int], *, dtype_bytes: int | None = N
                     f"{offered / GB:.2f} GB offered)")
 
 
+def fewest_spans(spec: ModelSpec, memory: list[int], *, dtype_bytes: int | None = None,
+                 context: int = 2048) -> tuple[Plan, list[int]]:
+    """The plan over the fewest nodes that hold the model (largest memory first) and which
+    nodes (indices, in join order) serve its spans; the others become replicas. On wide-area
+    links every span costs a one-way trip per pass while compute stays the same, so fewer,
+    larger spans are faster; the replicas add throughput and failover (issue 28)."""
+    if not memory:
+        raise PlanError("a room needs at least one node")
+    order = sorted(range(len(memory)), key=lambda i: -memory[i])
+    dtype_bytes = dtype_bytes or spec.dtype_bytes
+    need = sum(unit_costs(spec, dtype_bytes, context))
+    m, held = 0, 0
+    while m < len(order) and held < need:  # no fewer nodes can hold it
+        held += memory[order[m]]
+        m += 1
+    error: PlanError | None = None
+    for k in range(max(m, 1), len(memory) + 1):
+        chosen = sorted(order[:k])
+        try:
+            return plan_room(spec, [memory[i] for i in chosen], dtype_bytes=dtype_bytes, context=context), chosen
+        except PlanError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
 # ----- presets: the whitepaper's rooms, with the models' real dimensions -----------------------
 
 @dataclass(frozen=True)

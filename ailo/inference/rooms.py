@@ -16,7 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ailo.inference.plan import Plan, PlanError, Span, plan_room, span_need
+from ailo.inference.plan import Plan, PlanError, Span, fewest_spans, plan_room, span_need
 from ailo.inference.spec import ModelSpec
 
 
@@ -60,6 +60,7 @@ class Room:
     dtype_bytes: int
     tokenizer: str | None = None
     checkpoint: str | None = None  # folder the coordinator serves span weights from (browser nodes)
+    placement: str = "spread"      # "spread": one span per slot; "fewest": fewest nodes that fit, rest replicas
     created_at: float = field(default_factory=time.time)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     plan: Plan | None = None
@@ -86,16 +87,18 @@ class RoomRegistry:
     # ----- rooms --------------------------------------------------------------------------
     def create_room(self, room_id: str, spec: ModelSpec, slots: int, *, context: int = 2048,
                     tokenizer: str | None = None, dtype_bytes: int | None = None,
-                    checkpoint: str | None = None) -> Room:
+                    checkpoint: str | None = None, placement: str = "spread") -> Room:
         if not room_id or "/" in room_id:
             raise RoomError("room id must be a non-empty name without '/'", 400)
         if not 1 <= slots <= spec.n_units:
             raise RoomError(f"slots must be between 1 and {spec.n_units} (half-layers of the model)", 400)
+        if placement not in ("spread", "fewest"):
+            raise RoomError("placement is 'spread' (one span per slot) or 'fewest' (fewest spans that fit)", 400)
         with self._lock:
             if room_id in self._rooms:
                 raise RoomError(f"room {room_id!r} already exists", 409)
             room = Room(room_id, spec, slots, min(context, spec.max_positions), dtype_bytes or spec.dtype_bytes,
-                        tokenizer, checkpoint)
+                        tokenizer, checkpoint, placement=placement)
             self._rooms[room_id] = room
             return room
 
@@ -151,14 +154,25 @@ class RoomRegistry:
                         del room.nodes[other.node_id]
                 waiting = list(room.nodes.values()) + [node]
                 if len(waiting) == room.slots:
+                    memory = [n.memory for n in waiting]
                     try:
-                        plan = plan_room(room.spec, [n.memory for n in waiting], dtype_bytes=room.dtype_bytes,
-                                         context=room.context)
+                        if room.placement == "fewest":
+                            plan, chosen = fewest_spans(room.spec, memory, dtype_bytes=room.dtype_bytes,
+                                                        context=room.context)
+                        else:
+                            plan, chosen = plan_room(room.spec, memory, dtype_bytes=room.dtype_bytes,
+                                                     context=room.context), list(range(len(waiting)))
                     except PlanError as exc:
                         raise RoomError(str(exc), 409) from None
                     room.plan = plan
-                    for i, n in enumerate(waiting):
-                        n.span = i
+                    for i, k in enumerate(chosen):
+                        waiting[k].span = i
+                    for n in waiting:
+                        if n.span is None:
+                            try:
+                                n.span = self._replica_span(room, n.memory)
+                            except RoomError:  # fits no span of this plan: joined, serves nothing
+                                pass
             else:
                 node.span = self._replica_span(room, node.memory)
             room.nodes[node.node_id] = node
@@ -306,6 +320,7 @@ class RoomRegistry:
                       "hop_ms": n.hop_ms, "compute_ms": n.compute_ms,
                       "push": n.link_token is not None} for n in room.nodes.values()]
             return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
+                    "placement": room.placement,
                     "fingerprint": room.spec.fingerprint(), "slots": room.slots, "context": room.context,
                     "state": self.state(room), "has_tokenizer": room.tokenizer is not None,
                     "plan": room.plan.to_dict() if room.plan else None, "nodes": nodes,

@@ -53,6 +53,9 @@ class CreateRoom(BaseModel):
     context: int = Field(2048, ge=1, le=1_000_000)
     checkpoint: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                                    description="checkpoint folder the coordinator serves to browser nodes")
+    placement: Literal["spread", "fewest"] = Field(
+        "spread", description="spread: one span per slot; fewest: the fewest nodes that hold the model serve "
+        "its spans (fewer hops over wide-area links), the others are replicas")
 
 
 class Join(BaseModel):
@@ -249,7 +252,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             if tokenizer is not None:
                 codecs.check(tokenizer)
             room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
-                                     checkpoint=body.checkpoint)
+                                     checkpoint=body.checkpoint, placement=body.placement)
         except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:
             return _refusal(exc)
         return JSONResponse(view(room), 201)
