@@ -72,6 +72,23 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def train_step(model: torch.nn.Module, forward, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               cfg: TrainConfig, step: int, use_amp: bool) -> torch.Tensor:
+    """One optimizer step (lr warm-up over the first `cfg.warmup_steps`, clipping); returns the
+    detached loss. Shared by `train_local` and the overlapped worker (`ailo.federation.overlap`)."""
+    if cfg.warmup_steps:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        loss = forward(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
                 device: torch.device | None = None) -> LocalUpdate:
     """Train in place for at most `cfg.steps` batches; returns the pseudo-gradient."""
@@ -92,17 +109,8 @@ def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
         except StopIteration:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.warmup_steps:
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = forward(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.detach())
+        loss = train_step(model, forward, opt, x, y, cfg, step, use_amp)
+        losses.append(loss)
         n_samples += x.shape[0]
         tokens += x.numel()
         bar.update(1)

@@ -13,6 +13,7 @@ from ailo.cli import checks, logs
 from ailo.cli.main import CLIError
 from ailo.federation.core.registry import AGGREGATORS
 from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.federation.core.local_phase import DEFAULT_MAX_STEPS, DEFAULT_SECONDS
 from ailo.model import PRESETS
 
 
@@ -35,8 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with this many accepted updates (default 1; = --min-updates disables it)")
     c.add_argument("--rounds", type=checks.positive_int, default=None, dest="max_rounds",
                    help="stop after this many rounds (default: run for ever)")
-    c.add_argument("--local-steps", type=checks.positive_int, default=20,
-                   help="optimizer steps each client takes per round")
+    c.add_argument("--local-steps", type=checks.positive_int, default=None,
+                   help="optimizer steps each client takes per round (default 20); given without --local-seconds: "
+                        "step-sized rounds")
+    c.add_argument("--local-seconds", type=checks.non_negative_float, default=None,
+                   help=f"time-sized rounds: every contributor trains this many seconds per round, overlapped "
+                        f"with its upload and download (default {DEFAULT_SECONDS:g}, unless --local-steps is "
+                        "given; 0 = step-sized)")
+    c.add_argument("--max-local-steps", type=checks.positive_int, default=DEFAULT_MAX_STEPS,
+                   help="time-sized rounds: most steps one phase may claim (bounds Proof-of-Contribution)")
     c.add_argument("--batch-size", type=checks.positive_int, default=8, help="sequences per local step")
     c.add_argument("--seq-len", type=checks.positive_int, default=None, help="tokens per sequence (default: the preset's context)")
     c.add_argument("--lr", type=checks.positive_float, default=3e-3, help="clients' local learning rate")
@@ -49,11 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
                    help="outer optimizer on the averaged pseudo-gradient (sgd = FedAvg); state persists across restarts")
     c.add_argument("--outer-momentum", type=checks.probability, default=0.9, help="nesterov: momentum")
-    c.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"],
-                   help="update codec named in every task (sparse: top-k + 2-bit with client error feedback)")
+    c.add_argument("--codec", default=None, choices=["fp32", "int8", "sparse"],
+                   help="update codec named in every task (sparse: top-k + 2-bit with client error feedback; "
+                        "default: int8 for time-sized rounds, fp32 for step-sized ones)")
     c.add_argument("--init", default=None, help="start (version 0) from this safetensors state dict")
-    c.add_argument("--compact-downloads", action="store_true",
-                   help="also serve the model in bf16 and int8 patches from the previous version (clients train from bf16)")
+    c.add_argument("--compact-downloads", action=argparse.BooleanOptionalAction, default=None,
+                   help="also serve the model in bf16 and patches from the previous version (int8, or sparse when "
+                        "few weights changed; clients train from bf16). Default: on for time-sized rounds")
     c.add_argument("--codec-density", type=checks.probability, default=0.01, help="sparse: share of each tensor's entries sent")
     c.add_argument("--ef-decay", type=checks.probability, default=1.0, help="lossy codecs: client error feedback e ← decay·e + Δ")
     c.add_argument("--data", default=None, dest="data_dir", help="corpus folder for the validation set")
@@ -105,7 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
     w.add_argument("--username", default=None, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true", help="no progress bars or round lines")
-    w.add_argument("--json-log", action="store_true", help="print one JSON line per round (timings, verdict)")
+    w.add_argument("--json-log", action="store_true", help="print one JSON line per submitted update "
+                   "(seconds.train, seconds.wall, bytes up/down, verdict): utilization = train / wall")
+    w.add_argument("--no-overlap", action="store_false", dest="overlap",
+                   help="time-sized rounds: wait for each verdict and version instead of training on")
     w.add_argument("--memory-budget", default=None, metavar="SIZE",
                    help="memory the worker may use for training, e.g. 10GiB or 12GB (default: what the device "
                    "has free: CUDA free memory, else available RAM); the worker plans micro-batches, "
@@ -117,6 +130,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def coordinator_config(args: argparse.Namespace) -> CoordinatorConfig:
     names = {f.name for f in fields(CoordinatorConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("local_seconds") is None:  # defaults: time-sized, unless a step count was asked for
+        values["local_seconds"] = 0.0 if values.get("local_steps") is not None else DEFAULT_SECONDS
+    if values.get("local_steps") is None:
+        values["local_steps"] = 20
+    timed = values["local_seconds"] > 0  # home-link defaults: ≈ 1 byte per weight each way, then patches
+    if values.get("codec") is None:
+        values["codec"] = "int8" if timed else "fp32"
+    if values.get("compact_downloads") is None:
+        values["compact_downloads"] = timed
     if "mirrors" in values:
         from ailo.mirrors import valid_mirror_url
         try:
@@ -133,7 +155,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     from ailo.federation.core.codecs import CodecSpec
     try:
-        CodecSpec(args.codec, args.codec_density, args.ef_decay)
+        CodecSpec(args.codec or "fp32", args.codec_density, args.ef_decay)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if args.device == "cuda":
@@ -224,7 +246,7 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(args.coordinator, client_id, Path(args.data) if args.data else None, args.shard,
                         args.num_shards, cache, args.device, progress=not args.quiet, wallet=wallet,
-                        attack=args.attack, json_log=args.json_log, memory_budget=budget)
+                        attack=args.attack, json_log=args.json_log, memory_budget=budget, overlap=args.overlap)
         worker.run(args.rounds)
     except (CoordinatorUnavailable, Refused) as exc:
         raise CLIError(str(exc)) from None

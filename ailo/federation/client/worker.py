@@ -21,6 +21,7 @@ from ailo.federation.core.codecs import CodecSpec, compress
 from ailo.federation.client.lean_training import available_memory, model_shape, task_shape, train_planned
 from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, format_size, plan as plan_memory
 from ailo.federation.client.patching import ServedCache
+from ailo.federation.client.overlap import OverlappedRun, wants_overlap
 from ailo.data import TokenDataset
 from ailo.federation.core.signing import sign_update
 from ailo.federation.core.update_format import UpdateMeta
@@ -133,8 +134,9 @@ class Worker:
     timeout: float = 120.0
     max_attempts: int = 3               # submissions per round before giving the round up
     policy: Backoff = DEFAULT           # back-off on connection errors and 5xx (ailo.backoff)
-    json_log: bool = False              # one JSON line per round on stdout (bench/gpu_round.py)
+    json_log: bool = False              # one JSON line per submitted update on stdout (bench/utilization.py)
     memory_budget: int | None = None    # bytes for training on the device; None = what it has free now
+    overlap: bool = True                # time-sized tasks: train while uploading (client/overlap.py)
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,7 @@ class Worker:
         if self.memory_budget is None:       # measured before this process holds a model
             self.memory_budget = available_memory(pick_device(self.device))
         self.plan: MemoryPlan | None = None  # how the last task was held in memory
+        self.overlap_task: dict | None = None  # a time-sized task seen by run_round: run overlapped
 
     def _retry_note(self, attempt: int, wait: float, why: str) -> None:
         if attempt == 1:
@@ -175,24 +178,37 @@ class Worker:
 
     def load_model(self, manifest: Manifest):
         self._model_for(manifest)
+        state, downloaded = self.fetch_state(manifest)
+        self.model.load_state_dict(state)
+        return downloaded
+
+    def fetch_state(self, manifest: Manifest) -> tuple[dict, int]:
+        """The manifest's weights (verified chunks, mirrors first) and the bytes downloaded."""
         bar = tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"model v{manifest.version}",
                    disable=not self.progress, leave=False)
         source = HTTPChunkSource(self.http, self.cache_dir / "partial", bar, policy=self.policy)
         mirrored = MirroredSource(manifest, manifest.mirrors, source, progress=bar) if manifest.mirrors else None
         store = ChunkStore(manifest, mirrored or source, self.cache_dir / "chunks")
         bar.update(sum(c.size for c in manifest.chunks if (self.cache_dir / "chunks" / c.sha256).exists()))
-        self.model.load_state_dict(store.state_dict())
+        state = store.state_dict()
         bar.close()
         self._prune_cache(manifest)
         if mirrored is not None:  # mirrors first (verified), the coordinator only for what they lack
             self.mirror_stats = mirrored.stats
             for line in mirrored.stats.failures:
                 print(f"[{self.client_id}] mirror refused, fell back: {line}", flush=True)
-            return sum(mirrored.stats.bytes_by_origin.values())
-        return source.bytes_read
+            return state, sum(mirrored.stats.bytes_by_origin.values())
+        return state, source.bytes_read
 
     def load_compact(self, manifest: Manifest) -> int:
         """Patch the held W_{v−1} to W_v (verified by chunk hashes), else fetch the bf16 chunks."""
+        state, downloaded = self.fetch_compact_state(manifest)
+        self._model_for(manifest)
+        self.model.load_state_dict(state)
+        return downloaded
+
+    def fetch_compact_state(self, manifest: Manifest) -> tuple[dict, int]:
+        """W_v (bf16) from the held W_{v−1} and the patch, else from the bf16 chunks; held for next time."""
         if not hasattr(self, "served"):
             self.served = ServedCache(self.cache_dir)
 
@@ -200,14 +216,9 @@ class Worker:
             r = self._call("GET", f"/v1/patches/{version}")
             return r.content if r.status_code == 200 else None
         got = self.served.patched(manifest, fetch_patch)
-        if got is not None:
-            self._model_for(manifest)
-            self.model.load_state_dict(got[0])
-            downloaded = got[1]
-        else:
-            downloaded = self.load_model(manifest)
-        self.served.remember(manifest, self.model.state_dict())
-        return downloaded
+        state, downloaded = got if got is not None else self.fetch_state(manifest)
+        self.served.remember(manifest, state)
+        return state, downloaded
 
     # -- error feedback: what lossy codecs did not send yet, kept between rounds ---------------
     @property
@@ -250,6 +261,9 @@ class Worker:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget})
         self.last_status = task["status"]
+        if self.overlap and wants_overlap(task):  # time-sized task: `run` hands over to OverlappedRun
+            self.overlap_task = task
+            return None
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
@@ -336,8 +350,12 @@ class Worker:
         while max_rounds is None or self.rounds_done < max_rounds:
             try:
                 report = self.run_round()
+                if self.overlap_task is not None:
+                    left = None if max_rounds is None else max_rounds - self.rounds_done
+                    return OverlappedRun(self, self.overlap_task, poll).run(left)
             except Unavailable as exc:
                 print(f"[{self.client_id}] {exc}; starting the round over", flush=True)
+                self.overlap_task = None
                 time.sleep(self.policy.cap)
                 continue
             if report is not None:
@@ -346,10 +364,14 @@ class Worker:
                     print(f"[{self.client_id}] round {report.round}: loss {report.train_loss:.3f} "
                           f"n={report.n_samples} ↓{report.downloaded:,}B ↑{report.uploaded:,}B → {ok}", flush=True)
                 if self.json_log:
+                    status = report.response.get("status")
                     print(json.dumps({"client": self.client_id, "round": report.round, "version": report.version,
-                                      "train_loss": report.train_loss, "downloaded": report.downloaded,
-                                      "uploaded": report.uploaded, "status": report.response.get("status"),
-                                      "reason": report.response.get("reason"), "seconds": report.timings}), flush=True)
+                                      "overlap": False, "t": round(time.time(), 3), "train_loss": report.train_loss,
+                                      "n_samples": report.n_samples, "downloaded": report.downloaded,
+                                      "uploaded": report.uploaded, "bytes": {"up": report.uploaded, "down": report.downloaded},
+                                      "status": status, "reason": report.response.get("reason"),
+                                      "verdict": status if status == "accepted" else report.response.get("reason"),
+                                      "seconds": report.timings}), flush=True)
                 continue
             if self.last_status == "done":
                 break

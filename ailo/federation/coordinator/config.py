@@ -41,6 +41,8 @@ class CoordinatorConfig:
     quorum_updates: int = 1              # liveness: a round 2×round_seconds old closes with this many
     max_rounds: int | None = None        # after this many rounds tasks answer "done"
     local_steps: int = 20
+    local_seconds: float = 0.0           # > 0: time-sized rounds (local_phase.py); 0: local_steps per round
+    max_local_steps: int = 400           # time-sized rounds: cap on one phase's steps
     batch_size: int = 8
     seq_len: int | None = None
     lr: float = 3e-3

@@ -43,6 +43,7 @@ from ailo.federation.core.registry import round_strategy
 from ailo.federation.coordinator.outer_store import OuterStateStore
 from ailo.federation.coordinator.pipeline import ValidationPipeline
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
+from ailo.federation.core.local_phase import phase_fields
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
 
@@ -171,7 +172,8 @@ class Coordinator:
         return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
                 "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task(),
                 **({"download": "bf16"} if c.compact_downloads else {}),
-                **({"warmup_steps": c.warmup_steps} if c.warmup_steps else {})}
+                **({"warmup_steps": c.warmup_steps} if c.warmup_steps else {}),
+                **phase_fields(c.local_seconds, c.max_local_steps)}
 
     @property
     def version(self) -> int:

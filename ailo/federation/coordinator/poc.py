@@ -35,6 +35,7 @@ from ailo.federation.coordinator.reputation import Reputation
 from ailo.federation.core.rewards import RewardConfig, training_reward
 from ailo.federation.core.signing import update_message
 from ailo.federation.core.update_format import UpdateRejected
+from ailo.federation.core.local_phase import effective_task
 from ailo.federation.core.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
                                       check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
                                       check_timestamp, clip_scale, cooldown_seconds, fresh_cosines)
@@ -174,7 +175,7 @@ class ProofOfContribution:
     # -- contribution (after structural checks) --------------------------------------------
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
         self.setup(coord)
-        cfg, task = self.validation, sub.round.task
+        cfg, task = self.validation, effective_task(sub.round.task, sub.meta.n_samples)  # time-sized: claimed steps
         recent = coord.store.updates(status="accepted", limit=cfg.norm_history, newest=True)
         history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra]
         codec = CodecSpec.from_task(task)

@@ -23,6 +23,7 @@ from typing import Mapping
 import torch
 
 from ailo.federation.core.codecs import CodecSpec, decode, encode
+from ailo.federation.core import sparse_patch
 
 PATCH_CODEC = CodecSpec("int8")
 StateDict = dict[str, torch.Tensor]
@@ -45,14 +46,25 @@ def make_patch(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.
 
 def apply_patch(previous: Mapping[str, torch.Tensor], patch: bytes) -> StateDict:
     """W_v from W_{v−1} and P_v, on W_{v−1}'s device (raises codecs.CodecError for a malformed
-    patch). Bit-identical on every device: one float32 add, one round-to-nearest-even to bf16."""
+    patch). Bit-identical on every device: one float32 add, one round-to-nearest-even to bf16;
+    a sparse patch (`sparse_patch.py`) sets the changed bf16 values."""
+    if sparse_patch.is_sparse(patch):
+        return sparse_patch.apply(previous, patch)
     step = decode(patch, {k: tuple(v.shape) for k, v in previous.items()}, PATCH_CODEC, device=_device_of(previous))
     return {k: (previous[k].to(torch.float32) + step[k]).to(torch.bfloat16) for k in previous}
 
 
 def next_served(previous: Mapping[str, torch.Tensor], master: Mapping[str, torch.Tensor]) -> tuple[bytes, StateDict]:
-    """(P_v, W_v): what the coordinator publishes when version v closes (on the master's device)."""
+    """(P_v, W_v): what the coordinator publishes when version v closes (on the master's device).
+    When few served values change (sparse updates), P_v lists them and W_v = bf16(M_v) exactly;
+    otherwise P_v is the int8 patch (≈ 1 byte per weight)."""
     device = _device_of(master)
     previous = {k: v.to(device) for k, v in previous.items()}
+    changed = sum(int((to_served({k: master[k]})[k].view(torch.int16) != previous[k].to(torch.bfloat16).view(torch.int16))
+                      .sum()) for k in master)
+    n = sum(t.numel() for t in master.values())
+    if sparse_patch.patch_bytes(changed, n) < n:  # the int8 patch costs ≈ n bytes
+        patch = sparse_patch.make(previous, master)
+        return patch, sparse_patch.apply(previous, patch)
     patch = make_patch(previous, master)
     return patch, apply_patch(previous, patch)

@@ -79,8 +79,45 @@ export function heldBits(values) {
   return out;
 }
 
+/** A sparse patch (ailo/federation/sparse_patch.py): the changed bf16 values of W_v at their
+ *  global flat index (tensors in sorted-name order), as idx U16 (mod 65536) + count I32 per
+ *  65536-slot + value U16 (bf16 bits). W_v = W_{v−1} with those values set, exactly. */
+function applySparsePatch(held, tensors) {
+  const names = [...held.keys()].sort(byName);
+  const total = names.reduce((s, n) => s + held.get(n).data.length, 0);
+  const it = tensors.get('idx'), ct = tensors.get('count'), vt = tensors.get('value');
+  if (!it || !ct || !vt || it.dtype !== 'U16' || vt.dtype !== 'U16' || ct.dtype !== 'I32') throw new PatchError('sparse patch needs idx U16, count I32, value U16');
+  const count = new Int32Array(ct.bytes.slice().buffer);
+  const idx = new Uint16Array(it.bytes.slice().buffer), value = new Uint16Array(vt.bytes.slice().buffer);
+  if (count.length !== Math.ceil(total / 65536) || idx.length !== value.length) throw new PatchError('sparse patch arrays do not fit this model');
+  const out = new Map(), starts = [];
+  let off = 0;
+  for (const name of names) {
+    const t = held.get(name);
+    out.set(name, { shape: t.shape, bits: heldBits(t.data).slice() });
+    starts.push([off, name]);
+    off += t.data.length;
+  }
+  let j = 0, at = 0, prev = -1;
+  for (let slot = 0; slot < count.length; slot++) {
+    if (count[slot] < 0 || j + count[slot] > idx.length) throw new PatchError('sparse patch counts do not fit its indices');
+    for (let c = 0; c < count[slot]; c++, j++) {
+      const pos = slot * 65536 + idx[j];
+      if (pos <= prev || pos >= total) throw new PatchError('sparse patch indices are not ascending within the model');
+      prev = pos;
+      while (at + 1 < starts.length && starts[at + 1][0] <= pos) at++;
+      out.get(starts[at][1]).bits[pos - starts[at][0]] = value[j];
+    }
+  }
+  if (j !== idx.length) throw new PatchError('sparse patch counts do not add up to its indices');
+  return out;
+}
+
 /** W_v bits from W_{v−1} (Map name → {shape, data: Float32Array of bf16 values}) and P_v. */
 export function applyPatch(held, patch) {
+  let parsed = null;
+  try { parsed = parseSafetensors(patch); } catch (e) { /* decodeInt8Body reports it */ }
+  if (parsed && parsed.metadata && parsed.metadata.format === 'sparse-bf16') return applySparsePatch(held, parsed.tensors);
   const shapes = new Map([...held.entries()].map(([n, t]) => [n, t.shape]));
   const step = decodeInt8Body(patch, shapes);
   const out = new Map();
