@@ -1,6 +1,7 @@
 """Overlapped, time-sized rounds (issue 27): workers train while their update uploads and is judged."""
 import threading
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -38,6 +39,7 @@ def test_time_sized_tasks_judge_the_work_an_update_claims():
     assert phase_fields(0, 100) == {}
 
 
+@pytest.mark.slow
 def test_overlapped_workers_train_through_uploads_and_every_update_is_accepted(tmp_path, corpus_dir, one_thread):
     cfg = CoordinatorConfig(min_updates=2, local_steps=3, local_seconds=1.5, val_batches=1, max_rounds=3,
                             round_seconds=600, compact_downloads=True, codec="int8")
@@ -53,7 +55,7 @@ def test_overlapped_workers_train_through_uploads_and_every_update_is_accepted(t
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=300)
+            t.join(timeout=900)
         coord = app.state.coordinator
         assert coord.version == 3
         for w in workers:
