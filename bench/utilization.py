@@ -231,7 +231,9 @@ def main() -> int:
             "warmup_steps": c.get("warmup_steps", 0), "seq_len": c.get("seq_len") or _n_ctx(args.preset)}
     result["config"] = {k: c.get(k) for k in ("codec", "compact_downloads", "local_seconds", "max_local_steps", "lr",
                                               "batch_size", "optimizer", "outer", "server_lr")}
-    if not args.no_central and result["ok"] and task["batch_size"]:
+    partial = not result["ok"] and "stopped after" in result.get("error", "")  # --max-seconds: report what ran
+    result["partial"] = partial
+    if not args.no_central and (result["ok"] or partial) and task["batch_size"] and result["val_loss"] is not None:
         samples = sum(r["n_samples"] for r in lines if r.get("verdict") == "accepted")
         result["tokens"] = samples * task["seq_len"]
         result.update(centralized(args.preset, task, samples, args.workers, args.device,

@@ -197,7 +197,9 @@ class OverlappedRun:
         model = w.model
         model.load_state_dict(first.weights)
         model.to(device).train()
-        base = {k: v.detach().to(device, torch.float32).clone() for k, v in model.state_dict().items()}
+        # W_base and the Δ in flight live in host memory: on a GPU they would cost two more model
+        # copies beside the weights, gradients and optimizer states (ailo-1b: 2 × 6.2 GB)
+        base = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
         task = first.task
         cfg = TrainConfig(steps=int(task.get("max_steps", task["steps"])), batch_size=task["batch_size"],
                           lr=task["lr"], optimizer=task["optimizer"],
@@ -239,7 +241,7 @@ class OverlappedRun:
                 if outstanding is None and task is not None and phase.steps > 0 and \
                         phase.seconds >= float(task.get("seconds", 0)) and (max_rounds is None or submitted < max_rounds):
                     now = time.perf_counter()
-                    outstanding = Job(task, {k: base[k] - v.detach().to(torch.float32)
+                    outstanding = Job(task, {k: base[k] - v.detach().to("cpu", torch.float32)
                                              for k, v in model.state_dict().items()},
                                       phase.samples, phase.steps,
                                       float(torch.stack(phase.losses).float().mean()) if phase.losses else 0.0,
@@ -271,11 +273,11 @@ class OverlappedRun:
         """θ ← θ + (W_new − W_base) (+ Δ_r when it is in W_new or was refused); base ← W_new."""
         state = model.state_dict()
         for k, p in state.items():
-            new = weights[k].to(p.device, torch.float32)
+            new = weights[k].to(base[k].device, torch.float32)
             step = new - base[k]
             if sent is not None:
                 step += sent.delta[k]
-            p.add_(step.to(p.dtype))
+            p.add_(step.to(p.device, p.dtype))
             base[k] = new
 
 
