@@ -141,7 +141,7 @@ def test_primitives_and_deterministic_signatures(page):
 
 def test_page_signatures_verify_in_python_and_back(page):
     py_wallet = Wallet.from_label("browser-test/python")
-    msg = update_message(3, 2, "ab" * 32, 16, 1234567, 1700000000123)
+    msg = update_message(3, 2, "ab" * 32, 16, 1234567, 1700000000123, "browser-1")
     py_sig = py_wallet.sign(msg)
     got = page.evaluate("""async ([pyAddress, msg, pySig]) => {
       const out = {};
@@ -151,7 +151,7 @@ def test_page_signatures_verify_in_python_and_back(page):
         const reg = await w.registerTx('page_' + (noble ? 'noble' : 'webcrypto'), 1700000000000);
         out[noble ? 'noble' : 'webcrypto'] = {
           kind: w.kind, address: w.address, register: reg,
-          update: await w.signHex(ailo.updateMessage(3, 2, 'ab'.repeat(32), 16, 1234567, 1700000000123)),
+          update: await w.signHex(ailo.updateMessage(3, 2, 'ab'.repeat(32), 16, 1234567, 1700000000123, 'browser-1')),
           pyOk: await ailo.ed25519Verify(pyAddress, msg, pySig),
           pyTampered: await ailo.ed25519Verify(pyAddress, msg + ' ', pySig),
         };

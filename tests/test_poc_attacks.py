@@ -118,8 +118,10 @@ def test_attack_catalog(network, corpus_dir):
     r, _ = _submit(client, Wallet.generate(), body, 1, 0, "ghost")
     outcomes["unregistered"] = (r.status_code, r.json()["reason"])
     replay_headers = {k: v for k, v in honest_request.headers.items() if k.lower().startswith("x-ailo-")}
+    r = client.post("/v1/updates", content=honest_request.content, headers=replay_headers)
+    assert r.status_code == 200 and r.json()["replayed"] is True  # a byte-exact replay: the original verdict, no new row
     r = client.post("/v1/updates", content=honest_request.content, headers={**replay_headers, "X-Ailo-Client": "replayer"})
-    outcomes["replay_same_round"] = (r.status_code, r.json()["reason"])
+    outcomes["replay_same_round"] = (r.status_code, r.json()["reason"])  # the client id is signed
     reports.append(honest[2].run_round())
     assert reports[2].response.get("aggregated") is True
 
@@ -134,7 +136,7 @@ def test_attack_catalog(network, corpus_dir):
     assert outcomes == {
         "sign_flip": (422, "wrong_direction"), "scaled": (422, "implausible_norm"), "nan": (422, "non_finite"),
         "forged_signature": (401, "bad_signature"), "stolen_address": (401, "bad_signature"),
-        "unregistered": (403, "unregistered"), "replay_same_round": (409, "replay"),
+        "unregistered": (403, "unregistered"), "replay_same_round": (401, "bad_signature"),
         "replay_old_round": (409, "stale_round"),
     }, outcomes
 
@@ -163,7 +165,7 @@ def test_attack_catalog(network, corpus_dir):
 
     # Refusals are recorded with reasons; the global loss still fell; the chain verifies.
     refused = {u.reason for u in coord.store.updates(status="refused")}
-    assert {"wrong_direction", "implausible_norm", "non_finite", "bad_signature", "replay"} <= refused
+    assert {"wrong_direction", "implausible_norm", "non_finite", "bad_signature"} <= refused
     losses = [h["val_loss"] for h in client.get("/v1/status").json()["history"]]
     assert losses[2] < losses[1] < losses[0]
     ledger.seal_block()

@@ -34,7 +34,7 @@ class ChunkFile(FileResponse):
 
 class TaskRequest(BaseModel):
     client_id: str = Field(min_length=1, max_length=128)
-    address: str | None = None
+    address: str | None = Field(None, max_length=128)  # the wallet that will sign: the caller's identity
     memory_budget: int | None = Field(default=None, ge=0, description="bytes the client can spend on training "
                                       "(its --memory-budget); a coordinator may answer a small one with a slice")
 
@@ -94,7 +94,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
     @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate",
             responses=reply(TaskReply))
     def task(req: TaskRequest) -> dict:
-        return coord.task(req.client_id)
+        return coord.task(req.client_id, req.address)
 
     @r.post("/updates", status_code=202,
             summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers); 202 + update id, "

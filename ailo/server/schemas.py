@@ -174,7 +174,7 @@ UPDATE_OPENAPI: dict[str, Any] = {
         _header("X-Ailo-Address", "wallet address (Proof-of-Contribution)", type="string", pattern=ADDRESS),
         _header("X-Ailo-Nonce", "strictly increasing per address", **_UINT),
         _header("X-Ailo-Timestamp", "milliseconds since the epoch, as signed", **_UINT),
-        _header("X-Ailo-Signature", "hex Ed25519 over ailo-update/v1|round|base|sha256|n|nonce|ts",
+        _header("X-Ailo-Signature", "hex Ed25519 over ailo-update/v2|round|base|sha256|n|nonce|ts|client",
                 type="string", pattern=SIGNATURE),
     ],
     "requestBody": {"required": True, "description": "safetensors file of the pseudo-gradient (or the round's codec)",

@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT, round_id INTEGER NOT NULL, client_id TEXT NOT NULL,
     address TEXT, n_samples INTEGER, train_loss REAL, sha256 TEXT, size INTEGER,
     status TEXT NOT NULL, reason TEXT, detail TEXT, received REAL NOT NULL, extra TEXT, idem TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_client
-    ON updates(round_id, client_id) WHERE status = 'accepted';
+DROP INDEX IF EXISTS one_accepted_per_client;
+CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_wallet
+    ON updates(round_id, address) WHERE status = 'accepted' AND address IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_per_unsigned_client
+    ON updates(round_id, client_id) WHERE status = 'accepted' AND address IS NULL;
+CREATE INDEX IF NOT EXISTS updates_by_address ON updates(address, id);
 CREATE INDEX IF NOT EXISTS updates_by_status ON updates(status, round_id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -74,6 +78,12 @@ class UpdateRecord:
 
 UPDATE_COLUMNS = ("id, round_id, client_id, address, n_samples, train_loss, sha256, size, status, reason, "
                   "detail, received, extra")
+
+
+def identity_key(client_id: str, address: str | None) -> str:
+    """Who an update belongs to: its signing wallet; an unsigned update (open mode) its client id.
+    A client id names nothing by itself: anyone can send any X-Ailo-Client."""
+    return f"a:{address}" if address else f"c:{client_id}"
 
 
 def _update_record(r) -> UpdateRecord:
@@ -230,17 +240,19 @@ class SQLiteRoundStore:
         with self._lock:
             return int(self._db.execute(q, args).fetchone()[0])
 
-    def holders(self, round_id: int) -> tuple[set[str], set[str]]:
-        """Client ids and addresses with a pending or accepted update in the round."""
+    def holders(self, round_id: int) -> set[str]:
+        """Identities (`identity_key`) with a pending or accepted update in the round."""
         with self._lock:
             rows = self._db.execute("SELECT client_id, address FROM updates WHERE round_id = ? AND status IN "
                                     "('pending', 'accepted')", (round_id,)).fetchall()
-        return {r[0] for r in rows}, {r[1] for r in rows if r[1]}
+        return {identity_key(r[0], r[1]) for r in rows}
 
-    def latest_update_of(self, client_id: str) -> UpdateRecord | None:
+    def latest_update_of(self, client_id: str, address: str | None = None) -> UpdateRecord | None:
+        """The newest update of a wallet (`address`), else of an unsigned client id (open mode)."""
+        where, arg = ("address = ?", address) if address else ("client_id = ? AND address IS NULL", client_id)
         with self._lock:
-            row = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE client_id = ? ORDER BY id DESC LIMIT 1",
-                                   (client_id,)).fetchone()
+            row = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE {where} ORDER BY id DESC LIMIT 1",
+                                   (arg,)).fetchone()
         return _update_record(row) if row else None
 
     def decide_update(self, update_id: int, status: str, reason: str | None = None, detail: str | None = None,
@@ -252,12 +264,14 @@ class SQLiteRoundStore:
                                    (status, reason, detail, json.dumps(extra or {}), update_id))
             return cur.rowcount == 1
 
-    def accepted_update(self, round_id: int, client_id: str, sha256: str,
+    def accepted_update(self, round_id: int, client_id: str, address: str | None, sha256: str,
                         statuses: tuple[str, ...] = ("accepted",)) -> UpdateRecord | None:
-        """The row of this exact body from this client in this round, in one of `statuses`."""
+        """The row of this exact body from this identity (wallet, else unsigned client id) in this
+        round, in one of `statuses`."""
         marks = ",".join("?" * len(statuses))
-        row = self._one(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE round_id = ? AND client_id = ? AND sha256 = ? "
-                        f"AND status IN ({marks}) ORDER BY id LIMIT 1", (round_id, client_id, sha256, *statuses))
+        who, arg = ("address = ?", address) if address else ("client_id = ? AND address IS NULL", client_id)
+        row = self._one(f"SELECT {UPDATE_COLUMNS} FROM updates WHERE round_id = ? AND {who} AND sha256 = ? "
+                        f"AND status IN ({marks}) ORDER BY id LIMIT 1", (round_id, arg, sha256, *statuses))
         return _update_record(row) if row else None
 
     def clients(self) -> list[str]:

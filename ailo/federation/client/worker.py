@@ -259,7 +259,8 @@ class Worker:
 
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
-        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget})
+        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget,
+                                                    "address": self.wallet.address if self.wallet else None})
         self.last_status = task["status"]
         if self.overlap and wants_overlap(task):  # time-sized task: `run` hands over to OverlappedRun
             self.overlap_task = task

@@ -45,7 +45,10 @@ from ailo.federation.coordinator.pipeline import ValidationPipeline
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
 from ailo.federation.core.local_phase import phase_fields
 from ailo.model import build_model, get_preset
-from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore
+from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, identity_key
+
+
+MAX_OPEN_TASKS = 10_000  # issued tasks remembered (POST /v1/tasks is also rate-limited per address)
 
 log = logging.getLogger("ailo.coordinator")
 
@@ -83,7 +86,7 @@ class Coordinator:
         self.on_idle: list[Callable[["Coordinator"], None]] = []  # pipeline thread, queue empty: warm caches
         self.lock = threading.RLock()          # swaps of model + manifest (short)
         self.admit_lock = threading.Lock()     # admission decisions: nonces, duplicates (short)
-        self._admitting: set[tuple[int, str]] = set()  # (round, client id / address) being written
+        self._admitting: set[tuple[int, str]] = set()  # (round, identity_key) being written
         self.tasks: dict[str, tuple[str, int, float]] = {}  # task id → (client, round, issued at)
         self.val_batches = TokenDataset.from_dir(config.data_dir, "val").fixed_batches(
             config.val_batches, config.batch_size, self.seq_len)
@@ -188,21 +191,31 @@ class Coordinator:
     def finished(self) -> bool:
         return self.config.max_rounds is not None and self.current_round().id > self.config.max_rounds
 
-    def task(self, client_id: str) -> dict:
-        """Never waits on validation: reads the store only. Carries the client's last verdict."""
+    def task(self, client_id: str, address: str | None = None) -> dict:
+        """Never waits on validation: reads the store only. Carries the caller's last verdict.
+        `address` (the wallet that will sign) is the identity; a bare client id only in open mode."""
         rnd = self.current_round()
-        last = self.store.latest_update_of(client_id)
+        last = self.store.latest_update_of(client_id, address)
         extra = {"last_update": round_status.short_verdict(last)} if last is not None else {}
         if self.finished():
             return {"status": "done", "round": rnd.id, "version": self.version, **extra}
-        clients, _ = self.store.holders(rnd.id)
-        if client_id in clients:  # accepted, or still being judged: nothing to train now
+        if identity_key(client_id, address) in self.store.holders(rnd.id):  # accepted or being judged
             return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5, **extra}
         task_id = uuid.uuid4().hex
         now = time.time()
+        self._prune_tasks(rnd.id)
         self.tasks[task_id] = (client_id, rnd.id, now)
         return {"status": "train", "task_id": task_id, "round": rnd.id, "version": rnd.base_version,
                 "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task, **extra}
+
+    def _prune_tasks(self, round_id: int) -> None:
+        """Issued tasks are bookkeeping, not state: keep only the open round's, at most
+        MAX_OPEN_TASKS (oldest dropped first), so junk task requests cannot grow memory."""
+        with self.admit_lock:
+            if self.tasks and next(iter(self.tasks.values()))[1] != round_id:
+                self.tasks = {k: v for k, v in self.tasks.items() if v[1] == round_id}
+            while len(self.tasks) >= MAX_OPEN_TASKS:
+                self.tasks.pop(next(iter(self.tasks)))
 
     # -- admission (request path) ------------------------------------------------------------
     def submit(self, meta: UpdateMeta, body: bytes, peer: str = "") -> dict:
@@ -221,9 +234,9 @@ class Coordinator:
         try:
             with self.admit_lock:
                 known = self.store.update_by_idem(idem) if idem else None
-                if known is None:  # same body from the same client and wallet, e.g. re-signed after a lost reply
-                    prior = self.store.accepted_update(meta.round_id, meta.client_id, sha256, ("pending", "accepted"))
-                    known = prior if prior is not None and (prior.address or "") == (meta.address or "") else None
+                if known is None:  # same body from the same wallet, e.g. re-signed after a lost reply
+                    known = self.store.accepted_update(meta.round_id, meta.client_id, meta.address or None, sha256,
+                                                       ("pending", "accepted"))
                 if known is not None:
                     return round_status.receipt(self, known)
                 rnd = self.current_round()
@@ -237,7 +250,7 @@ class Coordinator:
                     for hook in self.on_refused:
                         hook(self, sub, exc)
                     raise
-                keys = [(rnd.id, "c:" + meta.client_id)] + ([(rnd.id, "a:" + meta.address)] if meta.address else [])
+                keys = [(rnd.id, identity_key(meta.client_id, meta.address))]
                 self._admitting.update(keys)
             crash_point("update_write")  # fault injection (tests): body in its temp file, not in place
             fsync_file(tmp)
@@ -267,18 +280,18 @@ class Coordinator:
         if meta.base_version != rnd.base_version:
             raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
                                  f"round {rnd.id} trains version {rnd.base_version}", 409)
-        clients, addresses = self.store.holders(rnd.id)
-        if meta.client_id in clients or (rnd.id, "c:" + meta.client_id) in self._admitting:
-            raise UpdateRejected("duplicate", f"client {meta.client_id!r} already has an accepted or pending "
-                                 f"update in round {rnd.id}", 409)
         if self.store.count_updates(status="pending") >= self.config.max_pending:
             raise UpdateRejected("busy", f"{self.config.max_pending} updates are waiting for validation; "
                                  "retry in a few seconds", 429)
         for check in self.pre_checks:  # identity (PoC): signature, nonce, rate limit
             check(self, sub)
-        if meta.address and (meta.address in addresses or (rnd.id, "a:" + meta.address) in self._admitting):
-            raise UpdateRejected("duplicate", f"wallet {meta.address} already has an accepted or pending update "
-                                 f"in round {rnd.id}", 409)
+        # Duplicates by identity, checked once the identity is proven (pre_checks): the signing
+        # wallet, never the client id another wallet can also send.
+        who = identity_key(meta.client_id, meta.address)
+        if who in self.store.holders(rnd.id) or (rnd.id, who) in self._admitting:
+            owner = f"wallet {meta.address}" if meta.address else f"client {meta.client_id!r}"
+            raise UpdateRejected("duplicate", f"{owner} already has an accepted or pending update in round {rnd.id}",
+                                 409)
         check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task))
 
     # -- validation (pipeline thread) ----------------------------------------------------------

@@ -96,7 +96,7 @@ class ProofOfContribution:
                                  "(format or checksum)", 400)
         if not self.ledger.is_registered(m.address):
             raise UpdateRejected("unregistered", f"address {m.address} is not registered; POST /v1/register first", 403)
-        message = update_message(m.round_id, m.base_version, sub.sha256, m.n_samples, m.nonce, m.timestamp)
+        message = update_message(m.round_id, m.base_version, sub.sha256, m.n_samples, m.nonce, m.timestamp, m.client_id)
         if not verify_signature(m.address, message, m.signature):
             raise UpdateRejected("bad_signature", "signature does not verify for this address and update digest", 401)
         check_timestamp(m.timestamp / 1000.0, sub.received, self.validation)

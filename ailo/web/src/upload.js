@@ -38,7 +38,7 @@ export async function submitSigned(client, wallet, body, sha, meta, { maxResign 
   for (;;) {
     const nonce = await wallet.nextNonce();
     const timestamp = Date.now();
-    const signature = await wallet.signHex(updateMessage(meta.round, meta.baseVersion, sha, meta.nSamples, nonce, timestamp));
+    const signature = await wallet.signHex(updateMessage(meta.round, meta.baseVersion, sha, meta.nSamples, nonce, timestamp, meta.clientId));
     let reply;
     try {
       reply = await client.submitUpdate(body, { ...meta, address: wallet.address, signature, nonce, timestamp });

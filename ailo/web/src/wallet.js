@@ -89,8 +89,8 @@ export class Wallet {
 }
 
 /** The digest line a contributor signs for an update (ailo/federation/core/signing.py). */
-export function updateMessage(round, baseVersion, bodySha256, nSamples, nonce, timestampMs) {
-  return `ailo-update/v1|${round}|${baseVersion}|${bodySha256}|${nSamples}|${nonce}|${timestampMs}`;
+export function updateMessage(round, baseVersion, bodySha256, nSamples, nonce, timestampMs, clientId) {
+  return `ailo-update/v2|${round}|${baseVersion}|${bodySha256}|${nSamples}|${nonce}|${timestampMs}|${clientId}`;
 }
 
 async function wrapSeed(seed) {
