@@ -216,6 +216,8 @@ def invalid_cases(base: list[dict]) -> dict[str, tuple[str, list[dict]]]:
         [pay(CAROL, RID2, PRICE), mint_inf(DAVE, RID2), refund(CAROL, RID2, 1)])
     bad("invalid_refund_twice", "the same refund minted twice",
         [pay(CAROL, RID2, PRICE), refund(CAROL, RID2, PRICE // 2), refund(CAROL, RID2, PRICE // 2)])
+    bad("invalid_payout_after_refund", "a node paid for a request after its refund settled it",
+        [pay(CAROL, RID2, PRICE), refund(CAROL, RID2, PRICE // 2), mint_inf(DAVE, RID2, PRICE // 4)])
     bad("invalid_pay_inference_twice", "a second payment for an already paid request id",
         [pay(CAROL, RID, PRICE)])
     bad("invalid_pay_inference_overspend", "a payment larger than the payer's balance",
@@ -279,6 +281,7 @@ EXPECT = {   # name -> (block, tx, code): the hand-checked first violation
     "invalid_refund_to_other": (3, 1, "bad_ref"),
     "invalid_refund_after_payout": (3, 2, "over_budget"),
     "invalid_refund_twice": (3, 2, "duplicate_ref"),
+    "invalid_payout_after_refund": (3, 2, "settled"),
     "invalid_pay_inference_twice": (3, 0, "duplicate_request"),
     "invalid_pay_inference_overspend": (3, 0, "insufficient_funds"),
     "invalid_username_taken": (3, 0, "username_taken"),
@@ -309,13 +312,15 @@ def primitives() -> dict[str, Any]:
 
 
 def refund_chain(base: list[dict]) -> list[dict]:
-    """carol pays for a 2-span request; dave's span is paid, the other span's node fails."""
+    """carol pays for 60 steps of a 2-span request served by dave's two nodes; it fails after 40:
+    dave is paid for the 40 steps his nodes processed, then the 20 nobody processed are refunded."""
     t = base[2]["timestamp"] + 1_000
     pay = raw_tx({"type": "PAY_INFERENCE", "from": CAROL.address, "request": RID2, "amount": PRICE,
-                  "fee": FEE, "timestamp": t}, CAROL)   # 2 spans at PRICE / 2 each
-    mints = [raw_tx({"type": "MINT_INFERENCE", "to": to.address, "amount": PRICE // 2, "ref": ref,
-                     "timestamp": t}, COORD)
-             for to, ref in ((DAVE, f"request:{RID2}:{DAVE.address}"), (CAROL, f"refund:{RID2}"))]
+                  "fee": FEE, "timestamp": t}, CAROL)
+    delivered = PRICE * 40 // 60
+    mints = [raw_tx({"type": "MINT_INFERENCE", "to": to.address, "amount": amount, "ref": ref, "timestamp": t}, COORD)
+             for to, amount, ref in ((DAVE, delivered, f"request:{RID2}:{DAVE.address}"),
+                                     (CAROL, PRICE - delivered, f"refund:{RID2}"))]
     return extend(base[:3], [pay, *mints])
 
 
@@ -339,8 +344,9 @@ def build() -> dict[str, dict[str, Any]]:
         "ACTIVE), transfers with fee and burn, a settlement, a dispute reaching 51% "
         "of the ACTIVE nodes and its REVERSAL", base)
     vectors["valid_inference_refund"] = valid(
-        "a paid request for 2 spans fails after one node was paid: the unspent half of the payment "
-        "goes back to its payer (MINT_INFERENCE ref refund:<request id>); the fee is kept",
+        "a paid request for 60 steps of 2 spans fails after 40: the nodes' wallet is paid for the 40 "
+        "steps they processed, then what nobody processed goes back to the payer (MINT_INFERENCE ref "
+        "refund:<request id>, which settles the request); the fee is kept",
         refund_chain(base))
     for name, (desc, chain) in invalid_cases(base).items():
         got = verify_chain(chain, now=NOW)

@@ -249,7 +249,12 @@ def test_a_failed_requests_unspent_payment_is_refunded_once_to_its_payer(net) ->
     assert svc.balance(alice.address).spendable == UNIT // 2 - UNIT // 20 - FEE  # the fee is kept
     assert svc.state().requests[rid].remaining == 0
     assert code_of(svc.mint_inference, carol.address, UNIT // 20, f"request:{rid}:{carol.address}") \
-        == "over_budget"                                          # nothing left to pay anyone with
+        == "settled"                                              # the refund settled the request
     full = "f" * 32
     svc.pay_inference(pay_inference_tx(alice, full, price, clock()).to_json())
     assert svc.refund_inference(full).amount == price            # nobody served: all of it back
+    part = "d" * 32                                               # a partial refund (what nobody processed)
+    svc.pay_inference(pay_inference_tx(alice, part, price, clock()).to_json())
+    assert svc.refund_inference(part, price // 3).amount == price // 3
+    assert svc.state().requests[part].remaining == price - price // 3 and svc.state().requests[part].settled
+    assert code_of(svc.mint_inference, bob.address, 1, f"request:{part}:{bob.address}") == "settled"

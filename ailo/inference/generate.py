@@ -22,7 +22,7 @@ import torch
 from ailo.inference.draft import propose
 from ailo.inference.plan import Span
 from ailo.inference.pushing import HopError, PushHub, PushPath, hop_cause, replay
-from ailo.inference.rewards import InferenceRewardSink, pay_request, refund_request
+from ailo.inference.rewards import InferenceRewardSink, failed_settlement, pay_request, settle_failed
 from ailo.inference.rooms import NodeRecord, Room, RoomError, RoomRegistry
 from ailo.inference.transport import CacheMiss, HttpNodeClient, NodeClient, NodeUnavailable
 from ailo.inference.verify import SpanAudit, SpotChecker
@@ -103,6 +103,8 @@ class Generation:
         self.tokens: list[int] = list(self.prompt)
         self.processed: dict[str, str | None] = {}  # node_id -> address, in first-use order
         self.failed: set[str] = set()
+        self.steps: dict[str, int] = {}  # node_id -> emitted tokens whose forward pass it processed
+        self.fault: NodeRecord | None = None  # the node whose failure ended the request
         self.stats = _Stats()
         self._used: dict[str, NodeRecord] = {}
         self._client: NodeClient = self.client_factory()
@@ -186,6 +188,7 @@ class Generation:
                 attempts += 1
                 span, node = self.spans[hop.index], self.route[hop.index]
                 if attempts > self.max_failovers:
+                    self.fault = node
                     raise GenerationError(f"request aborted after {self.max_failovers} failovers; last: "
                                           f"{span.label} on node {node.node_id}: {hop.cause}") from None
                 if isinstance(hop.cause, NodeUnavailable):
@@ -210,6 +213,7 @@ class Generation:
         log.warning("room %s: %s on node %s failed: %s", self.room_id, span.label, node.node_id, reason)
         options = self.registry.candidates(self.room_id, span.index, exclude=self.failed)
         if not options:
+            self.fault = node
             raise GenerationError(f"{span.label} failed on node {node.node_id} ({reason}) and no live replica "
                                   f"holds that span; request {self.request_id} aborted, nothing was generated "
                                   "past the failure")
@@ -288,6 +292,9 @@ class Generation:
                             piece, emitted = text[len(emitted):], text
                     yield {"type": "token", "index": i, "token": tok, "text": piece}
                     i += 1
+                    for n in self.route:  # delivered work: this token's pass went through every routed node
+                        self._used.setdefault(n.node_id, n)
+                        self.steps[n.node_id] = self.steps.get(n.node_id, 0) + 1
                     if tok in eos:
                         finish = "eos"
                         break
@@ -298,8 +305,7 @@ class Generation:
             completed = True
         except GenerationError as exc:
             yield from self._drain()
-            yield {"type": "error", "request_id": self.request_id, "error": str(exc),
-                   "refunded": refund_request(self.rewards, self.request_id)}
+            yield {"type": "error", "request_id": self.request_id, "error": str(exc), **self._settle_failed(budget)}
         finally:
             for n in self.route:
                 self.registry.set_active(n, -1, served=completed and n.node_id in self.processed)
@@ -336,6 +342,19 @@ class Generation:
                              "acceptance": round(self.stats.accepted / self.stats.drafted, 3)
                              if self.stats.drafted else None,
                              "node_compute_ms": round(getattr(self._client, "node_compute_ms", 0.0), 3)}}
+
+
+    def _settle_failed(self, budget: int) -> dict:
+        """Settlement by delivered work (rewards.failed_settlement): nodes paid per processed step,
+        the unprocessed share refunded unless the requester's own node caused the failure."""
+        work = [(self._used[n].address, steps) for n, steps in self.steps.items()]
+        tokens = len(self.tokens) - len(self.prompt)
+        fault = self.fault.address if self.fault is not None else None
+        payouts, refund = failed_settlement(work, tokens, len(self.spans), budget, self.requester, fault)
+        paid, refunded = settle_failed(self.rewards, self.request_id, payouts, refund)
+        return {"refunded": refunded, "payees": paid, "delivered_tokens": tokens,
+                "fault_node": self.fault.node_id if self.fault is not None else None,
+                "own_fault": fault is not None and fault == self.requester}
 
 
 class _HopFailed(Exception):

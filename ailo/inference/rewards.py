@@ -2,7 +2,9 @@
 
 Each successfully completed request pays 0.05 ALC to every node that processed it, once,
 and never to the requester — even when the requester's own node served a span. A paid request
-that fails (a span with no node left) gets its unspent payment back (`refund_request`). The ledger
+that fails (a span with no node left) is settled by delivered work (`failed_settlement`): each
+node is paid for the steps it processed, the requester gets back only the share of the steps
+nobody processed, and nothing when a node of its own wallet caused the failure. The ledger
 (`ailo.ledger.LedgerService`, built separately) implements `mint_inference` idempotently
 by `ref`; this package only depends on the Protocol below, so rooms run without a ledger.
 """
@@ -68,14 +70,53 @@ def pay_request(sink: InferenceRewardSink | None, request_id: str, node_addresse
     return paid, errors
 
 
-def refund_request(sink: object, request_id: str) -> int:
+def failed_settlement(node_steps: Iterable[tuple[str | None, int]], tokens: int, n_spans: int, budget: int,
+                      requester: str | None, fault: str | None) -> tuple[dict[str, int], int]:
+    """(payouts by address, refund) of a paid request that failed after `tokens` of its `budget`
+    steps (docs/REWARDS.md "Failed requests"). `node_steps`: (address, steps it processed) per node;
+    a step is one emitted token whose forward pass went through that node (a node on every span's
+    route gets one per token, so the steps of a span add up to `tokens`).
+
+    A node earns reward × steps / budget (one reward per span and request, as on success; at most
+    one reward per wallet); the requester's own nodes earn nothing. The refund is the share of the
+    budget nobody processed — never the processed share, whoever processed it — and 0 when the
+    failing node (`fault`) belongs to the requester: a requester that kills its own node gets
+    neither a refund nor free tokens. Payouts plus refund never exceed the price."""
+    budget = max(1, budget)
+    pay: dict[str, int] = {}
+    for address, steps in node_steps:
+        if address and address != requester and steps > 0:
+            pay[address] = pay.get(address, 0) + INFERENCE_REWARD_UNITS * steps // budget
+    pay = {a: min(v, INFERENCE_REWARD_UNITS) for a, v in pay.items() if v > 0}
+    processed = INFERENCE_REWARD_UNITS * n_spans * min(tokens, budget) // budget
+    refund = 0 if requester is not None and fault == requester else request_price(n_spans) - processed
+    return pay, refund
+
+
+def settle_failed(sink: object, request_id: str, payouts: dict[str, int], refund: int) -> tuple[list[str], int]:
+    """Mint the payouts, then the refund (which settles the request on the ledger: no payout may
+    follow it). Returns (paid addresses, units refunded). Never raises."""
+    paid: list[str] = []
+    for address, amount in payouts.items():
+        if sink is None:
+            break
+        try:
+            sink.mint_inference(address, amount, reward_ref(request_id, address))
+            paid.append(address)
+        except Exception as exc:
+            log.warning("inference payout to %s for failed %s failed: %s", address, request_id, exc)
+    return paid, refund_request(sink, request_id, refund) if refund > 0 else 0
+
+
+def refund_request(sink: object, request_id: str, amount: int | None = None) -> int:
     """Units given back to the payer of a request that failed (0: unpaid, no ledger, or the
-    ledger refused). Never raises: the client still gets the failure it is owed."""
+    ledger refused); `amount` None = all that is left of its payment. Never raises: the client
+    still gets the failure it is owed."""
     refund = getattr(sink, "refund_inference", None)
     if refund is None:
         return 0
     try:
-        receipt = refund(request_id)
+        receipt = refund(request_id, amount)
     except Exception as exc:
         log.warning("refund of %s failed: %s", request_id, exc)
         return 0

@@ -19,7 +19,8 @@ class ThreadedServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=60)
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=60,
+                                proxy_headers=False)  # the peer address is the client: no header decides it
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

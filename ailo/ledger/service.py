@@ -152,9 +152,10 @@ class LedgerService:
     def mint_inference(self, address: str, amount: int, ref: str) -> MintReceipt:
         return self._mint(MINT_INFERENCE, address, amount, ref)
 
-    def refund_inference(self, request_id: str) -> MintReceipt | None:
-        """Give a failed request's unspent payment back to its payer (`refund:<id>`, once;
-        the fee is not refunded). None when the request was never paid or nothing is left."""
+    def refund_inference(self, request_id: str, amount: int | None = None) -> MintReceipt | None:
+        """Give a failed request's unprocessed share back to its payer (`refund:<id>`, once; it
+        settles the request: no payout after it). `amount` None: all that is left; otherwise at
+        most that. The fee is not refunded. None when never paid or nothing is left."""
         ref = f"refund:{request_id}"
         with self._lock:
             state = self._working or self._state
@@ -164,7 +165,8 @@ class LedgerService:
             budget = state.requests.get(request_id)
             if budget is None or budget.remaining <= 0:
                 return None
-            return self._mint(MINT_INFERENCE, budget.payer, budget.remaining, ref)
+            give = budget.remaining if amount is None else min(int(amount), budget.remaining)
+            return self._mint(MINT_INFERENCE, budget.payer, give, ref) if give > 0 else None
 
     def _mint(self, kind: str, address: str, amount: int, ref: str) -> MintReceipt:
         with self._lock:

@@ -45,10 +45,12 @@ class PendingTransfer:
 
 @dataclass(frozen=True, slots=True)
 class RequestBudget:
-    """A paid inference request: who paid, and how much MINT_INFERENCE it may still fund."""
+    """A paid inference request: who paid, how much MINT_INFERENCE it may still fund, and whether
+    it is settled (its refund was minted: nothing more is paid for it, docs/REWARDS.md)."""
 
     payer: str
     remaining: int
+    settled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +231,12 @@ def _mint(state: LedgerState, tx: Transaction) -> None:
             raise LedgerError(f"a refund of request {request} goes to its payer {budget.payer}", "bad_ref")
         if refund is None and to == budget.payer:
             raise LedgerError("the requester cannot be paid for its own request", "self_dealing")
+        if budget.settled:
+            raise LedgerError(f"request {request} is settled: its refund was minted, nothing more is paid", "settled")
         if amount > budget.remaining:
             raise LedgerError(f"mint of {amount} exceeds the {budget.remaining} units left of request "
                               f"{request}'s payment", "over_budget")
-        state.requests[request] = RequestBudget(budget.payer, budget.remaining - amount)
+        state.requests[request] = RequestBudget(budget.payer, budget.remaining - amount, refund is not None)
     _credit(state.spendable, to, amount)
     state.minted += amount
     state.refs[ref] = MintRecord(tx.txid, tx.type, to, amount, state.open_height or 0)

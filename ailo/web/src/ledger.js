@@ -281,7 +281,7 @@ export class LedgerState {
     this.spendable = new Map(); this.pendingIn = new Map(); this.nonces = new Map();
     this.usernames = new Map(); this.names = new Map(); this.refs = new Map(); this.lastWork = new Map();
     this.pending = new Map(); this.settleQueue = []; this.reporters = new Map(); this.status = new Map();
-    this.kinds = new Map(); this.requests = new Map(); // paid inference request -> { payer, remaining }
+    this.kinds = new Map(); this.requests = new Map(); // paid inference request -> { payer, remaining, settled }
     this.minted = 0; this.burned = 0; this.txCount = 0; this.openHeight = null; this.newPending = [];
   }
 
@@ -377,8 +377,9 @@ const RULES = {
       if (!budget) throw new LedgerError('unpaid_request', `request ${request} was never paid (no PAY_INFERENCE)`);
       if (refund && to !== budget.payer) throw new LedgerError('bad_ref', `a refund of request ${request} goes to its payer ${budget.payer}`);
       if (!refund && to === budget.payer) throw new LedgerError('self_dealing', 'the requester cannot be paid for its own request');
+      if (budget.settled) throw new LedgerError('settled', `request ${request} is settled: its refund was minted, nothing more is paid`);
       if (amount > budget.remaining) throw new LedgerError('over_budget', `mint of ${amount} exceeds the ${budget.remaining} units left of request ${request}'s payment`);
-      s.requests.set(request, { payer: budget.payer, remaining: budget.remaining - amount });
+      s.requests.set(request, { payer: budget.payer, remaining: budget.remaining - amount, settled: !!refund });
     }
     credit(s.spendable, to, amount);
     s.minted += amount;
