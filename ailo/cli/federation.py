@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mirror", action="append", default=[], dest="mirrors", metavar="URL",
                    help="chunk mirror base URL serving <URL>/<sha256> (repeatable; see `ailo mirror sync`); "
                    "clients try mirrors first and verify every chunk")
+    c.add_argument("--forwarded-allow-ips", default="", metavar="IPS",
+                   help="comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are trusted "
+                        "(the client address rate limits key on); default none: the peer address is the client")
     c.add_argument("--room-requests-per-minute", type=checks.positive_float, default=60.0,
                    help="rooms: generate requests per requester wallet per minute (burst 1/6 of it; 4x per network address)")
     c.add_argument("--db", default=None, metavar="URL",
@@ -202,8 +205,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise
     print(f"coordinator on http://{args.host}:{args.port}  (OpenAPI: /docs; operator token for "
           f"`ailo room create`: {Path(args.state) / 'operator-token'})", flush=True)
+    proxies = args.forwarded_allow_ips.strip()  # uvicorn's own default trusts 127.0.0.1: not ours
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=args.access_log,
-                                           log_level=args.log_level))
+                                           log_level=args.log_level, proxy_headers=bool(proxies),
+                                           forwarded_allow_ips=proxies or None))
     server.run(sockets=[sock])
     return 0
 

@@ -41,6 +41,8 @@ class ServiceConfig:
     ip_update_burst: int = 60
     room_checkpoints: Path | None = None   # folder of checkpoint folders served to browser nodes
     allow_private_node_urls: bool = False  # rooms: let nodes advertise loopback/private URLs (dev, demo)
+    ip_tasks_per_minute: float = 600.0     # POST /v1/tasks per address (a waiting worker polls every 0.5 s)
+    ip_task_burst: int = 120
     ip_junk_per_minute: float = 30.0       # malformed requests per address, counted apart from the above
     ip_junk_burst: int = 20
     room_requests_per_minute: float = 60.0  # generate, per requester wallet (4x that per network address)
@@ -60,7 +62,7 @@ def coordinator_wallet(state_dir: Path) -> Wallet:
 
 
 def rate_limit_middleware(app: FastAPI, validation: ValidationConfig, svc: ServiceConfig) -> None:
-    """Per-network-address token buckets on the two write paths a Sybil would hammer; malformed
+    """Per-network-address token buckets on the write paths a Sybil would hammer; malformed
     requests count in a separate bucket (ailo.server.ratelimit), so junk cannot lock an address out."""
     def junk() -> Buckets:
         return Buckets(svc.ip_junk_per_minute / 60.0, svc.ip_junk_burst)
@@ -70,6 +72,8 @@ def rate_limit_middleware(app: FastAPI, validation: ValidationConfig, svc: Servi
                               f"{validation.registrations_per_hour:g} registrations per hour"),
         "/v1/updates": Limit(Buckets(svc.ip_updates_per_minute / 60.0, svc.ip_update_burst), junk(),
                              f"{svc.ip_updates_per_minute:g} updates per minute"),
+        "/v1/tasks": Limit(Buckets(svc.ip_tasks_per_minute / 60.0, svc.ip_task_burst), junk(),
+                           f"{svc.ip_tasks_per_minute:g} task requests per minute"),
     }
     app.add_middleware(RateLimitMiddleware, limits=limits)
 
