@@ -28,6 +28,8 @@ from pydantic import BaseModel, Field, ValidationError
 from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.socket_nodes import SCHEME, SocketHub
+from ailo.server.errors import ApiError
+from ailo.server.limits import parse_json
 from ailo.server.rooms_api import RoomPolicy
 
 JOIN_TIMEOUT_S = 30.0
@@ -38,16 +40,26 @@ class SocketJoin(BaseModel):
     fingerprint: str = Field(max_length=128)
 
 
+def _message(text: str) -> object | None:
+    """A page's JSON text message, depth-limited like every JSON body (None: not JSON)."""
+    try:
+        return parse_json(text.encode("utf-8", "replace"))
+    except ApiError:
+        return None
+
+
 def make_room_socket_router(rooms: RoomRegistry, hub: SocketHub, policy: RoomPolicy) -> APIRouter:
     router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
     verifier = RequestVerifier()
     joins_per_ip = RateLimiter(policy.join_per_ip_per_min, policy.join_ip_burst, "network address")
 
-    def authenticate(ws: WebSocket, text: str) -> tuple[str, SocketJoin]:
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            raise AuthError(400, "bad_message", "the first message must be a JSON join") from None
+    def authenticate(ws: WebSocket, first: dict) -> tuple[str, SocketJoin]:
+        text = first.get("text")
+        if text is None:
+            raise AuthError(400, "bad_message", "the first message must be a JSON join (text), not binary")
+        msg = _message(text)
+        if msg is None:
+            raise AuthError(400, "bad_message", "the first message must be a JSON join")
         if not isinstance(msg, dict) or msg.get("type") != "join" or not isinstance(msg.get("body"), str):
             raise AuthError(400, "bad_message", "the first message must be {type: 'join', body: '<json>', …}")
         headers = {"x-ailo-address": str(msg.get("address") or ""), "x-ailo-nonce": str(msg.get("nonce") or ""),
@@ -76,7 +88,9 @@ def make_room_socket_router(rooms: RoomRegistry, hub: SocketHub, policy: RoomPol
         try:
             try:
                 joins_per_ip.take(ws.client.host if ws.client else "unknown")
-                first = await asyncio.wait_for(ws.receive_text(), JOIN_TIMEOUT_S)
+                first = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT_S)
+                if first["type"] == "websocket.disconnect":
+                    return
                 signer, body = authenticate(ws, first)
                 node = rooms.join(room_id, url=SCHEME + sid, memory=body.memory, fingerprint=body.fingerprint,
                                   address=signer)
@@ -99,15 +113,13 @@ def make_room_socket_router(rooms: RoomRegistry, hub: SocketHub, policy: RoomPol
                 if msg.get("bytes") is not None:
                     hub.answer(sid, msg["bytes"])
                     continue
-                try:
-                    m = json.loads(msg.get("text") or "")
-                except ValueError:
-                    continue
-                if not isinstance(m, dict):
+                m = _message(msg.get("text") or "")
+                if not isinstance(m, dict):  # junk (not JSON, nested too deep): ignored, the socket stays
                     continue
                 if m.get("type") == "heartbeat":
                     loaded = m.get("loaded")
-                    ok = isinstance(loaded, list) and len(loaded) == 2 and all(isinstance(v, int) for v in loaded)
+                    ok = isinstance(loaded, list) and len(loaded) == 2 and \
+                        all(type(v) is int and 0 <= v < 2 ** 31 for v in loaded)
                     try:
                         node = rooms.heartbeat(room_id, node_id, tuple(loaded) if ok else None, owner=signer)
                     except RoomError as exc:  # forgotten (room deleted): this socket is done
@@ -117,7 +129,7 @@ def make_room_socket_router(rooms: RoomRegistry, hub: SocketHub, policy: RoomPol
                     span = rooms.get(room_id).span_of(node)
                     await send_text(json.dumps({"type": "span", "span": span.to_dict() if span else None,
                                                 "state": rooms.state(rooms.get(room_id))}))
-                elif m.get("type") == "error" and isinstance(m.get("seq"), int) and isinstance(m.get("status"), int):
+                elif m.get("type") == "error" and type(m.get("seq")) is int and type(m.get("status")) is int:
                     hub.refuse(sid, m["seq"], m["status"], str(m.get("detail", ""))[:1000])
         except WebSocketDisconnect:
             pass
