@@ -94,7 +94,7 @@ def test_killing_your_own_node_mid_stream_buys_no_refund_and_the_honest_node_is_
     final = events[-1]
     tokens = sum(e["type"] == "token" for e in events)
     assert final["type"] == "error", final
-    assert final["refunded"] == 0, final  # the old code refunded the whole payment here
+    assert final["refunded"] == 0, json.dumps({k: v for k, v in final.items() if k != "error"})  # old code: full refund
     assert 40 <= tokens < BUDGET and final["delivered_tokens"] == tokens and final["own_fault"] is True
     assert final["payees"] == [honest.address]
     time.sleep(1.5)  # the block with the mints is sealed

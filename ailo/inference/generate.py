@@ -256,6 +256,8 @@ class Generation:
         budget = min(p.max_new_tokens, spec.max_positions - len(self.prompt))
         gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
         eos = set(spec.eos_token_ids) if p.stop_at_eos else set()
+        if self.push is not None:  # the request id may have changed since construction (a paid request's)
+            self._pushed = PushPath(self.push, self.request_id, self.hop_timeout)
         for n in self.route:
             self.registry.set_active(n, +1)
         completed, emitted, finish, audits = False, "", "length", []
