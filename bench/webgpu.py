@@ -34,7 +34,7 @@ from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.testing import noderunner  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 
-STOCK = {"AILO_FUSED_ADAMW": False, "AILO_SPARSE_GRADS": False}
+STOCK = {"AILO_WGSL_KERNELS": False, "AILO_SPARSE_GRADS": False}
 TINYLLAMA = dict(family="llama", n_layers=22, hidden=2048, n_heads=32, n_kv_heads=4, head_dim=64,
                  intermediate=5632, vocab=32000, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False,
                  max_positions=2048)

@@ -8,6 +8,7 @@
 // (scatter-add, softmax − one-hot, plain matmuls), so every backend, wasm included, trains, and
 // fast.
 import * as tf from '@tensorflow/tfjs';
+import { geluTanhFused, layerNormFused, wgslKernels } from './webgpu_kernels.js';
 
 export const GPT2_VOCAB = 50257;
 
@@ -86,6 +87,7 @@ function linear(x2d, w, b) {
 }
 
 function layerNorm(x, w, b, eps) {
+  if (wgslKernels() && x.shape.length === 2) return layerNormFused(x, w, b, eps);
   const { mean, variance } = tf.moments(x, -1, true);  // biased variance, as torch
   return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), w), b);
 }
@@ -93,6 +95,7 @@ function layerNorm(x, w, b, eps) {
 const GELU_C = Math.sqrt(2 / Math.PI);
 
 function geluTanh(x) {
+  if (wgslKernels()) return geluTanhFused(x);
   const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), GELU_C);
   return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
 }

@@ -11,7 +11,7 @@
 //   round   {backend, coordinator, username, seed, tokens, rounds}  contributeRound, signed, end to end
 //   bench   {backend, preset, batch, seq, steps, warmup}  trainLocal tokens/s
 //   profile {backend, preset, batch, seq, top}  kernel times of one step
-// Every job may carry tfFlags {name: value} set with tf.env().set (AILO_FUSED_ADAMW, AILO_SPARSE_GRADS).
+// Every job may carry tfFlags {name: value} set with tf.env().set (AILO_WGSL_KERNELS, AILO_SPARSE_GRADS).
 //   spanbench {backend, spec, start, end, prompt, decode}  span forward timing on random weights
 import './shims.js';
 import { gpu } from './dawn.js';
@@ -115,7 +115,7 @@ async function main() {
   if (!COMMANDS[cmd]) throw new Error(`unknown command ${cmd}; use one of ${Object.keys(COMMANDS).join(', ')}`);
   const job = jobPath ? JSON.parse(readFileSync(jobPath, 'utf8')) : {};
   const backend = await ailo.useBackend(job.backend || 'webgpu');
-  for (const [k, v] of Object.entries(job.tfFlags || {})) ailo.tfjs.env().set(k, v);  // e.g. {AILO_FUSED_ADAMW: false}
+  for (const [k, v] of Object.entries(job.tfFlags || {})) ailo.tfjs.env().set(k, v);  // e.g. {AILO_WGSL_KERNELS: false}
   const result = await COMMANDS[cmd](job);
   return { ok: true, command: cmd, ...ailo.backendInfo(), backend, ...result };
 }
