@@ -18,13 +18,12 @@ that request; `ailo chain verify` says OK.
 """
 from __future__ import annotations
 
-import json
 import signal
 
 import httpx
 import pytest
 
-from ailo.cli.inference import payment_for, signed_post
+from ailo.inference.requester import RoomRequester
 from ailo.inference.rewards import INFERENCE_REWARD_UNITS, reward_ref
 from ailo.ledger.params import FEE
 from tests.paid_room import (BUYER_SEED, FUND, LIAR_JS, LIAR_SEED, LONG, PAGE_USER, PROMPT, RESTORE_JS, SHORT,  # noqa: F401
@@ -85,16 +84,12 @@ def test_paid_room_with_a_page_node_matches_one_process_pays_each_node_and_fails
 
     # (c) Close the page mid-generation: the span fails over to the replica, same tokens.
     closed: dict = {}
+    asker = RoomRequester(url, wallets["asker"], httpx.Client(timeout=httpx.Timeout(10.0, read=120)))
     for _ in range(3):
         events: list[dict] = []
-        body = {"input_ids": PROMPT, "max_new_tokens": LONG, "payment": payment_for(url, "mix", wallets["asker"])}
-        with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), f"{url}/v1/rooms/mix/generate",
-                         wallets["asker"], body, timeout=httpx.Timeout(10.0, read=120)) as r:
-            assert r.status_code == 200, r.read()
-            for line in r.iter_lines():
-                if not line:
-                    continue
-                events.append(json.loads(line))
+        with asker.open("mix", {"input_ids": PROMPT, "max_new_tokens": LONG}) as answer:
+            for event in answer.events():
+                events.append(event)
                 tokens = [e for e in events if e["type"] == "token"]
                 if len(tokens) == 5 and not closed and events[0]["route"][0]["node_id"] == page_node:
                     closed["at"] = len(tokens)

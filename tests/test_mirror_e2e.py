@@ -66,6 +66,9 @@ def test_round_from_nginx_mirror_and_lying_mirror_recovered(tmp_path):
             assert len(refusals) == 1 and f"{dead_mirror}: unreachable" in refusals[0], log
             assert httpx.get(f"{url}/v1/status").json()["version"] == 1
             assert counters(url).get("chunk_bytes_served", 0) - base == 0
+            mirrored = sum(c.size for c in manifest.chunks)  # what the worker reports (X-Ailo-Mirror-Bytes)
+            metrics = dict(m.split(" ") for m in httpx.get(f"{url}/metrics").text.splitlines() if m.startswith("ailo_chunk"))
+            assert float(metrics["ailo_chunk_bytes_mirrors_total"]) == mirrored, metrics
             access = (nginx_prefix / "access.log").read_text()
             for c in manifest.chunks:
                 assert f"GET /{c.sha256} HTTP/1.1\" 200 {c.size}" in access

@@ -53,35 +53,6 @@ def operator_token(args: argparse.Namespace) -> str:
                        "rooms; pass --operator-token-file STATE_DIR/operator-token)") from None
 
 
-def payment_for(coordinator: str, room: str, wallet) -> dict | None:
-    """A PAY_INFERENCE for one request at the room's price (None when the coordinator charges nothing)."""
-    import secrets
-    import time
-
-    import httpx
-
-    from ailo.ledger.tx import pay_inference_tx
-
-    r = httpx.get(f"{coordinator.rstrip('/')}/v1/rooms/{room}", timeout=10)
-    if r.status_code >= 400:
-        raise CLIError(f"room {room}: {_detail(r)}")
-    price = r.json().get("price")
-    if not price:
-        return None
-    return pay_inference_tx(wallet, secrets.token_hex(16), price, int(time.time() * 1000)).to_json()
-
-
-def signed_post(http, url: str, wallet, payload: dict, **kw):
-    """POST `payload` as JSON signed by `wallet` (headers from `ailo.inference.auth.sign_request`)."""
-    import httpx
-
-    from ailo.inference.auth import sign_request
-
-    body = json.dumps(payload).encode()
-    headers = {"content-type": "application/json", **sign_request(wallet, "POST", httpx.URL(url).path, body)}
-    return http(url, content=body, headers=headers, **kw)
-
-
 def _detail(response) -> str:
     try:
         return str(response.json().get("detail", response.text))
@@ -121,20 +92,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
-# Answers to `ailo ask` given before the request is charged (rooms_api.generate): the room is
-# forming or a span has no live node (503), or the caller is over its rate (429). Worth waiting
-# out; any other refusal, and anything after the stream has started, is final.
-ASK_RETRYABLE = (429, 503)
-
-
 def cmd_ask(args: argparse.Namespace) -> int:
-    """Signed, paid request; waits up to --wait seconds for a room that is not routable yet.
-    Every try carries a fresh payment and signature (a refused try charges nothing)."""
-    import time
-
-    import httpx
-
-    from ailo.backoff import Backoff, retry_after
+    """Signed, paid request (ailo.inference.requester); waits up to --wait seconds for a room
+    that is not routable yet. Every try carries a fresh payment and signature."""
+    from ailo.inference.requester import RoomRefused, RoomRequester, Unreachable
 
     wallet = load_wallet(args.wallet, "asking a room")
     body: dict = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
@@ -145,41 +106,25 @@ def cmd_ask(args: argparse.Namespace) -> int:
         body["prompt"] = args.prompt
     else:
         raise CLIError("give a prompt, or --ids 1,2,3")
-    url = f"{args.coordinator.rstrip('/')}/v1/rooms/{args.room}/generate"
-    policy, t0, attempt = Backoff(base=0.5, cap=5.0), time.monotonic(), 0
-    while True:
-        why, hint = None, None
-        try:
-            body["payment"] = payment_for(args.coordinator, args.room, wallet)
-            with signed_post(lambda u, **kw: httpx.stream("POST", u, **kw), url, wallet, body,
-                             timeout=httpx.Timeout(10.0, read=None)) as r:
-                if r.status_code < 400:
-                    _print_answer(r, args.verbose)
-                    return 0
-                r.read()
-                if r.status_code not in ASK_RETRYABLE:
-                    raise CLIError(f"room {args.room}: {_detail(r)}")
-                why, hint = f"room {args.room}: {_detail(r)}", retry_after(r)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: nothing was charged
-            why = f"coordinator {args.coordinator} unreachable: {exc}"
-        except httpx.HTTPError as exc:
-            raise CLIError(f"coordinator {args.coordinator} unreachable: {exc}") from None
-        left = args.wait - (time.monotonic() - t0)
-        if left <= 0:
-            raise CLIError(f"{why} (gave up after {args.wait:g} s; --wait sets how long to wait)")
-        delay = min(left, policy.delay(attempt, hint))
-        print(f"ailo: {why}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
-        time.sleep(delay)
-        attempt += 1
+    requester = RoomRequester(args.coordinator, wallet)
+    waited = f" (gave up after {args.wait:g} s; --wait sets how long to wait)"
+    try:
+        with requester.ask(args.room, body, args.wait, on_retry=lambda why, delay: print(
+                f"ailo: {why}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)) as answer:
+            _print_answer(answer.events(), args.verbose)
+    except RoomRefused as exc:
+        raise CLIError(f"room {args.room}: {exc.detail}" + (waited if exc.retryable else "")) from None
+    except Unreachable as exc:
+        raise CLIError(str(exc) + (waited if exc.before_send else "")) from None
+    finally:
+        requester.close()
+    return 0
 
 
-def _print_answer(r, verbose: bool) -> None:
-    """Streams the room's NDJSON events: tokens to stdout, failovers to stderr."""
+def _print_answer(events, verbose: bool) -> None:
+    """Streams the room's events: tokens to stdout, failovers to stderr."""
     printed = ""
-    for line in r.iter_lines():
-        if not line:
-            continue
-        event = json.loads(line)
+    for event in events:
         kind = event["type"]
         if kind == "token":
             piece = event["text"] if event["text"] is not None else f"{event['token']} "
@@ -231,6 +176,9 @@ def cmd_room(args: argparse.Namespace) -> int:
                 body["model"] = json.loads((d / "config.json").read_text())
                 if (d / "tokenizer.json").exists():
                     body["tokenizer"] = (d / "tokenizer.json").read_text()
+                if (d / "tokenizer_config.json").exists():  # its chat template, if any (ailo.inference.chat)
+                    from ailo.inference.chat import chat_settings
+                    body.update(chat_settings(json.loads((d / "tokenizer_config.json").read_text())))
             else:
                 raise CLIError("give --model-dir or --preset")
             r = httpx.post(base, json=body, timeout=30, headers={"authorization": f"Bearer {operator_token(args)}"})

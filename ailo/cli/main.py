@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "wallet",       # ailo wallet new|show|balance|send
     "chain",        # ailo chain verify
     "inference",    # ailo node, ailo ask
+    "api",          # ailo api (OpenAI-compatible)
     "release",      # ailo export, ailo generate
     "mirror",       # ailo mirror sync|nginx-conf
 ]

@@ -44,6 +44,7 @@ class GenerateParams:
     stop_at_eos: bool = True
     transport: str = "auto"  # "auto": nodes push activations to each other when all can; "relay": via us
     draft_tokens: int = 4    # speculative decoding at temperature 0 (draft.py); 0 = off
+    stop: tuple[str, ...] = ()  # the answer ends once its text contains one (finish_reason "stop")
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
@@ -300,7 +301,10 @@ class Generation:
                     if tok in eos:
                         finish = "eos"
                         break
-                if finish == "eos":
+                    if p.stop and any(s in emitted for s in p.stop):
+                        finish = "stop"
+                        break
+                if finish != "length":
                     break
                 start, new = len(self.tokens) - 1, [self.tokens[-1]]
             audits = self._collect_audits()

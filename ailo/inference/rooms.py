@@ -61,6 +61,8 @@ class Room:
     tokenizer: str | None = None
     checkpoint: str | None = None  # folder the coordinator serves span weights from (browser nodes)
     placement: str = "spread"      # "spread": one span per slot; "fewest": fewest nodes that fit, rest replicas
+    chat_template: str | None = None  # the checkpoint's own (ailo.inference.chat); None: the transcript
+    special_tokens: dict[str, str] | None = None  # bos_token / eos_token the chat template names
     created_at: float = field(default_factory=time.time)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     plan: Plan | None = None
@@ -87,7 +89,8 @@ class RoomRegistry:
     # ----- rooms --------------------------------------------------------------------------
     def create_room(self, room_id: str, spec: ModelSpec, slots: int, *, context: int = 2048,
                     tokenizer: str | None = None, dtype_bytes: int | None = None,
-                    checkpoint: str | None = None, placement: str = "spread") -> Room:
+                    checkpoint: str | None = None, placement: str = "spread", chat_template: str | None = None,
+                    special_tokens: dict[str, str] | None = None) -> Room:
         if not room_id or "/" in room_id:
             raise RoomError("room id must be a non-empty name without '/'", 400)
         if not 1 <= slots <= spec.n_units:
@@ -98,7 +101,8 @@ class RoomRegistry:
             if room_id in self._rooms:
                 raise RoomError(f"room {room_id!r} already exists", 409)
             room = Room(room_id, spec, slots, min(context, spec.max_positions), dtype_bytes or spec.dtype_bytes,
-                        tokenizer, checkpoint, placement=placement)
+                        tokenizer, checkpoint, placement=placement, chat_template=chat_template,
+                        special_tokens=special_tokens)
             self._rooms[room_id] = room
             return room
 
@@ -323,6 +327,7 @@ class RoomRegistry:
                     "placement": room.placement,
                     "fingerprint": room.spec.fingerprint(), "slots": room.slots, "context": room.context,
                     "state": self.state(room), "has_tokenizer": room.tokenizer is not None,
+                    "chat": None if room.tokenizer is None else "checkpoint" if room.chat_template else "transcript",
                     "plan": room.plan.to_dict() if room.plan else None, "nodes": nodes,
                     "verification": {"checks": dict(room.checks), "events": list(room.events)[-20:],
                                      "banned": sorted(room.banned)}}

@@ -111,6 +111,10 @@ def federation_router(coord: Coordinator) -> APIRouter:
         peer = request.client.host if request.client else ""
         receive_ms = round(1000 * (time.perf_counter() - t0), 1)
         receipt = await asyncio.to_thread(coord.submit_file, meta, tmp, sha, size, peer, receive_ms)
+        mirrored = request.headers.get("x-ailo-mirror-bytes", "")
+        if receipt.get("status") == "pending" and not receipt.get("replayed") and mirrored.isdigit() \
+                and len(mirrored) <= 13:  # what the worker reports it fetched from mirrors (/metrics; not trusted)
+            coord.store.bump_counter("chunk_bytes_mirrors", int(mirrored))
         return JSONResponse(receipt, status_code=202 if receipt["status"] == "pending" else 200)
 
     @r.get("/updates/{update_id}", summary="Verdict of one update: pending, accepted (aggregated?) or refused "

@@ -11,22 +11,22 @@ Endpoints (JSON unless noted; who may call them: docs/ARCHITECTURE.md, "Rooms: w
   POST   /v1/rooms/{id}/heartbeat      signed by the node's owner → {span?, state}
   POST   /v1/rooms/{id}/leave          signed by the node's owner
   POST   /v1/rooms/{id}/generate       signed by the requester {prompt | input_ids, max_new_tokens, temperature,
-                                        top_p, seed, payment?} → NDJSON stream of start/token/failover/done|error
+                                        top_p, seed, stop?, payment?} or {messages: [{role, content}], ...} → NDJSON stream of start/token/failover/done|error
 Refusals are JSON {"detail": "...", "reason": "<code>"} with a 4xx status (429 carries Retry-After).
 """
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ailo.inference.chat import MAX_TEMPLATE_CHARS, ChatError, render_chat
 from ailo.inference.links import H_SIGNATURE, frame_signer
 from ailo.inference.pushing import PushHub
 from ailo.inference.wire import Frame, WireError
@@ -34,6 +34,7 @@ from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier, check_n
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.plan import PRESETS, PlanError, get_preset
 from ailo.inference.rewards import InferencePayments, InferenceRewardSink, request_price
+from ailo.inference.room_tokenizers import RoomTokenizers
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.spec import SpecError, spec_from_config
 from ailo.inference.transport import HttpNodeClient, NodeClient
@@ -56,6 +57,10 @@ class CreateRoom(BaseModel):
     placement: Literal["spread", "fewest"] = Field(
         "spread", description="spread: one span per slot; fewest: the fewest nodes that hold the model serve "
         "its spans (fewer hops over wide-area links), the others are replicas")
+    chat_template: str | None = Field(None, min_length=1, max_length=MAX_TEMPLATE_CHARS,
+                                      description="the checkpoint's tokenizer_config.json chat_template (Jinja)")
+    special_tokens: dict[Literal["bos_token", "eos_token"], Annotated[str, Field(max_length=64)]] | None = Field(
+        None, description="bos_token / eos_token the chat template names")
 
 
 class Join(BaseModel):
@@ -82,11 +87,16 @@ class Leave(BaseModel):
 class GenerateBody(BaseModel):
     prompt: str | None = Field(None, max_length=200_000)
     input_ids: list[int] | None = Field(None, max_length=200_000)
+    messages: list[dict[str, str]] | None = Field(None, min_length=1, max_length=256,
+                                                  description="a conversation [{role, content}], through the "
+                                                  "room's chat template (ailo.inference.chat)")
     max_new_tokens: int = Field(64, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2 ** 63 - 1)
     stop_at_eos: bool = True
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=4,
+                            description="end the answer once its text contains one of these (needs the room's tokenizer)")
     stream: bool = True
     payment: dict[str, Any] | None = Field(None, description="signed PAY_INFERENCE transaction (docs/LEDGER.md)")
     transport: Literal["auto", "relay"] = Field("auto", description="auto: nodes push activations to each other "
@@ -132,40 +142,6 @@ def _peer(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-class _Codecs:
-    """Tokenizers per room, built once (GPT-2 BPE for 'gpt2', else a tokenizer.json string)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def check(source: str) -> None:
-        """Refuse a room whose tokenizer cannot be built, at creation rather than at generate."""
-        if source != "gpt2":
-            from tokenizers import Tokenizer
-            try:
-                Tokenizer.from_str(source)
-            except Exception as exc:
-                raise RoomError(f"tokenizer is not 'gpt2' nor a valid tokenizer.json ({exc})", 400, "bad_tokenizer") from None
-
-    def get(self, room_id: str, source: str | None):
-        if source is None:
-            return None
-        with self._lock:
-            if room_id not in self._cache:
-                if source == "gpt2":
-                    from ailo.tokenizer import load_tokenizer
-                    self._cache[room_id] = load_tokenizer()
-                else:
-                    from tokenizers import Tokenizer
-                    try:
-                        self._cache[room_id] = Tokenizer.from_str(source)
-                    except Exception as exc:  # the tokenizers library raises a bare Exception
-                        raise RoomError(f"room {room_id!r}: tokenizer is not a valid tokenizer.json ({exc})", 400, "bad_tokenizer") from None
-            return self._cache[room_id]
-
-
 def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, *,
                       policy: RoomPolicy | None = None, hop_timeout: float = 30.0,
                       max_failovers: int = 4, client_factory: Callable[[], NodeClient] | None = None,
@@ -176,7 +152,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     A fraction `verify_p` of hops is spot-checked against `references(room)` or other owners' replicas."""
     policy = policy or RoomPolicy()
     router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
-    codecs = _Codecs()
+    codecs = RoomTokenizers()
     checker = SpotChecker(rooms, verify_p, references, timeout=hop_timeout,
                           client_factory=client_factory or HttpNodeClient) if verify_p > 0 else None
     verifier = RequestVerifier()
@@ -251,8 +227,10 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             tokenizer = body.tokenizer or ("gpt2" if spec.family == "ailo" else None)
             if tokenizer is not None:
                 codecs.check(tokenizer)
+            chat = {"chat_template": body.chat_template, "special_tokens": body.special_tokens} \
+                if body.chat_template else {}  # only what a template needs is kept (rooms.json)
             room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
-                                     checkpoint=body.checkpoint, placement=body.placement)
+                                     checkpoint=body.checkpoint, placement=body.placement, **chat)
         except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:
             return _refusal(exc)
         return JSONResponse(view(room), 201)
@@ -361,20 +339,26 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
             per_wallet.take(signer)
             room = rooms.get(room_id)
             codec = await run_in_threadpool(codecs.get, room_id, room.tokenizer)
-            if (body.prompt is None) == (body.input_ids is None):
-                raise RoomError("give exactly one of 'prompt' or 'input_ids'", 400)
+            if sum(x is not None for x in (body.prompt, body.input_ids, body.messages)) != 1:
+                raise RoomError("give exactly one of 'prompt', 'input_ids' or 'messages'", 400)
             if body.prompt is not None and codec is None:
                 raise RoomError(f"room {room_id!r} has no tokenizer; send 'input_ids'", 400)
-            ids = body.input_ids if body.input_ids is not None else codec.encode(body.prompt).ids
+            if body.stop and codec is None:
+                raise RoomError(f"room {room_id!r} has no tokenizer: 'stop' strings cannot be matched", 400)
+            if body.messages is not None:
+                chat = await run_in_threadpool(codecs.chat, room)
+                ids = await run_in_threadpool(render_chat, chat, body.messages)
+            else:
+                ids = body.input_ids if body.input_ids is not None else codec.encode(body.prompt).ids
             params = GenerateParams(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop_at_eos,
-                                    body.transport, body.draft_tokens)
+                                    body.transport, body.draft_tokens, tuple(body.stop))
             decode: Callable | None = codec.decode if codec is not None else None
             gen = Generation(rooms, room_id, list(ids), params, requester=signer, rewards=rewards,
                              hop_timeout=hop_timeout, max_failovers=max_failovers, decode_text=decode,
                              client_factory=client_factory or HttpNodeClient, checker=checker, push=push)
             if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
                 gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
-        except (AuthError, RoomError, ValidationError) as exc:
+        except (AuthError, RoomError, ValidationError, ChatError) as exc:
             return _refusal(exc)
         if body.stream:
             def lines() -> Iterator[str]:

@@ -176,6 +176,8 @@ UPDATE_OPENAPI: dict[str, Any] = {
         _header("X-Ailo-Timestamp", "milliseconds since the epoch, as signed", **_UINT),
         _header("X-Ailo-Signature", "hex Ed25519 over ailo-update/v2|round|base|sha256|n|nonce|ts|client",
                 type="string", pattern=SIGNATURE),
+        _header("X-Ailo-Mirror-Bytes", "chunk bytes the worker fetched from mirrors for this round "
+                "(informational, counted in GET /metrics)", type="string", pattern=r"^[0-9]{1,13}$"),
     ],
     "requestBody": {"required": True, "description": "safetensors file of the pseudo-gradient (or the round's codec)",
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},

@@ -24,6 +24,7 @@ from ailo.ledger.service import LedgerService
 from ailo.server.app import create_app
 from ailo.server.exports_api import make_exports_router
 from ailo.server.ledger_api import make_ledger_router
+from ailo.server.metrics import install_metrics
 from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
 from ailo.server.room_socket_api import make_room_socket_router
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
@@ -111,5 +112,6 @@ def build_app(config: CoordinatorConfig, state_dir: Path, svc: ServiceConfig = S
         poc.install(coord)
     app = create_app(coord, routers, periodic=[ledger.seal_block])
     rate_limit_middleware(app, svc.validation, svc)
+    install_metrics(app, coord, ledger, rooms)  # outermost middleware: counts the rate limiter's 429s too
     app.state.coordinator, app.state.ledger, app.state.poc, app.state.rooms = coord, ledger, poc, rooms
     return app

@@ -76,13 +76,15 @@ def await_verdict(http: httpx.Client, update_id, policy: Backoff = DEFAULT, poll
 def submit_update(http: httpx.Client, body: bytes, meta: UpdateMeta, *,
                   resign: Callable[[UpdateMeta], UpdateMeta] | None = None, policy: Backoff = DEFAULT,
                   max_resign: int = 3, max_resend: int = 5, poll: float = 0.5,
-                  on_retry: Callable[[int, float, str], None] | None = None) -> dict:
-    """POST /v1/updates until a verdict: the reply JSON plus `http_status`, `resigned`, `resent`."""
+                  on_retry: Callable[[int, float, str], None] | None = None,
+                  extra_headers: dict[str, str] | None = None) -> dict:
+    """POST /v1/updates until a verdict: the reply JSON plus `http_status`, `resigned`, `resent`.
+    `extra_headers`: informational, outside the signature (e.g. X-Ailo-Mirror-Bytes)."""
     resigned = resent = 0
     pieces = BodyPieces(body)
     while True:
         r = request(http, "POST", "/v1/updates", policy, content=pieces,
-                    headers={**meta.to_headers(), **pieces.headers()}, on_retry=on_retry)
+                    headers={**(extra_headers or {}), **meta.to_headers(), **pieces.headers()}, on_retry=on_retry)
         result = _json(r)
         if r.status_code == 202 or (r.status_code < 300 and result.get("status") in PENDING):
             verdict = await_verdict(http, result.get("update_id"), policy, poll)

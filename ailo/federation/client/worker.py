@@ -148,6 +148,7 @@ class Worker:
         self.data = TokenDataset.from_dir(self.data_dir, "train", self.shard, self.num_shards)
         self.model = None
         self.mirror_stats = None             # MirrorStats of the last model load that used mirrors
+        self.mirror_bytes = 0                # bytes this round's download took from mirrors (reported)
         self.rounds_done = 0
         self.attempts: dict[int, int] = {}   # round → refused submissions so far
         self.outages = 0                     # calls that needed at least one retry
@@ -195,6 +196,7 @@ class Worker:
         self._prune_cache(manifest)
         if mirrored is not None:  # mirrors first (verified), the coordinator only for what they lack
             self.mirror_stats = mirrored.stats
+            self.mirror_bytes = sum(n for origin, n in mirrored.stats.bytes_by_origin.items() if origin != "coordinator")
             for line in mirrored.stats.failures:
                 print(f"[{self.client_id}] mirror refused, fell back: {line}", flush=True)
             return state, sum(mirrored.stats.bytes_by_origin.values())
@@ -275,6 +277,7 @@ class Worker:
             self.last_status = "wait"  # the model moved on between the two calls
             return None
         t0 = time.perf_counter()
+        self.mirror_bytes = 0
         downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
         t_download = time.perf_counter() - t0
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
@@ -296,7 +299,8 @@ class Worker:
         t1 = time.perf_counter()
         result = submit_update(self.http, body, self._sign(meta, sha), policy=self.policy,
                                resign=(lambda m: self._sign(m, sha)) if self.wallet is not None else None,
-                               on_retry=self._retry_note)
+                               on_retry=self._retry_note,
+                               extra_headers={"X-Ailo-Mirror-Bytes": str(self.mirror_bytes)} if self.mirror_bytes else None)
         t2 = time.perf_counter()  # upload + validation queue + verdict (the uploader long-polls)
         if result.get("status") == "accepted" and codec.lossy:
             self.save_error_feedback(manifest.preset, codec, residual)  # only what was really applied
