@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ailo.data import carve_private  # noqa: E402
+from ailo.federation.core.codecs import CodecSpec  # noqa: E402
 from ailo.federation.coordinator.coordinator import CoordinatorConfig  # noqa: E402
 from ailo.testing.redteam import EXTRA_KINDS, KINDS, Campaign  # noqa: E402
 from ailo.federation.core.rewards import RewardConfig  # noqa: E402
@@ -131,6 +132,9 @@ def main() -> None:
     ap.add_argument("--permissive", action="store_true", help="accept anything passing the norm check "
                     "(measures the raw distributions the thresholds come from)")
     ap.add_argument("--aggregator", default="fedavg")
+    ap.add_argument("--codec", default="fp32", help="update codec: fp32, int8, sparse or sparse:<density>")
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="client optimizer (sparse: sgd)")
+    ap.add_argument("--lr", type=float, default=None, help="client lr (default 3e-3 for adamw, 0.3 for sgd)")
     ap.add_argument("--dump", default=None, help="write every update row and the per-version sketches here (JSON)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -144,9 +148,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         carve_private(corpus_dir(), tmp / "public", tmp / "private")
+        codec = CodecSpec.parse(args.codec)
         cfg = CoordinatorConfig(min_updates=1, max_updates=1000, local_steps=args.steps, lr_decay=0.8,
                                 round_seconds=3600, val_batches=4, data_dir=str(tmp / "public"),
-                                aggregator=args.aggregator)
+                                aggregator=args.aggregator, codec=codec.name, codec_density=codec.density,
+                                optimizer=args.optimizer,
+                                lr=args.lr if args.lr is not None else (0.3 if args.optimizer == "sgd" else 3e-3))
         svc = ServiceConfig(validation=validation, holdout_dir=str(tmp / "private"))
         app = build_app(cfg, tmp / "coord", svc)
         with TestClient(app) as client:
@@ -191,6 +198,7 @@ def main() -> None:
         return u.extra["drop"] / u.extra["drop_se"] if u.extra.get("drop_se") else None
     print(json.dumps({
         "bench": "poc_attacks", "rounds": args.rounds, "steps": args.steps, "aggregator": args.aggregator,
+        "codec": args.codec, "optimizer": args.optimizer,
         "permissive": args.permissive, "seconds": round(time.time() - t0, 1),
         "honest_refusal_rate": round(refused / max(1, total), 4), "honest_submissions": total,
         "honest_refused": refused, "honest_alc": [h / 1e8 for h in honest],

@@ -35,6 +35,7 @@ import torch
 from ailo.backoff import Backoff, Unavailable
 from ailo.chunks import ChunkStore, Manifest
 from ailo.data import TokenDataset
+from ailo.federation.core.codecs import CodecSpec
 from ailo.federation.core.signing import sign_update
 from ailo.federation.core.update_format import UpdateMeta, encode_update
 from ailo.federation.client.uploader import submit_update
@@ -135,7 +136,7 @@ class Attacker:
     def _submit(self, wallet: Wallet, client_id: str, task: dict, delta: dict[str, torch.Tensor],
                 raw: bool = False) -> dict:
         """Signed submission; `raw`: one POST and its immediate answer (no back-off, no polling)."""
-        body = encode_update(delta)
+        body = encode_update(delta, CodecSpec.from_task(task))  # the round's codec, no error feedback
         meta = UpdateMeta(client_id, task["round"], task["version"], task["steps"] * task["batch_size"], 5.0,
                           task_id=task.get("task_id", ""))
         meta = sign_update(wallet, meta, hashlib.sha256(body).hexdigest())

@@ -176,13 +176,20 @@ class ProofOfContribution:
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
         self.setup(coord)
         cfg, task = self.validation, effective_task(sub.round.task, sub.meta.n_samples)  # time-sized: claimed steps
-        recent = coord.store.updates(status="accepted", limit=cfg.norm_history, newest=True)
-        history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra]
         codec = CodecSpec.from_task(task)
-        if codec.lossy:  # error feedback: a body carries this round's work plus earlier rounds' backlog, so
-            # norms grow until the backlog is steady; only the per-coordinate bound on all that work applies
+        recent = coord.store.updates(status="accepted", limit=cfg.norm_history, newest=True)
+        # Norms are compared within one codec (a lossy body is not an fp32 Δ). Under a lossy codec
+        # a body carries this round's work plus the error-feedback backlog of earlier rounds, so its
+        # norm is measured per unit of that backlog's work (`backlog_lr`, which also sets the
+        # per-coordinate AdamW bound) and compared with the open and the previous round only, while
+        # the backlog grows; the z-score and the 1.5× median clip then bound it as under fp32.
+        history = [u.extra["norm_per_work"] for u in recent if "norm_per_work" in u.extra
+                   and u.extra.get("codec", "fp32") == codec.name
+                   and (not codec.lossy or u.round_id >= sub.round.id - 1)]
+        if codec.lossy:
             lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= sub.round.id]
-            task, history = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}, []
+            task = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}
+        sub.extra["codec"] = codec.name
         with sub.timed("poc.norm"):
             norm_per_work = check_norm(sub.tensors, history, task, cfg)
         work = task["lr"] * task["steps"]
@@ -251,12 +258,12 @@ class ProofOfContribution:
 
     # -- rewards ---------------------------------------------------------------------------
     def fresh_scores(self, coord: "Coordinator", round_id: int) -> dict[int, float]:
-        """update id → `fresh_cosines` for the accepted updates of a round; empty where it cannot
-        be judged: version 0 (no global change), lossy codecs (a top-k body's residual is mostly
-        its own support), fewer than `fresh_min_peers` + 1 sketched updates, or an older
-        version's chunks no longer on disk."""
+        """update id → `fresh_cosines` for the accepted updates of a round, whatever the codec (the
+        sketches are of the decoded update); empty where it cannot be judged: version 0 (no global
+        change), fewer than `fresh_min_peers` + 1 sketched updates, or an older version's chunks
+        no longer on disk."""
         cfg, rnd = self.validation, coord.store.round(round_id)
-        if rnd is None or rnd.base_version < 1 or CodecSpec.from_task(rnd.task).lossy:
+        if rnd is None or rnd.base_version < 1:
             return {}
         rows = [u for u in coord.store.updates(round_id, "accepted") if u.address and "sketch" in u.extra]
         if len(rows) < cfg.fresh_min_peers + 1:
