@@ -204,7 +204,10 @@ class PushPath:
                     "request_id": self.rid, "prev": route[k - 1].address if k else None,
                     "next_url": nxt.url if nxt else None,
                     "next_span": [spans[k + 1].start, spans[k + 1].end] if nxt else None}))
-            errors = self.hub.call(self.hub.route_all(items, self.timeout), self.timeout + 5)
+            try:
+                errors = self.hub.call(self.hub.route_all(items, self.timeout), self.timeout + 5)
+            except concurrent.futures.TimeoutError:
+                raise HopError(0, 502, "routing the request timed out") from None
             for k, err in enumerate(errors):
                 if err is not None:
                     raise HopError(k, 502, f"route refused: {err}")
@@ -215,14 +218,20 @@ class PushPath:
             self.sent.clear()
             self.hub.clear_received(self.rid)
         self.sent.append(frame)
-        err = self.hub.call(self.hub.push(route[0].url, route[0].link_token, frame.encode(), self.timeout),
-                            self.timeout + 5)
+        try:
+            err = self.hub.call(self.hub.push(route[0].url, route[0].link_token, frame.encode(), self.timeout),
+                                self.timeout + 5)
+        except concurrent.futures.TimeoutError:
+            err = "pushing the first frame timed out"
         if err is not None:
             raise HopError(0, 502, err)
         try:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
-            dead = self.hub.call(self.hub.probe([n.url for n in route], 3.0), 10.0)
+            try:
+                dead = self.hub.call(self.hub.probe([n.url for n in route], 3.0), 10.0)
+            except concurrent.futures.TimeoutError:
+                dead = None
             if dead is None:  # everyone is up but the output never came: rebuild the caches
                 raise HopError(len(route) - 1, 409, f"no output within {self.timeout:g} s") from None
             raise HopError(dead, 502, f"no output within {self.timeout:g} s; node not answering") from None

@@ -117,6 +117,8 @@ class RoomPolicy:
     generate_per_ip_per_min: float = 240.0
     generate_ip_burst: int = 40
     join_per_ip_per_min: float = 60.0
+    frames_per_ip_per_min: float = 60_000.0  # last spans' outputs: one per token of every request they end
+    frames_ip_burst: int = 2_000
     join_ip_burst: int = 30
 
 
@@ -161,6 +163,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     joins_per_ip = RateLimiter(policy.join_per_ip_per_min, policy.join_ip_burst, "network address")
     payments = rewards if isinstance(rewards, InferencePayments) else None  # a ledger: requests are paid
     push = PushHub()  # node-to-node activations: routes out, last spans' outputs back
+    frames_per_ip = RateLimiter(policy.frames_per_ip_per_min, policy.frames_ip_burst, "network address")
 
     def price(room) -> int | None:
         return request_price(len(room.plan.spans)) if payments is not None and room.plan is not None else None
@@ -298,7 +301,11 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/frames", include_in_schema=False)
     async def frames(room_id: str, request: Request):
         """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
-        raw = await _body(request)
+        try:
+            frames_per_ip.take(_peer(request))
+            raw = await _body(request)
+        except AuthError as exc:
+            return _refusal(exc)
         signer = frame_signer(request.headers, raw)
         if signer is None:
             return JSONResponse({"detail": "frame is not signed by the X-Ailo-Address wallet",
@@ -313,7 +320,11 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/hop-errors", include_in_schema=False)
     async def hop_errors(room_id: str, request: Request):
         """A node of a pushed request could not run its frame, or reach the next node."""
-        raw = await _body(request)
+        try:
+            frames_per_ip.take(_peer(request))
+            raw = await _body(request)
+        except AuthError as exc:
+            return _refusal(exc)
         signer = frame_signer(request.headers, raw)
         if signer is None:
             return JSONResponse({"detail": "report is not signed by the X-Ailo-Address wallet",
