@@ -7,6 +7,9 @@ processes serve an `ailo` GPT room on loopback. In this process, alternately:
   to an httpx client, the requester inside it timestamping each room event as it arrives.
 Added latency per token = when the client got a token's SSE chunk − when the relay got the
 same token's event from the coordinator (one clock, one process: no pairing across runs).
+Speculative decoding delivers tokens in bursts (several events in one read); `*_burst_first`
+counts only tokens that arrived alone or first of their burst, i.e. without the wait behind
+earlier tokens of the same burst.
 The per-token intervals of both paths are reported too. Prints one JSON line.
 
     .venv/bin/python bench/api_relay.py              # ailo-small, 4 x 2 requests of 200 tokens
@@ -158,6 +161,7 @@ def main() -> None:
         timed = Timed(url, asker)
         server = ThreadedServer(build_api_app(timed)).start()
         client = httpx.Client(timeout=httpx.Timeout(30, read=120))
+        first_of_burst: list[float] = []  # tokens that arrived alone or first of a speculative burst
         added, direct_gaps, relay_gaps, direct_s, relay_s, tokens, direct_tokens = [], [], [], 0.0, 0.0, 0, 0
         relay(server.url, client, "bench", 4), direct(ask, "bench", 4)  # warm: connections, tokenizer
         for _ in range(args.repeats):
@@ -170,6 +174,8 @@ def main() -> None:
             upstream = [t for t, e in timed.arrivals if e["type"] == "token" and e.get("text")]
             assert len(upstream) == len(r), (len(upstream), len(r))
             added += [(c - u) * 1000 for u, c in zip(upstream, r)]
+            first_of_burst += [(c - u) * 1000 for k, (u, c) in enumerate(zip(upstream, r))
+                               if k == 0 or u - upstream[k - 1] > 0.002]
             direct_gaps += [(b - a) * 1000 for a, b in zip(d, d[1:])]
             relay_gaps += [(b - a) * 1000 for a, b in zip(r, r[1:])]
             tokens, direct_tokens = tokens + len(r), direct_tokens + len(d)
@@ -179,6 +185,8 @@ def main() -> None:
             "tokens_per_request": args.tokens, "tokens_measured": tokens,
             "added_ms_p50": round(statistics.median(added), 3), "added_ms_p90": round(pct(added, 0.9), 3),
             "added_ms_p99": round(pct(added, 0.99), 3), "added_ms_max": round(max(added), 3),
+            "burst_first_tokens": len(first_of_burst), "added_ms_p50_burst_first": round(statistics.median(first_of_burst), 3),
+            "added_ms_p90_burst_first": round(pct(first_of_burst, 0.9), 3),
             "interval_ms_p50_ask": round(statistics.median(direct_gaps), 3),
             "interval_ms_p50_api": round(statistics.median(relay_gaps), 3),
             "tok_s_ask": round(direct_tokens / direct_s, 1), "tok_s_api": round(tokens / relay_s, 1),
