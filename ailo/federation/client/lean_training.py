@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ailo.federation.client.memory_plan import MemoryPlan, ModelShape, TaskShape
 from ailo.model import GPT, GPTConfig
+from ailo.recompute import lean_loss
 from ailo.training import LocalUpdate, TrainConfig, make_optimizer
 
 
@@ -51,27 +50,6 @@ def available_memory(device: torch.device | str) -> int:
     except (OSError, ValueError):
         pass
     return int(free)
-
-
-def _head_loss_sum(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(h, weight)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-
-
-def planned_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, checkpoint_blocks: int, head_chunk: int) -> torch.Tensor:
-    """GPT.forward(x, y) with the first `checkpoint_blocks` blocks and the head (in chunks of
-    `head_chunk` tokens) recomputed in backward instead of kept: same value, less memory."""
-    pos = torch.arange(x.shape[1], device=x.device)
-    h = model.wte(x) + model.wpe(pos)
-    for i, block in enumerate(model.blocks):
-        h = checkpoint(block, h, use_reentrant=False) if i < checkpoint_blocks else block(h)
-    h = model.ln_f(h).reshape(-1, h.shape[-1])
-    if not head_chunk:
-        return _head_loss_sum(h, model.wte.weight, y) / y.numel()
-    y = y.reshape(-1)
-    total = sum(checkpoint(_head_loss_sum, h[i:i + head_chunk], model.wte.weight, y[i:i + head_chunk],
-                           use_reentrant=False) for i in range(0, y.numel(), head_chunk))
-    return total / y.numel()
 
 
 def make_lean_optimizer(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> torch.optim.Optimizer:
@@ -134,7 +112,7 @@ def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor
         for xs, ys in zip(x.split(plan.micro_batch), y.split(plan.micro_batch)):
             xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = planned_loss(model, xs, ys, plan.checkpoint_blocks, plan.head_chunk) * (xs.shape[0] / x.shape[0])
+                loss = lean_loss(model, xs, ys, plan.checkpoint_blocks, plan.head_chunk) * (xs.shape[0] / x.shape[0])
             loss.backward()
             step_loss += loss.detach()
         if cfg.grad_clip:

@@ -43,13 +43,19 @@ def format_size(n: float) -> str:
 
 # Activation bytes kept for backward per token, per block, as a multiple of n_embd (attention,
 # norms, residuals) and of n_ffn (the MLP's hidden); "head" is per token and vocabulary entry
-# (logits, their float32 copy for the cross-entropy and its gradient). CUDA (bf16 autocast) is
-# calibrated on ailo-1b: 2.7 GB of activations per 2048-token sequence (issue 26), checked by
-# bench/memory.py, which prints measured peaks next to these estimates; CPU (float32) doubles it.
-ACT_BYTES = {"cuda": {"embd": 14.0, "ffn": 5.0, "head": 10.0},
-             "cpu": {"embd": 28.0, "ffn": 10.0, "head": 12.0}}
+# (bf16 logits, their float32 copy for the cross-entropy, its log-softmax and gradients). CUDA
+# (bf16 autocast) is calibrated on ailo-1b's measured 26.2 GB peak for batch 2 x 2,048 with
+# full AdamW states (issue 26): 59.4 KB per token and block beside the tied gradient below; CPU
+# (float32) doubles the blocks'.
+# bench/memory.py prints every plan's estimate next to its measured peak.
+ACT_BYTES = {"cuda": {"embd": 15.5, "ffn": 5.4, "head": 16.0},
+             "cpu": {"embd": 31.0, "ffn": 10.8, "head": 16.0}}
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "adamw4bit": 1.0, "adamw-offload": 0.0, "sgd": 0.0}
-HEADROOM = 0.06        # allocator fragmentation and small buffers, as a share of the budget
+COMPILE_BYTES = 500 * 10**6  # torchao's 8/4-bit step is torch.compile'd: inductor's own memory on CPU (measured ~0.4 GB)
+# Unmodelled memory as a share of the budget: CUDA's caching allocator (small buffers, fragmentation);
+# on CPU the process's RSS also holds glibc's per-thread arenas (bench/memory.py on ailo-small: peak
+# RSS up to 1.35x the estimate at micro-batch 1 with 2 threads).
+HEADROOM = {"cuda": 0.06, "cpu": 0.25}
 CHECKPOINT_COST = 0.33  # a checkpointed block re-runs its forward: ~1/3 of its training FLOPs
 
 
@@ -131,10 +137,13 @@ def estimate(shape: ModelShape, task: TaskShape, device: str, micro_batch: int, 
     parts = {
         "weights": 4 * p,
         "gradients": 4 * p,
-        "optimizer": OPTIMIZER_STATE_BYTES[optimizer] * p,
+        "optimizer": OPTIMIZER_STATE_BYTES[optimizer] * p + (COMPILE_BYTES if device != "cuda" and "bit" in optimizer else 0),
         "snapshot": 0 if snapshot_on_host else 4 * p,
         "activations": kept + recompute,
         "head": head_tokens * shape.vocab_size * act["head"] + (2 * boundary if head_chunk else 0),
+        # backward of the tied matrix: its embedding and head gradients exist side by side
+        # before they are summed into .grad (measured on ailo-small: 0.1 GB above the rest)
+        "tied_gradient": 2 * 4 * shape.vocab_size * shape.n_embd,
     }
     # After training the gradients and optimizer states are freed and Δ (fp32, one per weight)
     # is built beside the weights: never more than the training peak, but counted for small tasks.
@@ -173,7 +182,8 @@ def plan(shape: ModelShape, task: TaskShape, budget: int, device: str = "cuda") 
     lossy optimizer state that fits. Raises DoesNotFit."""
     if task.optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {task.optimizer!r}")
-    usable = budget * (1 - HEADROOM)
+    headroom = HEADROOM["cuda" if device == "cuda" else "cpu"]
+    usable = budget * (1 - headroom)
     best, least = None, None
     for opt, host, m, ck, head in _candidates(shape, task, device):
         parts = estimate(shape, task, device, m, ck, opt, host, head)
@@ -186,7 +196,7 @@ def plan(shape: ModelShape, task: TaskShape, budget: int, device: str = "cuda") 
                                     parts["peak"], budget, parts))
     if best is None:
         raise DoesNotFit(f"this task (batch {task.batch_size} x {task.seq_len} tokens, {task.optimizer}, "
-                         f"{shape.params / 1e6:.0f}M parameters) needs at least {format_size(least / (1 - HEADROOM))} "
+                         f"{shape.params / 1e6:.0f}M parameters) needs at least {format_size(least / (1 - headroom))} "
                          f"on {device} (micro-batch 1, every block checkpointed, the leanest optimizer state); "
                          f"the memory budget is {format_size(budget)}", least)
     return best[1]

@@ -92,6 +92,23 @@ class PrivateHoldout:
         return self._cache[key]
 
 
+HOLDOUT_TOKENS = 4096  # tokens per holdout forward at most: bounds the logits (ailo-1b: 0.8 GB fp32)
+RECOMPUTE_ABOVE = 4 * 2**30  # activations of one holdout forward beyond which the reference recomputes them
+
+
+def holdout_batch(seq_len: int) -> int:
+    """Sequences per holdout forward: 8 (as always) up to 512 tokens, 2 of ailo-1b's 2,048."""
+    return max(1, min(8, HOLDOUT_TOKENS // max(1, seq_len)))
+
+
+def holdout_recompute(cfg, seq_len: int) -> bool:
+    """Whether the reference gradient recomputes blocks and head in backward (same values, less
+    memory): when one forward's fp32 activations would pass RECOMPUTE_ABOVE (ailo-1b: ~13 GB
+    at 2 × 2,048 tokens; ailo-small: 1.5 GB, kept). Constants as the worker's planner's."""
+    tokens = holdout_batch(seq_len) * seq_len
+    return tokens * (cfg.n_layer * (28 * cfg.n_embd + 10 * cfg.n_ffn) + 12 * cfg.vocab_size) > RECOMPUTE_ABOVE
+
+
 def sequence_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8,
                     params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean token cross-entropy of each sequence ([N]); with `params`, of the model's

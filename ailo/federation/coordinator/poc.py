@@ -30,7 +30,7 @@ from ailo.chunks import ChunkStore, DirectorySource, Manifest
 from ailo.faults import crash_point
 from ailo.federation.core import sketch as sk
 from ailo.federation.core.codecs import CodecSpec, backlog_lr
-from ailo.federation.coordinator.holdout import PrivateHoldout, derive, load_secret, sequence_losses
+from ailo.federation.coordinator.holdout import PrivateHoldout, derive, holdout_batch, holdout_recompute, load_secret, sequence_losses
 from ailo.federation.coordinator.reputation import Reputation
 from ailo.federation.core.rewards import RewardConfig, training_reward
 from ailo.federation.core.signing import update_message
@@ -39,6 +39,7 @@ from ailo.federation.core.local_phase import effective_task
 from ailo.federation.core.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
                                       check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
                                       check_timestamp, clip_scale, cooldown_seconds, fresh_cosines)
+from ailo.recompute import lean_sequence_losses
 from ailo.wallet import is_valid_address, verify_signature
 
 if TYPE_CHECKING:
@@ -128,13 +129,17 @@ class ProofOfContribution:
             x, y = x.to(coord.device), y.to(coord.device)
             model = coord.model
             model.zero_grad(set_to_none=True)
+            self._reference = {}  # the previous version's gradient goes before this one is built
             losses = []
-            for i in range(0, x.shape[0], 8):
-                part = sequence_losses(model, x[i:i + 8], y[i:i + 8])
+            step = holdout_batch(x.shape[1])
+            losses_of = lean_sequence_losses if holdout_recompute(coord.cfg, x.shape[1]) else sequence_losses
+            for i in range(0, x.shape[0], step):  # fp32; a big model's blocks and head recomputed in backward
+                part = losses_of(model, x[i:i + step], y[i:i + step])
                 (part.sum() / x.shape[0]).backward()
                 losses.append(part.detach())
-            grad = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
-            model.zero_grad(set_to_none=True)
+            grad = {k: p.grad.detach() for k, p in model.named_parameters()}  # taken, not copied
+            for p in model.parameters():
+                p.grad = None
             self._reference = {coord.version: (torch.cat(losses), grad)}
             self.grad_sketches[coord.version] = sk.sketch(grad, self.sketch_secret)
             self.model_sketch(coord, coord.version)  # while M_v is on the device: v+1's global change needs it
@@ -151,7 +156,7 @@ class ProofOfContribution:
         x, y = self.pool.windows(coord.version, coord.seq_len)
         params = {k: v - eta * delta[k] for k, v in coord.model.state_dict().items()}
         x, y = x.to(coord.device), y.to(coord.device)
-        return sequence_losses(coord.model, x, y, params=params)
+        return sequence_losses(coord.model, x, y, batch=holdout_batch(x.shape[1]), params=params)
 
     # -- sketches --------------------------------------------------------------------------
     def model_sketch(self, coord: "Coordinator", version: int) -> np.ndarray:
