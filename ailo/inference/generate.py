@@ -8,6 +8,12 @@ position through the pipeline. When a node fails (connection refused or reset, t
 rebuilt from the prompt plus the tokens so far; when no replica is live the request ends
 with an error event naming the span and the failure. A node that answers 409 lost its cache
 (restart, eviction) and is rebuilt in place. Nothing is ever sampled from a partial pipeline.
+
+Two transports share that logic: relayed (we send each span its input and get its output
+back) and pushed (issue 28, `pushing.py`: nodes pass activations to each other and only the
+last span's output comes back), used when every node of the route can take pushed frames.
+At temperature 0 a pass may carry drafted tokens (`draft.py`): the room's own greedy choices
+decide, so the output is plain greedy decoding in fewer passes.
 """
 from __future__ import annotations
 
