@@ -180,7 +180,7 @@ def main() -> int:
             status = httpx.get(f"{url}/v1/status", timeout=60).json()
             if len(status["history"]) > shown:
                 shown = len(status["history"])
-                print(f"[{time.time() - t_start:6.1f}s] version {status['version']} val_loss "
+                print(f"[{time.time() - t_start:6.1f}s] version {status['history'][-1]['version']} val_loss "
                       f"{status['history'][-1]['val_loss']:.4f} load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
             if status["finished"]:
                 break
