@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,8 @@ from typing import Callable, Iterable, Mapping, Protocol
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from ailo.storage.atomic import atomic_write
 
 DEFAULT_CHUNKS = 35
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -144,6 +145,16 @@ def plan_chunks(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]], num_ch
     return entries
 
 
+def chunk_bytes(manifest: Manifest, state: Mapping[str, torch.Tensor]) -> dict[int, bytes]:
+    """The chunk files of `manifest` rebuilt from full tensors (what a patched client checks)."""
+    groups: dict[int, dict[str, torch.Tensor]] = {}
+    for name, entry in manifest.tensors.items():
+        t = state[name]
+        for p in entry.parts:
+            groups.setdefault(p.chunk, {})[p.key] = (t if p.key == name else t[p.start:p.stop]).contiguous()
+    return {i: st_save(g) for i, g in groups.items()}
+
+
 def split_state_dict(state: Mapping[str, torch.Tensor], num_chunks: int = DEFAULT_CHUNKS, *,
                      version: int = 0, preset: str = "", config: dict | None = None) -> tuple[Manifest, dict[str, bytes]]:
     """Returns the manifest and {sha256: chunk bytes}. Deterministic for equal tensors."""
@@ -169,14 +180,8 @@ def write_chunks(directory: Path, manifest: Manifest, blobs: Mapping[str, bytes]
     """Write chunk files then the manifest, each atomically (temp file + rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     for sha, data in blobs.items():
-        _atomic_write(directory / sha, data)
-    _atomic_write(directory / "manifest.json", manifest.to_json().encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        atomic_write(directory / sha, data)
+    atomic_write(directory / "manifest.json", manifest.to_json().encode())
 
 
 class ChunkSource(Protocol):
@@ -247,7 +252,7 @@ class ChunkStore:
             self.on_fetch(info, len(data))
         if cached is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cached, data)
+            atomic_write(cached, data)
         return data
 
     def prefetch(self) -> None:

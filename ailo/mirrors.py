@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from ailo.chunks import ChunkError, ChunkIntegrityError, ChunkSource, Manifest
+from ailo.storage.atomic import atomic_write
 
 
 class MirrorError(ChunkError):
@@ -135,15 +135,6 @@ def _file_ok(path: Path, sha256: str, size: int, verify: bool) -> bool:
     return h.hexdigest() == sha256
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
 
 def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool = False,
                 client: httpx.Client | None = None) -> SyncReport:
@@ -177,10 +168,10 @@ def sync_mirror(coordinator: str, out: Path, *, verify: bool = True, prune: bool
                 continue
             damaged = path.exists()
             data = fetch_verified(client, url, sha256, size)
-            _atomic_write(path, data)
+            atomic_write(path, data, mode=0o644)
             report.bytes += len(data)
             (report.repaired if damaged else report.downloaded).append(sha256)
-        _atomic_write(out / "manifest.json", r.content)   # informational: what this folder holds
+        atomic_write(out / "manifest.json", r.content, mode=0o644)   # informational: what this folder holds
         if prune:
             keep = {f[0] for f in files} | {"manifest.json"}
             for f in out.iterdir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -49,29 +50,39 @@ def get_preset(name: str) -> GPTConfig:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        if cfg.n_embd % cfg.n_head:
-            raise ValueError("n_embd must be divisible by n_head")
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+class KVCache(Protocol):
+    """Attention over cached keys (serving, `ailo.inference`): appends this step's k, v and
+    attends the new queries over every cached position."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+
+class Attention(nn.Module):
+    """Causal self-attention: one implementation for training (whole sequence) and for serving
+    a room (`kv`: the request's KV cache, `ailo/inference/families/gpt.py`)."""
+
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError("n_embd must be divisible by n_head")
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         shape = (b, t, self.n_head, c // self.n_head)
         q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) if kv is None else kv.attend(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, n_embd: int, n_ffn: int):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.n_ffn)
-        self.proj = nn.Linear(cfg.n_ffn, cfg.n_embd)
+        self.fc = nn.Linear(n_embd, n_ffn)
+        self.proj = nn.Linear(n_ffn, n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -81,9 +92,9 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg.n_embd, cfg.n_head)
         self.ln2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg.n_embd, cfg.n_ffn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))

@@ -38,7 +38,9 @@ def serve(kind: str, port: int, state: str) -> None:
         from ailo.server.ledger_api import make_ledger_router
         from ailo.storage.ledger_store import SQLiteLedgerStore
         from ailo.wallet import Wallet
+        from ailo.server.errors import install_error_handlers
         app = FastAPI()
+        install_error_handlers(app)
         app.include_router(make_ledger_router(LedgerService(SQLiteLedgerStore(), Wallet.generate())))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 

@@ -98,7 +98,7 @@ SPAN_JS = """async ([backend, room, start, end, prompt, decode, repeats]) => {
 
 
 def native_span(model_dir: Path, start: int, end: int, prompt: int, decode: int, repeats: int) -> dict:
-    from ailo.inference.blocks import RequestCache
+    from ailo.inference.units import RequestCache
     from ailo.inference.loader import load_span
 
     span = load_span(model_dir, start, end, dtype="float32").model
@@ -126,7 +126,7 @@ def span_bench(args, available: list[str], ctx_factory) -> dict:
     from ailo.server import devserver
     from ailo.inference.checkpoints import make_hf_checkpoint
     from ailo.inference.rooms import RoomRegistry
-    from ailo.inference.spec import read_spec
+    from ailo.inference.families import read_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="ailo-bench-span-"))
     d = tmp / "llama"

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ailo.chunks import split_state_dict  # noqa: E402
-from ailo.federation.coordinator.downloads import chunk_bytes  # noqa: E402
+from ailo.chunks import chunk_bytes  # noqa: E402
 from ailo.federation.core.served import apply_patch, next_served, to_served  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.testing.harness import LoopbackServer, chromium, ensure_built, json_route, open_harness  # noqa: E402

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ailo.server import devserver  # noqa: E402
 from ailo.inference.auth import sign_request  # noqa: E402
-from ailo.inference.blocks import RequestCache  # noqa: E402
+from ailo.inference.units import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
 from ailo.inference.rooms import RoomRegistry  # noqa: E402
-from ailo.inference.spec import read_spec  # noqa: E402
+from ailo.inference.families import param_count, read_spec  # noqa: E402
 from ailo.inference.verify import DEFAULT_P, ReferenceSpans  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
@@ -140,7 +140,7 @@ def main() -> None:
             "bench": "inference", "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
                                             "heads": args.heads, "kv_heads": args.kv_heads,
                                             "intermediate": args.intermediate, "vocab": args.vocab,
-                                            "parameters": spec.param_count(), "dtype": spec.dtype},
+                                            "parameters": param_count(spec), "dtype": spec.dtype},
             "nodes": args.nodes, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "spans": [s["label"] for s in http.get("/v1/rooms/bench").json()["plan"]["spans"]],
             "local_tokens_per_s": round(local_tps, 2), "room_tokens_per_s": round(room_tps, 2),

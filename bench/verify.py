@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.generate import GenerateParams, Generation  # noqa: E402
-from ailo.inference.node import NodeService, build_node_app  # noqa: E402
+from ailo.inference.node import NodeService  # noqa: E402
+from ailo.server.node_app import build_node_app  # noqa: E402
 from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.inference.serving import ThreadedServer  # noqa: E402
-from ailo.inference.spec import read_spec  # noqa: E402
+from ailo.inference.families import read_spec  # noqa: E402
 from ailo.inference.verify import DEFAULT_P, RTOL, ReferenceSpans, SpotChecker, requests_for_detection  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from linkemu import LinkEmulator  # noqa: E402
 
 from ailo.inference.auth import sign_request  # noqa: E402
-from ailo.inference.blocks import RequestCache  # noqa: E402
+from ailo.inference.units import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
 from ailo.inference.plan import LLAMA_2_70B, GiB, fewest_spans  # noqa: E402

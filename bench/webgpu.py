@@ -28,7 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ailo.inference.blocks import RequestCache, SpanModel  # noqa: E402
+from ailo.inference.blocks import SpanModel
+from ailo.inference.units import RequestCache  # noqa: E402
 from ailo.inference.spec import ModelSpec  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.testing import noderunner  # noqa: E402

@@ -1,4 +1,4 @@
-"""The in-browser ledger (ailo/web/src/ledger.js, ed25519.js, wallet.js) against the Python
+"""The in-browser ledger (ailo/web/src/ledger/, ed25519.js, wallet.js) against the Python
 reference: every JSON vector of tests/vectors/ledger/ gives the same verdict, first violation
 and balances in headless Chromium, on both signature paths (WebCrypto Ed25519 and
 @noble/ed25519); wallets derived from the vector seeds give the same addresses and byte-equal

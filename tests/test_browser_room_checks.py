@@ -8,10 +8,11 @@ import pytest
 
 from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
-from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.node import NodeService
+from ailo.server.node_app import build_node_app
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.inference.verify import ReferenceSpans
 from ailo.wallet import Wallet
 from ailo.testing.harness import chromium, ensure_built

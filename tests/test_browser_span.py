@@ -14,7 +14,7 @@ import torch
 from fastapi.staticfiles import StaticFiles
 
 from ailo.server import devserver
-from ailo.inference.blocks import RequestCache
+from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span, save_ailo_checkpoint
 from ailo.inference.rooms import RoomRegistry
@@ -49,7 +49,7 @@ def env(tmp_path_factory):
     app = devserver.build_app(rooms, checkpoints=root, web=True, mirrors=("/mirror",))
     app.mount("/mirror", StaticFiles(directory=mirror))  # a same-origin static "mirror" for the test
     server = ThreadedServer(app).start()
-    from ailo.inference.spec import read_spec
+    from ailo.inference.families import read_spec
     for rid, (folder, _) in ROOMS.items():
         spec = read_spec(root / folder)
         rooms.create_room(rid, spec, 2, checkpoint=folder)

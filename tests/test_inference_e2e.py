@@ -17,7 +17,7 @@ from safetensors import safe_open
 from ailo.server import devserver
 from ailo.inference.checkpoints import make_byte_bpe_tokenizer, make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.procs import free_port

@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ailo.inference.blocks import RequestCache
+from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.generate import sample
 from ailo.inference.loader import load_span, save_ailo_checkpoint
-from ailo.inference.spec import SpecError, read_spec, spec_from_config
+from ailo.inference.spec import SpecError
+from ailo.inference.families import read_spec, spec_from_config
 from ailo.inference.wire import Frame, WireError
 from ailo.model import build_model
 

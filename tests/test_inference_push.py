@@ -10,14 +10,15 @@ import httpx
 import pytest
 import torch
 
-from ailo.inference.blocks import RequestCache
+from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.links import H_LINK, NodeLink, sign_frame
 from ailo.inference.loader import load_span
-from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.node import NodeService
+from ailo.server.node_app import build_node_app
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.inference.verify import ReferenceSpans
 from ailo.inference.wire import CONTENT_TYPE, Frame
 from ailo.server import devserver

@@ -12,11 +12,12 @@ import torch
 from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.generate import GenerateParams, Generation
-from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.node import NodeService
+from ailo.server.node_app import build_node_app
 from ailo.inference.rewards import INFERENCE_REWARD_UNITS, UNITS_PER_ALC
 from ailo.inference.rooms import NodeRecord, RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.room_helpers import operator, signed, signed_stream

@@ -14,12 +14,13 @@ import pytest
 from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.generate import GenerateParams, Generation
-from ailo.inference.node import NodeService, build_node_app
+from ailo.inference.node import NodeService
+from ailo.server.node_app import build_node_app
 from ailo.inference.rooms import RoomError, RoomRegistry
 from ailo.inference.serving import ThreadedServer
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.inference.verify import ReferenceSpans, SpotChecker, requests_for_detection
-from ailo.storage.rooms_file import DurableRoomRegistry
+from ailo.inference.durable_rooms import DurableRoomRegistry
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
 from tests.procs import ROOT, free_port

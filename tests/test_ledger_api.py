@@ -18,7 +18,9 @@ def api():
     clock = FakeClock()
     svc = service(clock=clock)
     app = FastAPI()
+    from ailo.server.errors import install_error_handlers
     from ailo.server.ledger_api import make_ledger_router
+    install_error_handlers(app)  # ledger refusals are answered by the app's one error mapping
     app.include_router(make_ledger_router(svc))
     alice, bob, carol = wallet("alice"), wallet("bob"), wallet("carol")
     for w in (alice, bob, carol):

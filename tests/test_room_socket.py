@@ -13,7 +13,7 @@ from ailo.server import devserver
 from ailo.inference.auth import request_message
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.inference.transport import CacheMiss, NodeUnavailable
 from ailo.wallet import Wallet
 from tests.room_helpers import operator

@@ -14,7 +14,7 @@ from ailo.server import devserver
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span
 from ailo.inference.rooms import RoomRegistry
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.inference.weights import CheckpointIndex
 
 _NP = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -13,6 +13,7 @@ from ailo.cli import wallet as wallet_cli
 from ailo.cli.main import main
 from ailo.ledger.client import LedgerClient
 from ailo.ledger.params import FEE, UNIT
+from ailo.server.errors import install_error_handlers
 from ailo.server.ledger_api import make_ledger_router
 from ailo.wallet import (ADDRESS_LENGTH, AddressError, Wallet, address_from_public_key,
                          is_valid_address, is_valid_username, normalize_address,
@@ -91,6 +92,7 @@ def coordinator(monkeypatch):
     """The wallet CLI talking to an in-process coordinator."""
     svc = service(clock=FakeClock(1_700_000_000_000))
     app = FastAPI()
+    install_error_handlers(app)
     app.include_router(make_ledger_router(svc))
     client = TestClient(app)
     monkeypatch.setattr(wallet_cli, "client_for", lambda url: LedgerClient(url, client))

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
-from ailo.inference.blocks import RequestCache
+from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span, save_ailo_checkpoint
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.model import GPT, GPTConfig, build_model
 from ailo.paths import corpus_dir
 from ailo.tokenizer import encode

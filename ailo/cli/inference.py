@@ -63,7 +63,8 @@ def _detail(response) -> str:
 def cmd_node(args: argparse.Namespace) -> int:
     import torch
 
-    from ailo.inference.node import JoinRefused, NodeService, RoomAgent, available_memory, build_node_app
+    from ailo.inference.node import JoinRefused, NodeService, RoomAgent, available_memory
+    from ailo.server.node_app import build_node_app
     from ailo.inference.serving import ThreadedServer
     from ailo.inference.spec import SpecError
 

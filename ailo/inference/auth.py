@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ailo.errors import DomainError
 from ailo.wallet import Wallet, is_valid_address, verify_signature
 
 PREFIX = "ailo-room/v1"
@@ -44,7 +45,7 @@ MAX_FUTURE_MS = 60_000
 H_ADDRESS, H_NONCE, H_TIMESTAMP, H_SIGNATURE = "x-ailo-address", "x-ailo-nonce", "x-ailo-timestamp", "x-ailo-signature"
 
 
-class AuthError(Exception):
+class AuthError(DomainError):
     """Refused before anything happens; `status`, machine-readable `reason`, optional headers."""
 
     def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None):

@@ -35,9 +35,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import httpx
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from ailo.errors import DomainError
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
 from ailo.wallet import Wallet, is_valid_address, verify_signature
 
@@ -238,8 +239,8 @@ async def _worker(service, link: NodeLink) -> None:
         try:
             out = service.forward(frame)
             link.observe("compute_ms", (time.perf_counter() - t0) * 1000)
-        except HTTPException as exc:
-            asyncio.ensure_future(_report(link, frame.request_id, "self", exc.status_code, str(exc.detail),
+        except DomainError as exc:  # the node refused the frame (NodeError: 409, 421, 503, 400)
+            asyncio.ensure_future(_report(link, frame.request_id, "self", exc.status, str(exc),
                                            frame.span))
             continue
         except Exception as exc:  # never let one frame stop the worker

@@ -17,7 +17,8 @@ import torch
 from safetensors import safe_open
 
 from ailo.inference.blocks import SpanModel
-from ailo.inference.spec import ModelSpec, read_spec
+from ailo.inference.spec import ModelSpec
+from ailo.inference.families import family, read_spec
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -71,28 +72,17 @@ class CheckpointReader:
 
 def checkpoint_names(spec: ModelSpec, model: SpanModel, has_lm_head: bool) -> dict[str, str]:
     """Module state-dict key → checkpoint tensor name, for the span's modules only."""
-    hf = spec.family != "ailo"
+    name = family(spec).checkpoint_name
     names: dict[str, str] = {}
     for key in model.state_dict():
         part, _, rest = key.partition(".")
-        if part == "embed":
-            if hf:
-                names[key] = "model." + rest
-            else:
-                names[key] = "wte.weight" if rest == "embed_tokens.weight" else rest
-        elif part == "units":
-            idx, _, sub = rest.partition(".")
+        layer = 0
+        if part == "units":
+            idx, _, rest = rest.partition(".")
             layer = (model.start + int(idx)) // 2
-            names[key] = f"model.layers.{layer}.{sub}" if hf else f"blocks.{layer}.{sub}"
-        elif part == "head":
-            if rest.startswith("norm."):
-                names[key] = ("model." + rest) if hf else "ln_f." + rest.split(".", 1)[1]
-            elif hf and (has_lm_head or not spec.tie_embeddings):
-                names[key] = "lm_head.weight"
-            else:
-                names[key] = "model.embed_tokens.weight" if hf else "wte.weight"
-        else:
+        elif part not in ("embed", "head"):
             raise AssertionError(key)
+        names[key] = name(spec, part, rest, layer, has_lm_head)
     return names
 
 

@@ -1,6 +1,6 @@
 """A room node: join a room, load the assigned span only, heartbeat, serve activations.
 
-HTTP endpoints (binary frames, see `wire.py`):
+HTTP endpoints (binary frames, see `wire.py`; the app is `ailo.server.node_app`):
   POST   /v1/node/forward              frame in → frame out (hidden states, or logits on the last span)
   DELETE /v1/node/requests/{id}        drop a finished request's KV cache
   GET    /v1/node/info                 span, tensors read from the checkpoint, cache count
@@ -19,18 +19,27 @@ from pathlib import Path
 
 import httpx
 import torch
-from fastapi import FastAPI, HTTPException, Request, Response
 
 from ailo.backoff import Backoff, is_transient
+from ailo.errors import DomainError
 from ailo.inference.auth import sign_request
-from ailo.inference.blocks import RequestCache, SpanModel
-from ailo.inference.links import NodeLink, add_link_routes
+from ailo.inference.blocks import SpanModel
+from ailo.inference.links import NodeLink
 from ailo.inference.loader import load_span
-from ailo.inference.spec import read_spec
-from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+from ailo.inference.families import read_spec
+from ailo.inference.units import RequestCache
+from ailo.inference.wire import Frame
 from ailo.wallet import Wallet
 
 log = logging.getLogger(__name__)
+
+
+class NodeError(DomainError):
+    """A frame this node will not compute; the status tells the coordinator what to do."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
 
 
 class CacheStore:
@@ -105,29 +114,29 @@ class NodeService:
     def forward(self, frame: Frame) -> Frame:
         model = self.model
         if model is None:
-            raise HTTPException(503, "span not loaded yet")
+            raise NodeError(503, "not_loaded", "span not loaded yet")
         if frame.span != (model.start, model.end):
-            raise HTTPException(421, f"this node serves units [{model.start}, {model.end}), not {list(frame.span)}")
+            raise NodeError(421, "wrong_span", f"this node serves units [{model.start}, {model.end}), not {list(frame.span)}")
         x = frame.tensor
         if model.first != (x.dtype == torch.int64) or x.dim() != (2 if model.first else 3) or x.shape[0] != 1:
-            raise HTTPException(400, f"unexpected input {x.dtype} {tuple(x.shape)} for this span")
+            raise NodeError(400, "bad_input", f"unexpected input {x.dtype} {tuple(x.shape)} for this span")
         with self.lock:
             cache = None if frame.reset else self.caches.get(frame.request_id)
             if cache is None:
                 if frame.start != 0 and not frame.reset:
-                    raise HTTPException(409, f"no cache for request {frame.request_id}; "
-                                             f"resend from position 0 (got {frame.start})")
+                    raise NodeError(409, "cache_miss", f"no cache for request {frame.request_id}; "
+                                   f"resend from position 0 (got {frame.start})")
                 cache = self.caches.new(frame.request_id)
             elif frame.start < cache.length:  # drafted tokens the room rejected: forget them
                 cache.truncate(frame.start)
             elif cache.length != frame.start:
-                raise HTTPException(409, f"cache holds {cache.length} positions, frame starts at {frame.start}")
+                raise NodeError(409, "cache_miss", f"cache holds {cache.length} positions, frame starts at {frame.start}")
             try:
                 out = model(x.to(self.device), frame.start, cache, frame.all_logits) if self.attack is None \
                     else _cheat(self.attack, model, x.to(self.device), frame.start, cache, frame.all_logits)
             except ValueError as exc:
                 self.caches.drop(frame.request_id)
-                raise HTTPException(400, str(exc)) from None
+                raise NodeError(400, "bad_input", str(exc)) from None
             except Exception:
                 self.caches.drop(frame.request_id)
                 raise
@@ -165,40 +174,6 @@ def _cheat(attack: str, model: SpanModel, x: torch.Tensor, start: int, cache: Re
     if attack == "noise":
         return torch.randn_like(out.float()).mul(out.float().std()).to(out.dtype)
     raise ValueError(f"unknown attack {attack!r}")
-
-
-def build_node_app(service: NodeService) -> FastAPI:
-    app = FastAPI(title="Ailo room node")
-
-    @app.post("/v1/node/forward")
-    async def forward(request: Request) -> Response:
-        body = await request.body()
-        try:
-            frame = Frame.decode(body)
-        except WireError as exc:
-            raise HTTPException(400, f"bad frame: {exc}") from None
-        # Computed on the event loop thread itself: forwards are serialised by the node's lock
-        # anyway, and skipping the hand-off to a worker thread saves two context switches per hop.
-        t0 = time.perf_counter()
-        out = service.forward(frame)
-        ms = (time.perf_counter() - t0) * 1000
-        return Response(content=out.encode(), media_type=CONTENT_TYPE, headers={"x-ailo-compute-ms": f"{ms:.3f}"})
-
-    @app.delete("/v1/node/requests/{request_id}")
-    def release(request_id: str) -> dict:
-        with service.lock:
-            service.caches.drop(request_id)
-        if service.link is not None:
-            service.link.forget(request_id)
-        return {"released": request_id}
-
-    add_link_routes(app, service)
-
-    @app.get("/v1/node/info")
-    def info() -> dict:
-        return service.info()
-
-    return app
 
 
 class JoinRefused(RuntimeError):

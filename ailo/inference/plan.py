@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ailo.inference.families import embed_params, head_params, unit_params
 from ailo.inference.spec import ModelSpec
 
 GB = 10 ** 9
@@ -73,11 +74,11 @@ class Plan:
 def unit_costs(spec: ModelSpec, dtype_bytes: int, context: int) -> list[int]:
     """Bytes per unit: weights, KV cache for `context` positions, and the embedding / head
     folded into the first / last unit (they always travel with those units)."""
-    costs = [spec.unit_params(u) * dtype_bytes for u in range(spec.n_units)]
+    costs = [unit_params(spec, u) * dtype_bytes for u in range(spec.n_units)]
     for u in range(0, spec.n_units, 2):
         costs[u] += spec.kv_bytes_per_token(dtype_bytes) * context
-    costs[0] += spec.embed_params() * dtype_bytes
-    costs[-1] += spec.head_params() * dtype_bytes
+    costs[0] += embed_params(spec) * dtype_bytes
+    costs[-1] += head_params(spec) * dtype_bytes
     return costs
 
 

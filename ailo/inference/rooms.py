@@ -16,11 +16,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ailo.errors import DomainError
 from ailo.inference.plan import Plan, PlanError, Span, fewest_spans, plan_room, span_need
 from ailo.inference.spec import ModelSpec
 
 
-class RoomError(Exception):
+class RoomError(DomainError):
     """A request the room cannot serve; `status` is the HTTP status to answer with."""
 
     def __init__(self, message: str, status: int = 409, reason: str | None = None):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ailo.inference.blocks import RequestCache
+from ailo.inference.units import RequestCache
 from ailo.inference.loader import load_span
 from ailo.inference.rooms import NodeRecord, Room, RoomRegistry
 from ailo.inference.transport import HttpNodeClient

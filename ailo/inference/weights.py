@@ -23,7 +23,8 @@ import torch
 
 from ailo.inference.blocks import SpanModel
 from ailo.inference.loader import checkpoint_names
-from ailo.inference.spec import ModelSpec, read_spec
+from ailo.inference.spec import ModelSpec
+from ailo.inference.families import read_spec
 
 PIECE_BYTES = 4 << 20
 _ELEMENT = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1}

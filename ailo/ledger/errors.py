@@ -2,12 +2,27 @@
 docs/LEDGER.md and used by the JSON test vectors) plus a human message."""
 from __future__ import annotations
 
+from ailo.errors import DomainError
 
-class LedgerError(Exception):
-    """A transaction or block that breaks a ledger rule. `code` is part of the spec."""
+
+class LedgerError(DomainError):
+    """A transaction or block that breaks a ledger rule. `code` is part of the spec (and the
+    `reason` of the HTTP answer)."""
 
     code = "invalid"
     http_status = 400
+
+    @property
+    def status(self) -> int:  # type: ignore[override]
+        return self.__dict__.get("_status", self.http_status)
+
+    @status.setter
+    def status(self, value: int) -> None:  # a client-side copy keeps the status it was answered with
+        self._status = value
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        return self.code
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)

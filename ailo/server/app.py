@@ -168,10 +168,6 @@ def create_app(coord: Coordinator, extra_routers: list[APIRouter] | None = None,
                   description="Federated training, Proof-of-Contribution, AiloCoin ledger, inference rooms.")
     install_docs(app)  # Swagger UI from the bundled static files, not a CDN
 
-    @app.exception_handler(UpdateRejected)
-    async def rejected(_: Request, exc: UpdateRejected) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=exc.status)
-
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict:
         """Liveness: the process answers HTTP (it may still be starting; see /v1/ready)."""

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from ailo.inference.rewards import InferenceRewardSink
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
+from ailo.server.errors import install_error_handlers
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 
 
@@ -50,6 +51,7 @@ def build_app(rooms: RoomRegistry, rewards: InferenceRewardSink | None = None, p
     from ailo.server.room_socket_api import make_room_socket_router
 
     app = FastAPI(title="Ailo rooms (dev coordinator)")
+    install_error_handlers(app)
     policy = policy or dev_policy(rewards)
     library = None
     if checkpoints is not None:  # browser nodes' weights, and the spot-check referee unless the caller chose one

@@ -4,7 +4,8 @@
 `detail` form "<code>: <message>" (ailo/ledger/client.py and the wallet CLI split it) and now
 also carry `reason` = that code. FastAPI's own refusals (unknown path, wrong method, a body or
 query that fails its declared schema) are rewritten into the same shape here, so a client can
-rely on it whichever router answered.
+rely on it whichever router answered. Domain code raises `ailo.errors.DomainError` (rooms, nodes,
+updates, the ledger) and never an HTTP exception; this module is the one place that maps it.
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+
+from ailo.errors import DomainError
 
 log = logging.getLogger("ailo.server")
 
@@ -80,6 +84,17 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(error_body(detail or "invalid request", reason, fields=fields), 422)
 
 
+async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+    """What domain code refused (rooms, nodes, updates, the ledger): its status, reason, headers."""
+    return JSONResponse(error_body(str(exc), exc.reason), exc.status, headers=exc.headers or None)
+
+
+async def _body_error(_: Request, exc: ValidationError) -> JSONResponse:
+    """A route's own `Model.model_validate_json` (signed bodies are parsed after their signature)."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return JSONResponse(error_body(f"invalid body: {problems}", "invalid_body"), 422)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """Last resort (a bug): still the error shape, never a traceback to the client."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -89,4 +104,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(ValidationError, _body_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -9,19 +9,18 @@
     POST /v1/reports                body: signed REPORT tx     -> {..., "status",
                                                                    "reversal_txid"}
 
-Bad input gets a 4xx with {"detail": "<code>: <message>", "reason": "<code>"} and nothing is
+Bad input gets a 4xx (a `LedgerError`, answered by ailo.server.errors) with {"detail": "<code>: <message>", "reason": "<code>"} and nothing is
 written: the service checks every rule on a working copy before anything reaches the store.
 Bodies are limited (size, JSON depth) by ailo.server.limits before they are parsed.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ailo.ledger.errors import LedgerError
 from ailo.ledger.service import LedgerService
 from ailo.server.errors import ApiError
 from ailo.server.limits import INT64_MAX, LEDGER_TX_BYTES, parse_json
@@ -38,13 +37,6 @@ async def _json_body(request: Request) -> Any:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, f"too_large: body exceeds {MAX_BODY_BYTES} bytes", "too_large")
     return parse_json(raw)
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return await run_in_threadpool(fn, *args)
-    except LedgerError as exc:
-        raise ApiError(exc.http_status, str(exc), exc.code) from None
 
 
 def make_ledger_router(service: LedgerService) -> APIRouter:
@@ -75,18 +67,18 @@ def make_ledger_router(service: LedgerService) -> APIRouter:
                  openapi_extra=json_body(RegisterTx, "signed REGISTER transaction (docs/LEDGER.md)"),
                  responses=reply(AcceptedReply))
     async def post_register(request: Request) -> dict:
-        return asdict(await _call(service.register, await _json_body(request)))
+        return asdict(await run_in_threadpool(service.register, await _json_body(request)))
 
     @router.post("/v1/transfers", summary="Send AiloCoin (signed TRANSFER)",
                  openapi_extra=json_body(TransferTx, "signed TRANSFER transaction (docs/LEDGER.md)"),
                  responses=reply(AcceptedReply))
     async def post_transfer(request: Request) -> dict:
-        return asdict(await _call(service.submit_transfer, await _json_body(request)))
+        return asdict(await run_in_threadpool(service.submit_transfer, await _json_body(request)))
 
     @router.post("/v1/reports", summary="Report a transfer inside its dispute window (signed REPORT)",
                  openapi_extra=json_body(ReportTx, "signed REPORT transaction (docs/LEDGER.md)"),
                  responses=reply(AcceptedReply))
     async def post_report(request: Request) -> dict:
-        return asdict(await _call(service.submit_report, await _json_body(request)))
+        return asdict(await run_in_threadpool(service.submit_report, await _json_body(request)))
 
     return router

@@ -36,7 +36,8 @@ from ailo.inference.plan import PRESETS, PlanError, get_preset
 from ailo.inference.rewards import InferencePayments, InferenceRewardSink, request_price
 from ailo.inference.room_tokenizers import RoomTokenizers
 from ailo.inference.rooms import RoomError, RoomRegistry
-from ailo.inference.spec import SpecError, spec_from_config
+from ailo.inference.families import family, param_count, spec_from_config
+from ailo.inference.spec import SpecError
 from ailo.inference.transport import HttpNodeClient, NodeClient
 from ailo.inference.verify import DEFAULT_P, ReferenceSpans, SpotChecker
 from ailo.ledger.errors import LedgerError
@@ -122,17 +123,6 @@ class RoomPolicy:
     join_ip_burst: int = 30
 
 
-def _refusal(exc: Exception) -> JSONResponse:
-    if isinstance(exc, AuthError):
-        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status, headers=exc.headers)
-    if isinstance(exc, RoomError):
-        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status)
-    if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"detail": f"invalid body: {problems}", "reason": "invalid_body"}, 422)
-    return JSONResponse({"detail": str(exc), "reason": "bad_request"}, 400)
-
-
 async def _body(request: Request) -> bytes:
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
@@ -207,7 +197,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.get("/presets")
     def presets() -> list[dict]:
         return [{"name": p.name, "model": p.model.name, "nodes": p.nodes, "node_memory": p.node_memory,
-                 "parameters": p.model.param_count(), "context": p.context, "plan": p.plan().to_dict()}
+                 "parameters": param_count(p.model), "context": p.context, "plan": p.plan().to_dict()}
                 for p in PRESETS.values()]
 
     @router.post("", status_code=201, openapi_extra={**OPERATOR_ONLY, **json_body(CreateRoom, "a room to create")},
@@ -227,15 +217,17 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                 spec, slots = spec_from_config(body.model), body.slots
             if slots is None:
                 raise RoomError("'slots' is required with 'model'", 400)
-            tokenizer = body.tokenizer or ("gpt2" if spec.family == "ailo" else None)
+            tokenizer = body.tokenizer or family(spec).default_tokenizer
             if tokenizer is not None:
                 codecs.check(tokenizer)
             chat = {"chat_template": body.chat_template, "special_tokens": body.special_tokens} \
                 if body.chat_template else {}  # only what a template needs is kept (rooms.json)
             room = rooms.create_room(body.id, spec, slots, context=body.context, tokenizer=tokenizer,
                                      checkpoint=body.checkpoint, placement=body.placement, **chat)
-        except (AuthError, RoomError, SpecError, PlanError, ValidationError, ValueError) as exc:
-            return _refusal(exc)
+        except ValidationError:
+            raise
+        except (SpecError, PlanError, ValueError) as exc:  # a config or preset this server cannot plan
+            raise RoomError(str(exc), 400) from None
         return JSONResponse(view(room), 201)
 
     @router.get("")
@@ -244,58 +236,43 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
 
     @router.get("/{room_id}", responses=reply(RoomView))
     def show(room_id: str):
-        try:
-            return view(rooms.get(room_id))
-        except RoomError as exc:
-            return _refusal(exc)
+        return view(rooms.get(room_id))
 
     @router.delete("/{room_id}", openapi_extra=OPERATOR_ONLY)
     async def delete(room_id: str, request: Request):
-        try:
-            check_operator(request.headers.get("authorization"), policy.operator_token)
-            rooms.delete_room(room_id)
-        except (AuthError, RoomError) as exc:
-            return _refusal(exc)
+        check_operator(request.headers.get("authorization"), policy.operator_token)
+        rooms.delete_room(room_id)
         return {"deleted": room_id}
 
     @router.post("/{room_id}/join", openapi_extra=signed_json(Join, "the join"))
     async def join(room_id: str, request: Request):
-        try:
-            joins_per_ip.take(_peer(request))
-            signer, body = await signed(request, Join)
-            if body.address is not None and body.address != signer:
-                raise AuthError(400, "address_not_signer", "rewards go to the signing wallet: 'address' must be "
-                                f"the signer {signer} (or left out)")
-            url = check_node_url(body.url, policy.allow_private_urls)
-            node = rooms.join(room_id, url=url, memory=body.memory, fingerprint=body.fingerprint, address=signer,
-                              link_token=body.link_token)
-            return {"node_id": node.node_id, "room": room_id, "address": signer,
-                    "span": span_dict(room_id, node.node_id), "heartbeat_interval": rooms.heartbeat_interval,
-                    "heartbeat_timeout": rooms.heartbeat_timeout}
-        except (AuthError, RoomError, ValidationError) as exc:
-            return _refusal(exc)
+        joins_per_ip.take(_peer(request))
+        signer, body = await signed(request, Join)
+        if body.address is not None and body.address != signer:
+            raise AuthError(400, "address_not_signer", "rewards go to the signing wallet: 'address' must be "
+                            f"the signer {signer} (or left out)")
+        url = check_node_url(body.url, policy.allow_private_urls)
+        node = rooms.join(room_id, url=url, memory=body.memory, fingerprint=body.fingerprint, address=signer,
+                          link_token=body.link_token)
+        return {"node_id": node.node_id, "room": room_id, "address": signer,
+                "span": span_dict(room_id, node.node_id), "heartbeat_interval": rooms.heartbeat_interval,
+                "heartbeat_timeout": rooms.heartbeat_timeout}
 
     @router.post("/{room_id}/heartbeat", openapi_extra=signed_json(Heartbeat, "the heartbeat"))
     async def heartbeat(room_id: str, request: Request):
-        try:
-            signer, body = await signed(request, Heartbeat)
-            loaded = tuple(body.loaded) if body.loaded else None
-            if loaded is not None and len(loaded) != 2:
-                raise RoomError("'loaded' is [start, end]", 400)
-            node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer, hop_ms=body.hop_ms,
-                                   compute_ms=body.compute_ms)
-            room = rooms.get(room_id)
-            return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room)}
-        except (AuthError, RoomError, ValidationError) as exc:
-            return _refusal(exc)
+        signer, body = await signed(request, Heartbeat)
+        loaded = tuple(body.loaded) if body.loaded else None
+        if loaded is not None and len(loaded) != 2:
+            raise RoomError("'loaded' is [start, end]", 400)
+        node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer, hop_ms=body.hop_ms,
+                               compute_ms=body.compute_ms)
+        room = rooms.get(room_id)
+        return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room)}
 
     @router.post("/{room_id}/leave", openapi_extra=signed_json(Leave, "the leave"))
     async def leave(room_id: str, request: Request):
-        try:
-            signer, body = await signed(request, Leave)
-            rooms.leave(room_id, body.node_id, owner=signer)
-        except (AuthError, RoomError, ValidationError) as exc:
-            return _refusal(exc)
+        signer, body = await signed(request, Leave)
+        rooms.leave(room_id, body.node_id, owner=signer)
         return {"left": body.node_id}
 
     @router.post("/{room_id}/frames", include_in_schema=False)
@@ -369,8 +346,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
                              client_factory=client_factory or HttpNodeClient, checker=checker, push=push)
             if payments is not None:  # charged only once the request is routable (a 503 costs nothing)
                 gen.request_id = await run_in_threadpool(charge, body.payment, signer, room)
-        except (AuthError, RoomError, ValidationError, ChatError) as exc:
-            return _refusal(exc)
+        except ChatError as exc:  # messages the room's chat template cannot render
+            raise RoomError(str(exc), 400) from None
         if body.stream:
             def lines() -> Iterator[str]:
                 for event in gen.events():

@@ -29,7 +29,7 @@ from ailo.server.ratelimit import Buckets, Limit, RateLimitMiddleware
 from ailo.server.room_socket_api import make_room_socket_router
 from ailo.server.rooms_api import RoomPolicy, make_rooms_router
 from ailo.storage.factory import open_ledger_store, open_round_store
-from ailo.storage.rooms_file import DurableRoomRegistry
+from ailo.inference.durable_rooms import DurableRoomRegistry
 from ailo.server.web_routes import make_web_router
 from ailo.wallet import Wallet
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ailo.faults import crash_point
+from ailo.storage.atomic import atomic_write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -148,16 +149,8 @@ class SQLiteRoundStore:
     def _write_blob(path: Path, data: bytes, point: str) -> None:
         if path.exists():
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        view = memoryview(data)  # slices of bytes would copy a 400 MB chunk twice
-        with open(tmp, "wb") as f:
-            f.write(view[: len(data) // 2])
-            f.flush()
-            crash_point(point)  # fault injection (tests): die with half the file written
-            f.write(view[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # fault injection (tests): die with half the file written
+        atomic_write(path, data, halfway=lambda: crash_point(point))
 
     def put_chunk(self, sha256: str, data: bytes) -> None:
         self._write_blob(self.chunks_dir / sha256, data, "chunk_write")

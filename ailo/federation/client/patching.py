@@ -14,10 +14,11 @@ from typing import Callable
 
 import torch
 
-from ailo.chunks import ChunkError, ChunkStore, Manifest, _atomic_write
+from ailo.chunks import ChunkError, ChunkStore, Manifest
 from ailo.federation.core.codecs import CodecError
-from ailo.federation.coordinator.downloads import chunk_bytes
+from ailo.chunks import chunk_bytes
 from ailo.federation.core.served import apply_patch
+from ailo.storage.atomic import atomic_write
 
 
 class _NoNetwork:
@@ -65,11 +66,11 @@ class ServedCache:
                 self.notes.append(f"patched chunk {c.index} of v{manifest.version} does not match its sha256")
                 return None
         for c in manifest.chunks:
-            _atomic_write(Path(self.cache_dir) / "chunks" / c.sha256, blobs[c.index])
+            atomic_write(Path(self.cache_dir) / "chunks" / c.sha256, blobs[c.index])
         return weights, len(patch)
 
     def remember(self, manifest: Manifest, weights: dict[str, torch.Tensor]) -> None:
         """Hold W_v (bf16, untouched by training) for the next round's patch."""
         self.held = (manifest.version, {k: v.detach().to(torch.bfloat16).clone() for k, v in weights.items()})
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.manifest_path, manifest.to_json().encode())
+        atomic_write(self.manifest_path, manifest.to_json().encode())

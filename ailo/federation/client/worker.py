@@ -16,7 +16,7 @@ import httpx
 from tqdm import tqdm
 
 from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
-from ailo.chunks import ChunkStore, Manifest, _atomic_write
+from ailo.chunks import ChunkStore, Manifest
 from ailo.federation.core.codecs import CodecSpec, compress
 from ailo.federation.client.lean_training import available_memory, model_shape, task_shape, train_planned
 from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, format_size, plan as plan_memory
@@ -30,6 +30,7 @@ from ailo.mirrors import MirroredSource
 from ailo.model import empty_model, get_preset
 from ailo.training import TrainConfig, device_label, pick_device, train_local
 from ailo.wallet import Wallet
+from ailo.storage.atomic import atomic_write
 
 
 
@@ -245,7 +246,7 @@ class Worker:
     def save_error_feedback(self, preset: str, codec: CodecSpec, residual: dict) -> None:
         from safetensors.torch import save as st_save
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.error_feedback_path,
+        atomic_write(self.error_feedback_path,
                       st_save({k: v.contiguous() for k, v in residual.items()}, {"preset": preset, "codec": codec.name}))
 
     def _sign(self, meta: UpdateMeta, sha256: str) -> UpdateMeta:

@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 
 from ailo.federation.core.aggregate import Aggregator, StateDict, StreamingAggregator, WeightedDelta
+from ailo.federation.core.codecs import CodecSpec
+from ailo.federation.core.update_format import decode_update, encode_update
 
 Decoder = Callable[[Path], Mapping[str, torch.Tensor]]  # stored update file → checked tensors
 
@@ -93,3 +95,14 @@ class RoundAccumulator:
                 pieces.append(self.aggregator.aggregate({name: part}, ups, server_lr)[name])
             out[name] = torch.cat(pieces) if b.dim() else pieces[0]
         return out
+
+
+def fp32_copies(files: list[tuple], manifest, codec: CodecSpec, write_blob: Callable[[Path, bytes], None]) -> list[tuple]:
+    """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
+    out = []
+    for update_id, path, n, *scale in files:
+        target = path.with_name(f"{path.name}.fp32")
+        if not target.exists():
+            write_blob(target, encode_update(decode_update(path.read_bytes(), manifest, codec)))
+        out.append((update_id, target, n, *scale))
+    return out

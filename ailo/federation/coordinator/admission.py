@@ -5,7 +5,7 @@ whole), checks identity and the safetensors header against the model (names, dty
 offsets: no tensor data is read), and answers 202. Decoding the data (NaN/Inf), norm,
 direction and loss checks run later in the validation pipeline.
 
-`idempotency_key` names a signed submission: the same signed body with the same headers sent
+`Admission` is the coordinator's half that runs on the request path. `idempotency_key` names a signed submission: the same signed body with the same headers sent
 again (a client retry after a lost reply or a crash) maps to the same update row and id.
 """
 from __future__ import annotations
@@ -13,9 +13,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from ailo.chunks import Manifest
+from ailo.faults import crash_point
+from ailo.federation.coordinator import round_status
+from ailo.federation.coordinator.config import Submission
+from ailo.storage.rounds_store import identity_key
 from ailo.federation.core.codecs import CodecSpec
 from ailo.federation.core.safetensors_header import DTYPE_NAMES, HeaderError, read_header_file
 from ailo.federation.core.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
@@ -100,3 +105,84 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Admission:
+    """The coordinator's request path (mixed into `Coordinator`): cheap checks, a durable
+    `pending` row and a place in the validation queue; never decodes tensors, never waits."""
+
+    def submit(self, meta: UpdateMeta, body: bytes, peer: str = "") -> dict:
+        """Admit an update given as bytes (in-process callers); see `submit_file`."""
+        tmp = self.store.incoming_path()
+        tmp.write_bytes(body)
+        return self.submit_file(meta, tmp, hashlib.sha256(body).hexdigest(), len(body), peer)
+
+    def submit_file(self, meta: UpdateMeta, tmp: Path, sha256: str, size: int, peer: str = "",
+                    receive_ms: float | None = None) -> dict:
+        """Cheap checks, then a durable `pending` row and a place in the validation queue.
+        Returns the receipt {"status": "pending", "update_id", ...}; a retried signed body gets
+        the same update id (and its verdict once decided). Raises UpdateRejected (recorded)."""
+        idem = idempotency_key(meta, sha256)
+        keys: list[tuple[int, str]] = []
+        try:
+            with self.admit_lock:
+                known = self.store.update_by_idem(idem) if idem else None
+                if known is None:  # same body from the same wallet, e.g. re-signed after a lost reply
+                    known = self.store.accepted_update(meta.round_id, meta.client_id, meta.address or None, sha256,
+                                                       ("pending", "accepted"))
+                if known is not None:
+                    return round_status.receipt(self.store, self.live(), known)
+                rnd = self.current_round()
+                sub = Submission(meta, b"", sha256, rnd, time.time(), peer)
+                try:
+                    self._admit(sub, tmp, size)
+                except UpdateRejected as exc:
+                    self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
+                                             meta.train_loss, sha256, size, "refused", exc.reason, str(exc),
+                                             {**sub.extra, "code": exc.status}, idem=idem)
+                    for hook in self.on_refused:
+                        hook(self, sub, exc)
+                    raise
+                keys = [(rnd.id, identity_key(meta.client_id, meta.address))]
+                self._admitting.update(keys)
+            crash_point("update_write")  # fault injection (tests): body in its temp file, not in place
+            fsync_file(tmp)
+            self.store.adopt_update_blob(sha256, tmp)
+            extra = {**sub.extra, "base_version": meta.base_version, "task_id": meta.task_id}
+            if meta.device:
+                extra["device"] = meta.device
+            if receive_ms is not None:
+                extra["receive_ms"] = receive_ms  # body upload time as the coordinator saw it
+            update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
+                                                 meta.train_loss, sha256, size, "pending", extra=extra, idem=idem)
+            self.store.bump_counter("update_bytes_received", size)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with self.admit_lock:
+                self._admitting.difference_update(keys)
+        self.pipeline.submit(update_id)
+        return {"status": "pending", "update_id": update_id, "round": rnd.id, "queued": self.pipeline.depth()}
+
+    def _admit(self, sub: Submission, path: Path, size: int) -> None:
+        meta, rnd = sub.meta, sub.round
+        if self.finished():
+            raise UpdateRejected("finished", "training has finished; no round is open", 409)
+        if meta.round_id != rnd.id:
+            kind = "stale" if meta.round_id < rnd.id else "unknown"
+            raise UpdateRejected("stale_round", f"update for {kind} round {meta.round_id}; the open round is {rnd.id}", 409)
+        if meta.base_version != rnd.base_version:
+            raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
+                                 f"round {rnd.id} trains version {rnd.base_version}", 409)
+        if self.store.count_updates(status="pending") >= self.config.max_pending:
+            raise UpdateRejected("busy", f"{self.config.max_pending} updates are waiting for validation; "
+                                 "retry in a few seconds", 429)
+        for check in self.pre_checks:  # identity (PoC): signature, nonce, rate limit
+            check(self, sub)
+        # Duplicates by identity, checked once the identity is proven (pre_checks): the signing
+        # wallet, never the client id another wallet can also send.
+        who = identity_key(meta.client_id, meta.address)
+        if who in self.store.holders(rnd.id) or (rnd.id, who) in self._admitting:
+            owner = f"wallet {meta.address}" if meta.address else f"client {meta.client_id!r}"
+            raise UpdateRejected("duplicate", f"{owner} already has an accepted or pending update in round {rnd.id}",
+                                 409)
+        check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task))

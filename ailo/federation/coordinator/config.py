@@ -1,23 +1,20 @@
 """What a coordinator is configured with, and what its checks and hooks are handed.
 
 `CoordinatorConfig` is the whole run's configuration (the CLI builds it from its flags);
-`Submission` is everything a validation check may look at; the hook types are how Proof-of-
-Contribution (and tests) plug into admission, validation and round closing.
+`Submission` is everything a validation check may look at (the hook types that receive it are
+in `coordinator.py`).
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ailo.federation.core.update_format import UpdateMeta, UpdateRejected
+from ailo.federation.core.local_phase import phase_fields
+from ailo.federation.core.update_format import UpdateMeta
 from ailo.storage.rounds_store import RoundRecord
-
-if TYPE_CHECKING:
-    from ailo.federation.coordinator.coordinator import Coordinator
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,6 +61,14 @@ class CoordinatorConfig:
     device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
     max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
 
+    def task_spec(self, round_id: int, seq_len: int, codec_task: dict) -> dict:
+        """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
+        return {"steps": self.local_steps, "batch_size": self.batch_size, "seq_len": seq_len,
+                "lr": self.lr * self.lr_decay ** (round_id - 1), "optimizer": self.optimizer, "codec": codec_task,
+                **({"download": "bf16"} if self.compact_downloads else {}),
+                **({"warmup_steps": self.warmup_steps} if self.warmup_steps else {}),
+                **phase_fields(self.local_seconds, self.max_local_steps)}
+
 
 @dataclass
 class Submission:
@@ -90,9 +95,3 @@ class Submission:
                 torch.cuda.synchronize()
             ms = self.extra.setdefault("phase_ms", {})
             ms[phase] = round(ms.get(phase, 0.0) + 1000 * (time.perf_counter() - t0), 1)
-
-
-Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
-AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
-RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
-RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded

@@ -16,34 +16,31 @@ completely written.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.func import functional_call
 
 from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.data import TokenDataset
 from ailo.faults import crash_point
 from ailo.federation.coordinator import round_status
-from ailo.federation.coordinator.accumulator import RoundAccumulator
-from ailo.federation.coordinator.admission import check_header, fsync_file, idempotency_key
+from ailo.federation.coordinator.accumulator import RoundAccumulator, fp32_copies
+from ailo.federation.coordinator.admission import Admission
 from ailo.federation.core.codecs import CodecSpec
-from ailo.federation.coordinator.config import (AcceptHook, Check, CoordinatorConfig, RefuseHook, RoundHook,
-                                                Submission, resolve_device)
+from ailo.federation.coordinator.config import CoordinatorConfig, Submission, resolve_device
 from ailo.federation.coordinator.downloads import CompactDownloads
+from ailo.federation.coordinator.evaluation import validation_loss
 from ailo.federation.core.registry import round_strategy
 from ailo.federation.coordinator.outer_store import OuterStateStore
 from ailo.federation.coordinator.pipeline import ValidationPipeline
-from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update, encode_update
-from ailo.federation.core.local_phase import phase_fields
+from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, identity_key
 
@@ -52,6 +49,12 @@ MAX_OPEN_TASKS = 10_000  # issued tasks remembered (POST /v1/tasks is also rate-
 
 log = logging.getLogger("ailo.coordinator")
 
+# How Proof-of-Contribution (and tests) plug into admission, validation and round closing.
+Check = Callable[["Coordinator", Submission], None]            # raise UpdateRejected to refuse
+AcceptHook = Callable[["Coordinator", Submission, int], None]  # called with the update row id
+RoundHook = Callable[["Coordinator", int], None]                # called with the closed round id
+RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded
+
 
 def _seconds(fn: Callable, *args) -> float:
     t0 = time.perf_counter()
@@ -59,7 +62,7 @@ def _seconds(fn: Callable, *args) -> float:
     return time.perf_counter() - t0
 
 
-class Coordinator:
+class Coordinator(Admission):
     def __init__(self, config: CoordinatorConfig, state_dir: Path,
                  pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
                  on_accept: list[AcceptHook] | None = None, on_round_closed: list[RoundHook] | None = None,
@@ -132,12 +135,6 @@ class Coordinator:
     def _pending_ids(self) -> list[int]:
         return [u.id for u in self.store.updates(status="pending", limit=10**9)]
 
-    def autocast(self):
-        """bf16 autocast on CUDA for evaluation only (see docs/ARCHITECTURE.md: what stays fp32)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # -- model versions --------------------------------------------------------------------
     def _split(self, version: int, state: dict[str, torch.Tensor] | None = None) -> Manifest:
         manifest, blobs = split_state_dict(state if state is not None else self.model.state_dict(),
@@ -157,26 +154,12 @@ class Coordinator:
         self.store.start(self.manifest.to_json(), self.evaluate(), self._task_spec(1),
                          self.config.min_updates, time.time() + self.config.round_seconds)
 
-    @torch.no_grad()
     def evaluate(self, params: dict[str, torch.Tensor] | None = None) -> float:
         """Validation loss of the global model, or of `params` swapped into it (no model copy)."""
-        total, count = 0.0, 0
-        with self.autocast():
-            for x, y in self.val_batches:
-                x, y = x.to(self.device), y.to(self.device)
-                loss = self.model(x, y) if params is None else functional_call(self.model, params, (x, y))
-                total += float(loss) * x.numel()
-                count += x.numel()
-        return total / count
+        return validation_loss(self.model, self.val_batches, self.device, params)
 
     def _task_spec(self, round_id: int) -> dict:
-        """What round `round_id` asks of clients; stored with the round, so it survives restarts."""
-        c = self.config
-        return {"steps": c.local_steps, "batch_size": c.batch_size, "seq_len": self.seq_len,
-                "lr": c.lr * c.lr_decay ** (round_id - 1), "optimizer": c.optimizer, "codec": self.codec.to_task(),
-                **({"download": "bf16"} if c.compact_downloads else {}),
-                **({"warmup_steps": c.warmup_steps} if c.warmup_steps else {}),
-                **phase_fields(c.local_seconds, c.max_local_steps)}
+        return self.config.task_spec(round_id, self.seq_len, self.codec.to_task())
 
     @property
     def version(self) -> int:
@@ -216,83 +199,6 @@ class Coordinator:
                 self.tasks = {k: v for k, v in self.tasks.items() if v[1] == round_id}
             while len(self.tasks) >= MAX_OPEN_TASKS:
                 self.tasks.pop(next(iter(self.tasks)))
-
-    # -- admission (request path) ------------------------------------------------------------
-    def submit(self, meta: UpdateMeta, body: bytes, peer: str = "") -> dict:
-        """Admit an update given as bytes (in-process callers); see `submit_file`."""
-        tmp = self.store.incoming_path()
-        tmp.write_bytes(body)
-        return self.submit_file(meta, tmp, hashlib.sha256(body).hexdigest(), len(body), peer)
-
-    def submit_file(self, meta: UpdateMeta, tmp: Path, sha256: str, size: int, peer: str = "",
-                    receive_ms: float | None = None) -> dict:
-        """Cheap checks, then a durable `pending` row and a place in the validation queue.
-        Returns the receipt {"status": "pending", "update_id", ...}; a retried signed body gets
-        the same update id (and its verdict once decided). Raises UpdateRejected (recorded)."""
-        idem = idempotency_key(meta, sha256)
-        keys: list[tuple[int, str]] = []
-        try:
-            with self.admit_lock:
-                known = self.store.update_by_idem(idem) if idem else None
-                if known is None:  # same body from the same wallet, e.g. re-signed after a lost reply
-                    known = self.store.accepted_update(meta.round_id, meta.client_id, meta.address or None, sha256,
-                                                       ("pending", "accepted"))
-                if known is not None:
-                    return round_status.receipt(self, known)
-                rnd = self.current_round()
-                sub = Submission(meta, b"", sha256, rnd, time.time(), peer)
-                try:
-                    self._admit(sub, tmp, size)
-                except UpdateRejected as exc:
-                    self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
-                                             meta.train_loss, sha256, size, "refused", exc.reason, str(exc),
-                                             {**sub.extra, "code": exc.status}, idem=idem)
-                    for hook in self.on_refused:
-                        hook(self, sub, exc)
-                    raise
-                keys = [(rnd.id, identity_key(meta.client_id, meta.address))]
-                self._admitting.update(keys)
-            crash_point("update_write")  # fault injection (tests): body in its temp file, not in place
-            fsync_file(tmp)
-            self.store.adopt_update_blob(sha256, tmp)
-            extra = {**sub.extra, "base_version": meta.base_version, "task_id": meta.task_id}
-            if meta.device:
-                extra["device"] = meta.device
-            if receive_ms is not None:
-                extra["receive_ms"] = receive_ms  # body upload time as the coordinator saw it
-            update_id = self.store.record_update(rnd.id, meta.client_id, meta.address or None, meta.n_samples,
-                                                 meta.train_loss, sha256, size, "pending", extra=extra, idem=idem)
-            self.store.bump_counter("update_bytes_received", size)
-        finally:
-            tmp.unlink(missing_ok=True)
-            with self.admit_lock:
-                self._admitting.difference_update(keys)
-        self.pipeline.submit(update_id)
-        return {"status": "pending", "update_id": update_id, "round": rnd.id, "queued": self.pipeline.depth()}
-
-    def _admit(self, sub: Submission, path: Path, size: int) -> None:
-        meta, rnd = sub.meta, sub.round
-        if self.finished():
-            raise UpdateRejected("finished", "training has finished; no round is open", 409)
-        if meta.round_id != rnd.id:
-            kind = "stale" if meta.round_id < rnd.id else "unknown"
-            raise UpdateRejected("stale_round", f"update for {kind} round {meta.round_id}; the open round is {rnd.id}", 409)
-        if meta.base_version != rnd.base_version:
-            raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
-                                 f"round {rnd.id} trains version {rnd.base_version}", 409)
-        if self.store.count_updates(status="pending") >= self.config.max_pending:
-            raise UpdateRejected("busy", f"{self.config.max_pending} updates are waiting for validation; "
-                                 "retry in a few seconds", 429)
-        for check in self.pre_checks:  # identity (PoC): signature, nonce, rate limit
-            check(self, sub)
-        # Duplicates by identity, checked once the identity is proven (pre_checks): the signing
-        # wallet, never the client id another wallet can also send.
-        who = identity_key(meta.client_id, meta.address)
-        if who in self.store.holders(rnd.id) or (rnd.id, who) in self._admitting:
-            owner = f"wallet {meta.address}" if meta.address else f"client {meta.client_id!r}"
-            raise UpdateRejected("duplicate", f"{owner} already has an accepted or pending update in round {rnd.id}",
-                                 409)
-        check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task))
 
     # -- validation (pipeline thread) ----------------------------------------------------------
     def judge(self, update_id: int) -> None:
@@ -364,16 +270,6 @@ class Coordinator:
         codec = CodecSpec.from_task(self.current_round().task)
         return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec, self.device).items()}
 
-    def _fp32_copies(self, files: list[tuple], codec: CodecSpec) -> list[tuple]:
-        """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
-        out = []
-        for update_id, path, n, *scale in files:
-            target = path.with_name(f"{path.name}.fp32")
-            if not target.exists():
-                self.store._write_blob(target, encode_update(decode_update(path.read_bytes(), self.manifest, codec)))
-            out.append((update_id, target, n, *scale))
-        return out
-
     def _rebuild_accumulator(self) -> None:
         rnd = self.current_round()
         self.accumulator.rebuild(rnd.id, self.model.state_dict(), self._accepted_files(rnd.id), self._decode_file)
@@ -408,7 +304,7 @@ class Coordinator:
         files = self._accepted_files(rnd.id)
         codec = CodecSpec.from_task(rnd.task)
         if not self.accumulator.streaming and codec.name != "fp32":  # slices need fp32 files
-            files = self._fp32_copies(files, codec)
+            files = fp32_copies(files, self.manifest, codec, self.store._write_blob)
         try:
             with torch.no_grad():
                 if self.outer.name == "sgd":  # FedAvg with the server learning rate
@@ -466,8 +362,18 @@ class Coordinator:
         self.store.bump_counter("chunk_bytes_served", n)
         self.store.bump_counter(f"chunk_bytes_served.round.{self.current_round().id}", n)
 
+    def live(self) -> round_status.LiveState:
+        pipe = self.pipeline
+        return round_status.LiveState(
+            self.version, self.settled_round, pipe.in_flight, self.finished(), self.cfg.name, self.device,
+            {"queued": pipe.depth(), "in_flight": pipe.in_flight, "judged": pipe.judged,
+             "busy_seconds": round(pipe.busy_seconds, 3)}, asdict(self.config), self.config.max_updates)
+
     def verdict(self, update_id: int) -> dict | None:
-        return round_status.verdict(self, update_id)
+        return round_status.verdict(self.store, self.live(), update_id)
 
     def status(self) -> dict:
-        return round_status.status(self)
+        out = round_status.status(self.store, self.live())
+        for extra in self.status_extras:
+            out.update(extra(self))
+        return out

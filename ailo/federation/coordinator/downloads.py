@@ -13,21 +13,11 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import save as st_save
 
-from ailo.chunks import ChunkStore, DirectorySource, Manifest, _atomic_write, split_state_dict
+from ailo.chunks import ChunkStore, DirectorySource, Manifest, split_state_dict
 from ailo.federation.core.served import next_served, to_served
 from ailo.storage.rounds_store import SQLiteRoundStore
-
-
-def chunk_bytes(manifest: Manifest, state: Mapping[str, torch.Tensor]) -> dict[int, bytes]:
-    """The chunk files of `manifest` rebuilt from full tensors (what a patched client checks)."""
-    groups: dict[int, dict[str, torch.Tensor]] = {}
-    for name, entry in manifest.tensors.items():
-        t = state[name]
-        for p in entry.parts:
-            groups.setdefault(p.chunk, {})[p.key] = (t if p.key == name else t[p.start:p.stop]).contiguous()
-    return {i: st_save(g) for i, g in groups.items()}
+from ailo.storage.atomic import atomic_write
 
 
 class CompactDownloads:
@@ -63,8 +53,8 @@ class CompactDownloads:
                                            config=self.config)
         self.store.put_chunks(blobs)
         if patch is not None:
-            _atomic_write(self.patch_path(version), patch)
-        _atomic_write(self.manifest_path(version), manifest.to_json().encode())
+            atomic_write(self.patch_path(version), patch)
+        atomic_write(self.manifest_path(version), manifest.to_json().encode())
 
     def prepare(self, version: int, master: Mapping[str, torch.Tensor], previous_master: Mapping[str, torch.Tensor]) -> None:
         """Write W_version and P_version (from the served W_{version−1})."""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
-from ailo.chunks import _atomic_write
 from ailo.federation.core.outer import OuterOptimizer
+from ailo.storage.atomic import atomic_write
 
 
 class OuterStateStore:
@@ -24,7 +24,7 @@ class OuterStateStore:
         if len(state) <= 1 and not self.dir.exists():
             return  # stateless (plain FedAvg): nothing to keep
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path(version), save(state, {"optimizer": outer.name, "version": str(version)}))
+        atomic_write(self.path(version), save(state, {"optimizer": outer.name, "version": str(version)}))
         for p in self.dir.glob("v*.safetensors"):
             m = re.fullmatch(r"v(\d+)\.safetensors", p.name)
             if m and int(m.group(1)) < version - 1:

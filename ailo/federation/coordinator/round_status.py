@@ -1,60 +1,73 @@
 """The coordinator's read side: an update's verdict as its client sees it, and the status
 document (rounds, history with per-round timings and bytes, validation queue, peak memory)
-that `GET /v1/status`, the dashboard and the benches read. Reads the round store only."""
+that `GET /v1/status`, the dashboard and the benches read.
+
+A read model: every function reads the round store plus a `LiveState` snapshot of the few facts
+only the running coordinator holds (served version, settled round, the update being judged)."""
 from __future__ import annotations
 
 import resource
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 
 from ailo.federation.core.update_format import UpdateRejected
-from ailo.storage.rounds_store import UpdateRecord
+from ailo.storage.rounds_store import SQLiteRoundStore, UpdateRecord
 
-if TYPE_CHECKING:
-    from ailo.federation.coordinator.coordinator import Coordinator
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the store cannot say: the running coordinator's in-memory facts at one instant."""
+    version: int
+    settled_round: int
+    in_flight: int | None = None
+    finished: bool = False
+    preset: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    validation: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    max_updates: int | None = None       # a round closes early with this many accepted (None: min_updates)
 
 
 def short_verdict(u: UpdateRecord) -> dict:
     return {"update_id": u.id, "round": u.round_id, "status": u.status, "reason": u.reason}
 
 
-def verdict(coord: "Coordinator", update_id: int) -> dict | None:
+def verdict(store: SQLiteRoundStore, live: LiveState, update_id: int) -> dict | None:
     """The client-facing state of one update. `pending` until the pipeline has finished with
     it (including a round close it triggered), so `aggregated` is final when it is not.
     `settled`: its round's rewards are minted (a round closed by its deadline is published
     first, then paid, so balances lag `aggregated` until then)."""
-    u = coord.store.update(update_id)
+    u = store.update(update_id)
     if u is None:
         return None
-    status = "pending" if coord.pipeline.in_flight == update_id else u.status
+    status = "pending" if live.in_flight == update_id else u.status
     out = {"update_id": u.id, "round": u.round_id, "client": u.client_id, "status": status}
     if status == "refused":
         out.update(reason=u.reason, detail=u.detail, code=u.extra.get("code", 422))
     elif status == "accepted":
-        rnd = coord.store.round(u.round_id)
+        rnd = store.round(u.round_id)
         closed = rnd.status == "closed"
-        out.update(aggregated=closed, settled=coord.settled_round >= u.round_id, version=coord.version,
-                   accepted_in_round=coord.store.count_updates(u.round_id, "accepted"))
+        out.update(aggregated=closed, settled=live.settled_round >= u.round_id, version=live.version,
+                   accepted_in_round=store.count_updates(u.round_id, "accepted"))
         if not closed:  # when the reward comes: the round closes with `needed` accepted or at its deadline
-            out.update(needed_in_round=coord.config.max_updates or rnd.min_updates, round_deadline=rnd.deadline)
+            out.update(needed_in_round=live.max_updates or rnd.min_updates, round_deadline=rnd.deadline)
     return out
 
 
-def receipt(coord: "Coordinator", u: UpdateRecord) -> dict:
+def receipt(store: SQLiteRoundStore, live: LiveState, u: UpdateRecord) -> dict:
     """A retried signed body: the original row's id and, once decided, its verdict."""
-    v = verdict(coord, u.id) or {}
+    v = verdict(store, live, u.id) or {}
     if v.get("status") == "refused":
         raise UpdateRejected(v["reason"], v["detail"], v["code"])
     return {**v, "replayed": True}
 
 
-def history(coord: "Coordinator", counters: dict) -> list[dict]:
+def history(store: SQLiteRoundStore, counters: dict) -> list[dict]:
     """One row per published version: its round's verdicts, bytes and timings."""
     rows_out = []
-    for v in coord.store.versions():
-        rows = coord.store.updates(v.round_id, limit=10**9) if v.round_id else []
+    for v in store.versions():
+        rows = store.updates(v.round_id, limit=10**9) if v.round_id else []
         t = {k.rsplit(".", 1)[1]: c for k, c in counters.items() if k.startswith(f"timing.round.{v.round_id}.")}
         rows_out.append({"version": v.version, "round": v.round_id, "val_loss": v.val_loss, "published": v.created,
                          "updates": sum(u.status == "accepted" for u in rows),
@@ -93,18 +106,13 @@ def peak_memory(device: torch.device) -> dict:
     return peak
 
 
-def status(coord: "Coordinator") -> dict:
-    rnd = coord.current_round()
-    counters = coord.store.counters()
-    pipe = coord.pipeline
-    out = {"round": rnd.id, "version": coord.version, "settled_round": coord.settled_round, "preset": coord.cfg.name,
-           "finished": coord.finished(), "deadline": rnd.deadline, "min_updates": rnd.min_updates,
-           "accepted_in_round": coord.store.count_updates(rnd.id, "accepted"),
-           "pending_in_round": coord.store.count_updates(rnd.id, "pending"), "clients": coord.store.clients(),
-           "history": history(coord, counters), "device": str(coord.device), "peak_memory": peak_memory(coord.device),
-           "validation": {"queued": pipe.depth(), "in_flight": pipe.in_flight,
-                          "judged": pipe.judged, "busy_seconds": round(pipe.busy_seconds, 3)},
-           "counters": {k: v for k, v in counters.items() if ".round." not in k}, "config": asdict(coord.config)}
-    for extra in coord.status_extras:
-        out.update(extra(coord))
-    return out
+def status(store: SQLiteRoundStore, live: LiveState) -> dict:
+    rnd = store.open_round()
+    counters = store.counters()
+    return {"round": rnd.id, "version": live.version, "settled_round": live.settled_round, "preset": live.preset,
+            "finished": live.finished, "deadline": rnd.deadline, "min_updates": rnd.min_updates,
+            "accepted_in_round": store.count_updates(rnd.id, "accepted"),
+            "pending_in_round": store.count_updates(rnd.id, "pending"), "clients": store.clients(),
+            "history": history(store, counters), "device": str(live.device), "peak_memory": peak_memory(live.device),
+            "validation": live.validation, "counters": {k: v for k, v in counters.items() if ".round." not in k},
+            "config": live.config}

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ailo.errors import DomainError
 from ailo.chunks import Manifest
 from ailo.federation.core.codecs import CodecError, CodecSpec, body_metadata, decode as codec_decode
 from ailo.federation.core.codecs import encode as codec_encode, max_body_bytes
@@ -24,7 +25,7 @@ FP32 = CodecSpec()
 INT64_MAX = 2**63 - 1
 
 
-class UpdateRejected(Exception):
+class UpdateRejected(DomainError):
     """A refused update. `reason` is a stable machine code; str() is the human message."""
 
     def __init__(self, reason: str, message: str, status: int = 422):

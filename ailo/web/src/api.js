@@ -4,7 +4,7 @@
 import { DEFAULT_POLICY, isTransientStatus, withBackoff } from './backoff.js';
 import { fetchManifest } from './chunks.js';
 import { KV } from './idb.js';
-import { parseJson, verifyChain } from './ledger.js';
+import { parseJson, verifyChain } from './ledger/index.js';
 
 export class HttpError extends Error {
   constructor(status, detail, reason, retryAfter = null) { super(detail); this.status = status; this.reason = reason; this.retryAfter = retryAfter; }

@@ -5,7 +5,7 @@
 // done | error). The nodes that served the request are paid by the coordinator's MINT_INFERENCE.
 import { HttpError } from './api.js';
 import { toHex } from './hash.js';
-import { FEE, signTx } from './ledger.js';
+import { FEE, signTx } from './ledger/index.js';
 import { signRoomRequest } from './node.js';
 
 /** Signed PAY_INFERENCE of `amount` units for request `request` (32 hex chars). */

@@ -1,11 +1,12 @@
 // One federated round from the page, as the native worker does it (ailo/federation/client/worker.py).
 import * as tf from '@tensorflow/tfjs';
 import { ChunkCache, ChunkLoader, assembleTensors } from './chunks.js';
-import { PatchError, patchedChunks } from './patching.js';
+import { patchedChunks } from './patching.js';
 import { sha256Hex } from './hash.js';
 import { GPT } from './model.js';
 import { trainLocal, randomBatches } from './train.js';
-import { codecFromTask, compress, ErrorFeedbackStore } from './codecs.js';
+import { CodecError, codecFromTask, compress } from './codecs.js';
+import { ErrorFeedbackStore } from './feedbackstore.js';
 import { submitSigned } from './upload.js';
 import { withBackoff } from './backoff.js';
 import { isRetryable } from './api.js';
@@ -98,7 +99,7 @@ export class ModelHolder {
     try {
       blobs = await patchedChunks(manifest, held.tensors, patch);
     } catch (e) {
-      if (!(e instanceof PatchError)) throw e;
+      if (!(e instanceof CodecError)) throw e;  // PatchError too
       this.notes.push(`patch to v${manifest.version} refused: ${e.message}`);
       return null;
     }

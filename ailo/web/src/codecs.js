@@ -1,16 +1,23 @@
 // Update codecs in the page, byte-identical to ailo/federation/core/codecs.py (docs/ARCHITECTURE.md,
 // "Communication: update codecs"). The coordinator names the codec in the task; the page encodes
 // Δ with error feedback (x = β·e + Δ; body = encode(x); e ← x − decode(body)) and keeps e in
-// IndexedDB between rounds. Every value is float32 arithmetic done exactly as numpy does it
+// IndexedDB between rounds (feedbackstore.js); `decodeInt8Body` also reads compact-download patches. Every value is float32 arithmetic done exactly as numpy does it
 // (double ops on float32 inputs rounded once), ties broken by index, so the sha256 the wallet
 // signs is the same one a native worker would sign for the same Δ.
-import { serializeSafetensors } from './safetensors.js';
-import { KV } from './idb.js';
+import { parseSafetensors, serializeSafetensors } from './safetensors.js';
 
 export const CODECS = ['fp32', 'int8', 'sparse'];
+
+export class CodecError extends Error {
+  get name() { return 'CodecError'; }
+}
+
 export const INT8_BLOCK = 256;
 const SLOT = 65536;
 const f32 = Math.fround;
+const numel = (shape) => shape.reduce((a, b) => a * b, 1);
+/** Code-point order of tensor names (Python's sorted()). */
+export const byName = (l, r) => (l < r ? -1 : l > r ? 1 : 0);
 
 /** The task's codec ({name, density, ef_decay}); tasks without one are fp32. */
 export function codecFromTask(task = {}) {
@@ -164,18 +171,40 @@ export function compress(delta, error, spec) {
   return { body, error: next };
 }
 
-/** Error-feedback residuals in IndexedDB, one entry per (preset, codec). */
-export class ErrorFeedbackStore {
-  static async open(dbName = 'ailo-error-feedback') { return new ErrorFeedbackStore(await KV.open(dbName, ['residual'])); }
-
-  constructor(kv) { this.kv = kv; }
-
-  async load(preset, spec) {
-    const v = await this.kv.get('residual', `${preset}:${spec.name}`);
-    return v ? new Map(Object.entries(v)) : null;
+/** The int8 codec body over `shapes` (Map name → shape) → Map name → Float32Array, with the
+ *  checks of ailo/federation/core/codecs.py `decode` (exactly q I8[total] and scale F32[blocks],
+ *  finite non-negative scales, no code −128, finite results). Values are q·s rounded once to
+ *  float32, as numpy computes them. */
+export function decodeInt8Body(body, shapes) {
+  let parsed;
+  try { parsed = parseSafetensors(body); } catch (e) { throw new CodecError(`invalid safetensors body: ${e.message}`); }
+  const { metadata, tensors } = parsed;
+  if (!metadata || metadata.codec !== 'int8') throw new CodecError(`body is encoded as ${(metadata && metadata.codec) || 'fp32'}, not int8`);
+  const names = [...shapes.keys()].sort(byName);
+  const total = names.reduce((s, n) => s + numel(shapes.get(n)), 0);
+  const nblocks = names.reduce((s, n) => s + Math.ceil(numel(shapes.get(n)) / INT8_BLOCK), 0);
+  const keys = [...tensors.keys()].sort();
+  if (keys.join(',') !== 'q,scale') throw new CodecError(`an int8 body holds exactly the arrays q, scale; got ${keys.slice(0, 8)}`);
+  const qt = tensors.get('q'), st = tensors.get('scale');
+  if (qt.dtype !== 'I8' || qt.shape.join(',') !== String(total)) throw new CodecError(`q must be I8 [${total}], got ${qt.dtype} [${qt.shape}]`);
+  if (st.dtype !== 'F32' || st.shape.join(',') !== String(nblocks)) throw new CodecError(`scale must be F32 [${nblocks}], got ${st.dtype} [${st.shape}]`);
+  const q = new Int8Array(qt.bytes.buffer, qt.bytes.byteOffset, total);
+  const scale = new Float32Array(st.bytes.slice().buffer);
+  for (const s of scale) if (!Number.isFinite(s) || s < 0) throw new CodecError('int8 scales must be finite and non-negative');
+  const out = new Map();
+  let off = 0, b = 0;
+  for (const name of names) {
+    const n = numel(shapes.get(name));
+    const v = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const code = q[off + i];
+      if (code === -128) throw new CodecError('int8 code -128 is not used (codes are -127..127)');
+      v[i] = code * scale[b + Math.floor(i / INT8_BLOCK)];  // exact in float64, rounded once on store
+      if (!Number.isFinite(v[i])) throw new CodecError(`tensor ${name} decodes to NaN or Inf`);
+    }
+    out.set(name, v);
+    off += n;
+    b += Math.ceil(n / INT8_BLOCK);
   }
-
-  save(preset, spec, error) { return this.kv.put('residual', `${preset}:${spec.name}`, Object.fromEntries(error)); }
-
-  close() { this.kv.close(); }
+  return out;
 }

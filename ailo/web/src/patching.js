@@ -10,52 +10,12 @@
 // a 404, a malformed patch, one wrong hash) answers null and the caller downloads the bf16 chunks.
 import { sha256Hex } from './hash.js';
 import { parseSafetensors, serializeSafetensors } from './safetensors.js';
-import { INT8_BLOCK } from './codecs.js';
+import { CodecError, byName, decodeInt8Body } from './codecs.js';
 
-export class PatchError extends Error {
+export class PatchError extends CodecError {
   get name() { return 'PatchError'; }
 }
 
-const numel = (shape) => shape.reduce((a, b) => a * b, 1);
-const byName = (l, r) => (l < r ? -1 : l > r ? 1 : 0);
-
-/** The int8 codec body over `shapes` (Map name → shape) → Map name → Float32Array, with the
- *  checks of ailo/federation/core/codecs.py `decode` (exactly q I8[total] and scale F32[blocks],
- *  finite non-negative scales, no code −128, finite results). Values are q·s rounded once to
- *  float32, as numpy computes them. */
-export function decodeInt8Body(body, shapes) {
-  let parsed;
-  try { parsed = parseSafetensors(body); } catch (e) { throw new PatchError(`invalid safetensors body: ${e.message}`); }
-  const { metadata, tensors } = parsed;
-  if (!metadata || metadata.codec !== 'int8') throw new PatchError(`body is encoded as ${(metadata && metadata.codec) || 'fp32'}, not int8`);
-  const names = [...shapes.keys()].sort(byName);
-  const total = names.reduce((s, n) => s + numel(shapes.get(n)), 0);
-  const nblocks = names.reduce((s, n) => s + Math.ceil(numel(shapes.get(n)) / INT8_BLOCK), 0);
-  const keys = [...tensors.keys()].sort();
-  if (keys.join(',') !== 'q,scale') throw new PatchError(`an int8 body holds exactly the arrays q, scale; got ${keys.slice(0, 8)}`);
-  const qt = tensors.get('q'), st = tensors.get('scale');
-  if (qt.dtype !== 'I8' || qt.shape.join(',') !== String(total)) throw new PatchError(`q must be I8 [${total}], got ${qt.dtype} [${qt.shape}]`);
-  if (st.dtype !== 'F32' || st.shape.join(',') !== String(nblocks)) throw new PatchError(`scale must be F32 [${nblocks}], got ${st.dtype} [${st.shape}]`);
-  const q = new Int8Array(qt.bytes.buffer, qt.bytes.byteOffset, total);
-  const scale = new Float32Array(st.bytes.slice().buffer);
-  for (const s of scale) if (!Number.isFinite(s) || s < 0) throw new PatchError('int8 scales must be finite and non-negative');
-  const out = new Map();
-  let off = 0, b = 0;
-  for (const name of names) {
-    const n = numel(shapes.get(name));
-    const v = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      const code = q[off + i];
-      if (code === -128) throw new PatchError('int8 code -128 is not used (codes are -127..127)');
-      v[i] = code * scale[b + Math.floor(i / INT8_BLOCK)];  // exact in float64, rounded once on store
-      if (!Number.isFinite(v[i])) throw new PatchError(`tensor ${name} decodes to NaN or Inf`);
-    }
-    out.set(name, v);
-    off += n;
-    b += Math.ceil(n / INT8_BLOCK);
-  }
-  return out;
-}
 
 const F32 = new Float32Array(1);
 const U32 = new Uint32Array(F32.buffer);
@@ -130,7 +90,7 @@ export function applyPatch(held, patch) {
   return out;
 }
 
-/** The chunk files of a bf16 `manifest` rebuilt from full tensors (ailo/federation/coordinator/downloads.py
+/** The chunk files of a bf16 `manifest` rebuilt from full tensors (ailo/chunks.py
  *  chunk_bytes): Map chunk index → bytes. */
 export function chunkBytes(manifest, weights) {
   const groups = new Map();

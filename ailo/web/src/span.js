@@ -1,4 +1,4 @@
-// A span of a room's model in TensorFlow.js: the half-layer units of ailo/inference/blocks.py
+// A span of a room's model in TensorFlow.js: the half-layer units of ailo/inference/families/
 // (Llama-2, Qwen2, ailo GPT) with a per-request KV cache, so a browser can serve a room.
 //
 // Unit 2·i is layer i's attention, unit 2·i+1 its MLP; the first span also embeds token ids,
@@ -10,10 +10,11 @@
 // (each key/value head serves n_heads / n_kv_heads consecutive query heads), SwiGLU,
 // Qwen2's q/k/v bias; LayerNorm + tanh-GELU for ailo GPT. Everything runs in float32.
 import * as tf from '@tensorflow/tfjs';
+import { familyOf } from './families.js';
 
 /** Checkpoint tensor names units [start, end) of `spec` load (mirror of loader.checkpoint_names). */
 export function spanTensorNames(spec, start, end, hasLmHead) {
-  const hf = spec.family !== 'ailo';
+  const hf = familyOf(spec).layout === 'hf';
   const out = [];
   if (start === 0) {
     out.push(hf ? 'model.embed_tokens.weight' : 'wte.weight');
@@ -144,7 +145,7 @@ export class BrowserSpan {
     }
     this.spec = spec; this.start = start; this.end = end;
     this.first = start === 0; this.last = end === nUnits;
-    this.hf = spec.family !== 'ailo';
+    this.hf = familyOf(spec).layout === 'hf';
     this.backend = tf.getBackend();
     const has = (n) => (weights instanceof Map ? weights.has(n) : n in weights);
     this.names = spanTensorNames(spec, start, end, has('lm_head.weight'));

@@ -5,7 +5,7 @@
 import { KV } from './idb.js';
 import { toHex } from './hash.js';
 import { addressFromPublicKey, keyFromSeed, sign } from './ed25519.js';
-import { signTx } from './ledger.js';
+import { signTx } from './ledger/index.js';
 import { decryptBackup, encryptBackup } from './wallet_backup.js';
 
 const STORE = 'wallet';

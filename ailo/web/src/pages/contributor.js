@@ -5,7 +5,7 @@ import { initBackend, backendInfo, deviceLabel } from '../backend.js';
 import { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from '../client.js';
 import { GPT2Tokenizer } from '../tokenizer.js';
 import { Wallet, USERNAME_RE } from '../wallet.js';
-import { formatAlc, FEE } from '../ledger.js';
+import { formatAlc, FEE } from '../ledger/index.js';
 import { hasWebCryptoEd25519 } from '../ed25519.js';
 import { ContinuousContributor } from '../continuous.js';
 import { BrowserNode } from '../node.js';

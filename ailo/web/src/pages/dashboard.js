@@ -3,7 +3,7 @@
 // reasons, chain height and supply, inference rooms. State mirrored in `window.ailoDashboard`.
 import { CoordinatorClient, syncChain } from '../api.js';
 import { KV } from '../idb.js';
-import { formatAlc } from '../ledger.js';
+import { formatAlc } from '../ledger/index.js';
 import { roomChecksTable, roomEvents, roomNodes, roomsTable } from '../roomsview.js';
 
 const $ = (id) => document.getElementById(id);

@@ -2,7 +2,7 @@
 // readable sample names, a reward shown as pending until its round is paid, and the wallet's passphrase-encrypted backup and restore. `page` is the contributor
 // page's context: {$, setText, fail, client, state, getWallet, setWallet, refreshBalance, onWallet}.
 import { Wallet } from '../wallet.js';
-import { formatAlc } from '../ledger.js';
+import { formatAlc } from '../ledger/index.js';
 
 const mb = (n) => `${(n / 1e6).toFixed(2)} MB`;
 
