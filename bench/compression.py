@@ -32,7 +32,7 @@ from ailo.federation.core.codecs import CodecSpec, compress  # noqa: E402
 from ailo.federation.coordinator.coordinator import Coordinator, CoordinatorConfig  # noqa: E402
 from ailo.federation.core.served import next_served, to_served  # noqa: E402
 from ailo.federation.core.update_format import UpdateMeta  # noqa: E402
-from ailo.federation.client.worker import _batch_seed  # noqa: E402
+from ailo.federation.client.rounds import _batch_seed  # noqa: E402
 from ailo.model import build_model  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 

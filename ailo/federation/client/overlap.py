@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -39,11 +39,10 @@ from ailo.federation.core.codecs import CodecSpec, compress
 from ailo.federation.core.local_phase import is_timed
 from ailo.federation.core.update_format import UpdateMeta
 from ailo.federation.client.uploader import submit_update
+from ailo.federation.client.rounds import RETRYABLE, RoundReport, _batch_seed
 from ailo.model import empty_model, get_preset
 from ailo.training import TrainConfig, make_optimizer, pick_device, train_step
 
-if TYPE_CHECKING:
-    from ailo.federation.client.worker import Worker
 
 CARRY = {"stale_round", "stale_version", "unavailable"}   # honest work the network never judged
 
@@ -88,7 +87,7 @@ class Phase:
 class OverlappedRun:
     """`Worker.run` for time-sized tasks (see the module docstring)."""
 
-    def __init__(self, worker: "Worker", first_task: dict, poll: float = 0.5):
+    def __init__(self, worker: Any, first_task: dict, poll: float = 0.5):  # a client.worker.Worker
         self.w = worker
         self.first_task = first_task
         self.poll = poll
@@ -142,7 +141,6 @@ class OverlappedRun:
         reason = result.get("reason")
         if accepted and codec.lossy:
             w.save_error_feedback(preset, codec, residual)
-        from ailo.federation.client.worker import RETRYABLE
         attempts = w.attempts.get(task["round"], 0) + (0 if accepted else 1)
         w.attempts[task["round"]] = attempts
         retry_same = (not accepted) and reason in RETRYABLE and attempts < w.max_attempts
@@ -154,7 +152,6 @@ class OverlappedRun:
         return outcome
 
     def _report(self, job: Job, result: dict, uploaded: int, downloaded: int, comm: dict) -> None:
-        from ailo.federation.client.worker import RoundReport
         w, task = self.w, job.task
         seconds = {"train": job.train_seconds, "wall": job.wall_seconds, **comm}
         seconds = {k: round(v, 3) for k, v in seconds.items()}
@@ -205,7 +202,6 @@ class OverlappedRun:
                           lr=task["lr"], optimizer=task["optimizer"],
                           warmup_steps=int(task.get("warmup_steps", 0)))
         opt = make_optimizer(model, cfg)
-        from ailo.federation.client.worker import _batch_seed
         batches = w.data.random_batches(task["batch_size"], task["seq_len"],
                                         seed=_batch_seed(w.seed, w.client_id, task["round"]))
         use_amp = device.type == "cuda"

@@ -22,6 +22,7 @@ from ailo.federation.client.lean_training import available_memory, model_shape, 
 from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, format_size, plan as plan_memory
 from ailo.federation.client.patching import ServedCache
 from ailo.federation.client.overlap import OverlappedRun, wants_overlap
+from ailo.federation.client.rounds import RETRYABLE, ROUND_MOVED_ON, RoundReport, _batch_seed
 from ailo.data import TokenDataset
 from ailo.federation.core.signing import sign_update
 from ailo.federation.core.update_format import UpdateMeta
@@ -90,32 +91,6 @@ ATTACKS = {  # what a cheater sends instead of its honest Δ (demo and red-team 
     "sign-flip": lambda delta: {k: -v for k, v in delta.items()},
     "scale": lambda delta: {k: 100 * v for k, v in delta.items()},
 }
-
-
-# Refusals worth another try on fresh batches (the work may pass on other data); any other
-# refusal (stale round, duplicate, bad signature...) means this round is over for us.
-RETRYABLE = {"no_loss_reduction", "wrong_direction", "implausible_norm", "rate_limited", "busy"}
-# The round closed while we trained or uploaded: nothing to give up, the next task is a new round.
-ROUND_MOVED_ON = {"stale_round", "stale_version"}
-
-
-def _batch_seed(seed: int, client_id: str, round_id: int, attempt: int = 0) -> int:
-    """Deterministic across processes (unlike hash(), which Python salts per process)."""
-    key = f"{seed}:{client_id}:{round_id}:{attempt}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
-
-
-@dataclass
-class RoundReport:
-    round: int
-    version: int
-    train_loss: float
-    n_samples: int
-    seconds: float
-    downloaded: int
-    uploaded: int
-    response: dict                       # the verdict (GET /v1/updates/{id}) plus http_status
-    timings: dict = field(default_factory=dict)   # seconds: download, train, encode, upload + verdict
 
 
 @dataclass
