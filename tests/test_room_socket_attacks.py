@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.rooms import RoomRegistry
-from ailo.inference.spec import read_spec
+from ailo.inference.families import read_spec
 from ailo.server import devserver
 from ailo.wallet import Wallet
 from tests.live import serve
