@@ -9,7 +9,7 @@ STAMP_SERVERS := $(VENV)/.servers
 STAMP_LAVAPIPE := $(VENV)/.lavapipe
 CORPUS := data/corpus/.fetched
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP_PY) $(STAMP_JS) $(CORPUS) $(STAMP_CHROMIUM) $(STAMP_SERVERS) $(STAMP_LAVAPIPE)
 
@@ -52,6 +52,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The developer loop: everything but the end-to-end tests marked slow (processes, browsers,
+# multi-round campaigns); `make test` runs them all.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b; done

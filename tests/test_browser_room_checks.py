@@ -18,7 +18,7 @@ from ailo.wallet import Wallet
 from ailo.testing.harness import chromium, ensure_built
 from tests.room_helpers import signed
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # a browser (Chromium) against a dev coordinator
 
 
 def test_dashboard_room_tables_show_mismatches_and_evictions(tmp_path):

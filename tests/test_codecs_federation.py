@@ -56,6 +56,7 @@ def test_round_codec_is_in_the_task_and_other_encodings_are_refused(tmp_path):
         assert 0 < moved <= 0.021 * total
 
 
+@pytest.mark.slow  # workers train round after round
 def test_workers_keep_error_feedback_and_stay_plausible_round_after_round(tmp_path, corpus_dir, one_thread):
     """Two signed workers, four sparse rounds under Proof-of-Contribution with a decaying lr: the
     error-feedback backlog makes norms grow round by round, and no honest update is refused."""
@@ -96,6 +97,7 @@ def _trained_delta(client):
     return train_local(model, batches, TrainConfig(steps=10, lr=3e-3)).delta
 
 
+@pytest.mark.slow  # honest workers train, three codecs
 @pytest.mark.parametrize("codec", ["fp32", "int8", "sparse"])
 def test_poc_refuses_sign_flip_and_noise_under_every_codec(tmp_path, corpus_dir, codec, one_thread):
     spec = CodecSpec(codec)

@@ -11,6 +11,9 @@ from ailo.federation.core.update_format import decode_update
 from ailo.federation.core.validate import ValidationConfig, update_norm
 from tests.campaigns import played_campaign
 
+pytestmark = pytest.mark.slow  # a multi-round red-team campaign with training
+
+
 ROUNDS = 2  # round 1 builds the norm history; every attack is judged again in round 2
 
 

@@ -9,6 +9,9 @@ import pytest
 from ailo.federation.core.validate import ValidationConfig, fresh_cosines
 from tests.campaigns import played_campaign
 
+pytestmark = pytest.mark.slow  # a multi-round red-team campaign with training
+
+
 ROUNDS = 3  # round 1 has no global change to copy; rounds 2 and 3 are judged
 
 

@@ -9,6 +9,9 @@ import pytest
 
 from tests.procs import ROOT, ailo, free_port, stop, wait_healthy
 
+pytestmark = pytest.mark.slow  # Node.js clients against `ailo coordinator` processes
+
+
 SRC = ROOT / "ailo" / "web" / "src"
 
 
