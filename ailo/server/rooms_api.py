@@ -278,11 +278,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/frames", include_in_schema=False)
     async def frames(room_id: str, request: Request):
         """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
-        try:
-            frames_per_ip.take(_peer(request))
-            raw = await _body(request)
-        except AuthError as exc:
-            return _refusal(exc)
+        frames_per_ip.take(_peer(request))  # an AuthError (429, 413) is answered by ailo.server.errors
+        raw = await _body(request)
         signer = frame_signer(request.headers, raw)
         if signer is None:
             return JSONResponse({"detail": "frame is not signed by the X-Ailo-Address wallet",
@@ -297,11 +294,8 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/hop-errors", include_in_schema=False)
     async def hop_errors(room_id: str, request: Request):
         """A node of a pushed request could not run its frame, or reach the next node."""
-        try:
-            frames_per_ip.take(_peer(request))
-            raw = await _body(request)
-        except AuthError as exc:
-            return _refusal(exc)
+        frames_per_ip.take(_peer(request))  # an AuthError (429, 413) is answered by ailo.server.errors
+        raw = await _body(request)
         signer = frame_signer(request.headers, raw)
         if signer is None:
             return JSONResponse({"detail": "report is not signed by the X-Ailo-Address wallet",
