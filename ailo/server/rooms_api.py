@@ -275,15 +275,20 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         rooms.leave(room_id, body.node_id, owner=signer)
         return {"left": body.node_id}
 
-    @router.post("/{room_id}/frames", include_in_schema=False)
-    async def frames(room_id: str, request: Request):
-        """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
-        frames_per_ip.take(_peer(request))  # an AuthError (429, 413) is answered by ailo.server.errors
+    async def node_signed(request: Request, what: str) -> tuple[bytes, str]:
+        """A node's push to the coordinator (a frame, a hop report): rate-limited per address,
+        signed by the X-Ailo-Address wallet; refusals are AuthErrors (ailo.server.errors answers)."""
+        frames_per_ip.take(_peer(request))
         raw = await _body(request)
         signer = frame_signer(request.headers, raw)
         if signer is None:
-            return JSONResponse({"detail": "frame is not signed by the X-Ailo-Address wallet",
-                                 "reason": "bad_signature"}, 401)
+            raise AuthError(401, "bad_signature", f"{what} is not signed by the X-Ailo-Address wallet")
+        return raw, signer
+
+    @router.post("/{room_id}/frames", include_in_schema=False)
+    async def frames(room_id: str, request: Request):
+        """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
+        raw, signer = await node_signed(request, "frame")
         try:
             rid = Frame.decode(raw).request_id
         except WireError as exc:
@@ -294,12 +299,7 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
     @router.post("/{room_id}/hop-errors", include_in_schema=False)
     async def hop_errors(room_id: str, request: Request):
         """A node of a pushed request could not run its frame, or reach the next node."""
-        frames_per_ip.take(_peer(request))  # an AuthError (429, 413) is answered by ailo.server.errors
-        raw = await _body(request)
-        signer = frame_signer(request.headers, raw)
-        if signer is None:
-            return JSONResponse({"detail": "report is not signed by the X-Ailo-Address wallet",
-                                 "reason": "bad_signature"}, 401)
+        raw, signer = await node_signed(request, "report")
         try:
             d = json.loads(raw)
             span = tuple(int(v) for v in d["span"]) if d.get("span") else None
