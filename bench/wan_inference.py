@@ -50,7 +50,8 @@ ASKERS = itertools.count()  # one wallet per request: the per-wallet rate limit 
 # transport modes, as generate-request fields (see GenerateBody)
 MODES = {"relay": {"transport": "relay", "draft_tokens": 0},
          "push": {"transport": "auto", "draft_tokens": 0},
-         "push+draft": {"transport": "auto", "draft_tokens": 4}}
+         "push+draft": {"transport": "auto", "draft_tokens": 4},
+         "push+draft8": {"transport": "auto", "draft_tokens": 8}}
 
 
 def free_port() -> int:
@@ -151,7 +152,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default="relay,push,push+draft")
     args = ap.parse_args()
     shape = SHAPES[args.preset]
     nodes = args.nodes or shape["nodes"]
