@@ -187,10 +187,12 @@ def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, 
         assert late.json()["status"] == "accepted" and late.json()["replayed"] is True
         rows = coord.store.updates(1)
         assert [(u.client_id, u.status) for u in rows] == [("retrier", "accepted")]
-        # The same signed body under another client id is not a retry: its nonce was used.
+        # The same signed body re-labelled with another client id is still that wallet's one update
+        # (identity is the wallet; the client id is signed): its verdict, no new row.
         headers = {**meta.to_headers(), "X-Ailo-Client": "copycat"}
         r = client.post("/v1/updates", content=body, headers=headers)
-        assert r.status_code == 409 and r.json()["reason"] == "replay"
+        assert r.status_code == 200 and r.json()["update_id"] == v["update_id"] and r.json()["replayed"] is True
+        assert len(coord.store.updates(1)) == 1
 
 
 def test_idle_validator_prepares_each_versions_reference_once_before_updates_arrive(tmp_path, corpus_dir):
