@@ -156,8 +156,11 @@ def chunk_bytes(manifest: Manifest, state: Mapping[str, torch.Tensor]) -> dict[i
 
 
 def split_state_dict(state: Mapping[str, torch.Tensor], num_chunks: int = DEFAULT_CHUNKS, *,
-                     version: int = 0, preset: str = "", config: dict | None = None) -> tuple[Manifest, dict[str, bytes]]:
-    """Returns the manifest and {sha256: chunk bytes}. Deterministic for equal tensors."""
+                     version: int = 0, preset: str = "", config: dict | None = None,
+                     sink: Callable[[str, bytes], None] | None = None) -> tuple[Manifest, dict[str, bytes]]:
+    """Returns the manifest and {sha256: chunk bytes}. Deterministic for equal tensors. With
+    `sink`, each chunk is handed to it as soon as it is serialised and not kept (the returned
+    dict is empty): a few chunks in memory at a time instead of a second copy of the model."""
     specs = {n: (tuple(t.shape), t.dtype) for n, t in state.items()}
     entries = plan_chunks(specs, num_chunks)
     groups: dict[int, dict[str, torch.Tensor]] = {}
@@ -169,6 +172,15 @@ def split_state_dict(state: Mapping[str, torch.Tensor], num_chunks: int = DEFAUL
     def serialize(idx: int) -> tuple[int, bytes, str]:
         data = st_save(groups[idx])
         return idx, data, hashlib.sha256(data).hexdigest()  # hashing releases the GIL
+    if sink is not None:
+        def serialize_to_sink(idx: int) -> tuple[int, int, str]:
+            _, data, sha = serialize(idx)
+            sink(sha, data)
+            return idx, len(data), sha
+        with ThreadPoolExecutor(max(1, min(4, len(groups)))) as pool:
+            done_sunk = list(pool.map(serialize_to_sink, sorted(groups)))
+        infos = [ChunkInfo(idx, sha, size) for idx, size, sha in done_sunk]
+        return Manifest(version, preset, infos, entries, config or {}), {}
     with ThreadPoolExecutor(max(1, min(8, len(groups)))) as pool:
         done = list(pool.map(serialize, sorted(groups)))
     blobs = {sha: data for _, data, sha in done}

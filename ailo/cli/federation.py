@@ -125,7 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--memory-budget", default=None, metavar="SIZE",
                    help="memory the worker may use for training, e.g. 10GiB or 12GB (default: what the device "
                    "has free: CUDA free memory, else available RAM); the worker plans micro-batches, "
-                   "checkpointing and lean optimizer states to fit, and refuses a task that cannot")
+                   "checkpointing and lean optimizer states to fit, and refuses a task that cannot; a coordinator "
+                   "answers a budget below a full training state with a slice of the model (issue 26)")
     w.add_argument("--attack", choices=["sign-flip", "scale"], default=None, help=argparse.SUPPRESS)
     w.set_defaults(func=run_worker)
 

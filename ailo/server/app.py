@@ -94,7 +94,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
     @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate",
             responses=reply(TaskReply))
     def task(req: TaskRequest) -> dict:
-        return coord.task(req.client_id, req.address)
+        return coord.task(req.client_id, req.address, req.memory_budget)
 
     @r.post("/updates", status_code=202,
             summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers); 202 + update id, "

@@ -23,6 +23,7 @@ class RoundReport:
     uploaded: int
     response: dict                       # the verdict (GET /v1/updates/{id}) plus http_status
     timings: dict = field(default_factory=dict)   # seconds: download, train, encode, upload + verdict
+    slice_units: list[str] | None = None          # a slice task's units (None: the whole model)
 
 
 def _batch_seed(seed: int, client_id: str, round_id: int, attempt: int = 0) -> int:

@@ -246,29 +246,36 @@ class Worker:
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
             return None
-        self.plan_task(task)  # refuses (TaskDoesNotFit) before downloading what it cannot train
+        sliced = "slice" in task  # train only these tensors, frozen weights streamed (slice_training.py)
+        if not sliced:
+            self.plan_task(task)  # refuses (TaskDoesNotFit) before downloading what it cannot train
         compact = task.get("download") == "bf16"  # the served bf16 model, patched from v−1 when held
         manifest = Manifest.from_json(self._call("GET", "/v1/model?format=bf16" if compact else "/v1/model").content)
         if manifest.version != task["version"]:
             self.last_status = "wait"  # the model moved on between the two calls
             return None
-        t0 = time.perf_counter()
         self.mirror_bytes = 0
-        downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
-        t_download = time.perf_counter() - t0
         cfg = TrainConfig(steps=task["steps"], batch_size=task["batch_size"], lr=task["lr"],
                           optimizer=task["optimizer"], warmup_steps=int(task.get("warmup_steps", 0)),
                           progress=self.progress)
         batches = self.data.random_batches(task["batch_size"], task["seq_len"],
                                            seed=_batch_seed(self.seed, self.client_id, task["round"],
                                                             self.attempts.get(task["round"], 0)))
+        t0 = time.perf_counter()
         device = pick_device(self.device)
-        upd = train_planned(self.model, batches, cfg, self.plan, device) if self.plan.lean else \
-            train_local(self.model, batches, cfg, device)
+        if sliced:
+            from ailo.federation.client.slice_training import train_slice_task
+            upd, downloaded, t_download = train_slice_task(self, manifest, task, batches, cfg)
+        else:
+            downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
+            t_download = time.perf_counter() - t0
+            upd = train_planned(self.model, batches, cfg, self.plan, device) if self.plan.lean else \
+                train_local(self.model, batches, cfg, device)
         t_trained = time.perf_counter()
         codec = CodecSpec.from_task(task)
         delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
-        body, residual = compress(delta, self.load_error_feedback(manifest.preset, codec), codec)
+        # a slice's residual would mix tensors of different slices: slices send without error feedback
+        body, residual = compress(delta, None if sliced else self.load_error_feedback(manifest.preset, codec), codec)
         meta = UpdateMeta(self.client_id, task["round"], task["version"], upd.n_samples, upd.train_loss,
                           task_id=task["task_id"], device=device_label(device))
         sha = hashlib.sha256(body).hexdigest()
@@ -278,7 +285,7 @@ class Worker:
                                on_retry=self._retry_note,
                                extra_headers={"X-Ailo-Mirror-Bytes": str(self.mirror_bytes)} if self.mirror_bytes else None)
         t2 = time.perf_counter()  # upload + validation queue + verdict (the uploader long-polls)
-        if result.get("status") == "accepted" and codec.lossy:
+        if result.get("status") == "accepted" and codec.lossy and not sliced:
             self.save_error_feedback(manifest.preset, codec, residual)  # only what was really applied
         if result.get("status") != "accepted":
             reason = result.get("reason")
@@ -288,7 +295,8 @@ class Worker:
                 self.attempts[task["round"]] = self.max_attempts
         timings = {"download": t_download, "train": upd.seconds, "encode": t1 - t_trained, "upload_and_verdict": t2 - t1}
         report = RoundReport(task["round"], task["version"], upd.train_loss, upd.n_samples, upd.seconds,
-                             downloaded, len(body), result, {k: round(v, 3) for k, v in timings.items()})
+                             downloaded, len(body), result, {k: round(v, 3) for k, v in timings.items()},
+                             task["slice"]["units"] if sliced else None)
         self.reports.append(report)
         self.rounds_done += 1
         return report
@@ -352,7 +360,8 @@ class Worker:
                                       "uploaded": report.uploaded, "bytes": {"up": report.uploaded, "down": report.downloaded},
                                       "status": status, "reason": report.response.get("reason"),
                                       "verdict": status if status == "accepted" else report.response.get("reason"),
-                                      "seconds": report.timings}), flush=True)
+                                      "seconds": report.timings,
+                                      **({"slice": report.slice_units} if report.slice_units else {})}), flush=True)
                 continue
             if self.last_status == "done":
                 break

@@ -81,6 +81,11 @@ class RoundAccumulator:
         scales = [rest[0] if rest else 1.0 for _, _, _, *rest in accepted]
         out: StateDict = {}
         for name, b in base.items():
+            has = [name in f.keys() for f in files]  # slice updates carry some tensors only
+            if not any(has):
+                out[name] = b  # nobody trained it: it stays
+                continue
+            f_, c_, s_ = ([x for x, h in zip(seq, has) if h] for seq in (files, counts, scales))
             rows = b.shape[0] if b.dim() else 1
             per_row = max(1, b.numel() // max(1, rows))
             step = max(1, self.slice_elems // per_row)
@@ -88,21 +93,24 @@ class RoundAccumulator:
             for start in range(0, rows, step):
                 stop = min(rows, start + step)
                 ups = [WeightedDelta({name: f.get_slice(name)[start:stop].to(self.device)}, n, s)
-                       for f, n, s in zip(files, counts, scales)] if b.dim() else \
+                       for f, n, s in zip(f_, c_, s_)] if b.dim() else \
                       [WeightedDelta({name: f.get_tensor(name).to(self.device)}, n, s)
-                       for f, n, s in zip(files, counts, scales)]
+                       for f, n, s in zip(f_, c_, s_)]
                 part = b[start:stop] if b.dim() else b
                 pieces.append(self.aggregator.aggregate({name: part}, ups, server_lr)[name])
             out[name] = torch.cat(pieces) if b.dim() else pieces[0]
         return out
 
 
-def fp32_copies(files: list[tuple], manifest, codec: CodecSpec, write_blob: Callable[[Path, bytes], None]) -> list[tuple]:
-    """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation."""
+def fp32_copies(files: list[tuple], manifest, codec: CodecSpec, write_blob: Callable[[Path, bytes], None],
+                names_of: Mapping[Path, list[str] | None] | None = None) -> list[tuple]:
+    """Packed-codec updates decoded one at a time into fp32 files for sliced aggregation;
+    `names_of`: a slice update's tensors by file (issue 26), None for a full one."""
     out = []
     for update_id, path, n, *scale in files:
         target = path.with_name(f"{path.name}.fp32")
         if not target.exists():
-            write_blob(target, encode_update(decode_update(path.read_bytes(), manifest, codec)))
+            names = (names_of or {}).get(path)
+            write_blob(target, encode_update(decode_update(path.read_bytes(), manifest, codec, names=names)))
         out.append((update_id, target, n, *scale))
     return out

@@ -36,12 +36,14 @@ def idempotency_key(meta: UpdateMeta, sha256: str) -> str | None:
     return hashlib.sha256(line.encode()).hexdigest()
 
 
-def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = FP32) -> None:
+def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = FP32,
+                 names: list[str] | None = None) -> None:
     """Structural check of a stored update from its safetensors header alone (same reasons
     and messages as `decode_update`, which re-checks everything with the data later). For the
     packed codecs (int8, sparse) only size, header and codec name; their arrays are checked
-    when the pipeline decodes them."""
-    limit = max_update_bytes(manifest, codec)
+    when the pipeline decodes them. `names`: a slice task's tensors (default: the whole model)."""
+    names = list(manifest.tensors) if names is None else names
+    limit = max_update_bytes(manifest, codec, names)
     if size > limit:
         raise UpdateRejected("too_large", f"update body of {size} bytes exceeds the limit of {limit} bytes "
                              f"for model version {manifest.version} in codec {codec.name}", 413)
@@ -55,9 +57,9 @@ def check_header(path: Path, size: int, manifest: Manifest, codec: CodecSpec = F
         raise UpdateRejected("codec_mismatch", f"body is encoded as {sent!r} but this round asks for {codec.name!r}")
     if codec.name != "fp32":
         return
-    check_tensor_names(header.tensors, manifest)
-    for name, entry in manifest.tensors.items():
-        e = header.tensors[name]
+    check_tensor_names(header.tensors, manifest, names)
+    for name in names:
+        entry, e = manifest.tensors[name], header.tensors[name]
         if e.dtype != "F32":
             raise UpdateRejected("dtype", f"tensor {name!r} has dtype {DTYPE_NAMES.get(e.dtype, e.dtype)}, expected float32")
         if e.shape != tuple(entry.shape):
@@ -185,4 +187,7 @@ class Admission:
             owner = f"wallet {meta.address}" if meta.address else f"client {meta.client_id!r}"
             raise UpdateRejected("duplicate", f"{owner} already has an accepted or pending update in round {rnd.id}",
                                  409)
-        check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task))
+        sl = self.slice_tasks.expected(meta, rnd.id)  # a slice task's update carries exactly its tensors
+        if sl is not None:
+            sub.extra.update(slice=[sl.start, sl.stop], slice_params=sl.params)
+        check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task), list(sl.names) if sl else None)

@@ -41,6 +41,7 @@ from ailo.federation.core.registry import round_strategy
 from ailo.federation.coordinator.outer_store import OuterStateStore
 from ailo.federation.coordinator.pipeline import ValidationPipeline
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, decode_update
+from ailo.federation.coordinator.slice_tasks import SliceTasks
 from ailo.model import build_model, get_preset
 from ailo.storage.rounds_store import RoundRecord, SQLiteRoundStore, identity_key
 
@@ -85,6 +86,7 @@ class Coordinator(Admission):
         self.on_accept = on_accept or []
         self.on_round_closed = on_round_closed or []
         self.on_refused: list[RefuseHook] = []
+        self.on_closing: list[RoundHook] = []  # before a round's aggregate: drop what only judging needed
         self.status_extras: list[Callable[["Coordinator"], dict]] = []  # merged into status()
         self.on_idle: list[Callable[["Coordinator"], None]] = []  # pipeline thread, queue empty: warm caches
         self.lock = threading.RLock()          # swaps of model + manifest (short)
@@ -104,6 +106,7 @@ class Coordinator(Admission):
             self.outer_store.restore(self.outer, self.manifest.version)
             self.model.to(self.device)
         self.model.eval()
+        self.slice_tasks = SliceTasks(self)  # budget-limited workers get slices (slice_tasks.py)
         # Last round whose close hooks (rewards) have run. Published rounds before this start
         # count as settled: `ProofOfContribution.install` pays any left unpaid before serving.
         self.settled_round = self.current_round().id - 1
@@ -137,10 +140,10 @@ class Coordinator(Admission):
 
     # -- model versions --------------------------------------------------------------------
     def _split(self, version: int, state: dict[str, torch.Tensor] | None = None) -> Manifest:
-        manifest, blobs = split_state_dict(state if state is not None else self.model.state_dict(),
-                                           self.config.num_chunks, version=version, preset=self.cfg.name,
-                                           config=self.cfg.to_dict())
-        self.store.put_chunks(blobs)
+        # each chunk written as soon as it is serialised: no second copy of the model in memory
+        manifest, _ = split_state_dict(state if state is not None else self.model.state_dict(),
+                                       self.config.num_chunks, version=version, preset=self.cfg.name,
+                                       config=self.cfg.to_dict(), sink=self.store.put_chunk)
         return manifest
 
     def _genesis(self) -> None:
@@ -174,9 +177,10 @@ class Coordinator(Admission):
     def finished(self) -> bool:
         return self.config.max_rounds is not None and self.current_round().id > self.config.max_rounds
 
-    def task(self, client_id: str, address: str | None = None) -> dict:
+    def task(self, client_id: str, address: str | None = None, memory_budget: int | None = None) -> dict:
         """Never waits on validation: reads the store only. Carries the caller's last verdict.
-        `address` (the wallet that will sign) is the identity; a bare client id only in open mode."""
+        `address` (the wallet that will sign) is the identity; a bare client id only in open mode.
+        A `memory_budget` (bytes) too small for a full task gets a slice task (slice_tasks.py)."""
         rnd = self.current_round()
         last = self.store.latest_update_of(client_id, address)
         extra = {"last_update": round_status.short_verdict(last)} if last is not None else {}
@@ -184,12 +188,12 @@ class Coordinator(Admission):
             return {"status": "done", "round": rnd.id, "version": self.version, **extra}
         if identity_key(client_id, address) in self.store.holders(rnd.id):  # accepted or being judged
             return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5, **extra}
-        task_id = uuid.uuid4().hex
+        task_id, sliced = self.slice_tasks.assign(client_id, rnd, memory_budget)
         now = time.time()
         self._prune_tasks(rnd.id)
         self.tasks[task_id] = (client_id, rnd.id, now)
         return {"status": "train", "task_id": task_id, "round": rnd.id, "version": rnd.base_version,
-                "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task, **extra}
+                "preset": self.cfg.name, "deadline": rnd.deadline, "issued_at": now, **rnd.task, **extra, **sliced}
 
     def _prune_tasks(self, round_id: int) -> None:
         """Issued tasks are bookkeeping, not state: keep only the open round's, at most
@@ -221,7 +225,8 @@ class Coordinator(Admission):
             with sub.timed("read"):
                 sub.body = self.store.update_blob(sub.sha256)
             with sub.timed("decode"):
-                decoded = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task), self.device)
+                decoded = decode_update(sub.body, self.manifest, CodecSpec.from_task(rnd.task), self.device,
+                                        self._slice_names(row.extra))
                 sub.body = b""
                 sub.tensors = {k: v.to(self.device) for k, v in decoded.items()}
                 del decoded
@@ -250,6 +255,7 @@ class Coordinator(Admission):
         except Exception:
             self._rebuild_accumulator()
         self.store.bump_counter(f"timing.round.{rnd.id}.fold_ms", int(1000 * (time.perf_counter() - t_fold)))
+        self.slice_tasks.covered(rnd.id, row.extra.get("slice"))
         for hook in self.on_accept:
             hook(self, sub, update_id)
         sub.tensors = {}
@@ -263,12 +269,21 @@ class Coordinator(Admission):
         return True
 
     def _accepted_files(self, round_id: int) -> list[tuple]:
+        rows = self.store.updates(round_id, "accepted", limit=10**9)
+        self._names_of = {self.store.update_blob_path(u.sha256): self._slice_names(u.extra) for u in rows}
         return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples, u.extra.get("clip_scale", 1.0))
-                for u in self.store.updates(round_id, "accepted", limit=10**9)]
+                for u in rows]
+
+    def _slice_names(self, extra: dict) -> list[str] | None:
+        """The tensors of a slice update (its row's `slice`), None for a full update."""
+        sl = self.slice_tasks.of_row(extra)
+        return list(sl.names) if sl is not None else None
 
     def _decode_file(self, path: Path) -> dict[str, torch.Tensor]:
         codec = CodecSpec.from_task(self.current_round().task)
-        return {k: v.to(self.device) for k, v in decode_update(path.read_bytes(), self.manifest, codec, self.device).items()}
+        names = getattr(self, "_names_of", {}).get(path)
+        return {k: v.to(self.device) for k, v in
+                decode_update(path.read_bytes(), self.manifest, codec, self.device, names).items()}
 
     def _rebuild_accumulator(self) -> None:
         rnd = self.current_round()
@@ -298,13 +313,15 @@ class Coordinator(Admission):
             self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
 
     def _close_round(self, rnd: RoundRecord) -> None:
+        for hook in self.on_closing:
+            hook(self, rnd.id)
         t0 = time.perf_counter()
         base = self.model.state_dict()
         outer_before = self.outer.state_dict()
         files = self._accepted_files(rnd.id)
         codec = CodecSpec.from_task(rnd.task)
         if not self.accumulator.streaming and codec.name != "fp32":  # slices need fp32 files
-            files = fp32_copies(files, self.manifest, codec, self.store._write_blob)
+            files = fp32_copies(files, self.manifest, codec, self.store._write_blob, getattr(self, "_names_of", {}))
         try:
             with torch.no_grad():
                 if self.outer.name == "sgd":  # FedAvg with the server learning rate

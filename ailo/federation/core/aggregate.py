@@ -70,6 +70,11 @@ class FedAvg:
     def aggregate(self, base: Mapping[str, torch.Tensor], updates: Iterable[WeightedDelta],
                   server_lr: float = 1.0) -> StateDict:
         updates = list(updates)
+        if any(set(u.delta) != set(base) for u in updates):  # slice updates: per-tensor weights
+            state = self.start(base)
+            for u in updates:
+                self.fold(state, u)
+            return self.finish(state, base, server_lr)
         w = [wk * u.scale for wk, u in zip(weights([u.n_samples for u in updates]), updates)]
         names = list(base)
         # Multi-tensor (foreach) kernels: one pass per update over all tensors, no zero-fill,
@@ -80,15 +85,26 @@ class FedAvg:
         return {n: torch.sub(base[n].to(torch.float32), a, alpha=server_lr).to(base[n].dtype)
                 for n, a in zip(names, acc)}
 
-    # -- streaming form: Σ n_k Δ_k in fp32 and Σ n_k; same result within fp32 rounding ------
+    # -- streaming form: Σ n_k Δ_k in fp32 and Σ n_k per tensor; same result within fp32 rounding --
+    # A slice update (issue 26) carries some tensors only: each tensor is averaged over the
+    # updates that trained it (its own Σ n_k), and a tensor nobody trained stays as it is. The
+    # sums are allocated on first use, so a round of slices holds only the sliced tensors.
     def start(self, base: Mapping[str, torch.Tensor]) -> dict:
-        return {"sum": {n: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for n, t in base.items()},
-                "n": 0, "k": 0}
+        return {"sum": {}, "n_by": {}, "n": 0, "k": 0,
+                "like": {n: (tuple(t.shape), t.device) for n, t in base.items()}}
 
     def fold(self, state: dict, update: WeightedDelta) -> None:
         if update.n_samples <= 0:
             raise ValueError("every update needs a positive sample count")
-        names = list(state["sum"])
+        unknown = set(update.delta) - set(state["like"])
+        if unknown:
+            raise ValueError(f"update carries tensors the model does not have: {sorted(unknown)[:5]}")
+        names = [n for n in state["like"] if n in update.delta]
+        for n in names:
+            if n not in state["sum"]:
+                shape, device = state["like"][n]
+                state["sum"][n] = torch.zeros(shape, dtype=torch.float32, device=device)
+            state["n_by"][n] = state["n_by"].get(n, 0) + update.n_samples
         acc = [state["sum"][n] for n in names]
         torch._foreach_add_(acc, [update.delta[n].to(acc[i].device, torch.float32) for i, n in enumerate(names)],
                             alpha=float(update.n_samples) * update.scale)
@@ -96,13 +112,18 @@ class FedAvg:
         state["k"] += 1
 
     def finish(self, state: dict, base: Mapping[str, torch.Tensor], server_lr: float = 1.0) -> StateDict:
-        """M − η·(Σ n_k Δ_k)/n, computed in the accumulator's own memory (the state is consumed)."""
+        """M − η·(Σ n_k Δ_k)/n_t per tensor t (n_t: samples of the updates that trained t),
+        computed in the accumulator's own memory (the state is consumed); untrained tensors
+        are returned as `base`'s own tensors (no copy)."""
         if state["k"] == 0:
             raise ValueError("cannot aggregate zero updates")
-        scale = -server_lr / state["n"]
         out = {}
-        for n, a in state["sum"].items():
-            a.mul_(scale).add_(base[n].to(a.device, torch.float32))
+        for n in base:
+            a = state["sum"].get(n)
+            if a is None:
+                out[n] = base[n]
+                continue
+            a.mul_(-server_lr / state["n_by"][n]).add_(base[n].to(a.device, torch.float32))
             out[n] = a if base[n].dtype == torch.float32 else a.to(base[n].dtype)
         state["sum"] = {}
         return out

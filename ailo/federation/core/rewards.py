@@ -50,3 +50,13 @@ def training_reward(n_samples: int, task_samples: int, reduction: float, round_m
     base_rate = Fraction(cfg.base_reward, task_samples)
     amount = base_rate * batch * (1 + loss_bonus(reduction, round_median, cfg))
     return int(amount) + speed_bonus(seconds, cfg)
+
+
+def slice_reward(full_amount: int, slice_params: int, total_params: int) -> int:
+    """A slice update (issue 26) earns the full formula × its share of the model's parameters:
+    it trained, stored and sent that share of the weights (its forward pass is the whole
+    model's, but a forward is the cheap third of a step), and the round's average moves by
+    that share only. So k slices covering the model together earn what one full update does."""
+    if slice_params >= total_params:
+        return full_amount
+    return int(Fraction(full_amount) * Fraction(slice_params, total_params))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -46,29 +46,33 @@ def expected_update_bytes(manifest: Manifest) -> int:
     return sum(4 * math.prod(t.shape) for t in manifest.tensors.values())
 
 
-def max_update_bytes(manifest: Manifest, codec: CodecSpec = FP32) -> int:
-    """Largest acceptable body under `codec` (fp32, the default, bounds every codec)."""
+def max_update_bytes(manifest: Manifest, codec: CodecSpec = FP32, names: Sequence[str] | None = None) -> int:
+    """Largest acceptable body under `codec` (fp32, the default, bounds every codec); `names`:
+    the tensors of a slice task (default: the whole model)."""
+    names = list(manifest.tensors) if names is None else names
     if codec.name == "fp32":
-        return expected_update_bytes(manifest) + 256 * len(manifest.tensors) + 4096
-    return max_body_bytes({n: t.shape for n, t in manifest.tensors.items()}, codec)
+        return sum(4 * math.prod(manifest.tensors[n].shape) for n in names) + 256 * len(names) + 4096
+    return max_body_bytes({n: manifest.tensors[n].shape for n in names}, codec)
 
 
 def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32,
-                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+                  device: torch.device | str | None = None, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Parse and check an update against the model it claims to update, in the round's codec
-    (packed codecs are decoded on `device`; fp32 bodies are parsed on the host).
+    (packed codecs are decoded on `device`; fp32 bodies are parsed on the host). `names`: the
+    tensors a slice task assigned (default: every tensor of the model), exactly those.
 
     Order matters: cheap structural checks first (size, header), then names, dtypes, shapes,
     finiteness. Every failure names the problem.
     """
-    limit = max_update_bytes(manifest, codec)
+    names = list(manifest.tensors) if names is None else list(names)
+    limit = max_update_bytes(manifest, codec, names)
     if len(body) > limit:
         raise UpdateRejected("too_large", f"update body of {len(body)} bytes exceeds the limit of "
                              f"{limit} bytes for model version {manifest.version} in codec {codec.name}", 413)
     try:
         meta = body_metadata(body)  # the validated header (safetensors_header): 4xx for any crafted one
         if codec.name != "fp32":
-            return codec_decode(body, {n: t.shape for n, t in manifest.tensors.items()}, codec, device)
+            return codec_decode(body, {n: manifest.tensors[n].shape for n in names}, codec, device)
     except CodecError as exc:
         raise UpdateRejected(exc.reason, str(exc), exc.status) from None
     if meta.get("codec", "fp32") != "fp32":
@@ -78,9 +82,9 @@ def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32,
         tensors = st_load(body)
     except Exception as exc:  # safetensors raises its own error types
         raise UpdateRejected("malformed", f"invalid safetensors body: {exc}") from None
-    check_tensor_names(tensors, manifest)
-    for name, entry in manifest.tensors.items():
-        t = tensors[name]
+    check_tensor_names(tensors, manifest, names)
+    for name in names:
+        entry, t = manifest.tensors[name], tensors[name]
         if t.dtype != torch.float32:
             raise UpdateRejected("dtype", f"tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, expected float32")
         if tuple(t.shape) != entry.shape:
@@ -90,13 +94,15 @@ def decode_update(body: bytes, manifest: Manifest, codec: CodecSpec = FP32,
     return tensors
 
 
-def check_tensor_names(names, manifest: Manifest) -> None:
-    """An update carries exactly the model version's tensors: `tensor_names` otherwise. Used on
-    the parsed body here and on the bare safetensors header at admission."""
-    expected = set(manifest.tensors)
+def check_tensor_names(names, manifest: Manifest, assigned: Sequence[str] | None = None) -> None:
+    """An update carries exactly the model version's tensors (or, for a slice task, exactly the
+    `assigned` ones): `tensor_names` otherwise. Used on the parsed body here and on the bare
+    safetensors header at admission."""
+    expected = set(manifest.tensors) if assigned is None else set(assigned)
     missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
     if missing or extra:
-        raise UpdateRejected("tensor_names", f"tensor names do not match model version {manifest.version}: "
+        what = f"model version {manifest.version}" if assigned is None else "the slice this task assigned"
+        raise UpdateRejected("tensor_names", f"tensor names do not match {what}: "
                              f"missing {missing[:5]}, unexpected {extra[:5]}")
 
 
