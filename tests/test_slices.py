@@ -224,7 +224,7 @@ def test_slice_worker_accepted_and_paid_by_share_attacks_refused(network, corpus
 def test_budget_too_small_for_any_slice_is_refused(network):
     _, client = network
     r = client.post("/v1/tasks", json={"client_id": "tiny", "memory_budget": 1 * MiB})
-    assert r.status_code == 422 and r.json()["reason"] == "budget_too_small"
+    assert r.status_code == 422 and r.json()["reason"] == "budget_too_small" and "smallest slice" in r.json()["detail"]
     assert "slice" not in client.post("/v1/tasks", json={"client_id": "big", "memory_budget": 64 << 30}).json()
 
 

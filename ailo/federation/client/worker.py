@@ -237,8 +237,14 @@ class Worker:
 
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
-        task = self._json("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget,
-                                                    "address": self.wallet.address if self.wallet else None})
+        r = self._call("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget,
+                                                 "address": self.wallet.address if self.wallet else None})
+        if r.status_code == 422 and r.headers.get("content-type", "").startswith("application/json") \
+                and r.json().get("reason") == "budget_too_small":  # no full task and no slice fits the budget
+            raise TaskDoesNotFit(f"[{self.client_id}] refusing {r.json().get('detail')} (--memory-budget)")
+        if r.status_code >= 400:
+            raise Refused(f"POST /v1/tasks: HTTP {r.status_code}: {r.text[:300]}")
+        task = r.json()
         self.last_status = task["status"]
         if self.overlap and wants_overlap(task):  # time-sized task: `run` hands over to OverlappedRun
             self.overlap_task = task

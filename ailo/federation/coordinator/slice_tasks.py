@@ -18,8 +18,9 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ailo.federation.coordinator.holdout import derive, load_secret
-from ailo.federation.client.memory_plan import DoesNotFit, ModelShape, TaskShape, plan as plan_memory
-from ailo.federation.core.slices import Slice, SlicePolicy, SliceTicket, make_slice, units_of
+from ailo.federation.client.memory_plan import DoesNotFit, ModelShape, TaskShape, format_size, plan as plan_memory
+from ailo.federation.core.slices import (HEADROOM, Slice, SlicePolicy, SliceTicket, make_slice, slice_state_bytes,
+                                         units_of)
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected
 
 if TYPE_CHECKING:
@@ -70,9 +71,14 @@ class SliceTasks:
             issued = self.issued.setdefault(rnd.id, Counter())
             self.issued = {r: c for r, c in self.issued.items() if r >= rnd.id}
             sl = self.policy.choose(budget, rnd.task["optimizer"], rnd.task["seq_len"], self.last_trained, issued)
-            if sl is None:
-                raise UpdateRejected("budget_too_small", f"a memory budget of {budget} bytes holds no slice of "
-                                     f"{self.coord.cfg.name} (a full task needs {need})", 422)
+            if sl is None:  # the worker turns this into its TaskDoesNotFit: "refusing <detail>"
+                least = min(slice_state_bytes(self.coord.cfg, self.shapes,
+                                              make_slice(self.shapes, self.coord.cfg.n_layer, i, i + 1),
+                                              rnd.task["optimizer"], 1, rnd.task["seq_len"])
+                            for i in range(len(self.units))) / (1 - HEADROOM)
+                raise UpdateRejected("budget_too_small", f"the {self.coord.cfg.name} task of round {rnd.id}: needs at "
+                                     f"least {format_size(need)} in full or {format_size(least)} as the smallest "
+                                     f"slice; the memory budget is {format_size(budget)}", 422)
             issued.update(sl.units)
         return self.ticket.issue(nonce, client_id, rnd.id, sl), {"slice": sl.to_task()}
 
