@@ -5,6 +5,7 @@ import argparse
 import os
 import signal
 
+from ailo.cli import checks
 from ailo.cli.errors import CLIError
 from ailo.cli.inference import COORDINATOR_HELP, DEFAULT_COORDINATOR, load_wallet
 
@@ -40,11 +41,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("api", help="serve the OpenAI API (/v1/chat/completions, /v1/completions, "
                               "/v1/models) over a coordinator's rooms, paid from your wallet")
-    p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
+    p.add_argument("--coordinator", type=checks.url, default=DEFAULT_COORDINATOR, help=COORDINATOR_HELP)
     p.add_argument("--wallet", help="key file that signs and pays each request; it never leaves this machine "
                    "(default $AILO_WALLET or ~/.ailo/wallet.json)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (keep 127.0.0.1 unless --api-key is set)")
+    p.add_argument("--port", type=checks.port, default=8000, help="port of the OpenAI-compatible API")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default $AILO_API_KEY; "
                    "set one before sharing the server on a LAN)")
     p.set_defaults(func=cmd_api)
