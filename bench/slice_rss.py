@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +22,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.procs import ailo, free_port, stop, wait_healthy  # noqa: E402
+from tests.procs import free_port, stop, wait_healthy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ailo(*args: str, log: Path) -> subprocess.Popen:
+    """`ailo …` as a process of its own (AILO_HOME as given: tokenizer and corpus)."""
+    env = {**os.environ, "AILO_HOME": os.environ.get("AILO_HOME", str(ROOT)), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "ailo.cli.main", *args], cwd=ROOT, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def rss_kib(pid: int) -> int:
@@ -47,7 +58,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     coord = ailo("coordinator", "--state", str(work / "coord"), "--port", str(port), "--preset", args.preset,
                  "--seq-len", str(args.seq_len), "--batch-size", "1", "--local-steps", str(args.steps),
-                 "--min-updates", "1", "--val-batches", "1", "--holdout-sequences", str(args.holdout_sequences),
+                 "--min-updates", "1", "--holdout-sequences", str(args.holdout_sequences),
                  "--chunks", str(args.chunks), "--device", "cpu", "--rounds", "1", "--round-seconds", "3600",
                  log=work / "coord.log")
     worker = None
