@@ -8,8 +8,8 @@ batches (one warm-up step, then --steps timed ones):
   `train_planned`; the plan and its estimate are printed next to the measured peak;
 - `validation`: the coordinator's Proof-of-Contribution for one update: the holdout reference
   (gradient + per-sequence losses, lean: fp32, blocks and head recomputed) and the checks of an
-  update; `validation-old` the same with the former reference (8 sequences per forward, kept
-  activations, a cloned gradient), for the before/after.
+  update; `validation-old` the same with the former batching (8 sequences per forward, all
+  activations kept; the gradient is no longer cloned in either), for the before/after.
 Peak = torch.cuda.max_memory_allocated on CUDA; on CPU the process's peak RSS (VmHWM), also
 minus its RSS before the model was built.
 
