@@ -135,7 +135,13 @@ def test_node_killed_mid_generation_fails_over_to_its_replica(room, checkpoint):
     assert all(n.node_id != nodes["a"].record.node_id for n in reg.route("r"))
 
 
-def test_node_killed_without_replica_fails_clearly_and_pays_nobody(room):
+def delivered_work(rid: str, addresses, steps: int) -> list[tuple[str, int, str]]:
+    """What a failed request pays (docs/REWARDS.md "Failed requests"): each node on its route
+    0.05 ALC × the steps it processed / the steps asked (N_NEW), under the request's usual ref."""
+    return sorted((a, INFERENCE_REWARD_UNITS * steps // N_NEW, f"request:{rid}:{a}") for a in addresses)
+
+
+def test_node_killed_without_replica_fails_clearly_and_pays_delivered_work(room):
     reg, nodes = room
     ledger = FakeLedger()
     events = run(reg, ledger, kill_after=4, kill=nodes["c"].server.stop)
@@ -143,7 +149,8 @@ def test_node_killed_without_replica_fails_clearly_and_pays_nobody(room):
     msg = events[-1]["error"]
     assert "span 2 (layer 2)" in msg and "no live replica" in msg and nodes["c"].record.node_id in msg
     assert len([e for e in events if e["type"] == "token"]) == 4  # nothing past the failure
-    assert ledger.calls == []
+    route = [by_id(nodes, n["node_id"]) for n in events[0]["route"]]
+    assert sorted(ledger.calls) == delivered_work(events[-1]["request_id"], [ADDR[k] for k in route], 4)
     with pytest.raises(RoomError, match=r"no live node for span 2"):
         Generation(reg, "r", PROMPT, GenerateParams())
 
@@ -161,7 +168,8 @@ def test_replica_dead_too_reports_the_failover_then_the_error(room):
     kinds = [e["type"] for e in events]
     assert kinds[-2:] == ["failover", "error"] and kinds.count("token") == 2
     assert "span 0 (layer 0)" in events[-1]["error"] and nodes["d"].record.node_id in events[-1]["error"]
-    assert ledger.calls == []
+    # a processed the 2 tokens and died; its replica d died before processing any: d earns nothing
+    assert sorted(ledger.calls) == delivered_work(events[-1]["request_id"], [ADDR[k] for k in "abc"], 2)
 
 
 def test_node_that_stops_answering_times_out_and_fails_over(room, checkpoint):
