@@ -158,12 +158,12 @@ def train_slice(cfg: GPTConfig, tensors: CachedTensors, names: list[str],
     return LocalUpdate(delta, n_samples, tokens, sum(losses) / max(1, len(losses)), len(losses), seconds, losses)
 
 
-def train_slice_task(worker, manifest: Manifest, task: dict, batches, tcfg: TrainConfig
+def train_slice_task(worker, manifest: Manifest, task: dict, batches, tcfg: TrainConfig, source
                      ) -> tuple[LocalUpdate, int, float]:
     """The worker's slice round: make sure every chunk of `manifest` is in the verified disk
-    cache (only missing ones are fetched), drop any resident full model, train the slice.
-    Returns (update, bytes downloaded, download seconds)."""
-    from ailo.federation.client.worker import HTTPChunkSource
+    cache (only missing ones are fetched from `source`, the worker's coordinator chunk source),
+    drop any resident full model, train the slice. Returns (update, bytes downloaded, download
+    seconds)."""
     from ailo.mirrors import MirroredSource
     from ailo.federation.core.slices import make_slice, micro_batch_for
     from ailo.model import get_preset
@@ -172,7 +172,6 @@ def train_slice_task(worker, manifest: Manifest, task: dict, batches, tcfg: Trai
     t0 = time.perf_counter()
     worker.model = None  # a full model held from an earlier full task would not fit the budget
     cache = Path(worker.cache_dir) / "chunks"
-    source = HTTPChunkSource(worker.http, Path(worker.cache_dir) / "partial", policy=worker.policy)
     mirrored = MirroredSource(manifest, manifest.mirrors, source) if manifest.mirrors else None
     tensors = CachedTensors(ChunkStore(manifest, mirrored or source, cache), cache)
     worker._prune_cache(manifest)

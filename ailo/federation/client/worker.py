@@ -271,7 +271,8 @@ class Worker:
         device = pick_device(self.device)
         if sliced:
             from ailo.federation.client.slice_training import train_slice_task
-            upd, downloaded, t_download = train_slice_task(self, manifest, task, batches, cfg)
+            source = HTTPChunkSource(self.http, Path(self.cache_dir) / "partial", policy=self.policy)
+            upd, downloaded, t_download = train_slice_task(self, manifest, task, batches, cfg, source)
         else:
             downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
             t_download = time.perf_counter() - t0

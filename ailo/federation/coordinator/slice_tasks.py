@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ailo.federation.coordinator.holdout import derive, load_secret
 from ailo.federation.client.memory_plan import DoesNotFit, ModelShape, TaskShape, format_size, plan as plan_memory
@@ -24,12 +24,19 @@ from ailo.federation.core.slices import (HEADROOM, Slice, SlicePolicy, SliceTick
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected
 
 if TYPE_CHECKING:
-    from ailo.federation.coordinator.coordinator import Coordinator
     from ailo.storage.rounds_store import RoundRecord
 
 
+class CoordinatorFacts(Protocol):
+    """What slice tasks read of the coordinator (a Protocol, so this module imports no
+    coordinator.py: the coordinator owns its SliceTasks, not the other way round)."""
+    cfg: Any
+    manifest: Any
+    store: Any
+
+
 class SliceTasks:
-    def __init__(self, coord: "Coordinator"):
+    def __init__(self, coord: CoordinatorFacts):
         self.coord = coord
         self.shapes = {n: tuple(t.shape) for n, t in coord.manifest.tensors.items()}
         self.units = [u for u, _ in units_of(self.shapes, coord.cfg.n_layer)]
