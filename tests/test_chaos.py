@@ -51,7 +51,7 @@ def status_rows(state):
 def test_half_written_blob_is_removed_and_a_reply_lost_after_accept_counts_once(tmp_path):
     state, port = tmp_path / "coord", free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "2", "--open")
+    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "2", "--open", "--codec", "fp32")  # bodies built here
 
     def start(crash_at=None):
         if crash_at:

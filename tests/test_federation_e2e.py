@@ -69,7 +69,7 @@ def test_coordinator_killed_mid_round_keeps_accepted_updates(tmp_path):
     state = tmp_path / "coord"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "3", "--open")
+    args = ("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "3", "--open", "--codec", "fp32")  # bodies built here
     coord = ailo(*args, log=tmp_path / "coord.log")
     try:
         wait_healthy(url, coord)

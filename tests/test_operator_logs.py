@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_json_logs_one_line_per_verdict_and_round(tmp_path):
     state, port = tmp_path / "coord", free_port()
     url, log = f"http://127.0.0.1:{port}", tmp_path / "coord.log"
-    coord = ailo("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "1", "--open",
+    coord = ailo("coordinator", "--state", str(state), "--port", str(port), "--min-updates", "1", "--open", "--codec", "fp32",
                  "--log-format", "json", "--access-log", log=log)
     try:
         wait_healthy(url, coord)
