@@ -203,10 +203,10 @@ def test_idle_validator_prepares_each_versions_reference_once_before_updates_arr
     coord, poc = app.state.coordinator, app.state.poc
     computed, real_reference = [], poc.reference
 
-    def counting_reference(c):
+    def counting_reference(c, names=None):
         if c.version not in poc._reference:
             computed.append(c.version)
-        return real_reference(c)
+        return real_reference(c, names)
     poc.reference = counting_reference
 
     def wait_for(version):
@@ -215,12 +215,15 @@ def test_idle_validator_prepares_each_versions_reference_once_before_updates_arr
             assert time.time() < deadline, f"reference of v{version} not prepared while idle"
             time.sleep(0.1)
     with TestClient(app) as client:
+        # the reference covers what the round's tasks train: it is warmed once a (full) task is out
+        assert client.post("/v1/tasks", json={"client_id": "trainer"}).status_code == 200
         wait_for(0)
         assert coord.store.count_updates(1, "accepted") == 0 and computed == [0]
         body, meta = _registered_trained_update(client, coord, "trainer")
         r = client.post("/v1/updates", content=body, headers=meta.to_headers())
         v = client.get(f"/v1/updates/{r.json()['update_id']}", params={"wait": 60}).json()
         assert v["status"] == "accepted" and v["aggregated"], v
+        assert client.post("/v1/tasks", json={"client_id": "trainer"}).status_code == 200
         wait_for(1)
         assert computed == [0, 1]
         phases = client.get("/v1/status").json()["history"][1]["validate_phases_ms"]
