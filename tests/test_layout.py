@@ -104,6 +104,24 @@ def test_imports_point_inward():
     assert not bad, "imports against the layering (docs/ARCHITECTURE.md, The map):\n" + "\n".join(bad)
 
 
+HTTP_FRAMEWORKS = ("fastapi", "starlette")  # routes and apps; ailo/inference/serving.py runs uvicorn
+DOMAIN = ("ailo/inference", "ailo/federation", "ailo/ledger", "ailo/storage")
+
+
+def test_domain_code_builds_no_http_routes():
+    bad = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = str(p.relative_to(ROOT))
+        if not rel.startswith(DOMAIN):
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{rel} imports {n}" for n in names if n.split(".")[0] in HTTP_FRAMEWORKS]
+    assert not bad, ("domain code checks and raises DomainError; the routes that call it are built in "
+                     "ailo/server/ (e.g. ailo/server/node_app.py mounts ailo/inference/links.py):\n" + "\n".join(bad))
+
+
 def test_product_code_never_imports_testing_tools():
     bad = [f"{_rel(m)} imports {d}" for m, deps in GRAPH.items() if not _within(m, "ailo.testing")
            for d in deps if _within(d, "ailo.testing")]

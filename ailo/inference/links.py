@@ -18,6 +18,7 @@ Trust:
   built) until the request is released; spot checks fetch them (`GET .../received`), so an
   audit re-runs a span on exactly the inputs its predecessor signed and compares with the
   outputs the node itself signed: a node cannot deny what it sent.
+HTTP: ailo/server/node_app.py mounts the three routes; this module checks and queues (no HTTP framework).
 Failures: a node that cannot run a frame (409 lost cache, …) or cannot reach the next node reports
 it (`POST /v1/rooms/{room}/hop-errors`, signed) and the coordinator fails over as before.
 """
@@ -35,8 +36,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import httpx
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from ailo.errors import DomainError
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
@@ -150,83 +149,77 @@ class NodeLink:
             self.overflow.add(old)
 
 
-class Refused(Exception):
-    """A push, route or read this node will not take: answered {"detail", "reason"} with `status`."""
+class LinkRefused(DomainError):
+    """A push, route or read this node will not take: answered {"detail", "reason"} with `status`
+    by the server's one error mapping (ailo/server/errors.py)."""
 
     def __init__(self, status: int, reason: str, detail: str):
         super().__init__(detail)
         self.status, self.reason = status, reason
 
 
-def _refuse(status: int, reason: str, detail: str) -> Refused:
-    return Refused(status, reason, detail)
+def link_of(service) -> NodeLink:
+    """The node's link (`service`: node.NodeService), or 404 when it has joined no room."""
+    if service.link is None:
+        raise LinkRefused(404, "no_link", "this node takes no pushed frames (it has not joined a room)")
+    return service.link
 
 
-def add_link_routes(app: FastAPI, service) -> None:
-    """Mount the push endpoints on a node app (`service`: node.NodeService with a `link`)."""
+def accept_route(service, headers, body: bytes) -> Hop:
+    """`POST /v1/node/route`: the coordinator tells this node its place in a request's route."""
+    link = link_of(service)
+    if not link.authorised(headers):
+        raise LinkRefused(403, "not_coordinator", "only this node's coordinator may route requests to it")
+    try:
+        d = json.loads(body)
+        span = d.get("next_span")
+        hop = Hop(str(d["request_id"]), d.get("prev"), d.get("next_url"),
+                  (int(span[0]), int(span[1])) if span else None)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise LinkRefused(400, "bad_route", f"bad route: {exc}") from None
+    link.route(hop)
+    return hop
 
-    @app.exception_handler(Refused)
-    async def refused(request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "reason": exc.reason}, exc.status)
 
-    def link_or_404() -> NodeLink:
-        if service.link is None:
-            raise _refuse(404, "no_link", "this node takes no pushed frames (it has not joined a room)")
-        return service.link
-
-    @app.post("/v1/node/route")
-    async def route(request: Request) -> dict:
-        link = link_or_404()
-        if not link.authorised(request.headers):
-            raise _refuse(403, "not_coordinator", "only this node's coordinator may route requests to it")
-        try:
-            d = json.loads(await request.body())
-            span = d.get("next_span")
-            hop = Hop(str(d["request_id"]), d.get("prev"), d.get("next_url"),
-                      (int(span[0]), int(span[1])) if span else None)
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise _refuse(400, "bad_route", f"bad route: {exc}") from None
-        link.route(hop)
-        return {"routed": hop.request_id}
-
-    @app.post("/v1/node/push", status_code=202)
-    async def push(request: Request) -> Response:
-        link = link_or_404()
-        body = await request.body()
-        try:
-            frame = Frame.decode(body)
-        except WireError as exc:
-            raise _refuse(400, "bad_frame", f"bad frame: {exc}") from None
-        hop = link.routes.get(frame.request_id)
-        if hop is None:
-            raise _refuse(403, "not_routed", f"this node is not routed for request {frame.request_id}")
-        if link.authorised(request.headers):
-            sender = None
-        else:
-            sender = frame_signer(request.headers, body)
-            if sender is None:
-                raise _refuse(401, "bad_signature", "frame is not signed by the X-Ailo-Address wallet")
-            if sender != hop.prev:
-                raise _refuse(403, "wrong_sender", f"request {frame.request_id} takes frames from "
+def accept_push(service, headers, body: bytes) -> None:
+    """`POST /v1/node/push`: check a pushed frame (routed request, signed by the route's
+    predecessor or sent by the coordinator, this node's span), log it for audits and queue it
+    for the push worker; the caller answers 202 at once."""
+    link = link_of(service)
+    try:
+        frame = Frame.decode(body)
+    except WireError as exc:
+        raise LinkRefused(400, "bad_frame", f"bad frame: {exc}") from None
+    hop = link.routes.get(frame.request_id)
+    if hop is None:
+        raise LinkRefused(403, "not_routed", f"this node is not routed for request {frame.request_id}")
+    if link.authorised(headers):
+        sender = None
+    else:
+        sender = frame_signer(headers, body)
+        if sender is None:
+            raise LinkRefused(401, "bad_signature", "frame is not signed by the X-Ailo-Address wallet")
+        if sender != hop.prev:
+            raise LinkRefused(403, "wrong_sender", f"request {frame.request_id} takes frames from "
                               f"{hop.prev or 'the coordinator'}, not {sender}")
-        if service.span is None or frame.span != service.span:
-            raise _refuse(421, "wrong_span", f"this node serves {service.span}, not {list(frame.span)}")
-        if sender is not None:
-            link.keep(frame.request_id, SignedFrame(body, sender, request.headers[H_SIGNATURE]), frame.reset)
-        if link.queue is None:
-            link.queue = asyncio.Queue()
-            link.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), timeout=30.0)
-            asyncio.get_running_loop().create_task(_worker(service, link))
-        link.queue.put_nowait((frame, hop))
-        return Response(status_code=202)
+    if service.span is None or frame.span != service.span:
+        raise LinkRefused(421, "wrong_span", f"this node serves {service.span}, not {list(frame.span)}")
+    if sender is not None:
+        link.keep(frame.request_id, SignedFrame(body, sender, headers[H_SIGNATURE]), frame.reset)
+    if link.queue is None:
+        link.queue = asyncio.Queue()
+        link.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), timeout=30.0)
+        asyncio.get_running_loop().create_task(_worker(service, link))
+    link.queue.put_nowait((frame, hop))
 
-    @app.get("/v1/node/requests/{request_id}/received")
-    async def received(request_id: str, request: Request) -> dict:
-        link = link_or_404()
-        if not link.authorised(request.headers):
-            raise _refuse(403, "not_coordinator", "only this node's coordinator may read its frames")
-        return {"frames": [f.to_json() for f in link.received.get(request_id, [])],
-                "complete": request_id not in link.overflow}
+
+def received_frames(service, headers, request_id: str) -> dict:
+    """`GET /v1/node/requests/{id}/received`: the signed frames an audit re-runs (coordinator only)."""
+    link = link_of(service)
+    if not link.authorised(headers):
+        raise LinkRefused(403, "not_coordinator", "only this node's coordinator may read its frames")
+    return {"frames": [f.to_json() for f in link.received.get(request_id, [])],
+            "complete": request_id not in link.overflow}
 
 
 async def _worker(service, link: NodeLink) -> None:

@@ -3,7 +3,10 @@
     POST   /v1/node/forward              frame in → frame out (hidden states, or logits on the last span)
     DELETE /v1/node/requests/{id}        drop a finished request's KV cache
     GET    /v1/node/info                 span, tensors read from the checkpoint, cache count
-    (+ the pushed-pipeline routes of `ailo.inference.links.add_link_routes`)
+    POST   /v1/node/route                the coordinator routes a request through this node (pushed pipelines)
+    POST   /v1/node/push                 a frame pushed by the previous node (202; output pushed on)
+    GET    /v1/node/requests/{id}/received  the signed frames an audit re-runs
+The checks and the push worker are `ailo.inference.links` (domain); this module only maps HTTP.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import time
 
 from fastapi import FastAPI, Request, Response
 
-from ailo.inference.links import add_link_routes
+from ailo.inference import links
 from ailo.inference.node import NodeError, NodeService
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
 from ailo.server.errors import install_error_handlers
@@ -43,7 +46,19 @@ def build_node_app(service: NodeService) -> FastAPI:
             service.link.forget(request_id)
         return {"released": request_id}
 
-    add_link_routes(app, service)
+    @app.post("/v1/node/route")
+    async def route(request: Request) -> dict:
+        hop = links.accept_route(service, request.headers, await request.body())
+        return {"routed": hop.request_id}
+
+    @app.post("/v1/node/push", status_code=202)
+    async def push(request: Request) -> Response:
+        links.accept_push(service, request.headers, await request.body())
+        return Response(status_code=202)
+
+    @app.get("/v1/node/requests/{request_id}/received")
+    def received(request_id: str, request: Request) -> dict:
+        return links.received_frames(service, request.headers, request_id)
 
     @app.get("/v1/node/info")
     def info() -> dict:
