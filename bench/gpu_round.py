@@ -105,7 +105,12 @@ def main() -> int:
     ap.add_argument("--state", default=None, help="work directory (default: a temp dir, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON here (default: $OUT if set)")
     ap.add_argument("--max-seconds", type=float, default=540, help="give up (and report what ran) after this")
+    ap.add_argument("--worker-budgets", default="", help="comma list, one `--memory-budget` per worker "
+                    "(e.g. 12GiB,4GiB,4GiB: a budgeted full worker and two slice workers); empty: none")
     args = ap.parse_args()
+    budgets = [b for b in args.worker_budgets.split(",") if b]
+    if budgets and len(budgets) != args.workers:
+        ap.error(f"--worker-budgets names {len(budgets)} budgets for {args.workers} workers")
     out_dir = Path(args.out or os.environ.get("OUT") or ".")
     work = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="ailo-gpu-round-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,7 @@ def main() -> int:
     sampler.start()
     result: dict = {"bench": "gpu_round", "preset": args.preset, "device": args.device, "workers": args.workers,
                     "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "warmup_steps": args.warmup_steps,
-                    "codec": args.codec, "compact_downloads": args.compact_downloads}
+                    "codec": args.codec, "compact_downloads": args.compact_downloads, "worker_budgets": budgets or None}
 
     def tail(name: str) -> str:
         return (work / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -156,7 +161,8 @@ def main() -> int:
             procs[f"worker-{k}"] = spawn(
                 ["worker", "--coordinator", url, "--device", args.device, "--shard", str(k), "--num-shards",
                  str(args.workers), "--client-id", f"worker-{k}", "--cache", str(work / f"cache-{k}"),
-                 "--json-log", "--rounds", str(args.rounds), "--wallet", str(work / f"wallet-{k}.json")],
+                 "--json-log", "--rounds", str(args.rounds), "--wallet", str(work / f"wallet-{k}.json"),
+                 *(["--memory-budget", budgets[k]] if budgets else [])],
                 work / "logs" / f"worker-{k}.log")
         shown = 0
         while True:
@@ -201,7 +207,7 @@ def main() -> int:
         for line in (work / "logs" / f"worker-{k}.log").read_text(errors="replace").splitlines():
             if line.startswith("{"):
                 r = json.loads(line)
-                reports.setdefault(r["round"], []).append(r)
+                reports.setdefault(r["round"], []).append({**r, "worker": k})
     history = status.get("history", [])
     rounds = []
     for prev, h in zip(history, history[1:]):
@@ -217,7 +223,9 @@ def main() -> int:
                        "fold_s": h.get("fold_ms", 0) / 1000, "publish_fp32_chunks_s": h.get("publish_fp32_chunks_ms", 0) / 1000,
                        "publish_compact_s": h.get("publish_compact_ms", 0) / 1000,
                        "bytes_up": h["bytes_up"], "updates": h["updates"], "refused": h["refused"],
-                       "val_loss": h["val_loss"]})
+                       "val_loss": h["val_loss"],
+                       "slices": {f"worker-{r['worker']}": r["slice"] for r in ws if r.get("slice")},
+                       "peak_device_bytes": {f"worker-{r['worker']}": r.get("peak_device_bytes") for r in ws}})
     result["rounds"] = rounds
     result["val_loss"] = [h["val_loss"] for h in history]
     result["val_loss_falling"] = all(b < a for a, b in zip(result["val_loss"], result["val_loss"][1:])) and len(rounds) >= 1

@@ -26,6 +26,13 @@ def task_shape(task: dict) -> TaskShape:
     return TaskShape(int(task["batch_size"]), int(task["seq_len"]), str(task.get("optimizer", "adamw")))
 
 
+def device_peak_bytes(device: torch.device | str) -> int | None:
+    """The process's peak allocated accelerator memory (what a budget bounds); None on the CPU,
+    where the budget is judged by peak RSS instead."""
+    device = torch.device(device)
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def available_memory(device: torch.device | str) -> int:
     """Bytes the device has free now: CUDA free memory, else available host RAM (the smaller of
     MemAvailable and what the process's cgroup still allows)."""

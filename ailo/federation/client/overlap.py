@@ -38,6 +38,7 @@ from ailo.chunks import Manifest
 from ailo.federation.core.codecs import CodecSpec, compress
 from ailo.federation.core.local_phase import is_timed
 from ailo.federation.core.update_format import UpdateMeta
+from ailo.federation.client.lean_training import device_peak_bytes
 from ailo.federation.client.uploader import submit_update
 from ailo.federation.client.rounds import RETRYABLE, RoundReport, _batch_seed
 from ailo.model import empty_model, get_preset
@@ -169,7 +170,8 @@ class OverlappedRun:
                               "n_samples": job.n_samples, "train_loss": job.train_loss,
                               "seconds": seconds, "bytes": {"up": uploaded, "down": downloaded},
                               "uploaded": uploaded, "downloaded": downloaded, "verdict": verdict,
-                              "status": result.get("status"), "reason": result.get("reason")}), flush=True)
+                              "status": result.get("status"), "reason": result.get("reason"),
+                              "peak_device_bytes": device_peak_bytes(pick_device(w.device))}), flush=True)
 
     def _courier(self) -> None:
         try:

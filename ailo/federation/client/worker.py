@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ailo.backoff import DEFAULT, Backoff, TransientStatus, Unavailable, is_transient, request, retrying
 from ailo.chunks import ChunkStore, Manifest
 from ailo.federation.core.codecs import CodecSpec, compress
-from ailo.federation.client.lean_training import available_memory, model_shape, task_shape, train_planned
+from ailo.federation.client.lean_training import available_memory, device_peak_bytes, model_shape, task_shape, train_planned
 from ailo.federation.client.memory_plan import DoesNotFit, MemoryPlan, format_size, plan as plan_memory
 from ailo.federation.client.patching import ServedCache
 from ailo.federation.client.overlap import OverlappedRun, wants_overlap
@@ -367,7 +367,7 @@ class Worker:
                                       "uploaded": report.uploaded, "bytes": {"up": report.uploaded, "down": report.downloaded},
                                       "status": status, "reason": report.response.get("reason"),
                                       "verdict": status if status == "accepted" else report.response.get("reason"),
-                                      "seconds": report.timings,
+                                      "seconds": report.timings, "peak_device_bytes": device_peak_bytes(pick_device(self.device)),
                                       **({"slice": report.slice_units} if report.slice_units else {})}), flush=True)
                 continue
             if self.last_status == "done":
