@@ -32,6 +32,11 @@ def test_pending_reward_backup_and_download_consent(tmp_path):
             label = page.inner_text("#text-source option:checked")
             assert "_gut" not in label and ".txt" not in label and "kB" in label, label
 
+            # a non-ASCII name is refused in the page, before any REGISTER (client ids travel in headers)
+            page.fill("#username", "jörg")
+            page.click("#register")
+            assert "a-z, 0-9" in page.inner_text("#register-status")
+            assert not page.evaluate("window.ailoPage.wallet && window.ailoPage.wallet.registered")
             address = register(page, "newcomer_ann")
             page.click("#train")
             page.wait_for_function("window.ailoPage.rewards.length > 0 && window.ailoPage.rewards[0].progress", timeout=300_000)

@@ -47,6 +47,10 @@ def test_wrong_invocations_are_one_line_errors(tmp_path):
         (["wallet", "balance", "--coordinator", "localhost:8400"], ["not an http"]),
         (["coordinator", "--round-verify" if False else "--room-verify", "1.5"], ["between 0 and 1"]),
         (["worker", "--coordinator", "ftp://x"], ["http://"]),
+        # a client id travels in an HTTP header: non-ASCII is refused before any download (issue 25)
+        (["worker", "--client-id", "jörg"], ["--client-id", "printable ASCII"]),
+        (["worker", "--username", "jörg", "--wallet", str(tmp_path / "w.json")], ["--username", "not a username"]),
+        (["wallet", "register", "名前", "--wallet", str(tmp_path / "w.json")], ["not a username", "ASCII only"]),
     ]
     import torch
     if not torch.cuda.is_available():

@@ -7,6 +7,9 @@ client id. Now holders and duplicates are keyed by the wallet address and the cl
 the signed message."""
 import dataclasses
 import hashlib
+import http.client
+import json
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +64,46 @@ def test_a_relay_cannot_relabel_a_signed_update(live):
     r = http.post("/v1/updates", content=body, headers=relabelled.to_headers())
     assert (r.status_code, r.json()["reason"]) == (401, "bad_signature"), r.text
     assert coord.store.updates(1, "pending") == [] and coord.store.updates(1, "accepted") == []
+
+
+def _raw_post(url: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes):
+    """One keep-alive connection that sends header bytes as given (httpx refuses non-ASCII values)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", path)
+    for k, v in headers + [(b"Content-Length", str(len(body)).encode())]:
+        conn.putheader(k, v)
+    conn.endheaders()
+    conn.send(body)
+    r = conn.getresponse()
+    return conn, r.status, json.loads(r.read())
+
+
+CLIENT_IDS = [("jörg", "utf-8"), ("jörg", "latin-1"), ("名前", "utf-8"), ("eve\x01\x1b[2J", "ascii"), ("a" * 129, "ascii")]
+
+
+def test_a_client_id_that_is_not_printable_ascii_is_a_clear_400(live):
+    """Headers travel as bytes that servers decode as latin-1: a UTF-8 client id signed as text used
+    to fail as a misleading 401 bad_signature, a control character was stored and logged as is.
+    Now one rule (printable ASCII, 1–128, update_format.client_id_problem) answers 400 bad_field
+    before the signature is checked, in the header and in POST /v1/tasks alike; nothing stored."""
+    app, url, http = live
+    alice = _wallet(http, "alice")
+    coord = app.state.coordinator
+    body = encode_update({k: v * 0 + 1e-4 for k, v in coord.model.state_dict().items()})
+    for client_id, encoding in CLIENT_IDS:
+        meta = sign_update(alice, UpdateMeta(client_id, 1, 0, 16, 5.0), hashlib.sha256(body).hexdigest())
+        headers = [(k.encode(), v.encode(encoding)) for k, v in meta.to_headers().items()]
+        conn, status, reply = _raw_post(url, "/v1/updates", headers, body)
+        try:
+            assert (status, reply["reason"]) == (400, "bad_field"), (client_id, reply)
+            assert "X-Ailo-Client" in reply["detail"], reply
+            conn.request("GET", "/v1/ready")                  # the same connection still serves
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        r = http.post("/v1/tasks", json={"client_id": client_id, "address": alice.address})
+        assert (r.status_code, r.json()["reason"]) == (422, "bad_field"), r.text
+        with pytest.raises(ValueError, match="client id"):   # the library refuses before any download
+            Worker(url, client_id, None, cache_dir=Path("/nonexistent"), progress=False, wallet=alice)
+    assert coord.store.updates(limit=100) == []

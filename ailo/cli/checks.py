@@ -44,6 +44,26 @@ positive_float = _number(float, 0.0, True, "greater than 0")
 non_negative_float = _number(float, 0.0, False, "0 or more")
 
 
+def client_id(value: str) -> str:
+    """A client id the coordinator will take (update_format.client_id_problem: printable ASCII,
+    1–128 characters): refused here, not after a round of training when the upload's header
+    cannot be encoded."""
+    from ailo.federation.core.update_format import client_id_problem
+    problem = client_id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value!r}: {problem}")
+    return value
+
+
+def username(value: str) -> str:
+    """A username the ledger registers (3–32 of a-z 0-9 _ -, ASCII only: ailo.wallet)."""
+    from ailo.wallet import is_valid_username
+    if not is_valid_username(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a username: 3-32 characters of a-z 0-9 _ - "
+                                         "(ASCII only), starting with a letter or digit")
+    return value
+
+
 def port(value: str) -> int:
     p = _number(int, 0, False, "0 or more")(value)
     if p > 65535:

@@ -110,13 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--data", default=None, help="folder of your own .txt files (default: shipped corpus)")
     w.add_argument("--shard", type=checks.non_negative_int, default=0, help="which of --num-shards parts of --data this worker trains on")
     w.add_argument("--num-shards", type=checks.positive_int, default=1, help="split --data into this many disjoint parts")
-    w.add_argument("--client-id", default=None, help="name of this worker in logs and the cache folder (default: worker-<pid>)")
+    w.add_argument("--client-id", default=None, type=checks.client_id, help="name of this worker in logs and the cache folder (default: worker-<pid>)")
     w.add_argument("--cache", default=None, help="chunk cache directory (default: data/worker-cache/<client id>)")
     w.add_argument("--rounds", type=checks.positive_int, default=None, help="stop after this many submitted rounds (default: run for ever)")
     w.add_argument("--device", default=None, help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
     w.add_argument("--wallet", default=None, help="wallet key file (created if missing) that signs updates "
                    "and receives rewards; without it the worker runs unsigned (open-mode coordinators only)")
-    w.add_argument("--username", default=None, help="username to register (default: the client id)")
+    w.add_argument("--username", default=None, type=checks.username, help="username to register (default: the client id)")
     w.add_argument("--quiet", action="store_true", help="no progress bars or round lines")
     w.add_argument("--json-log", action="store_true", help="print one JSON line per submitted update "
                    "(seconds.train, seconds.wall, bytes up/down, verdict): utilization = train / wall")

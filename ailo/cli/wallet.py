@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing key file")
     cmd("show", cmd_show, "print address and username", coordinator=False)
     p = cmd("register", cmd_register, "bind a unique username to this wallet")
-    p.add_argument("username")
+    p.add_argument("username", type=checks.username)
     p = cmd("balance", cmd_balance, "spendable and pending balance")
     p.add_argument("address", nargs="?", help="any address (default: this wallet's)")
     p = cmd("send", cmd_send, "transfer ALC (fee 0.01 ALC)")

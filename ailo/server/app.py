@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ailo.federation.coordinator.admission import receive_to_file
 from ailo.federation.coordinator.coordinator import Coordinator
-from ailo.federation.core.update_format import UpdateMeta, UpdateRejected, max_update_bytes
+from ailo.federation.core.update_format import CLIENT_ID_PATTERN, UpdateMeta, UpdateRejected, max_update_bytes
 from ailo.mirrors import with_mirrors
 from ailo.server.docs_ui import install_docs
 from ailo.server.contract import install_contract
@@ -33,7 +33,8 @@ class ChunkFile(FileResponse):
 
 
 class TaskRequest(BaseModel):
-    client_id: str = Field(min_length=1, max_length=128)
+    client_id: str = Field(min_length=1, max_length=128, pattern=CLIENT_ID_PATTERN,
+                           description="printable ASCII, as in X-Ailo-Client")
     address: str | None = Field(None, max_length=128)  # the wallet that will sign: the caller's identity
     memory_budget: int | None = Field(default=None, ge=0, description="bytes the client can spend on training "
                                       "(its --memory-budget); a coordinator may answer a small one with a slice")

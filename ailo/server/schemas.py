@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ailo.federation.core.update_format import CLIENT_ID_PATTERN
 from ailo.ledger.params import FEE, MAX_AMOUNT
 from ailo.server.limits import INT64_MAX
 
@@ -163,7 +164,8 @@ def _header(name: str, description: str, required: bool = False, **schema: Any) 
 _UINT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
 UPDATE_OPENAPI: dict[str, Any] = {
     "parameters": [
-        _header("X-Ailo-Client", "client id", True, type="string", minLength=1, maxLength=128),
+        _header("X-Ailo-Client", "client id (printable ASCII)", True, type="string", minLength=1, maxLength=128,
+                pattern=CLIENT_ID_PATTERN),
         _header("X-Ailo-Round", "round the update was trained for", True, **_UINT),
         _header("X-Ailo-Base-Version", "model version it was trained on", True, **_UINT),
         _header("X-Ailo-Samples", "n_k, samples trained on", True, type="integer", minimum=1, maximum=INT64_MAX),

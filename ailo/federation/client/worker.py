@@ -25,7 +25,7 @@ from ailo.federation.client.overlap import OverlappedRun, wants_overlap
 from ailo.federation.client.rounds import RETRYABLE, ROUND_MOVED_ON, RoundReport, _batch_seed
 from ailo.data import TokenDataset
 from ailo.federation.core.signing import sign_update
-from ailo.federation.core.update_format import UpdateMeta
+from ailo.federation.core.update_format import UpdateMeta, client_id_problem
 from ailo.federation.client.uploader import submit_update
 from ailo.mirrors import MirroredSource
 from ailo.model import empty_model, get_preset
@@ -116,6 +116,8 @@ class Worker:
     reports: list[RoundReport] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if (problem := client_id_problem(self.client_id)) is not None:  # before any download or training
+            raise ValueError(f"client id {self.client_id!r}: {problem}")
         if self.http is None:
             # Sending a body is one socket sendall whose timeout bounds the WHOLE upload: a 1B
             # model's 3.3 GB fp32 update needs far more than the per-operation `timeout`.

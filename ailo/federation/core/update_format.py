@@ -23,6 +23,20 @@ FP32 = CodecSpec()
 
 
 INT64_MAX = 2**63 - 1
+CLIENT_ID_PATTERN = r"^[ -~]{1,128}$"   # HTTP headers carry latin-1 at best; one rule for header, JSON and CLI
+
+
+def client_id_problem(client_id: str) -> str | None:
+    """Why `client_id` cannot name a client, or None. A client id travels in the X-Ailo-Client
+    header (and inside the signed line): printable ASCII only, so every HTTP stack sends the same
+    bytes that were signed (httpx refuses non-ASCII header values, browsers send latin-1,
+    servers decode latin-1) and no control character reaches logs or the dashboard."""
+    if not 1 <= len(client_id) <= 128:
+        return "a client id must be 1–128 characters"
+    if not all(" " <= c <= "~" for c in client_id):
+        return "a client id must be printable ASCII (letters, digits, punctuation, space): the username is sent " \
+               "in an HTTP header; non-ASCII names are not allowed"
+    return None
 
 
 class UpdateRejected(DomainError):
@@ -157,8 +171,8 @@ class UpdateMeta:
                    nonce=get("nonce", int, 0), timestamp=get("timestamp", int, 0), device=get("device", str, ""))
         if not 0 < meta.n_samples <= INT64_MAX:
             raise UpdateRejected("bad_field", "X-Ailo-Samples must be a positive sample count below 2^63", 400)
-        if not meta.client_id or len(meta.client_id) > 128:
-            raise UpdateRejected("bad_field", "X-Ailo-Client must be 1–128 characters", 400)
+        if (problem := client_id_problem(meta.client_id)) is not None:  # before the signature: a clear 400
+            raise UpdateRejected("bad_field", f"X-Ailo-Client {meta.client_id[:40]!r}: {problem}", 400)
         if len(meta.device) > 128 or not all(" " <= c <= "~" for c in meta.device):
             raise UpdateRejected("bad_field", "X-Ailo-Device must be at most 128 printable ASCII characters", 400)
         return meta
