@@ -1,49 +1,98 @@
-"""A wide-area link emulator: one asyncio TCP proxy in front of each listening process.
+"""The one link emulator of the benches: an asyncio TCP proxy in front of a listening process.
 
-Every byte that reaches a proxied endpoint (a node, or the coordinator) is delivered
-`one_way_s` later and no faster than `mbit_s`, and so is every byte of the answer, so a
-connection through it has a round trip of 2 · one_way_s (40 ms RTT = 20 ms each way) plus
-serialisation. Putting one proxy in front of EVERY listener (coordinator and nodes) gives every
-link the same delay: coordinator → node, node → node, node → coordinator. Bandwidth is shared
-per endpoint and direction, like a home uplink. Delays are read per chunk, so a running room
-switches between loopback (0) and WAN without restarting anything.
+Each `proxy()` is one emulated line. All connections through it share its two directions
+(to the server: a home's upload, or a node's input; to the client: a home's download), like
+one DSL/cable line: two transfers at once each get about half of it. Every piece leaves when
+the line is free (serialisation at the line's rate) and arrives one-way delay later, in order
+per connection, so a request/response pays the round trip and a bulk transfer the bandwidth.
+A reader waits while more than `BURST` bytes are queued on a direction (TCP flow control), so
+a sender is not told a large upload is gone before the line carried it.
 
-    emu = LinkEmulator(); emu.start()
-    url = emu.proxy("127.0.0.1", 8701)      # http://127.0.0.1:<proxy port> forwards to :8701
-    emu.set(one_way_s=0.020, mbit_s=50)
+Two uses:
+- inference rooms (bench/wan_inference.py): one proxy in front of EVERY listener (coordinator and
+  nodes), all following the emulator's live setting, so every link has the same delay and rate
+  per endpoint; `set()` switches a running room between loopback and WAN:
+
+      emu = LinkEmulator().start()
+      url = emu.proxy("127.0.0.1", 8701)      # http://127.0.0.1:<proxy port> forwards to :8701
+      emu.set(one_way_s=0.020, mbit_s=50)
+
+- home lines (bench/utilization.py): one proxy per household, asymmetric and fixed, paying a
+  round trip for each new connection (the TCP handshake):
+
+      home = Line(down_mbit=10, up_mbit=2, rtt_ms=40, handshake=True)
+      url = emu.proxy("127.0.0.1", coordinator_port, home)   # home.bytes_up / bytes_down count
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
+PIECE = 16 * 1024   # read size
+BURST = 2 * PIECE   # bytes a direction may queue before its reader waits
+
 
 @dataclass
-class _Pipe:
-    """One direction of one endpoint's link: bytes leave when the link is free, arrive one_way later."""
+class Line:
+    """One line's setting and counters. `up` is toward the proxied server, `down` back to the
+    client; 0 Mbit/s is unlimited. Changes take effect at the next piece."""
 
-    emu: "LinkEmulator"
+    down_mbit: float = 0.0
+    up_mbit: float = 0.0
+    rtt_ms: float = 0.0
+    handshake: bool = False     # a new connection waits one round trip before its first byte
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    @property
+    def one_way_s(self) -> float:
+        return self.rtt_ms / 2000
+
+
+@dataclass
+class _Direction:
+    """One direction of one line: a piece leaves when the line is free and arrives one-way later."""
+
+    line: Line
+    up: bool
     free_at: float = 0.0
 
-    def schedule(self, n: int) -> float:
+    async def admit(self, n: int) -> float:
+        """Account `n` bytes; wait while the backlog exceeds BURST; return their arrival time."""
+        line = self.line
+        mbit = line.up_mbit if self.up else line.down_mbit
         now = time.monotonic()
-        start = max(now, self.free_at)
-        bw = self.emu.mbit_s
-        self.free_at = start + (n * 8 / (bw * 1e6) if bw else 0.0)
-        return self.free_at + self.emu.one_way_s
+        self.free_at = max(now, self.free_at) + (n * 8 / (mbit * 1e6) if mbit else 0.0)
+        if self.up:
+            line.bytes_up += n
+        else:
+            line.bytes_down += n
+        if mbit and (backlog := self.free_at - now - BURST * 8 / (mbit * 1e6)) > 0:
+            await asyncio.sleep(backlog)
+        return self.free_at + line.one_way_s
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass
 class LinkEmulator:
-    one_way_s: float = 0.0
-    mbit_s: float = 0.0  # 0 = unlimited
+    """Runs the proxies on one asyncio loop in a daemon thread. `live` is the setting of every
+    proxy opened without a line of its own (`set()` changes it; each such proxy still has its
+    own bandwidth per direction)."""
+
     host: str = "127.0.0.1"
+    live: Line = field(default_factory=Line)
     loop: asyncio.AbstractEventLoop | None = None
-    _servers: list = field(default_factory=list)
     bytes_moved: int = 0
+    _servers: list = field(default_factory=list)
 
     def start(self) -> "LinkEmulator":
         ready = threading.Event()
@@ -55,31 +104,41 @@ class LinkEmulator:
             self.loop.run_forever()
 
         threading.Thread(target=run, daemon=True, name="link-emulator").start()
-        ready.wait()
+        if not ready.wait(30):
+            raise RuntimeError("link emulator did not start")
         return self
 
-    def set(self, one_way_s: float, mbit_s: float = 0.0) -> None:
-        self.one_way_s, self.mbit_s = one_way_s, mbit_s
+    @property
+    def one_way_s(self) -> float:
+        return self.live.one_way_s
 
-    def proxy(self, host: str, port: int) -> str:
-        """Listen on a free port; forward to host:port through this endpoint's link. Returns its URL."""
-        up, down = _Pipe(self), _Pipe(self)
+    @property
+    def mbit_s(self) -> float:
+        return self.live.up_mbit
+
+    def set(self, one_way_s: float, mbit_s: float = 0.0) -> None:
+        """The live setting: `one_way_s` each way, `mbit_s` each direction of each endpoint."""
+        self.live.rtt_ms, self.live.up_mbit, self.live.down_mbit = 2000 * one_way_s, mbit_s, mbit_s
+
+    def proxy(self, host: str, port: int, line: Line | None = None) -> str:
+        """Listen on a free port; forward to host:port through `line` (default: the live setting,
+        with this endpoint's own bandwidth). Returns the proxy's URL."""
+        line = line or self.live
+        up, down = _Direction(line, True), _Direction(line, False)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if line.handshake:
+                await asyncio.sleep(2 * line.one_way_s)
             try:
                 r2, w2 = await asyncio.open_connection(host, port)
             except OSError:
                 writer.close()
                 return
-            sock = w2.get_extra_info("socket")
-            if sock is not None:
-                import socket
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            csock = writer.get_extra_info("socket")
-            if csock is not None:
-                import socket
-                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.gather(self._carry(reader, w2, up), self._carry(r2, writer, down))
+            _nodelay(writer)
+            _nodelay(w2)
+            await asyncio.gather(self._carry(reader, w2, up), self._carry(r2, writer, down), return_exceptions=True)
+            for w in (writer, w2):
+                w.close()
 
         async def start() -> int:
             server = await asyncio.start_server(handle, self.host, 0)
@@ -90,7 +149,7 @@ class LinkEmulator:
         listen = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
         return f"http://{self.host}:{listen}"
 
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipe: _Pipe) -> None:
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, way: _Direction) -> None:
         queue: collections.deque = collections.deque()
         wake = asyncio.Event()
         done = False
@@ -103,8 +162,7 @@ class LinkEmulator:
                     wake.clear()
                     await wake.wait()
                 at, data = queue.popleft()
-                delay = at - time.monotonic()
-                if delay > 0:
+                if (delay := at - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 if data is None:
                     break
@@ -114,24 +172,25 @@ class LinkEmulator:
                 except (ConnectionError, OSError):
                     return
             try:
-                writer.close()
-            except Exception:
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except (ConnectionError, OSError):
                 pass
 
         task = asyncio.ensure_future(deliver())
         try:
             while True:
                 try:
-                    data = await reader.read(1 << 16)
+                    data = await reader.read(PIECE)
                 except (ConnectionError, OSError):
                     data = b""
                 if not data:
                     break
                 self.bytes_moved += len(data)
-                queue.append((pipe.schedule(len(data)), data))
+                queue.append((await way.admit(len(data)), data))
                 wake.set()
         finally:
-            queue.append((time.monotonic() + self.one_way_s, None))
+            queue.append((time.monotonic() + way.line.one_way_s, None))
             done = True
             wake.set()
             await task

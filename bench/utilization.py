@@ -1,7 +1,7 @@
 """Contributors' compute utilization behind emulated home links (issue 27).
 
 Starts a real `ailo coordinator` (project defaults unless `--coord-arg` adds flags) and N
-`ailo worker --json-log` processes, each behind its own household line (bench/homelink.py:
+`ailo worker --json-log` processes, each behind its own household line (bench/linkemu.py `Line`:
 bandwidth each way + RTT, shared by every connection of the household). After `--rounds`
 rounds it trains ONE centralized process in this process on the same number of tokens (the
 accepted updates' samples, batch = N × the task batch, same init, lr and optimizer) and prints
@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from homelink import Household, LinkEmulator  # noqa: E402
+from linkemu import Line, LinkEmulator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,9 +141,9 @@ def main() -> int:
                    "--device", args.device, "--min-updates", str(args.workers), "--rounds", str(args.rounds),
                    *args.coord_arg], work / "logs" / "coordinator.log", None)
     procs = {"coordinator": coord}
-    homes = [Household("127.0.0.1", port, args.down_mbit * 1e6, args.up_mbit * 1e6, args.rtt_ms / 1000)
-             for _ in range(args.workers)]
-    LinkEmulator(homes).start_and_wait()
+    emu = LinkEmulator().start()
+    homes = [Line(args.down_mbit, args.up_mbit, args.rtt_ms, handshake=True) for _ in range(args.workers)]
+    home_urls = [emu.proxy("127.0.0.1", port, home) for home in homes]
     result: dict = {"bench": "utilization", "preset": args.preset, "workers": args.workers, "rounds": args.rounds,
                     "link": {"down_mbit": args.down_mbit, "up_mbit": args.up_mbit, "rtt_ms": args.rtt_ms},
                     "coord_args": args.coord_arg, "device": args.device, "load_start": os.getloadavg()[0]}
@@ -168,9 +168,9 @@ def main() -> int:
             time.sleep(0.5)
         if args.warm_cache:
             warm_caches(work, args.workers, url)
-        for k, home in enumerate(homes):
+        for k, home_url in enumerate(home_urls):
             procs[f"worker-{k}"] = spawn(
-                ["worker", "--coordinator", f"http://127.0.0.1:{home.port}", "--device", args.device, "--shard", str(k),
+                ["worker", "--coordinator", home_url, "--device", args.device, "--shard", str(k),
                  "--num-shards", str(args.workers), "--client-id", f"worker-{k}", "--cache", str(work / f"cache-{k}"),
                  "--json-log", "--quiet", "--wallet", str(work / f"wallet-{k}.json"), *args.worker_arg],
                 work / "logs" / f"worker-{k}.log", args.threads)
