@@ -146,6 +146,7 @@ def test_wallet_balance_lists_accepted_but_unpaid_updates(tmp_path, corpus_dir):
         v = client.get(f"/v1/updates/{uid}", params={"wait": 60}).json()
         assert v["status"] == "accepted" and not v["settled"]
         assert (v["accepted_in_round"], v["needed_in_round"]) == (1, 2) and v["round_deadline"] > time.time()
+        assert client.get("/v1/status").json()["needed_in_round"] == 2  # the one number all three show
         [u] = unpaid_updates(client, meta.address)
         assert (u["update_id"], u["round"], u["accepted_in_round"], u["needed_in_round"]) == (uid, 1, 1, 2)
         assert unpaid_updates(client, "ailo1" + "0" * 72) == []

@@ -142,7 +142,7 @@ def unpaid_updates(http, address: str) -> list[dict]:
             open_round = u["round"] == status["round"]
             out.append({"update_id": u["id"], "round": u["round"],
                         "accepted_in_round": status["accepted_in_round"] if open_round else None,
-                        "needed_in_round": (status["config"].get("max_updates") or status["min_updates"]),
+                        "needed_in_round": status["needed_in_round"],
                         "round_deadline": status["deadline"] if open_round else time.time()})
     return out
 

@@ -118,6 +118,7 @@ class StatusReply(Reply):
     settled_round: int
     finished: bool
     accepted_in_round: int
+    needed_in_round: int  # accepted updates that close the open round before its deadline
     history: list[dict[str, Any]]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ailo.federation.core.local_phase import phase_fields
+from ailo.federation.core.round_rules import RoundRules
 from ailo.federation.core.update_format import UpdateMeta
 from ailo.storage.rounds_store import RoundRecord
 
@@ -60,6 +61,11 @@ class CoordinatorConfig:
     mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
     device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
     max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
+
+    @property
+    def rules(self) -> RoundRules:
+        """When a round closes (early when full, or at its deadline)."""
+        return RoundRules(self.min_updates, self.max_updates, self.quorum_updates, self.round_seconds)
 
     def task_spec(self, round_id: int, seq_len: int, codec_task: dict) -> dict:
         """What round `round_id` asks of clients; stored with the round, so it survives restarts."""

@@ -262,8 +262,8 @@ class Coordinator(Admission):
         self._close_if_full(rnd)
 
     def _close_if_full(self, rnd: RoundRecord) -> bool:
-        """Close the round once it holds max_updates (default min_updates) accepted updates."""
-        if self.store.count_updates(rnd.id, "accepted") < (self.config.max_updates or self.config.min_updates):
+        """Close the round once it holds `rules.needed` accepted updates (core/round_rules.py)."""
+        if not self.config.rules.full(self.store.count_updates(rnd.id, "accepted")):
             return False
         self._close_round(rnd)
         return True
@@ -291,7 +291,7 @@ class Coordinator(Admission):
 
     # -- rounds (pipeline thread) ----------------------------------------------------------------
     def tick(self) -> None:
-        """Deadline handling (the liveness rule, docs/ARCHITECTURE.md): a due round closes with
+        """Deadline handling (the liveness rule, core/round_rules.py): a due round closes with
         ≥ min_updates accepted, or — once it is 2 × round_seconds old (extended once) — with
         ≥ quorum_updates (≥ 1); otherwise its deadline moves on by round_seconds."""
         rnd = self.current_round()
@@ -305,9 +305,7 @@ class Coordinator(Admission):
                 for hook in self.on_idle:
                     hook(self)
             return
-        accepted = self.store.count_updates(rnd.id, "accepted")
-        overdue = now >= rnd.created + 2 * self.config.round_seconds
-        if accepted >= self.config.min_updates or (overdue and accepted >= max(1, self.config.quorum_updates)):
+        if self.config.rules.closes_when_due(self.store.count_updates(rnd.id, "accepted"), now - rnd.created):
             self._close_round(rnd)
         else:
             self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
@@ -384,7 +382,7 @@ class Coordinator(Admission):
         return round_status.LiveState(
             self.version, self.settled_round, pipe.in_flight, self.finished(), self.cfg.name, self.device,
             {"queued": pipe.depth(), "in_flight": pipe.in_flight, "judged": pipe.judged,
-             "busy_seconds": round(pipe.busy_seconds, 3)}, asdict(self.config), self.config.max_updates)
+             "busy_seconds": round(pipe.busy_seconds, 3)}, asdict(self.config), self.config.rules.needed)
 
     def verdict(self, update_id: int) -> dict | None:
         return round_status.verdict(self.store, self.live(), update_id)

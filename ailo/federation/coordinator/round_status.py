@@ -26,7 +26,7 @@ class LiveState:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     validation: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-    max_updates: int | None = None       # a round closes early with this many accepted (None: min_updates)
+    needed_in_round: int = 1             # accepted updates that close a round early (core/round_rules.py)
 
 
 def short_verdict(u: UpdateRecord) -> dict:
@@ -51,7 +51,7 @@ def verdict(store: SQLiteRoundStore, live: LiveState, update_id: int) -> dict | 
         out.update(aggregated=closed, settled=live.settled_round >= u.round_id, version=live.version,
                    accepted_in_round=store.count_updates(u.round_id, "accepted"))
         if not closed:  # when the reward comes: the round closes with `needed` accepted or at its deadline
-            out.update(needed_in_round=live.max_updates or rnd.min_updates, round_deadline=rnd.deadline)
+            out.update(needed_in_round=live.needed_in_round, round_deadline=rnd.deadline)
     return out
 
 
@@ -111,7 +111,7 @@ def status(store: SQLiteRoundStore, live: LiveState) -> dict:
     counters = store.counters()
     return {"round": rnd.id, "version": live.version, "settled_round": live.settled_round, "preset": live.preset,
             "finished": live.finished, "deadline": rnd.deadline, "min_updates": rnd.min_updates,
-            "accepted_in_round": store.count_updates(rnd.id, "accepted"),
+            "accepted_in_round": store.count_updates(rnd.id, "accepted"), "needed_in_round": live.needed_in_round,
             "pending_in_round": store.count_updates(rnd.id, "pending"), "clients": store.clients(),
             "history": history(store, counters), "device": str(live.device), "peak_memory": peak_memory(live.device),
             "validation": live.validation, "counters": {k: v for k, v in counters.items() if ".round." not in k},

@@ -44,9 +44,8 @@ async function render() {
   const chain = await syncChain(client, { dbName: 'ailo-chain-dashboard' });
   $('kpi-round').textContent = status.finished ? `${status.round} (finished)` : status.round;
   $('kpi-version').textContent = status.version;
-  const needed = status.config.max_updates || status.min_updates;
   const left = Math.max(0, Math.round(status.deadline - Date.now() / 1000));
-  const progress = status.finished ? 'finished' : `${status.accepted_in_round} of ${needed} accepted · closes in ≤ ${left} s`;
+  const progress = status.finished ? 'finished' : `${status.accepted_in_round} of ${status.needed_in_round} accepted · closes in ≤ ${left} s`;
   $('kpi-progress').textContent = progress;
   // Contributors with an update in this round or the last one (the dashboard's list is the newest 200).
   const active = new Set(updates.updates.filter((u) => u.round >= status.round - 1).map((u) => u.address || u.client)).size;
