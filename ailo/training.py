@@ -72,13 +72,37 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        if isinstance(g["lr"], torch.Tensor):  # torchao keeps lr as a tensor (no recompile per value)
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def warm_up(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
+    """Linear lr warm-up over the first `cfg.warmup_steps` steps (no-op without warm-up)."""
+    if cfg.warmup_steps:
+        set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
+
+
+def micro_batched_backward(x: torch.Tensor, y: torch.Tensor, micro: int | None, loss_of) -> torch.Tensor:
+    """Backward the batch's mean loss in micro-batches of `micro` sequences (the same gradient as
+    one pass over the batch, less activation memory); returns the detached batch loss."""
+    total = None
+    for xs, ys in zip(x.split(micro or x.shape[0]), y.split(micro or x.shape[0])):
+        loss = loss_of(xs, ys) * (xs.shape[0] / x.shape[0])
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None, "empty batch"
+    return total
+
+
 def train_step(model: torch.nn.Module, forward, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                cfg: TrainConfig, step: int, use_amp: bool) -> torch.Tensor:
     """One optimizer step (lr warm-up over the first `cfg.warmup_steps`, clipping); returns the
     detached loss. Shared by `train_local` and the overlapped worker (`ailo.federation.overlap`)."""
-    if cfg.warmup_steps:
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    warm_up(opt, cfg, step)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
         loss = forward(x, y)
     opt.zero_grad(set_to_none=True)
@@ -87,6 +111,45 @@ def train_step(model: torch.nn.Module, forward, opt: torch.optim.Optimizer, x: t
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     return loss.detach()
+
+
+@dataclass
+class StepRun:
+    """What a local training loop did: per-step losses, samples, tokens, seconds."""
+    losses: list[float] = field(default_factory=list)
+    n_samples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def update(self, delta: dict[str, torch.Tensor]) -> LocalUpdate:
+        return LocalUpdate(delta, self.n_samples, self.tokens, sum(self.losses) / max(1, len(self.losses)),
+                           len(self.losses), self.seconds, self.losses)
+
+
+def run_steps(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, step, device: torch.device,
+              on_step=None) -> StepRun:
+    """The loop every local trainer shares (full model, planned, slice): `step(i, x, y)` runs one
+    optimizer step on a batch and returns its loss (a tensor: read once at the end, so the device
+    is never waited on per step); stops after `steps` batches or when `batches` runs out."""
+    run, losses = StepRun(), []
+    t0 = time.perf_counter()
+    it: Iterator = iter(batches)
+    for i in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        loss = step(i, x, y)
+        losses.append(loss)
+        run.n_samples += x.shape[0]
+        run.tokens += x.numel()
+        if on_step is not None:
+            on_step(i, loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    run.seconds = time.perf_counter() - t0
+    run.losses = [float(v) for v in losses]
+    return run
 
 
 def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
@@ -98,34 +161,22 @@ def train_local(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     opt = make_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     forward = torch.compile(model) if cfg.compile else model  # parameters (and names) stay model's
-    losses: list[float] = []
-    n_samples = tokens = 0
-    t0 = time.perf_counter()
-    it: Iterator = iter(batches)
     bar = tqdm(total=cfg.steps, desc="train", unit="step", disable=not cfg.progress, leave=False)
-    for step in range(cfg.steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
+
+    def step(i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = train_step(model, forward, opt, x, y, cfg, step, use_amp)
-        losses.append(loss)
-        n_samples += x.shape[0]
-        tokens += x.numel()
+        return train_step(model, forward, opt, x, y, cfg, i, use_amp)
+
+    def progress(i: int, loss: torch.Tensor) -> None:
         bar.update(1)
-        if cfg.progress and step % 10 == 0:
+        if cfg.progress and i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    run = run_steps(batches, cfg.steps, step, device, progress)
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    loss_values = [float(v) for v in losses]
     end = model.state_dict()
     # Δ stays on the training device: the codec quantizes it there (an ailo-1b Δ is 3.3 GB)
-    delta = {k: (start[k] - end[k].detach()).to(torch.float32) for k in start}
-    return LocalUpdate(delta, n_samples, tokens, sum(loss_values) / max(1, len(loss_values)),
-                       len(loss_values), seconds, loss_values)
+    return run.update({k: (start[k] - end[k].detach()).to(torch.float32) for k in start})
 
 
 @torch.no_grad()

@@ -6,16 +6,15 @@ chunked head, 8/4-bit or host-offloaded AdamW states (torchao) and a host snapsh
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
 from ailo.federation.client.memory_plan import MemoryPlan, ModelShape, TaskShape
 from ailo.model import GPT, GPTConfig
 from ailo.recompute import lean_loss
-from ailo.training import LocalUpdate, TrainConfig, make_optimizer
+from ailo.training import LocalUpdate, TrainConfig, make_optimizer, micro_batched_backward, run_steps, warm_up
 
 
 def model_shape(cfg: GPTConfig) -> ModelShape:
@@ -76,14 +75,6 @@ def make_lean_optimizer(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> 
     raise ValueError(f"unknown optimizer state {kind!r}")
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        if isinstance(g["lr"], torch.Tensor):  # torchao keeps lr as a tensor (no recompile per value)
-            g["lr"].fill_(lr)
-        else:
-            g["lr"] = lr
-
-
 def _clip(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> None:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     d2h = getattr(opt, "param_d2h_map", None)
@@ -103,38 +94,24 @@ def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor
                  for k, v in model.state_dict().items()}
     opt = make_lean_optimizer(model, cfg, plan.optimizer)
     use_amp = cfg.amp and device.type == "cuda"
-    losses: list[torch.Tensor] = []
-    n_samples = tokens = 0
-    t0 = time.perf_counter()
-    it: Iterator = iter(batches)
-    for step in range(cfg.steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        if cfg.warmup_steps:
-            set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
+
+    def loss_of(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            return lean_loss(model, xs, ys, plan.checkpoint_blocks, plan.head_chunk)
+
+    def step(i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        warm_up(opt, cfg, i)
         opt.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=device)
-        for xs, ys in zip(x.split(plan.micro_batch), y.split(plan.micro_batch)):
-            xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = lean_loss(model, xs, ys, plan.checkpoint_blocks, plan.head_chunk) * (xs.shape[0] / x.shape[0])
-            loss.backward()
-            step_loss += loss.detach()
+        loss = micro_batched_backward(x, y, plan.micro_batch, loss_of)
         if cfg.grad_clip:
             _clip(model, opt, cfg.grad_clip)
         opt.step()
-        losses.append(step_loss)
-        n_samples += x.shape[0]
-        tokens += x.numel()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+        return loss
+
+    run = run_steps(batches, cfg.steps, step, device)
     opt.zero_grad(set_to_none=True)
     del opt  # gradients and optimizer states go before Δ is built beside the weights
-    loss_values = [float(v) for v in losses]
     with torch.no_grad():
         delta = {k: start.pop(k).to(device).sub_(v.detach()).to(torch.float32) for k, v in model.state_dict().items()}
-    return LocalUpdate(delta, n_samples, tokens, sum(loss_values) / max(1, len(loss_values)),
-                       len(loss_values), seconds, loss_values)
+    return run.update(delta)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ailo.chunks import ChunkIntegrityError, ChunkStore, Manifest
 from ailo.model import Block, GPTConfig
-from ailo.training import LocalUpdate, TrainConfig
+from ailo.training import LocalUpdate, TrainConfig, micro_batched_backward, run_steps, warm_up
 
 
 def _file_sha256(path: Path) -> str:
@@ -127,35 +127,18 @@ def train_slice(cfg: GPTConfig, tensors: CachedTensors, names: list[str],
         opt = torch.optim.SGD(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {tcfg.optimizer!r}; use adamw or sgd")
-    losses: list[float] = []
-    n_samples = tokens = 0
-    t0 = time.perf_counter()
-    it: Iterator = iter(batches)
-    for step in range(tcfg.steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        x, y = x.to(device), y.to(device)
-        if tcfg.warmup_steps:
-            for g in opt.param_groups:
-                g["lr"] = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup_steps)
+
+    def step(i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        warm_up(opt, tcfg, i)
         opt.zero_grad(set_to_none=True)
-        m = micro_batch or x.shape[0]
-        loss = torch.zeros(())
-        for i in range(0, x.shape[0], m):
-            part = model.loss(x[i:i + m], y[i:i + m]) * (min(m, x.shape[0] - i) / x.shape[0])
-            part.backward()
-            loss += part.detach().cpu()
+        loss = micro_batched_backward(x.to(device), y.to(device), micro_batch, model.loss)
         if tcfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         opt.step()
-        losses.append(float(loss.detach()))
-        n_samples += x.shape[0]
-        tokens += x.numel()
-    seconds = time.perf_counter() - t0
-    delta = {n: (start[n] - p.detach()).to(torch.float32) for n, p in model.params.items()}
-    return LocalUpdate(delta, n_samples, tokens, sum(losses) / max(1, len(losses)), len(losses), seconds, losses)
+        return loss
+
+    run = run_steps(batches, tcfg.steps, step, device)
+    return run.update({n: (start[n] - p.detach()).to(torch.float32) for n, p in model.params.items()})
 
 
 def train_slice_task(worker, manifest: Manifest, task: dict, batches, tcfg: TrainConfig, source
