@@ -13,6 +13,12 @@ default), fp32 both.
     AILO_NODE=/path/to/node AILO_RUNNER_PREBUILT=1 python3 bench/webgpu.py   # a copy with the runner built elsewhere
     python bench/webgpu.py --preset ailo-tiny --batch 2 --steps 3 --skip-span   # lavapipe (CI box)
     AILO_DAWN_FLAGS='enable-dawn-features=disable_robustness' python bench/webgpu.py --profile
+    python bench/webgpu.py --preset ailo-1b --slice 24:25 --batch 1 --seq 256   # a slice task (issue 26)
+
+`--slice A:B` times a slice task instead: units [A, B) of the preset (0 = embed, 1 + i = blocks.i;
+ln_f rides with the last block) trained by the page's `trainSlice` with every frozen block read
+from bf16 chunk files one at a time (runner `slicebench`), vs the native worker's `train_slice`
+on the same chunks, batch and device (fp32 compute both).
 """
 from __future__ import annotations
 
@@ -88,6 +94,49 @@ def native_span(spec: ModelSpec, start: int, end: int, prompt: int, decode: int,
     return {"prefillMs": 1000 * pre, "prefillTokensPerS": prompt / pre, "decodeMsPerToken": 1000 * dec, "decodeTokensPerS": 1 / dec}
 
 
+def slice_bench(args, device: torch.device, seq: int) -> dict:
+    """Units [a, b) of a random-init preset, bf16 chunks on disk, page vs native slice trainer."""
+    import tempfile
+    from ailo.chunks import ChunkStore, DirectorySource, split_state_dict, write_chunks
+    from ailo.federation.client.slice_training import CachedTensors, train_slice
+    from ailo.federation.core.slices import make_slice
+    a, b = (int(v) for v in args.slice.split(":"))
+    cfg = get_preset(args.preset)
+    work = Path(tempfile.mkdtemp(prefix="webgpu-slice-"))
+    t0 = time.perf_counter()
+    model = build_model(args.preset, seed=0)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}  # the served compact model
+    del model
+    manifest, blobs = split_state_dict(state, args.chunks, preset=cfg.name, config=cfg.to_dict())
+    write_chunks(work, manifest, blobs)
+    del state, blobs
+    prepare_s = time.perf_counter() - t0
+    sl = make_slice({n: t.shape for n, t in manifest.tensors.items()}, cfg.n_layer, a, b)
+    job = {"chunks": str(work), "units": [a, b], "batch": args.batch, "seq": seq, "steps": args.steps,
+           "warmup": args.warmup, "micro": args.micro, "tfFlags": json.loads(args.tf_flags)}
+    web = runner("slicebench", job, args.timeout)
+    tensors = CachedTensors(ChunkStore(manifest, DirectorySource(work), work), work)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randint(0, cfg.vocab_size, (args.batch, seq), generator=g),
+             torch.randint(0, cfg.vocab_size, (args.batch, seq), generator=g)) for _ in range(max(args.steps, args.warmup))]
+    tc = TrainConfig(steps=args.warmup, batch_size=args.batch, lr=1e-4)
+    if args.warmup:
+        train_slice(cfg, tensors, list(sl.names), data, tc, device, args.micro)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    upd = train_slice(cfg, tensors, list(sl.names), data, TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4),
+                      device, args.micro)
+    native = {"seconds": upd.seconds, "stepMs": 1000 * upd.seconds / upd.steps, "tokensPerS": upd.tokens / upd.seconds,
+              "losses": upd.losses}
+    if device.type == "cuda":
+        native["peakAllocatedGiB"] = torch.cuda.max_memory_allocated() / 2**30
+    keep = ("stepMs", "tokensPerS", "warmupSeconds", "loadSeconds", "losses", "chunkBytesReadPerStep")
+    return {"preset": args.preset, "units": list(sl.units), "params": sl.params, "share": round(sl.share, 6),
+            "batch": args.batch, "seq": seq, "steps": args.steps, "micro": args.micro, "chunks": args.chunks,
+            "prepareSeconds": prepare_s, "webgpu": {k: web[k] for k in keep}, "native_fp32": native,
+            "ratio_vs_native_fp32": web["tokensPerS"] / native["tokensPerS"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="ailo-small")
@@ -99,6 +148,10 @@ def main() -> None:
     ap.add_argument("--stock", action="store_true", help="also time WebGPU with tfjs's stock ops (the baseline)")
     ap.add_argument("--tf-flags", default="{}", help='tf.env flags for the timed WebGPU run, e.g. \'{"WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE": 64}\'')
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--slice", default=None, metavar="A:B", help="time a slice task: units [A, B) (see above); "
+                    "skips the full-model training and span benches")
+    ap.add_argument("--chunks", type=int, default=64, help="--slice: chunks the model is split into")
+    ap.add_argument("--micro", type=int, default=None, help="--slice: micro-batch (default: the whole batch)")
     ap.add_argument("--skip-span", action="store_true")
     ap.add_argument("--span-layers", type=int, default=4, help="layers in the span (units [0, 2·layers))")
     ap.add_argument("--span-prompt", type=int, default=128)
@@ -113,6 +166,9 @@ def main() -> None:
                  "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
     info = runner("info", {}, args.timeout)
     out["webgpu"] = {"adapter": info.get("adapter"), "software": info.get("software"), "dawn_flags": os.environ.get("AILO_DAWN_FLAGS", "")}
+    if args.slice:
+        out["slice"] = slice_bench(args, device, seq)
+        args.skip_train = args.skip_span = True
     if not args.skip_train:
         job = {"preset": args.preset, "batch": args.batch, "seq": seq, "steps": args.steps, "warmup": args.warmup,
                "tfFlags": json.loads(args.tf_flags)}

@@ -5,7 +5,8 @@ page bundles) on Dawn. In CI Dawn's adapter is Mesa's lavapipe (software Vulkan,
 On the same `ailo-tiny` weights and batch: loss and every gradient, and two AdamW steps of the
 page's `trainLocal` (losses and Δ), equal PyTorch's within 1e-3 relative; a room span's forward
 (`BrowserSpan`: prefill + cached decode, Llama with GQA and tied embeddings, and ailo GPT)
-equals `SpanModel`'s; two federated rounds end to end against a real coordinator with compact
+equals `SpanModel`'s; the page's slice trainer (frozen blocks streamed from chunks) gives the
+full model's gradient of the slice's tensors; two federated rounds end to end against a real coordinator with compact
 downloads and the int8 codec: the second round's model arrives as the int8 patch alone,
 rebuilt bit for bit (every chunk's sha256), and both signed updates are accepted.
 """
@@ -20,6 +21,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
+from ailo.chunks import split_state_dict, write_chunks
+from ailo.federation.core.slices import make_slice
 from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference.loader import load_span, save_ailo_checkpoint
@@ -120,6 +123,29 @@ def span_reference(root, start, end, inputs):
         out.append(span(x, pos, cache).float())
         pos += x.shape[1]
     return out
+
+
+@pytest.mark.parametrize("units", [(0, 1), (1, 2), (2, 3)])
+def test_slice_gradients_match_pytorch(webgpu, reference, tmp_path, units):
+    """The page's slice trainer (slice.js: frozen blocks read from chunks one at a time, the
+    backward re-runs each block on its kept input, micro-batches of 1) gives the full model's
+    loss and the full model's gradient of exactly the slice's tensors (embed; blocks.0; the last
+    block with ln_f)."""
+    model = build_model("ailo-tiny", seed=0)
+    manifest, blobs = split_state_dict(model.state_dict(), 3, preset="ailo-tiny", config=model.cfg.to_dict())
+    write_chunks(tmp_path / "chunks", manifest, blobs)
+    d = reference["dir"]
+    out = noderunner.run("slicegrads", {"backend": "webgpu", "chunks": str(tmp_path / "chunks"), "units": list(units),
+                                        "batches": str(d / "batches.json"), "micro": 1, "out": str(tmp_path / "g.safetensors")})
+    grads = st_load((tmp_path / "g.safetensors").read_bytes())
+    shapes = {n: t.shape for n, t in manifest.tensors.items()}
+    assert sorted(grads) == sorted(make_slice(shapes, model.cfg.n_layer, *units).names)
+    errs = {n: rel_err(grads[n], reference["grads"][n]) for n in grads}
+    worst = max(errs, key=errs.get)
+    print(f"slice {units}: loss {out['loss']:.6f} vs {reference['loss']:.6f}; worst grad {worst} rel {errs[worst]:.2e}")
+    assert abs(out["loss"] - reference["loss"]) / reference["loss"] <= TOL
+    assert errs[worst] <= TOL, errs
+    assert out["leaked"] <= 1  # the causal mask, cached for the page's lifetime
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt"])

@@ -61,7 +61,11 @@ export class CoordinatorClient {
     }, { policy: this.policy, transient: isRetryable, what: `GET /v1/patches/${version}` });
   }
 
-  task(clientId, address) { return this.request('/v1/tasks', { method: 'POST', json: { client_id: clientId, address } }); }
+  /** `memoryBudget` (bytes): what this page can spend on training; a coordinator answers a
+   *  budget too small for the full task with a slice task (issue 26). */
+  task(clientId, address, memoryBudget = null) {
+    return this.request('/v1/tasks', { method: 'POST', json: { client_id: clientId, address, ...(memoryBudget ? { memory_budget: Math.floor(memoryBudget) } : {}) } });
+  }
 
   register(tx) { return this.request('/v1/register', { method: 'POST', json: tx }); }
 

@@ -10,6 +10,7 @@ export const BACKEND_ORDER = ['webgpu', 'webgl', 'wasm', 'cpu'];
 
 let wasmConfigured = false;
 let gpuAdapter = null;  // {vendor, architecture, device, description} of the WebGPU adapter found
+let gpuLimits = null;   // {maxBufferSize, maxStorageBufferBindingSize} of that adapter
 
 /** Where the tfjs wasm binaries are served (the build copies them to static/wasm/), and optionally
  *  how many XNNPACK threads to ask for (threads need a cross-origin isolated page; tfjs's default
@@ -39,6 +40,7 @@ async function trySet(name) {
       if (!adapter) return false;  // API present, no adapter (e.g. --disable-gpu)
       const i = adapter.info || {};
       gpuAdapter = { vendor: i.vendor || '', architecture: i.architecture || '', device: i.device || '', description: i.description || '' };
+      gpuLimits = { maxBufferSize: Number(adapter.limits.maxBufferSize), maxStorageBufferBindingSize: Number(adapter.limits.maxStorageBufferBindingSize) };
     } catch {
       return false;
     }
@@ -111,6 +113,7 @@ export function backendInfo() {
   }
   if (name === 'webgpu' && gpuAdapter) {
     info.adapter = gpuAdapter;
+    info.limits = gpuLimits;
     // Mesa's lavapipe / SwiftShader: WebGPU on the CPU (CI), not a GPU.
     info.software = /lavapipe|llvmpipe|swiftshader|software/i.test(Object.values(gpuAdapter).join(' '));
   }
@@ -118,6 +121,31 @@ export function backendInfo() {
     info.threads = getThreadsCount();  // > 1 only when the page is cross-origin isolated
   }
   return info;
+}
+
+// What a page declares it can spend on training when the browser does not say (issue 26): wasm's
+// heap is at most 4 GiB (tfjs-backend-wasm's memory maximum) and the page's own copies (start
+// weights, chunk bytes) live beside it, so half of it; WebGL textures share the GPU with the
+// display and the browser gives no size, so 1 GiB; the plain-JS cpu backend as wasm.
+export const DEFAULT_BUDGETS = Object.freeze({ wasm: 2 ** 31, cpu: 2 ** 31, webgl: 2 ** 30 });
+
+/** Bytes this page can spend on training, sent with every task request: on WebGPU the adapter's
+ *  largest buffer (maxBufferSize: a device that allows one buffer of that size has at least that
+ *  much memory; desktops 2–4 GiB, phones 256 MiB–1 GiB), else DEFAULT_BUDGETS. `override`
+ *  (e.g. the page's ?budget=512MiB) wins. */
+export function memoryBudget(override = null, info = backendInfo()) {
+  if (override) return parseSize(override);
+  if (info.backend === 'webgpu' && gpuLimits) return gpuLimits.maxBufferSize;
+  return DEFAULT_BUDGETS[info.backend] ?? 2 ** 30;
+}
+
+const UNITS = { '': 1, B: 1, KB: 1e3, MB: 1e6, GB: 1e9, KIB: 2 ** 10, MIB: 2 ** 20, GIB: 2 ** 30 };
+
+/** '512MiB', '2GB', '1.5 GiB', '1048576' → bytes (as ailo's --memory-budget reads them). */
+export function parseSize(text) {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$/i.exec(String(text));
+  if (!m) throw new Error(`not a size: ${text} (e.g. 512MiB, 2GB)`);
+  return Math.floor(Number(m[1]) * UNITS[(m[2] || '').toUpperCase()]);
 }
 
 /** One line for people (the page's header, the X-Ailo-Device header the dashboard shows):

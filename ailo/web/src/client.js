@@ -1,6 +1,8 @@
 // One federated round from the page, as the native worker does it (ailo/federation/client/worker.py).
 import * as tf from '@tensorflow/tfjs';
 import { ChunkCache, ChunkLoader, assembleTensors } from './chunks.js';
+import { ChunkTensors, cacheChunks } from './frozen.js';
+import { SliceModel, microBatchFor, trainSlice } from './slice.js';
 import { patchedChunks } from './patching.js';
 import { sha256Hex } from './hash.js';
 import { GPT } from './model.js';
@@ -20,10 +22,16 @@ export { CoordinatorClient, HttpError, syncChain } from './api.js';
  *  with `--compact-downloads`) or 'auto' (bf16 when the coordinator serves it, else fp32). With
  *  bf16, a holder that has W_{v−1} — in memory, or after a reload from its cached chunks and the
  *  manifest kept in localStorage — fetches only the int8 patch to v (patching.js), verified chunk
- *  by chunk against the manifest's sha256; anything else loads the bf16 chunks. */
+ *  by chunk against the manifest's sha256; anything else loads the bf16 chunks.
+ *
+ *  `budget` (bytes, null = no limit): a model whose full training state (20 bytes a parameter:
+ *  fp32 weight, gradient, two AdamW moments, start copy) exceeds it is never assembled in
+ *  memory: `ensure` only verifies its chunks into IndexedDB (`streamed`), from where a slice
+ *  task reads one block at a time (frozen.js, slice.js). */
 export class ModelHolder {
-  constructor(client, { onProgress = null, dbName = 'ailo-chunks', format = 'auto' } = {}) {
-    this.client = client; this.onProgress = onProgress; this.dbName = dbName; this.format = format;
+  constructor(client, { onProgress = null, dbName = 'ailo-chunks', format = 'auto', budget = null } = {}) {
+    this.client = client; this.onProgress = onProgress; this.dbName = dbName; this.format = format; this.budget = budget;
+    this.streamed = false;
     this.manifest = null; this.tensors = null; this.stats = null; this.loadedFormat = null;
     this.bytesDownloaded = 0;  // chunk + patch bytes fetched over the network by this holder, all versions
     this.notes = [];           // why a patch was not used (404, gap, hash mismatch), newest last
@@ -43,20 +51,41 @@ export class ModelHolder {
     }
   }
 
+  /** Whether the full training state of `manifest`'s model fits this holder's budget. */
+  fitsInMemory(manifest) {
+    const params = Object.values(manifest.tensors).reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
+    return !this.budget || 20 * params <= this.budget;
+  }
+
+  /** Drop the tensors held in memory (a slice task reads its weights from the chunk cache). */
+  release() { this.tensors = null; this.streamed = true; }
+
   /** Load the served model (or keep the one in memory when its version is current). `format`
-   *  (a task's `download`: 'bf16' or 'fp32') overrides the holder's for this call. */
-  async ensure(version = null, { format = null } = {}) {
+   *  (a task's `download`: 'bf16' or 'fp32') overrides the holder's for this call. `resident`:
+   *  true = assemble the tensors in memory, false = only verify the chunks into IndexedDB,
+   *  null = in memory when the model fits the budget (`fitsInMemory`). */
+  async ensure(version = null, { format = null, resident = null } = {}) {
     const want = format || (this.format === 'auto' && this.loadedFormat ? this.loadedFormat : this.format);
-    if (this.manifest && (version === null || this.manifest.version === version) && (want === 'auto' || want === this.loadedFormat)) {
+    if (this.manifest && (version === null || this.manifest.version === version) && (want === 'auto' || want === this.loadedFormat)
+        && !(resident === true && !this.tensors)) {
       const [m] = await this._manifest(this.loadedFormat);
       if (m.version === this.manifest.version) return this;
     }
     const cache = await ChunkCache.open(this.dbName);
     try {
       const [manifest, fmt] = await this._manifest(want);
-      let bytes = fmt === 'bf16' ? await this._patched(manifest, cache) : null;
+      const stream = resident === false || (resident !== true && !this.fitsInMemory(manifest));
+      let bytes = fmt === 'bf16' && !stream ? await this._patched(manifest, cache) : null;
       let stats;
-      if (bytes) {
+      if (stream) {  // verified into IndexedDB one chunk at a time; nothing assembled
+        const loader = new ChunkLoader({ base: this.client.base, cache, onProgress: this.onProgress });
+        try {
+          await withBackoff(() => cacheChunks(manifest, loader), { policy: this.client.policy, transient: isRetryable, what: 'model download' });
+        } finally {
+          this.bytesDownloaded += loader.stats.downloadedBytes;
+        }
+        stats = { ...loader.stats, patchBytes: 0 };
+      } else if (bytes) {
         stats = { downloadedBytes: this.lastPatchBytes, downloadedChunks: 0, cacheHits: 0, cacheBytes: 0, patchBytes: this.lastPatchBytes };
         this.bytesDownloaded += this.lastPatchBytes;
       } else {
@@ -70,12 +99,13 @@ export class ModelHolder {
         }
         stats = { ...loader.stats, patchBytes: 0 };
       }
-      this.tensors = assembleTensors(manifest, bytes);
+      this.tensors = stream ? null : assembleTensors(manifest, bytes);
+      this.streamed = stream;
       this.manifest = manifest;
       this.loadedFormat = fmt;
-      this.stats = { ...stats, format: fmt, via: stats.patchBytes ? 'patch' : 'chunks', chunks: manifest.chunks.length,
+      this.stats = { ...stats, format: fmt, via: stream ? 'stream' : stats.patchBytes ? 'patch' : 'chunks', chunks: manifest.chunks.length,
         totalBytes: manifest.chunks.reduce((s, c) => s + c.size, 0) };
-      if (fmt === 'bf16' && typeof localStorage !== 'undefined') localStorage.setItem(this.servedKey, JSON.stringify(manifest));
+      if (fmt === 'bf16' && !stream && typeof localStorage !== 'undefined') localStorage.setItem(this.servedKey, JSON.stringify(manifest));
       await cache.prune(manifest);  // chunks of older versions are not needed again
     } finally {
       cache.kv.close();
@@ -111,7 +141,7 @@ export class ModelHolder {
   /** The bf16 model this holder has: in memory, else the last bf16 manifest it loaded (kept in
    *  localStorage) rebuilt from chunks still in IndexedDB (verified; nothing is downloaded). */
   async _held(manifest, cache) {
-    if (this.manifest && this.loadedFormat === 'bf16') return { version: this.manifest.version, tensors: this.tensors };
+    if (this.manifest && this.loadedFormat === 'bf16' && this.tensors) return { version: this.manifest.version, tensors: this.tensors };
     if (typeof localStorage === 'undefined') return null;
     let prev;
     try { prev = JSON.parse(localStorage.getItem(this.servedKey) || 'null'); } catch { prev = null; }
@@ -126,37 +156,59 @@ export class ModelHolder {
   }
 }
 
+async function trainFullTask(holder, batches, cfg, onStep) {
+  const model = new GPT(holder.manifest.config, holder.tensors);
+  try {
+    return await trainLocal(model, batches, cfg, { onStep });
+  } finally {
+    model.dispose();
+  }
+}
+
+/** A slice task (issue 26): only the slice's tensors in memory, frozen blocks read from the
+ *  verified chunks in IndexedDB one at a time, micro-batches sized to the holder's budget. */
+async function trainSliceTask(holder, task, batches, cfg, seq, onStep) {
+  holder.release();
+  const cache = await ChunkCache.open(holder.dbName);
+  let model = null;
+  try {
+    model = await SliceModel.load(holder.manifest.config, ChunkTensors.fromCache(holder.manifest, cache), task.slice.tensors);
+    const microBatch = microBatchFor(model.cfg, task.slice, task.optimizer, task.batch_size, seq, holder.budget);
+    const result = await trainSlice(model, batches, cfg, { onStep, microBatch });
+    return { ...result, slice: { units: task.slice.units, params: task.slice.params, share: task.slice.share, microBatch } };
+  } finally {
+    if (model) model.dispose();
+    cache.kv.close();
+  }
+}
+
 /** One federated round from this page: task → model → local training on the visitor's tokens
  *  → Δ → sign → submit. The text never leaves the page; only Δ (and n_k, loss) is sent. */
 export async function contributeRound({ client, wallet, holder, tokens, onStatus = () => {}, onStep = null, seed = Date.now(), shouldStop = null }) {
   if (!wallet.registered) throw new Error('register a username first');
   onStatus({ phase: 'task' });
-  let task = await client.task(wallet.username, wallet.address);
+  let task = await client.task(wallet.username, wallet.address, holder.budget);
   for (let tries = 0; task.status === 'wait' && tries < 600; tries++) {
     if (shouldStop && shouldStop()) return { status: 'stopped', task };
     onStatus({ phase: 'wait', task });
     await new Promise((r) => setTimeout(r, 1000 * Math.min(5, Math.max(0.5, task.retry_after || 1))));
-    task = await client.task(wallet.username, wallet.address);
+    task = await client.task(wallet.username, wallet.address, holder.budget);
   }
   if (task.status !== 'train') return { status: task.status, task };
   onStatus({ phase: 'model', task });
-  await holder.ensure(task.version, { format: task.download === 'bf16' ? 'bf16' : 'fp32' });  // the task names the download
+  // The task names the download; a slice task's model stays in IndexedDB (streamed).
+  await holder.ensure(task.version, { format: task.download === 'bf16' ? 'bf16' : 'fp32', resident: task.slice ? false : true });
   if (holder.manifest.version !== task.version) throw new Error(`coordinator serves model version ${holder.manifest.version}, the task trains ${task.version}; try again`);
   const seq = Math.min(task.seq_len || holder.manifest.config.n_ctx, holder.manifest.config.n_ctx);
-  const model = new GPT(holder.manifest.config, holder.tensors);
-  let result;
-  try {
-    onStatus({ phase: 'train', task });
-    result = await trainLocal(model, randomBatches(tokens, task.batch_size, seq, seed % 2147483647),
-      { steps: task.steps, batch_size: task.batch_size, lr: task.lr, optimizer: task.optimizer,
-        warmup_steps: task.warmup_steps ?? 0 }, { onStep });
-  } finally {
-    model.dispose();
-  }
+  const cfg = { steps: task.steps, batch_size: task.batch_size, lr: task.lr, optimizer: task.optimizer, warmup_steps: task.warmup_steps ?? 0 };
+  const batches = randomBatches(tokens, task.batch_size, seq, seed % 2147483647);
+  onStatus({ phase: 'train', task });
+  const result = task.slice ? await trainSliceTask(holder, task, batches, cfg, seq, onStep) : await trainFullTask(holder, batches, cfg, onStep);
   onStatus({ phase: 'sign', task, result });
   // The round's codec, with error feedback kept in IndexedDB and committed only once accepted.
   const codec = codecFromTask(task);
-  const ef = codec.name === 'fp32' ? null : await ErrorFeedbackStore.open();
+  // A slice's residual would mix tensors of different slices: slices send without error feedback.
+  const ef = codec.name === 'fp32' || task.slice ? null : await ErrorFeedbackStore.open();
   const { body, error } = compress(result.delta, ef ? await ef.load(holder.manifest.preset, codec) : null, codec);
   const sha = await sha256Hex(body);
   onStatus({ phase: 'submit', task, result, bytes: body.byteLength });

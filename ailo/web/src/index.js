@@ -1,7 +1,9 @@
 // Entry point of the browser bundle (static/ailo.js, an ES module).
 export * as tfjs from '@tensorflow/tfjs';
-export { initBackend, useBackend, availableBackends, backendInfo, configureWasm, BACKEND_ORDER } from './backend.js';
-export { GPT, PRESETS, getPreset, paramShapes, configFrom, lossFn, logits, crossEntropy } from './model.js';
+export { initBackend, useBackend, availableBackends, backendInfo, configureWasm, BACKEND_ORDER, memoryBudget, parseSize, DEFAULT_BUDGETS } from './backend.js';
+export { GPT, PRESETS, getPreset, paramShapes, configFrom, lossFn, logits, crossEntropy, embed, block, finalNorm } from './model.js';
+export { ChunkTensors, cacheChunks } from './frozen.js';
+export { SliceModel, trainSlice, microBatchFor, sliceStateBytes } from './slice.js';
 export { ChunkCache, ChunkLoader, ChunkIntegrityError, fetchManifest, assembleTensors, loadModelWeights } from './chunks.js';
 export { parseSafetensors, serializeSafetensors, toFloat32, SafetensorsError } from './safetensors.js';
 export { trainLocal, encodeUpdate, applyDelta, randomBatches, trainConfigFrom, AdamW, SGD, clipGradNorm, clipCoefficient, mulberry32, DEFAULT_TRAIN_CONFIG } from './train.js';

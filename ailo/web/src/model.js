@@ -163,30 +163,44 @@ function causalMask(T) {
   return masks.get(key);
 }
 
-/** Pure forward: p = {name: tensor}, idx int32 [B, T] → final hidden states [B*T, C]. */
-export function hidden(cfg, p, idx) {
+/** Token + position embedding of int32 idx [B, T] → [B*T, C]. */
+export function embed(cfg, wte, wpe, idx) {
   const [B, T] = idx.shape;
   if (T > cfg.n_ctx) throw new Error(`sequence of ${T} tokens exceeds context ${cfg.n_ctx}`);
+  const C = cfg.n_embd;
+  const x = tf.add(tf.reshape(embedding(wte, tf.reshape(idx, [-1])), [B, T, C]), tf.slice(wpe, [0, 0], [T, C]));
+  return tf.reshape(x, [B * T, C]);
+}
+
+/** One pre-LN block on x [B*T, C]; `q(name)` gives the block's tensor `name` (e.g. 'ln1.weight').
+ *  Exported for the slice trainer (slice.js), which runs blocks one at a time. */
+export function block(cfg, q, x, B, T) {
   const C = cfg.n_embd, H = cfg.n_head, D = C / H, eps = cfg.layer_norm_eps;
   const N = B * T;
-  const pos = tf.slice(p['wpe.weight'], [0, 0], [T, C]);
-  let x = tf.add(tf.reshape(embedding(p['wte.weight'], tf.reshape(idx, [-1])), [B, T, C]), pos);
-  x = tf.reshape(x, [N, C]);
   const mask = causalMask(T);
   const scale = 1 / Math.sqrt(D);
   const heads = (z) => tf.transpose(tf.reshape(z, [B, T, H, D]), [0, 2, 1, 3]);
-  for (let i = 0; i < cfg.n_layer; i++) {
-    const q_ = (n) => p[`blocks.${i}.${n}`];
-    const h = layerNorm(x, q_('ln1.weight'), q_('ln1.bias'), eps);
-    const qkv = linear(h, q_('attn.qkv.weight'), q_('attn.qkv.bias'));
-    const [q, k, v] = tf.split(qkv, 3, 1).map(heads);
-    const att = tf.softmax(tf.add(tf.mul(tf.matMul(q, k, false, true), scale), mask));
-    const y = tf.reshape(tf.transpose(tf.matMul(att, v), [0, 2, 1, 3]), [N, C]);
-    x = tf.add(x, linear(y, q_('attn.proj.weight'), q_('attn.proj.bias')));
-    const h2 = layerNorm(x, q_('ln2.weight'), q_('ln2.bias'), eps);
-    x = tf.add(x, linear(geluTanh(linear(h2, q_('mlp.fc.weight'), q_('mlp.fc.bias'))), q_('mlp.proj.weight'), q_('mlp.proj.bias')));
-  }
-  return layerNorm(x, p['ln_f.weight'], p['ln_f.bias'], eps);
+  const h = layerNorm(x, q('ln1.weight'), q('ln1.bias'), eps);
+  const qkv = linear(h, q('attn.qkv.weight'), q('attn.qkv.bias'));
+  const [qh, k, v] = tf.split(qkv, 3, 1).map(heads);
+  const att = tf.softmax(tf.add(tf.mul(tf.matMul(qh, k, false, true), scale), mask));
+  const y = tf.reshape(tf.transpose(tf.matMul(att, v), [0, 2, 1, 3]), [N, C]);
+  x = tf.add(x, linear(y, q('attn.proj.weight'), q('attn.proj.bias')));
+  const h2 = layerNorm(x, q('ln2.weight'), q('ln2.bias'), eps);
+  return tf.add(x, linear(geluTanh(linear(h2, q('mlp.fc.weight'), q('mlp.fc.bias'))), q('mlp.proj.weight'), q('mlp.proj.bias')));
+}
+
+/** Final LayerNorm. */
+export function finalNorm(cfg, x, w, b) {
+  return layerNorm(x, w, b, cfg.layer_norm_eps);
+}
+
+/** Pure forward: p = {name: tensor}, idx int32 [B, T] → final hidden states [B*T, C]. */
+export function hidden(cfg, p, idx) {
+  const [B, T] = idx.shape;
+  let x = embed(cfg, p['wte.weight'], p['wpe.weight'], idx);
+  for (let i = 0; i < cfg.n_layer; i++) x = block(cfg, (n) => p[`blocks.${i}.${n}`], x, B, T);
+  return finalNorm(cfg, x, p['ln_f.weight'], p['ln_f.bias']);
 }
 
 /** Logits [B*T, V] (tied output matrix = wte). */

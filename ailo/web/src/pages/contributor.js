@@ -1,7 +1,7 @@
 // The contributor page (`/`): wallet + registration, model download through the IndexedDB
 // chunk cache, local training, signed update submission, balance, in-page chain verification.
 // Page state is mirrored in `window.ailoPage` (read by the end-to-end test).
-import { initBackend, backendInfo, deviceLabel } from '../backend.js';
+import { initBackend, backendInfo, deviceLabel, memoryBudget } from '../backend.js';
 import { CoordinatorClient, ModelHolder, contributeRound, syncChain, HttpError } from '../client.js';
 import { GPT2Tokenizer } from '../tokenizer.js';
 import { Wallet, USERNAME_RE } from '../wallet.js';
@@ -109,7 +109,7 @@ async function loadModel() {
     const how = s.via === 'patch' ? `patched from version ${holder.manifest.version - 1} with a ${mb(s.patchBytes)} int8 patch`
       : `${mb(s.downloadedBytes)} downloaded, ${s.cacheHits} from this browser's cache`;
     setText('model-status', `${holder.manifest.preset} version ${holder.manifest.version} (${s.format}): ${s.chunks} chunks (${mb(s.totalBytes)}), ` +
-      `${how} — verified (sha256)`, 'ok');
+      `${how} — verified (sha256)${s.via === 'stream' ? `; larger than this device's ${mb(holder.budget)} budget: kept in the cache, trained a slice at a time` : ''}`, 'ok');
   } catch (e) {
     setText('model-status', `Model download failed: ${fail('model', e)} (reload to resume)`, 'bad');
   }
@@ -315,10 +315,10 @@ async function train() {
     }
     state.rounds.push({ round: out.task.round, version: out.task.version, reply: out.reply, trainLoss: out.result.trainLoss, losses: out.result.losses,
       steps: out.result.steps, tokens: out.result.tokens, seconds: out.result.seconds, bytes: out.bytes, sha256: out.sha256, backend: out.backend,
-      wallSeconds: (performance.now() - t0) / 1000 });
+      slice: out.result.slice || null, wallSeconds: (performance.now() - t0) / 1000 });
     setText('train-status', `Trained ${out.result.steps} steps (${out.result.tokens} tokens) in ${out.result.seconds.toFixed(1)} s on ${out.backend}; sent ${mb(out.bytes)}.`, 'muted');
     setText('round-status', `Update ${out.reply.update_id} accepted in round ${out.reply.round} ` +
-      `(${out.result.steps * out.task.batch_size} sequences, ${out.result.tokens} tokens).`, 'ok');
+      `(${out.result.steps * out.task.batch_size} sequences, ${out.result.tokens} tokens${out.result.slice ? `; slice ${out.result.slice.units.join(', ')}` : ''}).`, 'ok');
     watchReward(panel, out.reply).catch((e) => fail('reward', e));
     await verifyChain();
     await loadModel();  // the next version, if the round closed (only changed chunks download)
@@ -374,6 +374,7 @@ async function main() {
   state.backend = backend;
   state.device = deviceLabel(info);
   state.adapter = info.adapter || null;
+  state.budget = holder.budget = memoryBudget(params.get('budget'), info);  // declared in every task request
   setText('backend', `${backend}${info.threads ? ` (${info.threads} thread${info.threads > 1 ? 's' : ''})` : ''}${info.adapter ? ` on ${info.adapter.vendor} ${info.adapter.architecture !== 'software' ? info.adapter.architecture : ''} ${info.adapter.device || info.adapter.description}`.replace(/ +/g, ' ') : ''}${info.software ? (backend === 'webgpu' ? ' (software)' : ' (software GL)') : ''}`);
   wallet = await Wallet.load();
   state.webcryptoEd25519 = await hasWebCryptoEd25519();

@@ -4,7 +4,7 @@
 
 const now = () => performance.now();
 
-function* randomTokenBatches(vocab, batch, seq, seed) {
+export function* randomTokenBatches(vocab, batch, seq, seed) {
   let s = seed >>> 0;
   for (;;) {
     const x = new Int32Array(batch * seq), y = new Int32Array(batch * seq);

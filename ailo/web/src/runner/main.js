@@ -13,11 +13,14 @@
 //   profile {backend, preset, batch, seq, top}  kernel times of one step
 // Every job may carry tfFlags {name: value} set with tf.env().set (AILO_WGSL_KERNELS, AILO_SPARSE_GRADS).
 //   spanbench {backend, spec, start, end, prompt, decode}  span forward timing on random weights
+//   slicegrads {backend, chunks, units: [a, b] | names, batches, micro, out}  SliceModel loss + the slice's gradients
+//   slicebench {backend, chunks, units, batch, seq, steps, warmup, micro}  trainSlice tokens/s (frozen blocks streamed)
 import './shims.js';
 import { gpu } from './dawn.js';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as ailo from '../index.js';
-import { profileStep, spanBench, trainBench } from './bench.js';
+import { profileStep, randomTokenBatches, spanBench, trainBench } from './bench.js';
+import { sliceBench, sliceGrads } from './slice.js';
 
 const tf = ailo.tfjs;
 
@@ -108,6 +111,8 @@ const COMMANDS = {
   bench: (job) => trainBench(ailo, job),
   profile: (job) => profileStep(ailo, job),
   spanbench: (job) => spanBench(ailo, job),
+  slicegrads: (job) => sliceGrads(ailo, job, readBatches),
+  slicebench: (job) => sliceBench(ailo, job, randomTokenBatches),
 };
 
 async function main() {
