@@ -15,10 +15,10 @@ minus its RSS before the model was built.
 
     # GPU machine (ailo-1b, batch 2 x 2048)
     python3 bench/memory.py --preset ailo-1b --device cuda --batch-size 2 --seq-len 2048 --steps 3 \
-        --budgets 24GB,12GB,9GB --validation --holdout-sequences 8
+        --budgets 24GB,12GB,9GB --validation --holdout-sequences 8 --slices 4GB,4GB@12 --tmp /dev/shm
     # this CPU box
     .venv/bin/python bench/memory.py --preset ailo-small --device cpu --batch-size 8 --seq-len 128 --steps 3 \
-        --budgets 1GB,600MB,400MB --validation
+        --budgets 1GB,600MB,400MB --validation --slices 300MB,300MB@3
 """
 from __future__ import annotations
 
@@ -73,6 +73,77 @@ def run_training(args, mode: str) -> dict:
                    breakdown=p.breakdown)
         train = lambda bs, steps: train_planned(model, bs, TrainConfig(steps=steps, batch_size=args.batch_size, lr=1e-3), p, device)  # noqa: E731
     train(batches[:1], 1)          # warm-up (kernels, torch.compile of the 8/4-bit optimizer step)
+    upd = train(batches[1:], args.steps)
+    out.update(_peak(device), tokens_per_s=round(upd.tokens / upd.seconds, 1), seconds=round(upd.seconds, 3),
+               train_loss=round(upd.train_loss, 4), delta_norm=round(float(sum(float(d.float().pow(2).sum()) for d in upd.delta.values()) ** 0.5), 5))
+    if device.type == "cpu":
+        out["rss_above_start_bytes"] = out["peak_bytes"] - base_rss
+    return out
+
+
+def chunk_dir(args) -> Path:
+    import tempfile
+    return Path(args.tmp or tempfile.gettempdir()) / f"ailo-bench-memory-{args.preset}-{args.slice_chunks}"
+
+
+def write_chunks_once(args, mode: str = "chunks") -> dict:
+    """The model of the other modes (seed 0) as the coordinator's chunk files, for slice modes."""
+    import torch
+
+    from ailo.chunks import split_state_dict, write_chunks
+    from ailo.model import build_model
+
+    out = chunk_dir(args)
+    if (out / "manifest.json").exists():
+        return {"mode": "chunks", "dir": str(out), "reused": True}
+    dtype = torch.bfloat16 if args.slice_chunks == "bf16" else torch.float32
+    state = {k: v.to(dtype) for k, v in build_model(args.preset, seed=0).state_dict().items()}
+    manifest, blobs = split_state_dict(state, version=0, preset=args.preset)
+    write_chunks(out, manifest, blobs)
+    return {"mode": "chunks", "dir": str(out), "bytes": manifest.total_bytes}
+
+
+def run_slice(args, mode: str) -> dict:
+    """A slice worker's training (ailo.federation.client.slice_training) under a budget."""
+    import torch
+
+    from ailo.chunks import ChunkStore, DirectorySource, Manifest
+    from ailo.data import TokenDataset
+    from ailo.federation.client.slice_training import CachedTensors, train_slice
+    from ailo.federation.client.memory_plan import parse_size
+    from ailo.federation.core.slices import SlicePolicy, micro_batch_for, slice_state_bytes, units_of
+    from ailo.model import get_preset
+    from ailo.training import TrainConfig
+
+    device = torch.device(args.device)
+    spec = mode.split(":", 1)[1]
+    budget_text, _, start = spec.partition("@")
+    budget = parse_size(budget_text)
+    cfg = get_preset(args.preset)
+    folder = chunk_dir(args)
+    manifest = Manifest.from_json((folder / "manifest.json").read_bytes())
+    shapes = {n: tuple(t.shape) for n, t in manifest.tensors.items()}
+    units = [u for u, _ in units_of(shapes, cfg.n_layer)]
+    # a fresh coordinator's first pick, or (with @U) the pick when unit U is the least-trained one
+    last = {u: (-1 if i == int(start) else 0) for i, u in enumerate(units)} if start else {}
+    kind = "cuda" if device.type == "cuda" else "cpu"  # what the worker declares (memory_device)
+    sl = SlicePolicy(cfg, shapes).choose(budget, "adamw", args.seq_len, last, {}, kind)
+    if sl is None:
+        return {"mode": mode, "error": f"no slice of {args.preset} fits {budget_text} (the coordinator answers 422 budget_too_small)"}
+    micro = micro_batch_for(cfg, shapes, sl, "adamw", args.batch_size, args.seq_len, budget, kind)
+    data = TokenDataset.from_dir(None, "train").random_batches(args.batch_size, args.seq_len, seed=1)
+    batches = [next(data) for _ in range(args.steps + 1)]
+    t0 = time.perf_counter()
+    tensors = CachedTensors(ChunkStore(manifest, DirectorySource(folder), folder), folder)  # sha256 of every chunk
+    verify_s = time.perf_counter() - t0
+    base_rss = rss("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out: dict = {"mode": mode, "units": list(sl.units), "slice_params": sl.params, "share": round(sl.share, 4),
+                 "micro_batch": micro, "estimate_bytes": slice_state_bytes(cfg, shapes, sl, "adamw", micro, args.seq_len, kind),
+                 "budget_bytes": budget, "chunks": args.slice_chunks, "chunk_verify_seconds": round(verify_s, 2)}
+    train = lambda bs, steps: train_slice(cfg, tensors, list(sl.names), bs, TrainConfig(steps=steps, batch_size=args.batch_size, lr=1e-3), device, micro)  # noqa: E731
+    train(batches[:1], 1)          # warm-up
     upd = train(batches[1:], args.steps)
     out.update(_peak(device), tokens_per_s=round(upd.tokens / upd.seconds, 1), seconds=round(upd.seconds, 3),
                train_loss=round(upd.train_loss, 4), delta_norm=round(float(sum(float(d.float().pow(2).sum()) for d in upd.delta.values()) ** 0.5), 5))
@@ -140,6 +211,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--budgets", default="", help="comma-separated sizes, e.g. 24GB,12GB,8GB")
+    ap.add_argument("--slices", default="", help="comma-separated slice-worker budgets, e.g. 4GB,4GB@12 (@U: slice from unit U)")
+    ap.add_argument("--slice-chunks", choices=["fp32", "bf16"], default="fp32", help="dtype of the frozen weights' chunk files")
     ap.add_argument("--validation", action="store_true", help="also measure the coordinator's validation (lean and old)")
     ap.add_argument("--holdout-sequences", type=int, default=64)
     ap.add_argument("--tmp", default=None, help="folder for the coordinator's state (e.g. /dev/shm)")
@@ -149,11 +222,14 @@ def main() -> None:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        fn = run_validation if args.one.startswith("validation") else run_training
+        fn = run_validation if args.one.startswith("validation") else run_slice if args.one.startswith("slice:") \
+            else write_chunks_once if args.one == "chunks" else run_training
         print("RESULT " + json.dumps(fn(args, args.one)), flush=True)
         return
     modes = args.modes.split(",") if args.modes else ["today"] + [f"budget:{b}" for b in args.budgets.split(",") if b] + \
-        (["validation", "validation-old"] if args.validation else [])
+        (["validation", "validation-old"] if args.validation else []) + [f"slice:{b}" for b in args.slices.split(",") if b]
+    if any(m.startswith("slice:") for m in modes):
+        modes.insert(next(i for i, m in enumerate(modes) if m.startswith("slice:")), "chunks")
     rows: list[dict] = []
     for mode in modes:
         cmd = [sys.executable, __file__, "--one", mode] + [a for a in sys.argv[1:]]
@@ -175,6 +251,7 @@ def main() -> None:
 
 def summary(args, rows: list[dict]) -> dict:
     today = next((r for r in rows if r["mode"] == "today" and "tokens_per_s" in r), None)
+    rows = [r for r in rows if r["mode"] != "chunks" or "error" in r]
     for r in rows:
         if today and "tokens_per_s" in r:
             r["speed_vs_today"] = round(r["tokens_per_s"] / today["tokens_per_s"], 3)
@@ -183,8 +260,7 @@ def summary(args, rows: list[dict]) -> dict:
     import torch
     return {"bench": "memory", "preset": args.preset, "device": args.device,
             "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-            "batch": [args.batch_size, args.seq_len], "steps": args.steps, "rows": rows,
-            "slice_worker": "not measured here: slice tasks are issue 26 part B (engineer `slices`)"}
+            "batch": [args.batch_size, args.seq_len], "steps": args.steps, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -65,6 +65,17 @@ def test_units_cover_every_tensor_once_and_policy_covers_every_unit_over_rounds(
     assert policy.choose(100 * MiB, "adamw", 64, {}, {}) is None  # nothing fits
 
 
+def test_a_cuda_worker_is_sized_without_attention_probabilities():
+    """SDPA's memory-efficient kernel keeps no [heads × seq × seq] matrix on CUDA: an ailo-1b
+    slice at 2,048 tokens fits 4 GB there (the issue's GPU target), not on CPU or in a browser."""
+    cfg, shapes = get_preset("ailo-1b"), _shapes("ailo-1b")
+    policy = SlicePolicy(cfg, shapes)
+    assert policy.choose(4 * 10**9, "adamw", 2048, {}, {}) is None  # "cpu", the default a browser gets
+    sl = policy.choose(4 * 10**9, "adamw", 2048, {}, {}, "cuda")
+    assert sl is not None and slice_state_bytes(cfg, shapes, sl, "adamw", 1, 2048, "cuda") <= 4 * 10**9
+    assert slice_state_bytes(cfg, shapes, sl, "adamw", 1, 2048) > slice_state_bytes(cfg, shapes, sl, "adamw", 1, 2048, "cuda")
+
+
 def test_ticket_binds_slice_client_and_round():
     t = SliceTicket(b"k" * 32)
     sl = make_slice(_shapes("ailo-tiny"), 2, 1, 3)
@@ -226,6 +237,10 @@ def test_budget_too_small_for_any_slice_is_refused(network):
     r = client.post("/v1/tasks", json={"client_id": "tiny", "memory_budget": 1 * MiB})
     assert r.status_code == 422 and r.json()["reason"] == "budget_too_small" and "smallest slice" in r.json()["detail"]
     assert "slice" not in client.post("/v1/tasks", json={"client_id": "big", "memory_budget": 64 << 30}).json()
+    assert "slice on cpu" in r.json()["detail"]  # no memory_device: sized for the CPU (browsers)
+    r = client.post("/v1/tasks", json={"client_id": "tiny", "memory_budget": 1 * MiB, "memory_device": "cuda"})
+    assert r.status_code == 422 and "slice on cuda" in r.json()["detail"]
+    assert client.post("/v1/tasks", json={"client_id": "x", "memory_budget": MiB, "memory_device": "tpu"}).status_code == 422
 
 
 def test_slice_micro_batches_give_the_same_update(tmp_path):

@@ -8,7 +8,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi import Path as FastAPIPath
@@ -38,6 +38,8 @@ class TaskRequest(BaseModel):
     address: str | None = Field(None, max_length=128)  # the wallet that will sign: the caller's identity
     memory_budget: int | None = Field(default=None, ge=0, description="bytes the client can spend on training "
                                       "(its --memory-budget); a coordinator may answer a small one with a slice")
+    memory_device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the client trains: sizes the "
+                                                  "budget's plan or slice (cpu, also for browsers: the larger estimate)")
 
 
 def federation_router(coord: Coordinator) -> APIRouter:
@@ -95,7 +97,7 @@ def federation_router(coord: Coordinator) -> APIRouter:
     @r.post("/tasks", summary="Ask for work: which version to train, steps, batch, learning rate",
             responses=reply(TaskReply))
     def task(req: TaskRequest) -> dict:
-        return coord.task(req.client_id, req.address, req.memory_budget)
+        return coord.task(req.client_id, req.address, req.memory_budget, req.memory_device)
 
     @r.post("/updates", status_code=202,
             summary="Submit a pseudo-gradient (safetensors body, X-Ailo-* headers); 202 + update id, "

@@ -168,6 +168,8 @@ def train_slice_task(worker, manifest: Manifest, task: dict, batches, tcfg: Trai
     shapes = {n: tuple(t.shape) for n, t in manifest.tensors.items()}
     span = task["slice"]
     sl = make_slice(shapes, cfg.n_layer, int(span["start"]), int(span["stop"]))
-    micro = micro_batch_for(cfg, shapes, sl, tcfg.optimizer, tcfg.batch_size, int(task["seq_len"]), worker.memory_budget)
-    upd = train_slice(cfg, tensors, names, batches, tcfg, pick_device(worker.device), micro)
+    device = pick_device(worker.device)
+    micro = micro_batch_for(cfg, shapes, sl, tcfg.optimizer, tcfg.batch_size, int(task["seq_len"]), worker.memory_budget,
+                            "cuda" if device.type == "cuda" else "cpu")
+    upd = train_slice(cfg, tensors, names, batches, tcfg, device, micro)
     return upd, downloaded, t_download

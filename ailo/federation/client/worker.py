@@ -240,6 +240,7 @@ class Worker:
     def run_round(self) -> RoundReport | None:
         """One task: returns None when the coordinator says wait/done (see `.last_status`)."""
         r = self._call("POST", "/v1/tasks", json={"client_id": self.client_id, "memory_budget": self.memory_budget,
+                                                 "memory_device": "cuda" if pick_device(self.device).type == "cuda" else "cpu",
                                                  "address": self.wallet.address if self.wallet else None})
         if r.status_code == 422 and r.headers.get("content-type", "").startswith("application/json") \
                 and r.json().get("reason") == "budget_too_small":  # no full task and no slice fits the budget

@@ -177,10 +177,12 @@ class Coordinator(Admission):
     def finished(self) -> bool:
         return self.config.max_rounds is not None and self.current_round().id > self.config.max_rounds
 
-    def task(self, client_id: str, address: str | None = None, memory_budget: int | None = None) -> dict:
+    def task(self, client_id: str, address: str | None = None, memory_budget: int | None = None,
+             memory_device: str = "cpu") -> dict:
         """Never waits on validation: reads the store only. Carries the caller's last verdict.
         `address` (the wallet that will sign) is the identity; a bare client id only in open mode.
-        A `memory_budget` (bytes) too small for a full task gets a slice task (slice_tasks.py)."""
+        A `memory_budget` (bytes) too small for a full task on `memory_device` gets a slice task
+        (slice_tasks.py)."""
         rnd = self.current_round()
         last = self.store.latest_update_of(client_id, address)
         extra = {"last_update": round_status.short_verdict(last)} if last is not None else {}
@@ -188,7 +190,7 @@ class Coordinator(Admission):
             return {"status": "done", "round": rnd.id, "version": self.version, **extra}
         if identity_key(client_id, address) in self.store.holders(rnd.id):  # accepted or being judged
             return {"status": "wait", "round": rnd.id, "version": self.version, "retry_after": 0.5, **extra}
-        task_id, sliced = self.slice_tasks.assign(client_id, rnd, memory_budget)
+        task_id, sliced = self.slice_tasks.assign(client_id, rnd, memory_budget, memory_device)
         now = time.time()
         self._prune_tasks(rnd.id)
         self.tasks[task_id] = (client_id, rnd.id, now)

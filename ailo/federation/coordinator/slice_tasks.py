@@ -3,8 +3,9 @@ task may carry (issue 26 part B; the pure rules are in `slices.py`).
 
 On by default: a task request that declares a `memory_budget` (bytes) in which no way of
 training the full task fits (the worker's own planner, `client/memory_plan.py`, asked for the
-CPU: fp32 activations, no host offload — a budget that fits there fits anywhere) is answered
-with a slice sized to the budget. A budget too small for any single unit is refused (422
+`memory_device` the request declares; "cpu" when it declares none — fp32 activations, no host
+offload, attention probabilities kept: a budget that fits there fits anywhere) is answered
+with a slice sized to the budget on that device. A budget too small for any single unit is refused (422
 `budget_too_small`). Requests without a budget get full tasks, as before.
 
 Coverage (`last_trained`) is rebuilt from the store's accepted updates at start and kept
@@ -56,36 +57,37 @@ class SliceTasks:
         for u in self.units[a:b]:
             self.last_trained[u] = max(self.last_trained.get(u, -1), round_id)
 
-    def full_fits(self, task: dict, budget: int) -> tuple[bool, int]:
+    def full_fits(self, task: dict, budget: int, device: str = "cpu") -> tuple[bool, int]:
         """(does a full task fit `budget`, the least a full task needs)."""
         c = self.coord.cfg
         shape = ModelShape(c.n_layer, c.n_embd, c.n_ffn, c.vocab_size, c.n_ctx)
         try:
             return True, plan_memory(shape, TaskShape(task["batch_size"], task["seq_len"], task["optimizer"]),
-                                     budget, "cpu").estimate
+                                     budget, device).estimate
         except DoesNotFit as exc:
             return False, exc.least
 
-    def assign(self, client_id: str, rnd: "RoundRecord", budget: int | None) -> tuple[str, dict]:
+    def assign(self, client_id: str, rnd: "RoundRecord", budget: int | None, device: str = "cpu") -> tuple[str, dict]:
         """(task id, extra task fields): a plain task id for a full task, or a MAC'ed slice
         ticket and the `slice` field (units, tensors, share) for a budget-limited one."""
         nonce = uuid.uuid4().hex
-        fits, need = (True, 0) if budget is None else self.full_fits(rnd.task, budget)
+        device = "cuda" if device == "cuda" else "cpu"
+        fits, need = (True, 0) if budget is None else self.full_fits(rnd.task, budget, device)
         if fits:
             self.full_issued = {r for r in self.full_issued if r >= rnd.id} | {rnd.id}
             return nonce, {}
         with self.lock:
             issued = self.issued.setdefault(rnd.id, Counter())
             self.issued = {r: c for r, c in self.issued.items() if r >= rnd.id}
-            sl = self.policy.choose(budget, rnd.task["optimizer"], rnd.task["seq_len"], self.last_trained, issued)
+            sl = self.policy.choose(budget, rnd.task["optimizer"], rnd.task["seq_len"], self.last_trained, issued, device)
             if sl is None:  # the worker turns this into its TaskDoesNotFit: "refusing <detail>"
                 least = min(slice_state_bytes(self.coord.cfg, self.shapes,
                                               make_slice(self.shapes, self.coord.cfg.n_layer, i, i + 1),
-                                              rnd.task["optimizer"], 1, rnd.task["seq_len"])
+                                              rnd.task["optimizer"], 1, rnd.task["seq_len"], device)
                             for i in range(len(self.units))) / (1 - HEADROOM)
                 raise UpdateRejected("budget_too_small", f"the {self.coord.cfg.name} task of round {rnd.id}: needs at "
                                      f"least {format_size(need)} in full or {format_size(least)} as the smallest "
-                                     f"slice; the memory budget is {format_size(budget)}", 422)
+                                     f"slice on {device}; the memory budget is {format_size(budget)}", 422)
             issued.update(sl.units)
         return self.ticket.issue(nonce, client_id, rnd.id, sl), {"slice": sl.to_task()}
 

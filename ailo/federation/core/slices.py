@@ -78,19 +78,22 @@ def make_slice(shapes: Mapping[str, tuple[int, ...]], n_layer: int, start: int, 
                  sum(param_count(shapes[n]) for n in names), sum(param_count(s) for s in shapes.values()))
 
 
-def activation_bytes(cfg: GPTConfig, sl: Slice, micro_batch: int, seq: int) -> int:
+def activation_bytes(cfg: GPTConfig, sl: Slice, micro_batch: int, seq: int, device: str = "cpu") -> int:
     """Activations a slice worker keeps for one micro-batch's backward (fp32): ~34 values per
     token and width in each of the slice's blocks, the input of every checkpointed block after
     it, one block re-run at a time, and the logits twice (value and gradient). Blocks before
-    the slice run under no_grad and keep nothing."""
+    the slice run under no_grad and keep nothing. On CPU (and in a browser) attention keeps its
+    [heads × seq × seq] probabilities; on CUDA `scaled_dot_product_attention`'s memory-efficient
+    kernel keeps only a log-sum-exp per head and token, so that term goes."""
     tokens = micro_batch * seq
-    per_block = tokens * (34 * cfg.n_embd + 5 * cfg.n_head * seq) * 4
+    attention = 0 if device == "cuda" else 5 * cfg.n_head * seq
+    per_block = tokens * (34 * cfg.n_embd + attention) * 4
     trained = sum(1 for u in sl.units if u.startswith("blocks."))
     return (trained + 1) * per_block + cfg.n_layer * tokens * cfg.n_embd * 4 + 2 * tokens * cfg.vocab_size * 4
 
 
 def slice_state_bytes(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl: Slice, optimizer: str,
-                      micro_batch: int, seq: int) -> int:
+                      micro_batch: int, seq: int, device: str = "cpu") -> int:
     """Peak memory of a slice worker: the slice's training state, the frozen embedding it keeps
     resident (the tied head needs it every step), the largest frozen block streamed in at a
     time (twice: read + parse) and the activations."""
@@ -99,7 +102,7 @@ def slice_state_bytes(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl:
     block = max((sum(param_count(shapes[n]) for n in group) for u, group in units_of(shapes, cfg.n_layer)
                  if u != "embed"), default=0)
     return (TRAINED_BYTES.get(optimizer, 20) * sl.params + frozen_emb + 2 * 4 * block
-            + activation_bytes(cfg, sl, micro_batch, seq))
+            + activation_bytes(cfg, sl, micro_batch, seq, device))
 
 
 @dataclass
@@ -112,14 +115,15 @@ class SlicePolicy:
     shapes: Mapping[str, tuple[int, ...]]
 
     def choose(self, budget: int, optimizer: str, seq: int, last_trained: Mapping[str, int],
-               issued: Mapping[str, int]) -> Slice | None:
-        """Sized for micro-batch 1 (the worker accumulates gradients over the task's batch)."""
+               issued: Mapping[str, int], device: str = "cpu") -> Slice | None:
+        """Sized for micro-batch 1 (the worker accumulates gradients over the task's batch) on
+        the worker's declared device ("cpu" when it declares none: the larger estimate)."""
         units = [u for u, _ in units_of(self.shapes, self.cfg.n_layer)]
         n = len(units)
 
         def fits(a: int, b: int) -> bool:
             return slice_state_bytes(self.cfg, self.shapes, make_slice(self.shapes, self.cfg.n_layer, a, b),
-                                     optimizer, 1, seq) <= budget * (1 - HEADROOM)
+                                     optimizer, 1, seq, device) <= budget * (1 - HEADROOM)
 
         order = sorted(range(n), key=lambda i: (issued.get(units[i], 0), last_trained.get(units[i], -1), i))
         for first in order:
@@ -138,12 +142,12 @@ class SlicePolicy:
 
 
 def micro_batch_for(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl: Slice, optimizer: str, batch: int,
-                    seq: int, budget: int | None) -> int:
+                    seq: int, budget: int | None, device: str = "cpu") -> int:
     """The largest divisor of the task's batch whose slice state fits the budget (1 at least)."""
     if budget is None:
         return batch
     for m in range(batch, 0, -1):
-        if batch % m == 0 and slice_state_bytes(cfg, shapes, sl, optimizer, m, seq) <= budget * (1 - HEADROOM):
+        if batch % m == 0 and slice_state_bytes(cfg, shapes, sl, optimizer, m, seq, device) <= budget * (1 - HEADROOM):
             return m
     return 1
 
