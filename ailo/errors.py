@@ -11,3 +11,21 @@ class DomainError(Exception):
     status: int = 400
     reason: str = "bad_request"
     headers: dict[str, str] = {}
+
+
+class Rejected(DomainError):
+    """Input that fails a check (an update, its codec, its safetensors header): a stable
+    `reason`, the message, and the status (422 unless the input could not even be read)."""
+
+    def __init__(self, reason: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.reason, self.status = reason, status
+
+
+class Refused(DomainError):
+    """A request refused with an explicit status first (rooms' nodes, links, request auth);
+    `headers` go with the answer (Retry-After)."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.headers = status, reason, headers or {}

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ailo.errors import DomainError
+from ailo.errors import Refused
 from ailo.wallet import Wallet, is_valid_address, verify_signature
 
 PREFIX = "ailo-room/v1"
@@ -45,12 +45,8 @@ MAX_FUTURE_MS = 60_000
 H_ADDRESS, H_NONCE, H_TIMESTAMP, H_SIGNATURE = "x-ailo-address", "x-ailo-nonce", "x-ailo-timestamp", "x-ailo-signature"
 
 
-class AuthError(DomainError):
+class AuthError(Refused):
     """Refused before anything happens; `status`, machine-readable `reason`, optional headers."""
-
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.reason, self.headers = status, reason, headers or {}
 
 
 def request_message(method: str, path: str, address: str, nonce: str, timestamp_ms: int, body_sha256: str) -> bytes:

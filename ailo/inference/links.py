@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ailo.errors import DomainError
+from ailo.errors import DomainError, Refused
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
 from ailo.wallet import Wallet, is_valid_address, verify_signature
 
@@ -149,13 +149,9 @@ class NodeLink:
             self.overflow.add(old)
 
 
-class LinkRefused(DomainError):
+class LinkRefused(Refused):
     """A push, route or read this node will not take: answered {"detail", "reason"} with `status`
     by the server's one error mapping (ailo/server/errors.py)."""
-
-    def __init__(self, status: int, reason: str, detail: str):
-        super().__init__(detail)
-        self.status, self.reason = status, reason
 
 
 def link_of(service) -> NodeLink:

@@ -21,7 +21,7 @@ import httpx
 import torch
 
 from ailo.backoff import Backoff, is_transient
-from ailo.errors import DomainError
+from ailo.errors import Refused
 from ailo.inference.auth import sign_request
 from ailo.inference.blocks import SpanModel
 from ailo.inference.links import NodeLink
@@ -34,12 +34,8 @@ from ailo.wallet import Wallet
 log = logging.getLogger(__name__)
 
 
-class NodeError(DomainError):
+class NodeError(Refused):
     """A frame this node will not compute; the status tells the coordinator what to do."""
-
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status, self.reason = status, reason
 
 
 class CacheStore:

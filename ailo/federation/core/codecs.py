@@ -32,6 +32,7 @@ import torch
 from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
+from ailo.errors import Rejected
 from ailo.federation.core import int8
 from ailo.federation.core.int8 import INT8_BLOCK
 from ailo.federation.core.safetensors_header import HeaderError, read_header
@@ -40,13 +41,8 @@ CODECS = ("fp32", "int8", "sparse")
 SLOT = 1 << 16  # sparse: indices are stored modulo this, with a count per slot
 
 
-class CodecError(Exception):
+class CodecError(Rejected):
     """A body that does not decode under the round's codec. `reason` is a stable code."""
-
-    def __init__(self, reason: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,19 @@ class OuterOptimizer(Protocol):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
 
 
+def _pack(steps: int, **groups: StateDict) -> StateDict:
+    """The state the store persists: `steps` and each group's tensors as `<group>.<name>`."""
+    out: StateDict = {"steps": torch.tensor([steps], dtype=torch.int64)}
+    for group, tensors in groups.items():
+        out.update({f"{group}.{n}": t.contiguous() for n, t in tensors.items()})
+    return out
+
+
+def _unpack(state, group: str) -> StateDict:
+    prefix = group + "."
+    return {k[len(prefix):]: t.clone().to(torch.float32) for k, t in state.items() if k.startswith(prefix)}
+
+
 def _new_weights(base: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], lr: float) -> StateDict:
     return {n: torch.sub(base[n].to(torch.float32), direction[n].to(torch.float32), alpha=lr).to(base[n].dtype)
             for n in base}
@@ -65,12 +78,10 @@ class OuterSGD:
         return _new_weights(base, direction, self.lr)
 
     def state_dict(self) -> StateDict:
-        return {"steps": torch.tensor([self.steps], dtype=torch.int64),
-                **{f"buf.{n}": b.contiguous() for n, b in self.buffers.items()}}
+        return _pack(self.steps, buf=self.buffers)
 
     def load_state_dict(self, state) -> None:
-        self.steps = int(state["steps"][0])
-        self.buffers = {k[4:]: v.clone().to(torch.float32) for k, v in state.items() if k.startswith("buf.")}
+        self.steps, self.buffers = int(state["steps"][0]), _unpack(state, "buf")
 
 
 @dataclass
@@ -96,14 +107,10 @@ class FedAdam:
         return _new_weights(base, direction, self.lr)
 
     def state_dict(self) -> StateDict:
-        return {"steps": torch.tensor([self.steps], dtype=torch.int64),
-                **{f"m.{n}": t.contiguous() for n, t in self.m.items()},
-                **{f"v.{n}": t.contiguous() for n, t in self.v.items()}}
+        return _pack(self.steps, m=self.m, v=self.v)
 
     def load_state_dict(self, state) -> None:
-        self.steps = int(state["steps"][0])
-        self.m = {k[2:]: t.clone().to(torch.float32) for k, t in state.items() if k.startswith("m.")}
-        self.v = {k[2:]: t.clone().to(torch.float32) for k, t in state.items() if k.startswith("v.")}
+        self.steps, self.m, self.v = int(state["steps"][0]), _unpack(state, "m"), _unpack(state, "v")
 
 
 OUTER_OPTIMIZERS = ("sgd", "nesterov", "fedadam")

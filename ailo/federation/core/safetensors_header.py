@@ -18,6 +18,8 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from ailo.errors import Rejected
+
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
@@ -28,13 +30,8 @@ MAX_RANK = 8
 _STRUCTURE = re.compile(rb'[\\"\[\]{}]')
 
 
-class HeaderError(Exception):
+class HeaderError(Rejected):
     """A header that cannot be read. `reason` is a stable code ("truncated" or "malformed")."""
-
-    def __init__(self, reason: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True)

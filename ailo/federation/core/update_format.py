@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ailo.errors import DomainError
+from ailo.errors import Rejected
 from ailo.chunks import Manifest
 from ailo.federation.core.codecs import CodecError, CodecSpec, body_metadata, decode as codec_decode
 from ailo.federation.core.codecs import encode as codec_encode, max_body_bytes
@@ -39,13 +39,8 @@ def client_id_problem(client_id: str) -> str | None:
     return None
 
 
-class UpdateRejected(DomainError):
+class UpdateRejected(Rejected):
     """A refused update. `reason` is a stable machine code; str() is the human message."""
-
-    def __init__(self, reason: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
 
 
 def encode_update(delta: Mapping[str, torch.Tensor], codec: CodecSpec = FP32) -> bytes:
