@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, ailo, free_port, stop_all, wait_healthy  # noqa: E402  (puts this tree on sys.path)
 from ailo.api.app import build_api_app  # noqa: E402
 from ailo.inference.loader import save_ailo_checkpoint  # noqa: E402
 from ailo.inference.requester import Answer, RoomRequester  # noqa: E402
@@ -71,12 +69,6 @@ class Timed(RoomRequester):
             def __exit__(inner, *exc):
                 return parent.__exit__(*exc)
         return Wrapped()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def direct(requester: RoomRequester, room: str, n: int) -> list[float]:
@@ -129,30 +121,20 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs = [subprocess.Popen([*AILO, "coordinator", "--state", str(state), "--port", str(port),
-                               "--room-requests-per-minute", "6000"], cwd=ROOT, env=env,
-                              stdout=open(base / "coordinator.log", "w"), stderr=subprocess.STDOUT)]
+    procs = [ailo("coordinator", "--state", str(state), "--port", str(port), "--room-requests-per-minute", "6000",
+                  log=base / "coordinator.log", home=None)]
     try:
         http = httpx.Client(base_url=url, timeout=30)
+        wait_healthy(url, procs[0], timeout=120, log=base / "coordinator.log")
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                raise SystemExit((base / "coordinator.log").read_text())
-            time.sleep(0.2)
         out = subprocess.run([*AILO, "room", "create", "--room", "bench", "--slots", str(args.nodes), "--model-dir",
                               str(ckpt), "--coordinator", url, "--operator-token-file", str(state / "operator-token")],
                              cwd=ROOT, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         for i, w in enumerate(nodes):
             key = w.save(base / f"node{i}.json")
-            procs.append(subprocess.Popen([*AILO, "node", "--room", "bench", "--model-dir", str(ckpt), "--coordinator",
-                                           url, "--memory", "1GB", "--wallet", str(key)], cwd=ROOT, env=env,
-                                          stdout=open(base / f"node{i}.log", "w"), stderr=subprocess.STDOUT))
+            procs.append(ailo("node", "--room", "bench", "--model-dir", str(ckpt), "--coordinator", url,
+                              "--memory", "1GB", "--wallet", str(key), log=base / f"node{i}.log", home=None))
         while http.get("/v1/rooms/bench").json()["state"] != "ready":
             if any(p.poll() is not None for p in procs) or time.monotonic() > deadline + 120:
                 raise SystemExit("room not ready: " + "".join(p.read_text() for p in base.glob("*.log")))
@@ -193,13 +175,7 @@ def main() -> None:
             "goal_ms_p50": 5.0, "ok": statistics.median(added) <= 5.0,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}))
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(reversed(procs), grace=10)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,20 +31,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import add_out, ailo, check_alive, free_port, out_dir, stop_all, wait_healthy
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ailo.cli.main", *args], cwd=ROOT, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return ailo(*args, log=log, threads=None, home=None)  # threads and AILO_HOME as the caller set them
 
 
 def vm_hwm(pid: int) -> int | None:
@@ -103,7 +92,7 @@ def main() -> int:
     ap.add_argument("--codec", default="fp32", choices=["fp32", "int8", "sparse"], help="update codec")
     ap.add_argument("--compact-downloads", action="store_true", help="bf16 model + int8 patches from v-1")
     ap.add_argument("--state", default=None, help="work directory (default: a temp dir, removed after)")
-    ap.add_argument("--out", default=None, help="also write the JSON here (default: $OUT if set)")
+    add_out(ap)
     ap.add_argument("--max-seconds", type=float, default=540, help="give up (and report what ran) after this")
     ap.add_argument("--worker-budgets", default="", help="comma list, one `--memory-budget` per worker "
                     "(e.g. 12GiB,4GiB,4GiB: a budgeted full worker and two slice workers); empty: none")
@@ -111,7 +100,7 @@ def main() -> int:
     budgets = [b for b in args.worker_budgets.split(",") if b]
     if budgets and len(budgets) != args.workers:
         ap.error(f"--worker-budgets names {len(budgets)} budgets for {args.workers} workers")
-    out_dir = Path(args.out or os.environ.get("OUT") or ".")
+    out = out_dir(args) or Path(".")
     work = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="ailo-gpu-round-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -130,32 +119,15 @@ def main() -> int:
                     "local_steps": args.local_steps, "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "warmup_steps": args.warmup_steps,
                     "codec": args.codec, "compact_downloads": args.compact_downloads, "worker_budgets": budgets or None}
 
-    def tail(name: str) -> str:
-        return (work / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if p.poll() not in (None, 0) or (name == "coordinator" and p.poll() is not None):
-                raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail(name)}")
-
     def write(partial: bool) -> None:
         result["partial"] = partial
         result["elapsed_s"] = round(time.time() - t_start, 1)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "gpu_round.json").write_text(json.dumps(result, indent=1))
+        (out / "gpu_round.json").write_text(json.dumps(result, indent=1))
 
     status: dict = {}
     try:
-        while True:  # the coordinator builds, splits and evaluates the genesis model first
-            check_alive()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() - t_start > args.max_seconds:
-                raise TimeoutError("coordinator not healthy in time")
-            time.sleep(0.5)
+        # the coordinator builds, splits and evaluates the genesis model first
+        wait_healthy(url, coord, timeout=args.max_seconds, log=work / "logs" / "coordinator.log")
         result["coordinator_start_s"] = round(time.time() - t_start, 1)
         for k in range(args.workers):
             procs[f"worker-{k}"] = spawn(
@@ -166,7 +138,7 @@ def main() -> int:
                 work / "logs" / f"worker-{k}.log")
         shown = 0
         while True:
-            check_alive()
+            check_alive(procs, work / "logs", must_run=("coordinator",))
             status = httpx.get(f"{url}/v1/status", timeout=60).json()
             if len(status["history"]) > shown:
                 shown = len(status["history"])
@@ -190,14 +162,7 @@ def main() -> int:
             status = httpx.get(f"{url}/v1/status", timeout=60).json()
         except httpx.HTTPError:
             pass
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs.values())
         sampler.stop.set()
     result["coordinator_peak_memory"] = status.get("peak_memory")
     result["gpu_peak_by_process"] = {n: sampler.peak.get(p.pid) for n, p in procs.items()}
@@ -232,7 +197,7 @@ def main() -> int:
     result.pop("history", None)
     write(partial=not result.get("ok"))
     # every process's log tail beside the JSON: the machine that ran it keeps nothing
-    (out_dir / "gpu_round_logs.txt").write_text("".join(
+    (out / "gpu_round_logs.txt").write_text("".join(
         f"===== {name} =====\n{(work / 'logs' / f'{name}.log').read_text(errors='replace')[-20000:]}\n" for name in procs))
     print(json.dumps(result), flush=True)
     if not args.state:

@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +25,7 @@ from pathlib import Path
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ailo, stop_all  # noqa: E402  (puts this tree on sys.path)
 from ailo.server import devserver  # noqa: E402
 from ailo.inference.auth import sign_request  # noqa: E402
 from ailo.inference.units import RequestCache  # noqa: E402
@@ -38,8 +35,6 @@ from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.inference.families import param_count, read_spec  # noqa: E402
 from ailo.inference.verify import DEFAULT_P, ReferenceSpans  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
-
-AILO = [sys.executable, "-m", "ailo.cli.main"]
 
 
 def local_generate(model, prompt: list[int], n: int) -> tuple[list[int], float]:
@@ -102,12 +97,9 @@ def main() -> None:
     http.post("/v1/rooms", json={"id": "bench", "slots": args.nodes,
                                  "model": json.loads((d / "config.json").read_text())},
               headers={"authorization": f"Bearer {server.operator_token}"}).raise_for_status()
-    logs = open(d / "nodes.log", "w")
     keys = [Wallet.from_label(f"bench-node-{i}").save(d / f"node-{i}.json") for i in range(args.nodes)]
-    procs = [subprocess.Popen([*AILO, "node", "--room", "bench", "--model-dir", str(d), "--coordinator", server.url,
-                               "--memory", "4GB", "--wallet", str(keys[i])],
-                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=logs, stderr=subprocess.STDOUT)
-             for i in range(args.nodes)]
+    procs = [ailo("node", "--room", "bench", "--model-dir", str(d), "--coordinator", server.url, "--memory", "4GB",
+                  "--wallet", str(keys[i]), log=d / "nodes.log", threads=None, home=None) for i in range(args.nodes)]
     try:
         model = load_span(d, 0, spec.n_units).model
         deadline = time.monotonic() + 300
@@ -159,13 +151,7 @@ def main() -> None:
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, grace=15)
         http.close()
         http0.close()
         server.stop()

@@ -33,8 +33,7 @@ from pathlib import Path
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ailo, free_port, stop as stop_process, wait_healthy  # noqa: E402  (puts this tree on sys.path)
 from ailo.chunks import ChunkStore, Manifest  # noqa: E402
 from ailo.data import TokenDataset  # noqa: E402
 from ailo.federation.core.signing import sign_update  # noqa: E402
@@ -46,13 +45,6 @@ from ailo.ledger.verify import now_ms  # noqa: E402
 from ailo.model import build_model, get_preset  # noqa: E402
 from ailo.training import TrainConfig, train_local  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_rss(pid: int) -> int:
@@ -191,28 +183,15 @@ def run(k: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
         log_path = Path(tmp) / "coord.log"
-        coord = subprocess.Popen(
-            [sys.executable, "-m", "ailo.cli.main", "coordinator", "--state", f"{tmp}/state", "--port", str(port),
-             "--preset", args.preset, "--min-updates", str(k), "--max-updates", str(k), "--rounds", str(args.rounds),
-             "--local-steps", "1", "--batch-size", "1", "--seq-len", str(args.seq_len), "--lr", str(args.lr),
-             "--codec", args.codec,
-             "--round-seconds", "3600", "--device", args.device, "--registrations-per-hour", "100000"],
-            cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        coord = ailo(
+            "coordinator", "--state", f"{tmp}/state", "--port", str(port),
+            "--preset", args.preset, "--min-updates", str(k), "--max-updates", str(k), "--rounds", str(args.rounds),
+            "--local-steps", "1", "--batch-size", "1", "--seq-len", str(args.seq_len), "--lr", str(args.lr),
+            "--codec", args.codec, "--round-seconds", "3600", "--device", args.device,
+            "--registrations-per-hour", "100000", log=log_path, threads=args.threads, home=None)
         try:
-            deadline = time.time() + 300
-            while True:
-                if coord.poll() is not None:
-                    raise RuntimeError(f"coordinator exited ({coord.returncode}):\n{log_path.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.time() > deadline:
-                    raise TimeoutError("coordinator did not start")
-                time.sleep(0.3)
+            wait_healthy(url, coord, timeout=300, log=log_path)
             wallets = []
             for i in range(args.clients):
                 w = Wallet.generate().with_username(f"sim-{i}")
@@ -240,9 +219,7 @@ def run(k: int, args: argparse.Namespace) -> dict:
                 t.join(30)
             rss = peak_rss(coord.pid)
         finally:
-            if coord.poll() is None:
-                os.killpg(coord.pid, signal.SIGTERM)
-                coord.wait(30)
+            stop_process(coord, grace=30)
     post = sorted(log["post_ms"])
     accepted = sum(h["updates"] for h in status["history"])
     validate_ms = [h["validate_ms"] / max(1, h["updates"] + h["refused"]) for h in status["history"][1:]]

@@ -14,25 +14,18 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.procs import free_port, stop, wait_healthy  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, ailo as _ailo, free_port, stop, wait_healthy
 
 
 def ailo(*args: str, log: Path) -> subprocess.Popen:
-    """`ailo …` as a process of its own (AILO_HOME as given: tokenizer and corpus)."""
-    env = {**os.environ, "AILO_HOME": os.environ.get("AILO_HOME", str(ROOT)), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "ailo.cli.main", *args], cwd=ROOT, env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    """`ailo …` as a process of its own (AILO_HOME as given, else this tree: tokenizer and corpus)."""
+    return _ailo(*args, log=log, threads=None, home=os.environ.get("AILO_HOME", str(ROOT)))
 
 
 def rss_kib(pid: int) -> int:

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,25 +33,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from linkemu import Line, LinkEmulator  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import add_out, ailo, check_alive, emit, free_port, stop_all, wait_healthy
+from linkemu import Line, LinkEmulator
 
 
 def spawn(args: list[str], log: Path, threads: int | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "ailo.cli.main", *args], cwd=ROOT, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return ailo(*args, log=log, threads=threads, home=None)  # AILO_HOME as the caller set it
 
 
 def worker_lines(log: Path) -> list[dict]:
@@ -130,7 +116,7 @@ def main() -> int:
                          "download of a big model is not part of the rounds measured")
     ap.add_argument("--no-central", action="store_true", help="skip the centralized baseline")
     ap.add_argument("--state", default=None)
-    ap.add_argument("--out", default=None, help="also write the JSON here (default: $OUT if set)")
+    add_out(ap)
     args = ap.parse_args()
     work = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="ailo-util-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -148,24 +134,9 @@ def main() -> int:
                     "link": {"down_mbit": args.down_mbit, "up_mbit": args.up_mbit, "rtt_ms": args.rtt_ms},
                     "coord_args": args.coord_arg, "device": args.device, "load_start": os.getloadavg()[0]}
 
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if p.poll() is not None and (name == "coordinator" or p.returncode != 0):
-                log = (work / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {p.returncode}:\n{log}")
-
     status: dict = {}
     try:
-        while True:
-            check_alive()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() - t_start > args.max_seconds:
-                raise TimeoutError("coordinator not healthy in time")
-            time.sleep(0.5)
+        wait_healthy(url, coord, timeout=args.max_seconds, log=work / "logs" / "coordinator.log")
         if args.warm_cache:
             warm_caches(work, args.workers, url)
         for k, home_url in enumerate(home_urls):
@@ -176,7 +147,7 @@ def main() -> int:
                 work / "logs" / f"worker-{k}.log", args.threads)
         shown = 0
         while True:
-            check_alive()
+            check_alive(procs, work / "logs", must_run=("coordinator",))
             status = httpx.get(f"{url}/v1/status", timeout=60).json()
             if len(status["history"]) > shown:
                 shown = len(status["history"])
@@ -196,14 +167,8 @@ def main() -> int:
             status = httpx.get(f"{url}/v1/status", timeout=60).json()
         except httpx.HTTPError:
             pass
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs.values())
+        emu.stop()
     result["wall_s"] = round(time.time() - t_start, 1)
     result["load_end"] = os.getloadavg()[0]
     per: dict[str, list[dict]] = {f"worker-{k}": worker_lines(work / "logs" / f"worker-{k}.log")
@@ -239,11 +204,7 @@ def main() -> int:
         result.update(centralized(args.preset, task, samples, args.workers, args.device,
                                   int(c.get("val_batches", 4)), int(c.get("seed", 0))))
         result["loss_ratio"] = round(result["val_loss"] / result["central_val_loss"], 4)
-    print(json.dumps(result), flush=True)
-    out = args.out or os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "utilization.json").write_text(json.dumps(result, indent=1))
+    emit(result, args)
     return 0 if result["ok"] else 1
 
 
