@@ -88,6 +88,7 @@ def send(client: TestClient, case, wallet: Wallet, operator_token: str):
                           cookies=kw.get("cookies") or None)
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_every_operation_survives_generated_requests(coordinator) -> None:
     app, client, wallet, token = coordinator
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -109,6 +109,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                                                        "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_cli_export_generate_and_dashboard_routes(tmp_path):
     store = make_state(tmp_path, [build_model("ailo-tiny", seed=0), trained_tiny()])
     store.close()
@@ -179,6 +180,7 @@ def test_running_coordinator_dashboard_links_latest_export(tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_train_out_is_a_model_generate_loads(tmp_path):
     """`ailo train --out DIR` saves a Hugging Face folder that `ailo generate` samples from."""
     import os

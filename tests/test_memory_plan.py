@@ -128,6 +128,7 @@ def _one_round(tmp_path, corpus_dir, name, budget):
         return report, worker, _global_state(app)
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_budgeted_worker_trains_the_same_update_or_refuses_clearly(tmp_path, corpus_dir, one_thread, capsys):
     tiny, task = model_shape(get_preset("ailo-tiny")), TaskShape(4, 32, "adamw")
     whole = estimate(tiny, task, "cpu", 4, 0, "adamw", False)["peak"]

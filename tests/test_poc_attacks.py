@@ -87,6 +87,7 @@ def _submit(client, wallet, body, round_id, version, client_id, **overrides):
     return resolve(client, client.post("/v1/updates", content=body, headers=meta.to_headers())), meta
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_attack_catalog(network, corpus_dir):
     app, client = network
     coord, ledger = app.state.coordinator, app.state.ledger

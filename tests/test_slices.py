@@ -143,6 +143,7 @@ SLICE_BUDGET = slice_state_bytes(get_preset("ailo-tiny"), _shapes("ailo-tiny"), 
                                  "adamw", 1, 32) + 4 * MiB
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_slice_worker_accepted_and_paid_by_share_attacks_refused(network, corpus_dir):
     app, client = network
     coord, ledger = app.state.coordinator, app.state.ledger

@@ -6,6 +6,7 @@ from ailo.model import build_model
 from ailo.training import TrainConfig, apply_delta, evaluate, train_local
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_trainer_lowers_validation_loss_on_shipped_corpus(corpus_dir):
     model = build_model("ailo-tiny", seed=0)
     train = TokenDataset.from_dir(corpus_dir, "train", shard=0, num_shards=3)

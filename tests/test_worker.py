@@ -1,5 +1,6 @@
 """Worker behaviour against a real coordinator app (in-process): retries and give-ups."""
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from ailo.backoff import Backoff
@@ -10,6 +11,7 @@ from ailo.server.services import build_app
 from ailo.wallet import Wallet
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_refused_worker_retries_on_fresh_batches_then_gives_the_round_up(tmp_path, corpus_dir):
     app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1), tmp_path / "coord")
     with TestClient(app) as client:
