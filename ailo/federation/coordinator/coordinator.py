@@ -57,12 +57,6 @@ RoundHook = Callable[["Coordinator", int], None]                # called with th
 RefuseHook = Callable[["Coordinator", Submission, UpdateRejected], None]  # after a refusal is recorded
 
 
-def _seconds(fn: Callable, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
-
-
 class Coordinator(Admission):
     def __init__(self, config: CoordinatorConfig, state_dir: Path,
                  pre_checks: list[Check] | None = None, post_checks: list[Check] | None = None,
@@ -87,6 +81,7 @@ class Coordinator(Admission):
         self.on_round_closed = on_round_closed or []
         self.on_refused: list[RefuseHook] = []
         self.on_closing: list[RoundHook] = []  # before a round's aggregate: drop what only judging needed
+        self.uncounted: Callable[["Coordinator", int], int] = lambda c, r: 0  # accepted, not counted to close
         self.status_extras: list[Callable[["Coordinator"], dict]] = []  # merged into status()
         self.on_idle: list[Callable[["Coordinator"], None]] = []  # pipeline thread, queue empty: warm caches
         self.lock = threading.RLock()          # swaps of model + manifest (short)
@@ -263,9 +258,15 @@ class Coordinator(Admission):
         sub.tensors = {}
         self._close_if_full(rnd)
 
+    def counted(self, round_id: int, need: int) -> int:
+        """Accepted updates that count towards closing a round: not those its settlement pays nothing
+        (`uncounted`: zero-compute copies cannot fill or close a round), asked once `need` is reached."""
+        n = self.store.count_updates(round_id, "accepted")
+        return n - self.uncounted(self, round_id) if n >= need else n
+
     def _close_if_full(self, rnd: RoundRecord) -> bool:
-        """Close the round once it holds `rules.needed` accepted updates (core/round_rules.py)."""
-        if not self.config.rules.full(self.store.count_updates(rnd.id, "accepted")):
+        """Close the round once it holds `rules.needed` counted updates (core/round_rules.py)."""
+        if not self.config.rules.full(self.counted(rnd.id, self.config.rules.needed)):
             return False
         self._close_round(rnd)
         return True
@@ -307,7 +308,7 @@ class Coordinator(Admission):
                 for hook in self.on_idle:
                     hook(self)
             return
-        if self.config.rules.closes_when_due(self.store.count_updates(rnd.id, "accepted"), now - rnd.created):
+        if self.config.rules.closes_when_due(self.counted(rnd.id, 1), now - rnd.created):
             self._close_round(rnd)
         else:
             self.store.extend_deadline(rnd.id, time.time() + self.config.round_seconds)
@@ -337,7 +338,7 @@ class Coordinator(Admission):
             t2 = time.perf_counter()
             self.outer_store.save(self.outer, self.version + 1)  # before publish: a restart finds it
             with ThreadPoolExecutor(1) as pool:  # bf16 W_{v+1} + int8 patch (GPU codec) beside the fp32 chunks
-                compact = pool.submit(_seconds, self.downloads.prepare, self.version + 1, new_state, base) \
+                compact = pool.submit(self.downloads.prepare_seconds, self.version + 1, new_state, base) \
                     if self.downloads else None
                 t_split = time.perf_counter()
                 manifest = self._split(self.version + 1, new_state)

@@ -9,6 +9,7 @@ restart, W of the served version is read back from its own bf16 chunks (verified
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -66,6 +67,13 @@ class CompactDownloads:
         patch, weights = next_served(self.weights, master)
         self._write(version, weights, patch)
         self._pending = (version, weights)
+
+    def prepare_seconds(self, version: int, master: Mapping[str, torch.Tensor],
+                        previous_master: Mapping[str, torch.Tensor]) -> float:
+        """`prepare` timed (the coordinator runs it beside the fp32 split and logs both)."""
+        t0 = time.perf_counter()
+        self.prepare(version, master, previous_master)
+        return time.perf_counter() - t0
 
     def commit(self) -> None:
         if self._pending is not None:

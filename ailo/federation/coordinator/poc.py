@@ -85,6 +85,7 @@ class ProofOfContribution:
         coord.on_refused.append(self.record_refused)
         coord.on_round_closed.append(self.settle_round)
         coord.on_closing.append(self.drop_reference)
+        coord.uncounted = self.without_fresh_work
         coord.on_idle.append(self.warm)
         coord.status_extras.append(self.status)
         self.settle_all(coord)
@@ -341,6 +342,12 @@ class ProofOfContribution:
         scores = fresh_cosines([sk.decode(u.extra["sketch"]) for u in rows], glob, cfg.min_fresh_cosine,
                                cfg.fresh_min_peers + 1)
         return {u.id: c for u, c in zip(rows, scores)}
+
+    def without_fresh_work(self, coord: "Coordinator", round_id: int) -> int:
+        """How many accepted updates of the open round would be paid nothing now (`fresh_scores`):
+        they do not count towards closing it, so Sybil wallets sending diluted copies of the last
+        global change cannot close a round (publishing G again) before honest work arrives."""
+        return sum(c < self.validation.min_fresh_cosine for c in self.fresh_scores(coord, round_id).values())
 
     def reward_plan(self, coord: "Coordinator", round_id: int) -> list[tuple[int, str, int]]:
         """(update id, address, units) for every accepted update of a closed round; 0 units for
