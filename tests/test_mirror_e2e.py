@@ -137,3 +137,66 @@ def test_compact_bf16_downloads_come_from_the_mirror_too(tmp_path):
             assert all(f"GET /{c.sha256} HTTP/1.1\" 200 {c.size}" in access for c in bf16.chunks)
         finally:
             stop(coord)
+
+
+def test_a_lying_patch_and_a_lying_mirror_cost_bytes_never_a_wrong_weight(tmp_path):
+    """Compact downloads attacked over HTTP (issue 25): the int8 patch to v1 that the worker
+    fetches has one flipped data byte (a cache or proxy in front of the coordinator that lies:
+    it still parses) and the nginx mirror holds one corrupted bf16 chunk of v1. A real
+    `ailo worker` holding v0 refuses the patch (a rebuilt chunk misses its sha256), falls back
+    to the bf16 chunks, refuses the mirror's bad one, takes exactly that chunk from the
+    coordinator, trains on the right weights and is accepted; its cache holds only verified files."""
+    mirror_dir = tmp_path / "mirror"
+    mirror_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cache = tmp_path / "cache"
+    with nginx_mirror(mirror_dir, tmp_path / "nginx") as (mirror_url, _):
+        coord = ailo("coordinator", "--state", str(tmp_path / "state"), "--port", str(port), "--open",
+                     "--rounds", "2", "--min-updates", "1", "--local-steps", "2", "--batch-size", "2",
+                     "--compact-downloads", "--mirror", mirror_url, log=tmp_path / "coord.log")
+        try:
+            wait_healthy(url, coord)
+            sync(url, mirror_dir)
+            w = ailo("worker", "--coordinator", url, "--client-id", "pat", "--cache", str(cache), "--rounds", "1",
+                     "--quiet", log=tmp_path / "w1.log")
+            try:
+                assert w.wait(timeout=300) == 0, (tmp_path / "w1.log").read_text()
+            finally:
+                stop(w)
+            assert httpx.get(f"{url}/v1/status").json()["version"] == 1
+            sync(url, mirror_dir)
+            bf16 = Manifest.from_json(httpx.get(f"{url}/v1/model", params={"format": "bf16"}).content)
+            assert bf16.version == 1
+            bad = bf16.chunks[1]
+            data = bytearray((mirror_dir / bad.sha256).read_bytes())
+            data[len(data) // 2] ^= 0x40
+            (mirror_dir / bad.sha256).write_bytes(bytes(data))
+            patch = tmp_path / "state" / "served" / "patch-v1.safetensors"
+            body = bytearray(patch.read_bytes())
+            body[-(len(body) // 3)] ^= 0x01             # one int8 step off: the patch still parses
+            patch.write_bytes(bytes(body))
+            before = counters(url).get("chunk_bytes_served", 0)
+
+            log = run_worker_with_cache(url, tmp_path, "pat", cache)
+            assert "patch to v1 refused" in log or "patched chunk" in log, log
+            assert "fell back to the bf16 chunks" in log, log
+            assert f"{mirror_url}/{bad.sha256}: sha256 mismatch" in log, log
+            assert httpx.get(f"{url}/v1/status").json()["version"] == 2, (tmp_path / "coord.log").read_text()
+            served = counters(url).get("chunk_bytes_served", 0) - before
+            assert served == len(body) + bad.size       # the lying patch, then only the one bad chunk
+            for f in (cache / "chunks").iterdir():      # nothing unverified was kept
+                if not f.name.startswith("."):
+                    assert hashlib.sha256(f.read_bytes()).hexdigest() == f.name, f
+        finally:
+            stop(coord)
+
+
+def run_worker_with_cache(url: str, tmp_path, name: str, cache) -> str:
+    log = tmp_path / f"{name}-2.log"
+    w = ailo("worker", "--coordinator", url, "--client-id", name, "--cache", str(cache), "--rounds", "1", log=log)
+    try:
+        assert w.wait(timeout=300) == 0, log.read_text()
+    finally:
+        stop(w)
+    return log.read_text()
