@@ -4,7 +4,9 @@ drafts); frames from anyone but the route's predecessor are refused; spot checks
 node on the push path; a node killed mid-request fails over to its replica."""
 from __future__ import annotations
 
+import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -12,7 +14,8 @@ import torch
 
 from ailo.inference.units import RequestCache
 from ailo.inference.checkpoints import make_hf_checkpoint
-from ailo.inference.links import H_LINK, NodeLink, sign_frame
+from ailo.inference import forwarding
+from ailo.inference.links import H_LINK, NodeLink, frame_message, refusal_entry, sign_frame
 from ailo.inference.loader import load_span
 from ailo.inference.node import NodeService
 from ailo.server.node_app import build_node_app
@@ -20,7 +23,7 @@ from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
 from ailo.inference.families import read_spec
 from ailo.inference.verify import ReferenceSpans
-from ailo.inference.wire import CONTENT_TYPE, Frame
+from ailo.inference.wire import BATCH_TYPE, CONTENT_TYPE, Frame, encode_batch
 from ailo.server import devserver
 from ailo.wallet import Wallet
 from tests.fakes import FakeLedger
@@ -187,5 +190,86 @@ def test_a_node_killed_mid_request_fails_over_to_its_replica_on_the_push_path(ck
         assert fo[0]["to"] == room.nodes[replica][2].node_id
         assert events[-1]["type"] == "done" and events[-1]["tokens"] == greedy(ckpt, 12)
         assert events[-1]["stats"]["transport"] == "push"
+    finally:
+        room.close()
+
+
+def test_a_node_runs_the_frames_waiting_at_it_as_one_batch_with_the_same_outputs(ckpt):
+    """forward_many = one forward per request (each on its own KV cache); refused frames keep
+    their place and do not stop the others."""
+    svc = NodeService(ckpt)
+    svc.load(0, read_spec(ckpt).n_units)
+    alone = NodeService(ckpt)
+    alone.load(0, read_spec(ckpt).n_units)
+    prompts = [PROMPT, PROMPT[:5], PROMPT[2:]]
+    frames = [Frame(f"r{i}", 0, svc.span, torch.tensor([p]), True, False, True) for i, p in enumerate(prompts)]
+    for step in range(4):
+        batched = svc.forward_many(frames + [Frame("r9", 3, svc.span, torch.tensor([[1]]))])  # r9: no cache
+        assert isinstance(batched[-1], Exception) and batched[-1].status == 409
+        single = [alone.forward(f) for f in frames]
+        assert [int(b.tensor[0]) for b in batched[:3]] == [int(s.tensor[0]) for s in single]
+        frames = [Frame(f.request_id, f.start + f.tensor.shape[1], f.span, b.tensor.view(1, 1), False, False, True)
+                  for f, b in zip(frames, batched)]
+    assert [svc.caches.get(f"r{i}").length for i in range(3)] == [f.start for f in frames]
+
+
+def test_pushed_batches_are_checked_frame_by_frame_and_concurrent_requests_keep_their_tokens(ckpt):
+    room = Room(ckpt, "abc")
+    try:
+        a, b, c = (room.nodes[k] for k in "abc")
+        x = torch.zeros(1, 1, read_spec(ckpt).hidden)
+        route = {"request_id": "rid-ok", "prev": a[3].address, "next_url": c[1].url, "next_span": list(c[0].span)}
+        assert httpx.post(f"{b[1].url}/v1/node/route", json=route, headers={H_LINK: b[0].link.token}).status_code == 200
+        ok, stray = (Frame(rid, 0, b[0].span, x, True).encode() for rid in ("rid-ok", "rid-stray"))
+        key = a[3].signing_key
+        body = encode_batch([(ok, key.sign(frame_message(ok)).signature), (stray, key.sign(frame_message(stray)).signature)])
+        r = httpx.post(f"{b[1].url}/v1/node/push", content=body,
+                       headers={"content-type": BATCH_TYPE, "x-ailo-address": a[3].address})
+        assert r.status_code == 207 and [e["request_id"] for e in r.json()["refused"]] == ["rid-stray"]
+        evidence = {"body": base64.b64encode(r.content).decode(), "signature": r.headers["x-ailo-signature"]}
+        assert refusal_entry(evidence, b[3].address, "rid-stray")["reason"] == "not_routed"  # b's own word
+        assert refusal_entry(evidence, a[3].address, "rid-stray") is None  # nobody else's
+        forged = encode_batch([(ok, bytes(64))])
+        r = httpx.post(f"{b[1].url}/v1/node/push", content=forged,
+                       headers={"content-type": BATCH_TYPE, "x-ailo-address": a[3].address})
+        assert r.status_code == 401 and r.json()["reason"] == "bad_signature"
+        want = greedy(ckpt, 12)
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests meet at nodes and travel in batches
+            done = list(pool.map(lambda i: room.ask(draft_tokens=4 if i % 2 else 0), range(8)))
+        assert all(d["tokens"] == want and d["stats"]["transport"] == "push" for d in done)
+        info = [httpx.get(f"{n[1].url}/v1/node/info").json()["push"] for n in (a, b, c)]
+        assert sum(i["forwards"] for i in info) < sum(i["pushed"] for i in info) + 3 * 8  # some forwards ran several
+    finally:
+        room.close()
+
+
+def test_a_node_cannot_blame_a_live_successor_without_evidence(ckpt, monkeypatch):
+    """A node that says its successor failed, while the coordinator reaches that successor, is
+    itself failed over (to its replica); the successor stays unblamed."""
+    room = Room(ckpt, "abcd")  # d: a replica of one span
+    try:
+        d_span = room.nodes["d"][2].span
+        assert d_span < 2  # the liar needs a successor
+        liar = next(k for k in "abc" if room.nodes[k][2].span == d_span)
+        honest_send = forwarding._send
+
+        async def lying_send(link, url, items, to_node):
+            if link is room.nodes[liar][0].link and to_node:  # drops the frames and blames the next node
+                for _, frame in items:
+                    await forwarding.report(link, frame.request_id, "next", 502, "ConnectError: (a lie)", frame.span)
+                return
+            await honest_send(link, url, items, to_node)
+
+        monkeypatch.setattr(forwarding, "_send", lying_send)
+        successor = next(k for k in "abc" if room.nodes[k][2].span == d_span + 1)
+        for _ in range(2):  # replicas take turns: one of the two requests is routed through the liar
+            with signed_stream(room.http, "/v1/rooms/r/generate", Wallet.from_label("push-asker"),
+                               {"input_ids": PROMPT, "max_new_tokens": 6, "stop_at_eos": False}) as r:
+                events = [json.loads(line) for line in r.iter_lines()]
+            assert events[-1]["type"] == "done" and events[-1]["tokens"] == greedy(ckpt, 6)
+            for fo in (e for e in events if e["type"] == "failover"):
+                assert fo["from"] == room.nodes[liar][2].node_id and fo["to"] == room.nodes["d"][2].node_id
+                assert "answers the coordinator" in fo["reason"]
+        assert room.nodes[liar][2].failed and not room.nodes[successor][2].failed
     finally:
         room.close()

@@ -263,3 +263,27 @@ def test_ailo_gpt_room_answers_a_text_prompt_like_the_model(tmp_path):
                 n.server.stop()
     finally:
         server.stop()
+
+
+def test_routes_take_the_shortest_measured_hops_among_equally_busy_replicas(checkpoint):
+    """Nodes time their round trips to the next span's nodes (the heartbeat reply names them);
+    a route then chains each pick to its nearest next replica instead of taking turns blindly."""
+    reg = RoomRegistry(clock=lambda: 0.0)
+    spec = read_spec(checkpoint[0])
+    reg.create_room("lat", spec, 3)
+    recs = {k: reg.join("lat", url=f"http://10.0.0.{i}:8000", memory=10 ** 9, fingerprint=spec.fingerprint())
+            for i, k in enumerate("abcdef")}  # a, b, c: spans 0, 1, 2; d, e, f: replicas of 0, 1, 2
+    for r in recs.values():
+        span = reg.get("lat").span_of(r)
+        reg.heartbeat("lat", r.node_id, (span.start, span.end))
+    assert [recs[k].span for k in "abcdef"] == [0, 1, 2, 0, 1, 2]
+    assert {p["node_id"] for p in reg.peers("lat", recs["a"].node_id)} == {recs["b"].node_id, recs["e"].node_id}
+    assert reg.peers("lat", recs["c"].node_id) == []  # the last span hands back to the coordinator
+    near = {("a", "e"), ("e", "c"), ("d", "b"), ("b", "f")}  # two sites: {a, e, c} and {d, b, f}
+    for x, ys in (("a", "be"), ("d", "be"), ("b", "cf"), ("e", "cf")):
+        reg.heartbeat("lat", recs[x].node_id, (recs[x].span * 2, recs[x].span * 2 + 2),
+                      peer_ms={recs[y].node_id: 4.0 if (x, y) in near else 80.0 for y in ys})
+    names = {r.node_id: k for k, r in recs.items()}
+    routes = {"".join(names[n.node_id] for n in reg.route("lat")) for _ in range(6)}
+    assert routes == {"aec", "dbf"}  # both sites serve (turns at span 0), no hop crosses between them
+    assert reg.view(reg.get("lat"))["nodes"][0]["peer_ms"] == {recs["b"].node_id: 80.0, recs["e"].node_id: 4.0}

@@ -72,24 +72,45 @@ class SpanModel(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, start_pos: int, cache: RequestCache, all_logits: bool = False) -> torch.Tensor:
         """Process positions [start_pos, start_pos + T); the cache must hold exactly start_pos."""
-        if cache.length != start_pos:
-            raise ValueError(f"cache holds {cache.length} positions, input starts at {start_pos}")
-        t = x.shape[1]
-        if start_pos + t > self.spec.max_positions:
-            raise ValueError(f"sequence of {start_pos + t} tokens exceeds the model's {self.spec.max_positions}")
-        step = Step(start_pos, t)
+        return self.forward_batch([x], [start_pos], [cache], [all_logits])[0]
+
+    @torch.inference_mode()
+    def forward_batch(self, xs: list[torch.Tensor], starts: list[int], caches: list[RequestCache],
+                      every: list[bool]) -> list[torch.Tensor]:
+        """Several requests' steps as ONE forward (a node batches the frames waiting at it): the
+        rows of all requests go through each dense layer together, each request attends over its
+        own cache. Same outputs as one `forward` per request (up to float rounding)."""
+        steps = []
+        for x, start, cache in zip(xs, starts, caches):
+            if cache.length != start:
+                raise ValueError(f"cache holds {cache.length} positions, input starts at {start}")
+            if start + x.shape[1] > self.spec.max_positions:
+                raise ValueError(f"sequence of {start + x.shape[1]} tokens exceeds the model's {self.spec.max_positions}")
+            steps.append(Step(start, x.shape[1]))
         if self.embed is not None:
-            x = self.embed(x.to(torch.long), step)
+            rows = [self.embed(x.to(torch.long), st) for x, st in zip(xs, steps)]
         else:
-            x = x.to(self._dtype())
+            rows = [x.to(self._dtype()) for x in xs]
+        h = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
         if not family(self.spec).position_table and any(u % 2 == 0 for u in range(self.start, self.end)):
             if self.rotary is None:
-                self.rotary = Rotary(self.spec.head_dim, self.spec.rope_theta, x.device)
-            step.cos, step.sin = self.rotary.tables(start_pos, t, x.dtype)
+                self.rotary = Rotary(self.spec.head_dim, self.spec.rope_theta, h.device)
+            for st in steps:
+                st.cos, st.sin = self.rotary.tables(st.start, st.length, h.dtype)
+        step = steps[0] if len(steps) == 1 else Step(0, h.shape[1], parts=steps)
+        unit_cache = caches[0] if len(steps) == 1 else caches
         for unit in self.units:
-            x = unit(x, step, cache)
-        cache.length = start_pos + t
-        return self.head(x, all_logits) if self.head is not None else x
+            h = unit(h, step, unit_cache)
+        for st, cache in zip(steps, caches):
+            cache.length = st.start + st.length
+        bounds = [0]
+        for st in steps:
+            bounds.append(bounds[-1] + st.length)
+        if self.head is None:
+            return [h[:, a:b] for a, b in zip(bounds, bounds[1:])]
+        picks = [h[0, a:b] if e else h[0, b - 1:b] for a, b, e in zip(bounds, bounds[1:], every)]
+        logits = self.head.lm_head(self.head.norm(picks[0] if len(picks) == 1 else torch.cat(picks))).float()
+        return list(torch.split(logits, [p.shape[0] for p in picks]))
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

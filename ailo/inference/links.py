@@ -18,14 +18,17 @@ Trust:
   built) until the request is released; spot checks fetch them (`GET .../received`), so an
   audit re-runs a span on exactly the inputs its predecessor signed and compares with the
   outputs the node itself signed: a node cannot deny what it sent.
-HTTP: ailo/server/node_app.py mounts the three routes; this module checks and queues (no HTTP framework).
+HTTP: ailo/server/node_app.py mounts the three routes; this module checks frames (one, or a
+batch with a signature per frame) and logs them; `forwarding.py` runs and sends them on.
 Failures: a node that cannot run a frame (409 lost cache, …) or cannot reach the next node reports
-it (`POST /v1/rooms/{room}/hop-errors`, signed) and the coordinator fails over as before.
+it (`POST /v1/rooms/{room}/hop-errors`, signed) and the coordinator fails over as before; a
+refused push is answered with the receiver's signed refusal, the evidence a blame needs.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -37,13 +40,17 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ailo.errors import DomainError, Refused
-from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
-from ailo.wallet import Wallet, is_valid_address, verify_signature
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from ailo.errors import Refused
+from ailo.inference.wire import BATCH_TYPE, Frame, WireError, decode_batch
+from ailo.wallet import AddressError, Wallet, is_valid_address, public_key_from_address, verify_signature
 
 log = logging.getLogger(__name__)
 
 FRAME_PREFIX = "ailo-frame/v1"
+REFUSAL_PREFIX = "ailo-refusal/v1"
 H_LINK, H_ADDRESS, H_SIGNATURE = "x-ailo-link", "x-ailo-address", "x-ailo-signature"
 MAX_ROUTES = 1024
 MAX_LOGS = 64                 # requests whose received frames are kept (like the KV caches' LRU)
@@ -109,6 +116,8 @@ class NodeLink:
     queue: asyncio.Queue | None = None
     http: httpx.AsyncClient | None = None
     pushed: int = 0
+    batches: int = 0  # forwards the push worker ran, and the frames they held (forwarding.py)
+    batched: int = 0
     hop_ms: float | None = None      # moving average: push to the next node until its 202
     compute_ms: float | None = None  # moving average: this span per frame
 
@@ -177,36 +186,105 @@ def accept_route(service, headers, body: bytes) -> Hop:
     return hop
 
 
-def accept_push(service, headers, body: bytes) -> None:
-    """`POST /v1/node/push`: check a pushed frame (routed request, signed by the route's
-    predecessor or sent by the coordinator, this node's span), log it for audits and queue it
-    for the push worker; the caller answers 202 at once."""
+def accept_push(service, headers, body: bytes) -> tuple[list[tuple[Frame, Hop]], list[dict]]:
+    """`POST /v1/node/push`: check pushed frames — one frame (`wire.CONTENT_TYPE`, signed in the
+    headers) or a batch (`wire.BATCH_TYPE`, each frame signed by the X-Ailo-Address wallet) — for
+    a routed request, signed by the route's predecessor or sent by the coordinator, for this
+    node's span; log them for audits. Returns the accepted (frame, hop) pairs, for the push
+    worker (`forwarding.py`), and one refusal {request_id, status, reason, detail} per frame
+    refused. A body that cannot be read at all raises LinkRefused."""
     link = link_of(service)
-    try:
-        frame = Frame.decode(body)
-    except WireError as exc:
-        raise LinkRefused(400, "bad_frame", f"bad frame: {exc}") from None
+    coordinator = link.authorised(headers)
+    if (headers.get("content-type") or "").startswith(BATCH_TYPE):
+        try:
+            items = decode_batch(body)
+        except WireError as exc:
+            raise LinkRefused(400, "bad_frame", f"bad batch: {exc}") from None
+        address = headers.get(H_ADDRESS)
+        signed = [(raw, None if coordinator else (address, sig.hex())) for raw, sig in items]
+    else:
+        signed = [(body, None if coordinator else (headers.get(H_ADDRESS), headers.get(H_SIGNATURE)))]
+    accepted, refused = [], []
+    for raw, sig in signed:
+        try:
+            frame = Frame.decode(raw)
+        except WireError as exc:
+            raise LinkRefused(400, "bad_frame", f"bad frame: {exc}") from None
+        try:
+            hop = _admit(service, link, frame, raw, sig)
+        except LinkRefused as exc:
+            refused.append({"request_id": frame.request_id, "status": exc.status, "reason": exc.reason,
+                            "detail": str(exc)})
+            continue
+        accepted.append((frame, hop))
+    return accepted, refused
+
+
+def _admit(service, link: NodeLink, frame: Frame, raw: bytes, sig: tuple[str | None, str | None] | None) -> Hop:
+    """One pushed frame's checks (`sig`: (address, hex signature), None from the coordinator)."""
     hop = link.routes.get(frame.request_id)
     if hop is None:
         raise LinkRefused(403, "not_routed", f"this node is not routed for request {frame.request_id}")
-    if link.authorised(headers):
-        sender = None
-    else:
-        sender = frame_signer(headers, body)
-        if sender is None:
+    if sig is not None:
+        sender, signature = sig
+        if not sender or not signature or not verified(sender, frame_message(raw), signature):
             raise LinkRefused(401, "bad_signature", "frame is not signed by the X-Ailo-Address wallet")
         if sender != hop.prev:
             raise LinkRefused(403, "wrong_sender", f"request {frame.request_id} takes frames from "
                               f"{hop.prev or 'the coordinator'}, not {sender}")
     if service.span is None or frame.span != service.span:
         raise LinkRefused(421, "wrong_span", f"this node serves {service.span}, not {list(frame.span)}")
-    if sender is not None:
-        link.keep(frame.request_id, SignedFrame(body, sender, headers[H_SIGNATURE]), frame.reset)
-    if link.queue is None:
-        link.queue = asyncio.Queue()
-        link.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), timeout=30.0)
-        asyncio.get_running_loop().create_task(_worker(service, link))
-    link.queue.put_nowait((frame, hop))
+    if sig is not None:
+        link.keep(frame.request_id, SignedFrame(raw, sig[0], sig[1]), frame.reset)
+    return hop
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_key(address: str) -> VerifyKey | None:
+    """An address's Ed25519 key, parsed (checksum, hex) once per neighbour rather than per frame."""
+    try:
+        return VerifyKey(public_key_from_address(address))
+    except (AddressError, ValueError, TypeError):
+        return None
+
+
+def verified(address: str, message: bytes, signature_hex: str) -> bool:
+    key = _verify_key(address)
+    if key is None:
+        return False
+    try:
+        key.verify(message, bytes.fromhex(signature_hex))
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+def signed_refusal(wallet: Wallet, refused: list[dict], batch: bool) -> tuple[int, bytes, dict[str, str]]:
+    """The answer to a push with refused frames: (status, JSON body, headers), signed by this
+    node (`REFUSAL_PREFIX`), so the sender can show the coordinator that the refusal is the
+    receiver's own (evidence for blame, `pushing.PushHub.hop_error`)."""
+    first = refused[0]
+    body = json.dumps({"detail": first["detail"], "reason": first["reason"], "refused": refused}).encode()
+    headers = {"content-type": "application/json", H_ADDRESS: wallet.address,
+               H_SIGNATURE: wallet.sign(refusal_message(body))}
+    return 207 if batch else first["status"], body, headers
+
+
+def refusal_message(body: bytes) -> bytes:
+    return f"{REFUSAL_PREFIX}|{hashlib.sha256(body).hexdigest()}".encode("ascii")
+
+
+def refusal_entry(evidence: dict, address: str, rid: str) -> dict | None:
+    """The refusal of request `rid` inside a node's signed refusal `evidence` {body, signature},
+    or None when it is not `address`'s signature or names no such request."""
+    try:
+        body = base64.b64decode(str(evidence["body"]), validate=True)
+        if not verified(address, refusal_message(body), str(evidence["signature"])):
+            return None
+        entries = json.loads(body)["refused"]
+        return next((e for e in entries if isinstance(e, dict) and e.get("request_id") == rid), None)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def received_frames(service, headers, request_id: str) -> dict:
@@ -216,62 +294,3 @@ def received_frames(service, headers, request_id: str) -> dict:
         raise LinkRefused(403, "not_coordinator", "only this node's coordinator may read its frames")
     return {"frames": [f.to_json() for f in link.received.get(request_id, [])],
             "complete": request_id not in link.overflow}
-
-
-async def _worker(service, link: NodeLink) -> None:
-    """Frames in arrival order: compute (under the node's lock, on this loop: compute is short and
-    the hand-off to a thread costs more), sign, push on without waiting for the receiver."""
-    assert link.queue is not None
-    while True:
-        frame, hop = await link.queue.get()
-        t0 = time.perf_counter()
-        try:
-            out = service.forward(frame)
-            link.observe("compute_ms", (time.perf_counter() - t0) * 1000)
-        except DomainError as exc:  # the node refused the frame (NodeError: 409, 421, 503, 400)
-            asyncio.ensure_future(_report(link, frame.request_id, "self", exc.status, str(exc),
-                                           frame.span))
-            continue
-        except Exception as exc:  # never let one frame stop the worker
-            log.exception("push worker: frame of %s failed", frame.request_id)
-            asyncio.ensure_future(_report(link, frame.request_id, "self", 500, f"{type(exc).__name__}: {exc}",
-                                           frame.span))
-            continue
-        span = hop.next_span or frame.span
-        body = Frame(frame.request_id, frame.start, span, out.tensor, frame.reset, frame.all_logits,
-                     frame.greedy).encode()
-        target = f"{hop.next_url}/v1/node/push" if hop.next_url else \
-            f"{link.coordinator.rstrip('/')}/v1/rooms/{link.room}/frames"
-        asyncio.ensure_future(_send(link, target, body, frame.request_id, hop.next_url is not None, frame.span))
-
-
-async def _send(link: NodeLink, url: str, body: bytes, rid: str, to_node: bool, span: tuple[int, int]) -> None:
-    assert link.http is not None
-    headers = {"content-type": CONTENT_TYPE, **sign_frame(link.wallet, body)}
-    t0 = time.perf_counter()
-    try:
-        r = await link.http.post(url, content=body, headers=headers)
-        if r.status_code < 300:
-            link.pushed += 1
-            link.observe("hop_ms", (time.perf_counter() - t0) * 1000)
-            return
-        detail = f"HTTP {r.status_code}: {r.text[:300]}"
-    except httpx.HTTPError as exc:
-        detail = f"{type(exc).__name__}: {exc or 'connection lost'}"
-    if to_node:
-        await _report(link, rid, "next", 502, detail, span)
-    else:
-        log.warning("coordinator refused the output of %s: %s", rid, detail)
-
-
-async def _report(link: NodeLink, rid: str, failed: str, status: int, detail: str,
-                  span: tuple[int, int] | None = None) -> None:
-    """Tell the coordinator that this node ("self") or the next one ("next") could not go on."""
-    assert link.http is not None
-    body = json.dumps({"request_id": rid, "failed": failed, "status": status, "detail": detail[:500],
-                       "span": list(span) if span else None}).encode()
-    try:
-        await link.http.post(f"{link.coordinator.rstrip('/')}/v1/rooms/{link.room}/hop-errors", content=body,
-                             headers={"content-type": "application/json", **sign_frame(link.wallet, body)})
-    except httpx.HTTPError as exc:
-        log.warning("cannot report a hop error for %s: %s", rid, exc)

@@ -108,7 +108,36 @@ class NodeService:
             self.state = "ready"
 
     def forward(self, frame: Frame) -> Frame:
+        out = self.forward_many([frame])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def forward_many(self, frames: list[Frame]) -> list[Frame | Exception]:
+        """The frames waiting at this node (one per request) as ONE batched forward: each
+        request keeps its own KV cache; a frame the node refuses gets its NodeError in its place
+        and does not stop the others."""
         model = self.model
+        results: list[Frame | Exception | None] = [None] * len(frames)
+        with self.lock:
+            run, seen = [], set()
+            for i, frame in enumerate(frames):
+                if frame.request_id in seen:  # a request's frames are never batched with each other
+                    results[i] = NodeError(409, "cache_miss", f"two frames of request {frame.request_id} at once")
+                    continue
+                try:
+                    cache = self._prepare(model, frame)
+                except NodeError as exc:
+                    results[i] = exc
+                    continue
+                seen.add(frame.request_id)
+                run.append((i, frame, cache))
+            if run:
+                self._run(model, run, results)
+        return results  # type: ignore[return-value]
+
+    def _prepare(self, model: SpanModel | None, frame: Frame) -> RequestCache:
+        """Check a frame against this node's span and state; the cache it runs on (under the lock)."""
         if model is None:
             raise NodeError(503, "not_loaded", "span not loaded yet")
         if frame.span != (model.start, model.end):
@@ -116,36 +145,55 @@ class NodeService:
         x = frame.tensor
         if model.first != (x.dtype == torch.int64) or x.dim() != (2 if model.first else 3) or x.shape[0] != 1:
             raise NodeError(400, "bad_input", f"unexpected input {x.dtype} {tuple(x.shape)} for this span")
-        with self.lock:
-            cache = None if frame.reset else self.caches.get(frame.request_id)
-            if cache is None:
-                if frame.start != 0 and not frame.reset:
-                    raise NodeError(409, "cache_miss", f"no cache for request {frame.request_id}; "
-                                   f"resend from position 0 (got {frame.start})")
-                cache = self.caches.new(frame.request_id)
-            elif frame.start < cache.length:  # drafted tokens the room rejected: forget them
-                cache.truncate(frame.start)
-            elif cache.length != frame.start:
-                raise NodeError(409, "cache_miss", f"cache holds {cache.length} positions, frame starts at {frame.start}")
-            try:
-                out = model(x.to(self.device), frame.start, cache, frame.all_logits) if self.attack is None \
-                    else _cheat(self.attack, model, x.to(self.device), frame.start, cache, frame.all_logits)
-            except ValueError as exc:
-                self.caches.drop(frame.request_id)
-                raise NodeError(400, "bad_input", str(exc)) from None
-            except Exception:
-                self.caches.drop(frame.request_id)
-                raise
-        if frame.greedy and model.last:  # temperature 0: the token ids, not 4 × vocab bytes a position
-            out = out.argmax(-1)
-        return Frame(frame.request_id, frame.start, frame.span, out.cpu())
+        if not model.first and x.shape[-1] != model.spec.hidden:
+            raise NodeError(400, "bad_input", f"hidden size {x.shape[-1]}, this model's is {model.spec.hidden}")
+        cache = None if frame.reset else self.caches.get(frame.request_id)
+        if cache is None:
+            if frame.start != 0 and not frame.reset:
+                raise NodeError(409, "cache_miss", f"no cache for request {frame.request_id}; "
+                                f"resend from position 0 (got {frame.start})")
+            return self.caches.new(frame.request_id)
+        if frame.start < cache.length:  # drafted tokens the room rejected: forget them
+            cache.truncate(frame.start)
+        elif cache.length != frame.start:
+            raise NodeError(409, "cache_miss", f"cache holds {cache.length} positions, frame starts at {frame.start}")
+        return cache
+
+    def _run(self, model: SpanModel, run: list, results: list) -> None:
+        xs = [f.tensor.to(self.device) for _, f, _ in run]
+        try:
+            if self.attack is None:
+                outs = model.forward_batch(xs, [f.start for _, f, _ in run], [c for _, _, c in run],
+                                           [f.all_logits for _, f, _ in run])
+            else:
+                outs = [_cheat(self.attack, model, x, f.start, c, f.all_logits) for x, (_, f, c) in zip(xs, run)]
+        except ValueError as exc:
+            if len(run) > 1:  # find the request at fault; the others start again from their positions
+                for i, f, c in run:
+                    c.truncate(min(c.length, f.start))
+                    self._run(model, [(i, f, c)], results)
+                return
+            self.caches.drop(run[0][1].request_id)
+            results[run[0][0]] = NodeError(400, "bad_input", str(exc))
+            return
+        except Exception:
+            for _, f, _ in run:
+                self.caches.drop(f.request_id)
+            raise
+        for (i, f, _), out in zip(run, outs):
+            if f.greedy and model.last:  # temperature 0: the token ids, not 4 × vocab bytes a position
+                out = out.argmax(-1)
+            results[i] = Frame(f.request_id, f.start, f.span, out.cpu())
 
     def info(self) -> dict:
         span = self.span
         return {"node_id": self.node_id, "room": self.room, "state": self.state, "family": self.spec.family,
                 "fingerprint": self.spec.fingerprint(), "span": {"start": span[0], "end": span[1]} if span else None,
                 "tensor_names": self.tensor_names, "tensor_bytes": self.tensor_bytes,
-                "cached_requests": len(self.caches), "dtype": str(self.dtype), "device": str(self.device)}
+                "cached_requests": len(self.caches), "dtype": str(self.dtype), "device": str(self.device),
+                "push": None if self.link is None else {
+                    "pushed": self.link.pushed, "forwards": self.link.batches,
+                    "frames_per_forward": round(self.link.batched / self.link.batches, 3) if self.link.batches else None}}
 
 
 class _Skipped(torch.nn.Module):
@@ -170,6 +218,10 @@ def _cheat(attack: str, model: SpanModel, x: torch.Tensor, start: int, cache: Re
     if attack == "noise":
         return torch.randn_like(out.float()).mul(out.float().std()).to(out.dtype)
     raise ValueError(f"unknown attack {attack!r}")
+
+
+PEER_PROBE_EVERY_S = 60.0  # how often a node re-times its round trip to a possible successor
+PEER_TIMEOUT_S = 2.0
 
 
 class JoinRefused(RuntimeError):
@@ -206,6 +258,9 @@ class RoomAgent:
         if self.service.link is None:  # frames pushed by other nodes, outputs pushed on (links.py)
             self.service.link = NodeLink(self.wallet, self.coordinator, self.room)
         self._joined_once = False
+        self._peers = httpx.Client(timeout=PEER_TIMEOUT_S)  # kept alive: a timed call is one round trip
+        self._peer_ms: dict[str, float] = {}   # measured since the last heartbeat, sent with the next
+        self._peer_at: dict[str, float] = {}
         self.failures = 0      # consecutive failed steps (drives the back-off)
         self.outages = 0       # times the coordinator became unavailable
 
@@ -245,11 +300,14 @@ class RoomAgent:
             link = self.service.link
             reply = self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span,
                                              "hop_ms": link.hop_ms if link else None,
-                                             "compute_ms": link.compute_ms if link else None})
+                                             "compute_ms": link.compute_ms if link else None,
+                                             "peer_ms": self._peer_ms or None})
+            self._peer_ms = {}
         except LookupError:
             self.on_event("ailo node: coordinator forgot this node; joining again")
             self.service.node_id = None
             return
+        self._time_peers(reply.get("peers") or [])
         span = reply.get("span")
         if span and (span["start"], span["end"]) != self.service.span:
             self.on_event(f"ailo node: loading {span['label']}")
@@ -257,6 +315,28 @@ class RoomAgent:
             self.on_event(f"ailo node: ready, {len(self.service.tensor_names)} tensors "
                           f"({self.service.tensor_bytes / 1e6:.1f} MB) read")
             self._post("heartbeat", {"node_id": self.service.node_id, "loaded": self.service.span})
+
+    def _time_peers(self, peers: list[dict]) -> None:
+        """Round trips to the nodes that may follow this one in a route (the coordinator names
+        them), each at most every PEER_PROBE_EVERY_S: the best of two GETs of their info page
+        (the first may pay the connection set-up). The coordinator routes through short hops."""
+        now = time.monotonic()
+        for peer in peers[:16]:
+            pid, url = str(peer.get("node_id", "")), str(peer.get("url", ""))
+            if not pid or not url.startswith(("http://", "https://")) or \
+                    now - self._peer_at.get(pid, -1e9) < PEER_PROBE_EVERY_S:
+                continue
+            self._peer_at[pid] = now
+            best = None
+            for _ in range(2):
+                t0 = time.perf_counter()
+                try:
+                    self._peers.get(f"{url.rstrip('/')}/v1/node/info").raise_for_status()
+                except httpx.HTTPError:
+                    break
+                best = min(best or 1e9, (time.perf_counter() - t0) * 1000)
+            if best is not None:
+                self._peer_ms[pid] = round(best, 2)
 
     def run(self) -> None:
         """Loop until `stop` is set; outages back off and retry, refusals raise JoinRefused."""
@@ -282,6 +362,7 @@ class RoomAgent:
             except (httpx.HTTPError, JoinRefused, LookupError):
                 pass
         self._http.close()
+        self._peers.close()
 
 
 def available_memory(device: str) -> int:

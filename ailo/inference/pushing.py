@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import httpx
 import torch
 
-from ailo.inference.links import H_LINK, SignedFrame
+from ailo.inference.links import H_LINK, SignedFrame, refusal_entry
 from ailo.inference.transport import CacheMiss, NodeUnavailable
-from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
+from ailo.inference.wire import BATCH_TYPE, CONTENT_TYPE, SIG_BYTES, Frame, WireError, encode_batch
 
 
 class HopError(Exception):
@@ -28,9 +28,14 @@ class HopError(Exception):
         self.index, self.status = index, status
 
 
+PROBE_TIMEOUT = 3.0  # s: how long a node's successor gets to answer us before a blame sticks
+COHORT_WAIT_S = 0.003  # the longest a first frame waits for the others of its cohort (expect_pushes)
+
+
 @dataclass
 class _Wait:
     hops: list[tuple[str | None, tuple[int, int]]]   # (wallet, span) of each route position
+    urls: list[str] = field(default_factory=list)    # each route position's node URL (blame checks)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     received: list[SignedFrame] = field(default_factory=list)  # the last node's signed outputs
 
@@ -41,6 +46,8 @@ class PushHub:
     def __init__(self) -> None:
         self._waiting: dict[str, _Wait] = {}
         self._lock = threading.Lock()
+        self._outbox: dict[tuple[str, str], list] = {}  # (node URL, link token) -> frames to push (hub loop only)
+        self._cohort: set[str] = set()  # requests whose next frame is expected now (expect_pushes)
         ready = threading.Event()
         self._http: httpx.AsyncClient | None = None
 
@@ -58,10 +65,10 @@ class PushHub:
     def call(self, coro, timeout: float):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def open(self, rid: str, hops: list[tuple[str | None, tuple[int, int]]]) -> None:
+    def open(self, rid: str, hops: list[tuple[str | None, tuple[int, int]]], urls: list[str] | None = None) -> None:
         with self._lock:
             old = self._waiting.get(rid)
-            self._waiting[rid] = _Wait(hops, received=old.received if old else [])
+            self._waiting[rid] = _Wait(hops, list(urls or []), received=old.received if old else [])
 
     def expect(self, rid: str) -> concurrent.futures.Future:
         with self._lock:
@@ -81,27 +88,61 @@ class PushHub:
                 w.received.clear()
 
     def close(self, rid: str) -> None:
+        self._cohort.discard(rid)
         with self._lock:
             self._waiting.pop(rid, None)
 
     async def route_all(self, items: list[tuple[str, str, dict]], timeout: float) -> list[str | None]:
         """POST each node its place; an error text per node that refused or did not answer."""
         async def one(url: str, token: str, payload: dict) -> str | None:
-            try:
-                r = await self._http.post(f"{url}/v1/node/route", json=payload, headers={H_LINK: token},
-                                          timeout=timeout)
-            except httpx.HTTPError as exc:
-                return f"{type(exc).__name__}: {exc or 'connection lost'}"
+            for attempt in (0, 1):  # a route is idempotent: once more on a kept-alive connection the peer closed
+                try:
+                    r = await self._http.post(f"{url}/v1/node/route", json=payload, headers={H_LINK: token},
+                                              timeout=timeout)
+                    break
+                except httpx.TransportError as exc:
+                    if attempt or isinstance(exc, httpx.TimeoutException):
+                        return f"{type(exc).__name__}: {exc or 'connection lost'}"
+                except httpx.HTTPError as exc:
+                    return f"{type(exc).__name__}: {exc or 'connection lost'}"
             return None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
         return list(await asyncio.gather(*(one(*item) for item in items)))
 
-    async def push(self, url: str, token: str, body: bytes, timeout: float) -> str | None:
+    async def push(self, url: str, token: str, body: bytes, timeout: float, rid: str = "") -> str | None:
+        """Send a request's first frame to its first node; frames of requests that go there at the
+        same moment leave together, as one batch (the node runs them as one forward)."""
+        fut = self.loop.create_future()
+        box = self._outbox.setdefault((url, token), [])
+        box.append((body, fut))
+        self._cohort.discard(rid)
+        if len(box) == 1:
+            self.loop.create_task(self._flush(url, token, timeout))
+        return await fut
+
+    def expect_pushes(self, rids: list[str]) -> None:
+        """Outputs of these requests just arrived together (their last node batched them): their
+        next frames are about to be pushed, so a flush waits for them (at most COHORT_WAIT_S)."""
+        if len(rids) > 1:
+            self._cohort.update(rids)
+
+    async def _flush(self, url: str, token: str, timeout: float) -> None:
+        deadline = self.loop.time() + COHORT_WAIT_S
+        while self._cohort and self.loop.time() < deadline:
+            await asyncio.sleep(0.0005)
+        items = self._outbox.pop((url, token))
+        if len(items) == 1:
+            content, kind = items[0][0], CONTENT_TYPE
+        else:  # from the coordinator (link token): the per-frame signatures are not used
+            content, kind = encode_batch([(body, bytes(SIG_BYTES)) for body, _ in items]), BATCH_TYPE
         try:
-            r = await self._http.post(f"{url}/v1/node/push", content=body, timeout=timeout,
-                                      headers={H_LINK: token, "content-type": CONTENT_TYPE})
+            r = await self._http.post(f"{url}/v1/node/push", content=content, timeout=timeout,
+                                      headers={H_LINK: token, "content-type": kind})
+            err = None if r.status_code == 202 else f"HTTP {r.status_code}: {r.text[:300]}"
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc or 'connection lost'}"
-        return None if r.status_code < 300 else f"HTTP {r.status_code}: {r.text[:300]}"
+            err = f"{type(exc).__name__}: {exc or 'connection lost'}"
+        for _, fut in items:
+            if not fut.done():
+                fut.set_result(err)
 
     async def fetch_received(self, url: str, token: str, rid: str, timeout: float) -> list[SignedFrame]:
         r = await self._http.get(f"{url}/v1/node/requests/{rid}/received", headers={H_LINK: token}, timeout=timeout)
@@ -141,8 +182,16 @@ class PushHub:
             w.future.set_result(frame)
         return 202, "", ""
 
-    def hop_error(self, rid: str, signer: str, span: tuple[int, int] | None, failed: str, status: int,
-                  detail: str) -> tuple[int, str, str]:
+    async def hop_error(self, rid: str, signer: str, span: tuple[int, int] | None, failed: str, status: int,
+                        detail: str, evidence: dict | None = None) -> tuple[int, str, str]:
+        """A node's report that it ("self") or its successor ("next") could not go on.
+
+        Blaming the successor takes evidence, or any node could have its neighbour replaced
+        (and unpaid) by saying so: the successor's own signed refusal of this request (its
+        status decides: 409 = rebuild its cache, 421/5xx = it cannot serve, anything else =
+        it refused what the reporter sent, so the reporter is at fault), else a check by us —
+        the successor not answering us either is blamed, one that answers leaves the blame
+        with the reporter, which could not deliver."""
         with self._lock:
             w = self._waiting.get(rid)
             if w is None:
@@ -150,11 +199,36 @@ class PushHub:
             mine = [k for k, (a, s) in enumerate(w.hops) if a == signer and (span is None or s == span)]
             if not mine:
                 return 403, "wrong_sender", f"{signer} is not on the route of request {rid}"
-            k = mine[0] + (1 if failed == "next" else 0)
-            if k >= len(w.hops) or w.future.done():
+            k = mine[0]
+            if failed == "next" and k + 1 >= len(w.hops):
+                return 409, "unexpected", "the last span has no next node"
+        if failed == "next":
+            k, status, detail = await self._judge(rid, w, k, status, detail, evidence)
+        with self._lock:
+            if self._waiting.get(rid) is not w or w.future.done():
                 return 409, "unexpected", "nothing to fail"
             w.future.set_exception(HopError(k, status, f"reported by {signer}: {detail}"))
         return 202, "", ""
+
+    async def _judge(self, rid: str, w: _Wait, k: int, status: int, detail: str,
+                     evidence: dict | None) -> tuple[int, int, str]:
+        """(route index at fault, status, detail) for node k's report that node k + 1 failed."""
+        nxt = w.hops[k + 1][0]
+        entry = refusal_entry(evidence, nxt, rid) if isinstance(evidence, dict) and nxt else None
+        if entry is not None:
+            said = int(entry.get("status", 0)) if str(entry.get("status", "")).isdigit() else 0
+            why = f"{entry.get('reason')}: {str(entry.get('detail', ''))[:300]}"
+            if said == 409:
+                return k + 1, 409, f"its successor lost the request's cache ({why})"
+            if said == 421 or said >= 500:
+                return k + 1, 502, f"its successor cannot serve the request ({why})"
+            return k, 502, f"its successor refused what it sent ({why})"
+        url = w.urls[k + 1] if k + 1 < len(w.urls) else None
+        alive = url is not None and await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self.probe([url], PROBE_TIMEOUT), self.loop)) is None
+        if alive:
+            return k, 502, f"could not reach its successor, which answers the coordinator ({detail})"
+        return k + 1, 502 if status != 409 else 409, f"its successor does not answer the coordinator either ({detail})"
 
 
 def hop_cause(exc: HopError) -> Exception:
@@ -211,7 +285,8 @@ class PushPath:
             for k, err in enumerate(errors):
                 if err is not None:
                     raise HopError(k, 502, f"route refused: {err}")
-            self.hub.open(self.rid, [(n.address, (s.start, s.end)) for n, s in zip(route, spans)])
+            self.hub.open(self.rid, [(n.address, (s.start, s.end)) for n, s in zip(route, spans)],
+                          [n.url for n in route])
             self._routed = key
         future = self.hub.expect(self.rid)
         if frame.reset:
@@ -219,8 +294,8 @@ class PushPath:
             self.hub.clear_received(self.rid)
         self.sent.append(frame)
         try:
-            err = self.hub.call(self.hub.push(route[0].url, route[0].link_token, frame.encode(), self.timeout),
-                                self.timeout + 5)
+            err = self.hub.call(self.hub.push(route[0].url, route[0].link_token, frame.encode(), self.timeout,
+                                              self.rid), self.timeout + 5)
         except concurrent.futures.TimeoutError:
             err = "pushing the first frame timed out"
         if err is not None:

@@ -50,6 +50,7 @@ class NodeRecord:
     link_token: str | None = None  # secret the node gave at join: it takes pushed frames (links.py)
     hop_ms: float | None = None      # measured: its push to the next node (its report), or our relay hop
     compute_ms: float | None = None  # measured: its span's compute per frame (its report)
+    peer_ms: dict[str, float] = field(default_factory=dict)  # measured round trip to next-span nodes (its report)
 
 
 @dataclass
@@ -208,7 +209,7 @@ class RoomRegistry:
 
     def heartbeat(self, room_id: str, node_id: str, loaded: tuple[int, int] | None,
                   owner: str | None = None, hop_ms: float | None = None,
-                  compute_ms: float | None = None) -> NodeRecord:
+                  compute_ms: float | None = None, peer_ms: dict[str, float] | None = None) -> NodeRecord:
         room = self.get(room_id)
         with self._lock:
             node = self.owned(room, node_id, owner)
@@ -221,7 +222,21 @@ class RoomRegistry:
                 node.hop_ms = round(float(hop_ms), 2)
             if compute_ms is not None:
                 node.compute_ms = round(float(compute_ms), 3)
+            for peer, ms in (peer_ms or {}).items():  # only nodes of this room; bounded by its size
+                if peer in room.nodes and peer != node_id and 0 <= float(ms) < 1e6:
+                    node.peer_ms[peer] = round(float(ms), 2)
             return node
+
+    def peers(self, room_id: str, node_id: str, limit: int = 16) -> list[dict]:
+        """The nodes a node should time its round trip to: those that may follow it in a route
+        (the next span's live nodes), so `route` can pick short hops."""
+        room = self.get(room_id)
+        with self._lock:
+            node = room.nodes.get(node_id)
+            if node is None or node.span is None or room.plan is None or node.span + 1 >= len(room.plan.spans):
+                return []
+            nxt = [n for n in room.nodes.values() if n.span == node.span + 1 and self.alive(n)]
+            return [{"node_id": n.node_id, "url": n.url} for n in nxt[:limit]]
 
     def observe_hop(self, node: NodeRecord, ms: float) -> None:
         """A relayed hop's time as the coordinator saw it (moving average)."""
@@ -290,13 +305,18 @@ class RoomRegistry:
             return sorted(nodes, key=lambda n: n.active)
 
     def route(self, room_id: str) -> list[NodeRecord]:
-        """One ready node per span, in span order, or RoomError(503) naming the missing spans."""
+        """One ready node per span, in span order, or RoomError(503) naming the missing spans.
+        Among a span's least busy replicas the one with the shortest measured round trip from
+        the previous pick wins (`peer_ms`, timed by the nodes); unmeasured pairs keep the turn."""
         room = self.get(room_id)
         if room.plan is None:
             raise RoomError(f"room {room_id!r} is still forming: {len(room.nodes)}/{room.slots} nodes joined", 503)
         route, missing = [], []
         for span in room.plan.spans:
             c = self.candidates(room_id, span.index)
+            if c and route:
+                prev = route[-1].peer_ms
+                c = sorted(c, key=lambda n: (n.active, prev.get(n.node_id, float("inf"))))
             if c:
                 route.append(c[0])
             else:
@@ -322,7 +342,7 @@ class RoomRegistry:
             nodes = [{"node_id": n.node_id, "address": n.address, "url": n.url, "memory": n.memory,
                       "span": n.span, "ready": self.ready(room, n), "alive": self.alive(n), "failed": n.failed,
                       "served": n.served, "checks": n.checks, "strikes": n.strikes,
-                      "hop_ms": n.hop_ms, "compute_ms": n.compute_ms,
+                      "hop_ms": n.hop_ms, "compute_ms": n.compute_ms, "peer_ms": dict(n.peer_ms),
                       "push": n.link_token is not None} for n in room.nodes.values()]
             return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
                     "placement": room.placement,

@@ -41,12 +41,28 @@ class RequestCache:
 
 @dataclass
 class Step:
-    """What every unit of a forward pass shares: absolute positions and their rotary tables."""
+    """What every unit of a forward pass shares: absolute positions and their rotary tables.
+
+    A batched step (`parts`) runs several requests' positions as one sequence of rows: the
+    dense layers see all rows at once, attention runs each part over its own request's cache
+    (the unit is then given a list of caches, one per part)."""
 
     start: int
     length: int
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
+    parts: list["Step"] | None = None
+
+
+def segments(step: Step, cache) -> list[tuple[int, Step, "RequestCache"]]:
+    """(row offset, step, cache) of each request in a plain or batched step."""
+    if step.parts is None:
+        return [(0, step, cache)]
+    out, off = [], 0
+    for part, c in zip(step.parts, cache):
+        out.append((off, part, c))
+        off += part.length
+    return out
 
 
 class RMSNorm(nn.Module):

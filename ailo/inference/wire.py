@@ -19,6 +19,12 @@ Layout (little-endian), one frame per HTTP body, both directions:
 
 A decode step for Llama-2 7B therefore moves 4096 × 2 bytes plus ~60 bytes of header per hop,
 never a JSON array of floats.
+
+A batch (content type `application/x-ailo-frames`) carries the frames of several requests that
+go to the same place at once (a node's batched forward, issue 28), each with the sender's own
+Ed25519 signature of that frame, so every frame stays separately attributable for audits:
+
+    magic  b"AILB", version u8 (1), count u16, then per frame: length u32, frame, signature 64 bytes
 """
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ import torch
 MAGIC = b"AILF"
 VERSION = 1
 CONTENT_TYPE = "application/x-ailo-frame"
+BATCH_TYPE = "application/x-ailo-frames"
+BATCH_MAGIC = b"AILB"
+MAX_BATCH = 256
+_BATCH = struct.Struct("<4sBH")
+SIG_BYTES = 64
 FLAG_RESET = 1
 FLAG_ALL_LOGITS = 2
 FLAG_GREEDY = 4
@@ -89,3 +100,37 @@ class Frame:
         tensor = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
         return cls(rid, start, (s0, s1), tensor, bool(flags & FLAG_RESET),
                    bool(flags & FLAG_ALL_LOGITS), bool(flags & FLAG_GREEDY))
+
+
+def encode_batch(items: list[tuple[bytes, bytes]]) -> bytes:
+    """(frame bytes, 64-byte signature) pairs → one batch body."""
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise WireError(f"a batch holds 1 to {MAX_BATCH} frames")
+    parts = [_BATCH.pack(BATCH_MAGIC, VERSION, len(items))]
+    for body, sig in items:
+        if len(sig) != SIG_BYTES:
+            raise WireError("a batched frame's signature is 64 bytes")
+        parts += [struct.pack("<I", len(body)), body, sig]
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A batch body → its (frame bytes, signature) pairs; the frames themselves are not parsed."""
+    if len(data) < _BATCH.size:
+        raise WireError("batch too short")
+    magic, version, count = _BATCH.unpack_from(data)
+    if magic != BATCH_MAGIC or version != VERSION or not 1 <= count <= MAX_BATCH:
+        raise WireError("not an ailo frame batch")
+    off, out = _BATCH.size, []
+    for _ in range(count):
+        if off + 4 > len(data):
+            raise WireError("batch cut short")
+        (n,) = struct.unpack_from("<I", data, off)
+        off += 4
+        if off + n + SIG_BYTES > len(data):
+            raise WireError("batch cut short")
+        out.append((data[off:off + n], data[off + n:off + n + SIG_BYTES]))
+        off += n + SIG_BYTES
+    if off != len(data):
+        raise WireError("bytes after the last frame of a batch")
+    return out

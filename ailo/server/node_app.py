@@ -4,7 +4,7 @@
     DELETE /v1/node/requests/{id}        drop a finished request's KV cache
     GET    /v1/node/info                 span, tensors read from the checkpoint, cache count
     POST   /v1/node/route                the coordinator routes a request through this node (pushed pipelines)
-    POST   /v1/node/push                 a frame pushed by the previous node (202; output pushed on)
+    POST   /v1/node/push                 frames pushed by the previous node, one or a batch (202; outputs pushed on)
     GET    /v1/node/requests/{id}/received  the signed frames an audit re-runs
 The checks and the push worker are `ailo.inference.links` (domain); this module only maps HTTP.
 """
@@ -14,7 +14,7 @@ import time
 
 from fastapi import FastAPI, Request, Response
 
-from ailo.inference import links
+from ailo.inference import forwarding, links
 from ailo.inference.node import NodeError, NodeService
 from ailo.inference.wire import CONTENT_TYPE, Frame, WireError
 from ailo.server.errors import install_error_handlers
@@ -53,8 +53,13 @@ def build_node_app(service: NodeService) -> FastAPI:
 
     @app.post("/v1/node/push", status_code=202)
     async def push(request: Request) -> Response:
-        links.accept_push(service, request.headers, await request.body())
-        return Response(status_code=202)
+        accepted, refused = links.accept_push(service, request.headers, await request.body())
+        if accepted:
+            forwarding.enqueue(service, accepted)
+        if not refused:
+            return Response(status_code=202)
+        status, body, headers = links.signed_refusal(service.link.wallet, refused, len(accepted) + len(refused) > 1)
+        return Response(content=body, status_code=status, headers=headers)
 
     @app.get("/v1/node/requests/{request_id}/received")
     def received(request_id: str, request: Request) -> dict:

@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ailo.inference.chat import MAX_TEMPLATE_CHARS, ChatError, render_chat
-from ailo.inference.links import H_SIGNATURE, frame_signer
+from ailo.inference.links import H_ADDRESS, H_SIGNATURE, frame_message, frame_signer, verified
 from ailo.inference.pushing import PushHub
-from ailo.inference.wire import Frame, WireError
+from ailo.inference.wire import BATCH_TYPE, Frame, WireError, decode_batch
 from ailo.inference.auth import AuthError, RateLimiter, RequestVerifier, check_node_url, check_operator
 from ailo.inference.generate import GenerateParams, Generation
 from ailo.inference.plan import PRESETS, PlanError, get_preset
@@ -79,6 +79,8 @@ class Heartbeat(BaseModel):
     loaded: list[int] | None = Field(None, max_length=2)
     hop_ms: float | None = Field(None, ge=0, le=1e7, description="the node's measured push to its next node")
     compute_ms: float | None = Field(None, ge=0, le=1e7, description="the node's compute per frame")
+    peer_ms: dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(ge=0, le=1e6)]] | None = Field(
+        None, max_length=64, description="round trips (ms) the node timed to the nodes its heartbeat reply named")
 
 
 class Leave(BaseModel):
@@ -265,9 +267,10 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
         if loaded is not None and len(loaded) != 2:
             raise RoomError("'loaded' is [start, end]", 400)
         node = rooms.heartbeat(room_id, body.node_id, loaded, owner=signer, hop_ms=body.hop_ms,
-                               compute_ms=body.compute_ms)
+                               compute_ms=body.compute_ms, peer_ms=body.peer_ms)
         room = rooms.get(room_id)
-        return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room)}
+        return {"node_id": node.node_id, "span": span_dict(room_id, node.node_id), "state": rooms.state(room),
+                "peers": rooms.peers(room_id, node.node_id)}
 
     @router.post("/{room_id}/leave", openapi_extra=signed_json(Leave, "the leave"))
     async def leave(room_id: str, request: Request):
@@ -287,26 +290,50 @@ def make_rooms_router(rooms: RoomRegistry, rewards: InferenceRewardSink | None =
 
     @router.post("/{room_id}/frames", include_in_schema=False)
     async def frames(room_id: str, request: Request):
-        """The last span's output of a pushed request, signed by its node (ailo/inference/links.py)."""
-        raw, signer = await node_signed(request, "frame")
+        """The last span's outputs of pushed requests, signed by its node (ailo/inference/links.py):
+        one frame, or a batch (one signature a frame) when its node ran several requests at once."""
+        if not (request.headers.get("content-type") or "").startswith(BATCH_TYPE):
+            raw, signer = await node_signed(request, "frame")
+            try:
+                rid = Frame.decode(raw).request_id
+            except WireError as exc:
+                return JSONResponse({"detail": f"bad frame: {exc}", "reason": "bad_frame"}, 400)
+            status, reason, detail = push.deliver(rid, signer, raw, request.headers.get(H_SIGNATURE, ""))
+            return Response(status_code=202) if status == 202 else JSONResponse({"detail": detail, "reason": reason}, status)
+        frames_per_ip.take(_peer(request))
+        signer = request.headers.get(H_ADDRESS) or ""
         try:
-            rid = Frame.decode(raw).request_id
+            items = decode_batch(await _body(request))
+            rids = [Frame.decode(raw).request_id for raw, _ in items]
         except WireError as exc:
-            return JSONResponse({"detail": f"bad frame: {exc}", "reason": "bad_frame"}, 400)
-        status, reason, detail = push.deliver(rid, signer, raw, request.headers.get(H_SIGNATURE, ""))
-        return Response(status_code=202) if status == 202 else JSONResponse({"detail": detail, "reason": reason}, status)
+            return JSONResponse({"detail": f"bad batch: {exc}", "reason": "bad_frame"}, 400)
+        refused = []
+        for rid, (raw, sig) in zip(rids, items):
+            if not verified(signer, frame_message(raw), sig.hex()):
+                status, reason, detail = 401, "bad_signature", "frame is not signed by the X-Ailo-Address wallet"
+            else:
+                status, reason, detail = push.deliver(rid, signer, raw, sig.hex())
+            if status != 202:
+                refused.append({"request_id": rid, "status": status, "reason": reason, "detail": detail})
+        push.expect_pushes([rid for rid in rids if rid not in {r["request_id"] for r in refused}])
+        if not refused:
+            return Response(status_code=202)
+        return JSONResponse({"detail": refused[0]["detail"], "reason": refused[0]["reason"], "refused": refused}, 207)
 
     @router.post("/{room_id}/hop-errors", include_in_schema=False)
     async def hop_errors(room_id: str, request: Request):
-        """A node of a pushed request could not run its frame, or reach the next node."""
+        """A node of a pushed request could not run its frame, or reach the next node (blaming the
+        next node takes evidence: PushHub.hop_error)."""
         raw, signer = await node_signed(request, "report")
         try:
             d = json.loads(raw)
             span = tuple(int(v) for v in d["span"]) if d.get("span") else None
-            status, reason, detail = push.hop_error(str(d["request_id"]), signer, span,
-                                                    "next" if d.get("failed") == "next" else "self",
-                                                    int(d.get("status", 502)), str(d.get("detail", ""))[:500])
-        except (ValueError, KeyError, TypeError) as exc:
+            evidence = d.get("evidence")
+            status, reason, detail = await push.hop_error(
+                str(d["request_id"]), signer, span, "next" if d.get("failed") == "next" else "self",
+                int(d.get("status", 502)), str(d.get("detail", ""))[:500],
+                evidence if isinstance(evidence, dict) else None)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"detail": f"bad report: {exc}", "reason": "bad_request"}, 400)
         return Response(status_code=202) if status == 202 else JSONResponse({"detail": detail, "reason": reason}, status)
 

@@ -11,19 +11,23 @@ import torch.nn as nn
 
 from ailo.inference.families.base import Family, dtype_of, eos_ids
 from ailo.inference.spec import ModelSpec
-from ailo.inference.units import RequestCache, Step, attend
+from ailo.inference.units import RequestCache, Step, attend, segments
 from ailo.model import MLP, Attention
 
 
 class _UnitKV:
     """The request's KV cache seen by one attention unit of one step (`ailo.model.KVCache`)."""
 
-    def __init__(self, cache: RequestCache, layer: int, step: Step):
+    def __init__(self, cache: RequestCache | list[RequestCache], layer: int, step: Step):
         self.cache, self.layer, self.step = cache, layer, step
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k, v = self.cache.append(self.layer, k, v)
-        return attend(q, k, v, self.step, q.shape[-1] ** -0.5)
+        ys = []
+        for off, part, c in segments(self.step, self.cache):  # each request of a batched step alone
+            end = off + part.length
+            ks, vs = c.append(self.layer, k[:, :, off:end], v[:, :, off:end])
+            ys.append(attend(q[:, :, off:end], ks, vs, part, q.shape[-1] ** -0.5))
+        return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
 class GPTAttention(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ailo.inference.families.base import Family, dtype_of, eos_ids
 from ailo.inference.spec import ModelSpec, SpecError
-from ailo.inference.units import RequestCache, RMSNorm, Step, attend, rotate_half
+from ailo.inference.units import RequestCache, RMSNorm, Step, attend, rotate_half, segments
 
 
 class _LlamaSelfAttn(nn.Module):
@@ -34,18 +34,22 @@ class LlamaAttention(nn.Module):
         self.input_layernorm = RMSNorm(s.hidden, s.norm_eps)
         self.self_attn = _LlamaSelfAttn(s)
 
-    def forward(self, x: torch.Tensor, step: Step, cache: RequestCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step, cache: RequestCache | list[RequestCache]) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.input_layernorm(x)
         a = self.self_attn
         q = a.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = a.k_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = a.v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = step.cos[None, None], step.sin[None, None]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k, v = cache.append(self.layer, k, v)
-        y = attend(q, k, v, step, self.head_dim ** -0.5)
+        ys = []
+        for off, part, c in segments(step, cache):  # one request's rows (a batched step has several)
+            qs, ks, vs = q[:, :, off:off + part.length], k[:, :, off:off + part.length], v[:, :, off:off + part.length]
+            cos, sin = part.cos[None, None], part.sin[None, None]
+            qs = qs * cos + rotate_half(qs) * sin
+            ks = ks * cos + rotate_half(ks) * sin
+            ks, vs = c.append(self.layer, ks, vs)
+            ys.append(attend(qs, ks, vs, part, self.head_dim ** -0.5))
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
         return x + a.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
