@@ -174,8 +174,8 @@ def test_a_node_killed_mid_request_fails_over_to_its_replica_on_the_push_path(ck
         d_span = room.nodes["d"][2].span
         by_id = {rec.node_id: k for k, (_, _, rec, _) in room.nodes.items()}
         with signed_stream(room.http, "/v1/rooms/r/generate", Wallet.from_label("push-asker"),
-                           {"input_ids": PROMPT, "max_new_tokens": 12, "stop_at_eos": False,
-                            "draft_tokens": 0}) as r:
+                           {"input_ids": PROMPT, "max_new_tokens": 48, "stop_at_eos": False,
+                            "draft_tokens": 0}) as r:  # long enough not to end before the kill lands
             events = []
             for line in r.iter_lines():
                 events.append(json.loads(line))
@@ -188,7 +188,7 @@ def test_a_node_killed_mid_request_fails_over_to_its_replica_on_the_push_path(ck
         fo = [e for e in events if e["type"] == "failover"]
         assert len(fo) == 1 and fo[0]["from"] == room.nodes[victim][2].node_id
         assert fo[0]["to"] == room.nodes[replica][2].node_id
-        assert events[-1]["type"] == "done" and events[-1]["tokens"] == greedy(ckpt, 12)
+        assert events[-1]["type"] == "done" and events[-1]["tokens"] == greedy(ckpt, 48)
         assert events[-1]["stats"]["transport"] == "push"
     finally:
         room.close()
