@@ -127,17 +127,18 @@ class LinkEmulator:
         up, down = _Direction(line, True), _Direction(line, False)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if line.handshake:
-                await asyncio.sleep(2 * line.one_way_s)
+            writers = [writer]
             try:
+                if line.handshake:
+                    await asyncio.sleep(2 * line.one_way_s)
                 r2, w2 = await asyncio.open_connection(host, port)
-            except OSError:
-                writer.close()
-                return
-            _nodelay(writer)
-            _nodelay(w2)
-            await asyncio.gather(self._carry(reader, w2, up), self._carry(r2, writer, down), return_exceptions=True)
-            for w in (writer, w2):
+                writers.append(w2)
+                _nodelay(writer)
+                _nodelay(w2)
+                await asyncio.gather(self._carry(reader, w2, up), self._carry(r2, writer, down), return_exceptions=True)
+            except (OSError, asyncio.CancelledError):  # target down, or stop(): the connection ends
+                pass
+            for w in writers:
                 w.close()
 
         async def start() -> int:
@@ -199,9 +200,69 @@ class LinkEmulator:
         if self.loop is None:
             return
 
-        async def close() -> None:
+        async def close() -> None:  # servers, then every open connection (no pending task left behind)
             for s in self._servers:
                 s.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _selfcheck() -> dict:
+    """Measured against what the line promises: round trips and transfer times through a proxy in
+    front of a local HTTP server (one JSON line; `python bench/linkemu.py`)."""
+    import concurrent.futures
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # GET /<n>: n bytes back
+            n = int(self.path.strip("/") or 0)
+            self.send_response(200)
+            self.send_header("content-length", str(n))
+            self.end_headers()
+            self.wfile.write(b"x" * n)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    emu, home = LinkEmulator().start(), Line(down_mbit=8, up_mbit=2, rtt_ms=40, handshake=True)
+    url = emu.proxy("127.0.0.1", server.server_address[1], home)
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return round(time.perf_counter() - t0, 3)
+
+    with httpx.Client(base_url=url) as a, httpx.Client(base_url=url) as b:
+        out = {"bench": "linkemu", "line": "8/2 Mbit/s, 40 ms", "first_request_s": timed(lambda: a.get("/0")),
+               "rtt_s": timed(lambda: a.get("/0")), "down_1MB_s": timed(lambda: a.get("/1000000")),
+               "up_250KB_s": timed(lambda: a.post("/", content=b"y" * 250_000))}
+        b.get("/0")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            out["two_down_500KB_shared_s"] = timed(lambda: list(pool.map(lambda c: c.get("/500000"), (a, b))))
+    out["expected_s"] = {"first_request_s": 0.08, "rtt_s": 0.04, "down_1MB_s": 1.04, "up_250KB_s": 1.04,
+                         "two_down_500KB_shared_s": 1.04}
+    emu.stop()
+    server.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(_selfcheck()))
