@@ -180,3 +180,24 @@ def test_lean_sequence_losses_and_their_gradient_equal_the_plain_ones(one_thread
     assert torch.allclose(lean, ref, atol=1e-5)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, ref_grads[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_quantised_states_are_bounded_to_adamws_reach_so_the_coordinator_accepts_them():
+    """The H100 run's failure: 8-bit AdamW moved a few coordinates past the coordinator's
+    3·lr·steps AdamW bound and the budgeted worker's update was refused `implausible_norm`."""
+    from ailo.federation.client.lean_training import HONEST_STEP_BOUND, bound_like_adamw
+    from ailo.federation.core.validate import UpdateRejected, ValidationConfig, check_norm
+    lr, steps = 1e-3, 10
+    torch.manual_seed(0)
+    honest = torch.randn(64, 64) * lr            # what AdamW moves: about lr a step, summed
+    delta = {"w": honest.clone(), "b": torch.zeros(64)}
+    delta["w"][0, :5] = torch.tensor([0.0448, -0.0448, 0.031, 0.05, -0.2])  # quantised-v outliers
+    task = {"lr": lr, "steps": steps, "optimizer": "adamw"}
+    with pytest.raises(UpdateRejected):
+        check_norm(delta, [], task, ValidationConfig())
+    cut = bound_like_adamw(delta, lr, steps)
+    assert cut == 5
+    check_norm(delta, [], task, ValidationConfig())  # accepted now
+    bound = HONEST_STEP_BOUND * lr * steps
+    assert float(delta["w"][0, :5].abs().max()) == pytest.approx(bound)
+    assert torch.equal(delta["w"][1:], honest[1:])  # honest coordinates untouched
