@@ -44,7 +44,9 @@ def test_ample_budget_keeps_todays_path_and_smaller_budgets_get_leaner():
     # 24 GB holds exact AdamW states; 12 GB needs a lean optimizer state (fp32 W+G+AdamW is 13.1 GB)
     assert plan(ONE_B, task, 24 * GB).optimizer == "adamw"
     assert plan(ONE_B, task, 12 * GB).optimizer == "adamw8bit"
-    assert plan(ONE_B, task, 10 * GB).optimizer == "adamw4bit"
+    # 10 GB: 4-bit states plus the quantised step's measured temporaries (1.8 B/parameter on the
+    # H100) no longer fit, so the exact states move to the host
+    assert plan(ONE_B, task, 10 * GB).optimizer == "adamw-offload"
     assert plan(ONE_B, task, 9 * GB).optimizer == "adamw-offload"   # exact states, on the host
     with pytest.raises(DoesNotFit):  # fp32 weights + gradients (6.6 GB) + the tied gradient + activations
         plan(ONE_B, task, 8 * GB)

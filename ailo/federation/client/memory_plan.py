@@ -52,6 +52,10 @@ ACT_BYTES = {"cuda": {"embd": 15.5, "ffn": 5.4, "head": 16.0},
              "cpu": {"embd": 31.0, "ffn": 10.8, "head": 16.0}}
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "adamw4bit": 1.0, "adamw-offload": 0.0, "sgd": 0.0}
 COMPILE_BYTES = 500 * 10**6  # torchao's 8/4-bit step is torch.compile'd: inductor's own memory on CPU (measured ~0.4 GB)
+# On CUDA the 8/4-bit step's own temporaries (dequantised moments and the update of the tensor
+# being stepped, the compiled kernels' workspace): measured on the H100, ailo-1b, AdamW8bit, the
+# peak was 1.39-1.44 GB above the estimate without them (bench/RESULTS.md), i.e. 1.75 B/parameter.
+QUANTISED_STEP_BYTES_PER_PARAM = 1.8
 # Unmodelled memory as a share of the budget: CUDA's caching allocator (small buffers, fragmentation);
 # on CPU the process's RSS also holds glibc's per-thread arenas (bench/memory.py on ailo-small: peak
 # RSS up to 1.35x the estimate at micro-batch 1 with 2 threads).
@@ -137,7 +141,8 @@ def estimate(shape: ModelShape, task: TaskShape, device: str, micro_batch: int, 
     parts = {
         "weights": 4 * p,
         "gradients": 4 * p,
-        "optimizer": OPTIMIZER_STATE_BYTES[optimizer] * p + (COMPILE_BYTES if device != "cuda" and "bit" in optimizer else 0),
+        "optimizer": OPTIMIZER_STATE_BYTES[optimizer] * p + (
+            0 if "bit" not in optimizer else COMPILE_BYTES if device != "cuda" else QUANTISED_STEP_BYTES_PER_PARAM * p),
         "snapshot": 0 if snapshot_on_host else 4 * p,
         "activations": kept + recompute,
         "head": head_tokens * shape.vocab_size * act["head"] + (2 * boundary if head_chunk else 0),
