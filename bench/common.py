@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +50,23 @@ def emit(result: dict, args: argparse.Namespace | None = None, name: str | None 
     print(json.dumps(result), flush=True)
     if args is not None:
         write_out(result, args, name or str(result.get("bench", "bench")))
+
+
+def follow_rounds(url: str, procs: dict, logs: Path, started: float, max_seconds: float, on_version=None) -> dict:
+    """Poll the coordinator's GET /v1/status until it says `finished` (returned); fail fast when a
+    process dies (`check_alive`, the coordinator must keep running), TimeoutError past
+    `max_seconds` since `started`; `on_version(status)` once per newly published version."""
+    import httpx
+    shown = 0
+    while True:
+        check_alive(procs, logs, must_run=("coordinator",))
+        status = httpx.get(f"{url}/v1/status", timeout=60).json()
+        if len(status["history"]) > shown:
+            shown = len(status["history"])
+            if on_version is not None:
+                on_version(status)
+        if status["finished"]:
+            return status
+        if time.time() - started > max_seconds:
+            raise TimeoutError(f"stopped after {max_seconds} s at version {status['version']}")
+        time.sleep(1.0)

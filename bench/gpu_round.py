@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from common import add_out, ailo, check_alive, free_port, out_dir, stop_all, wait_healthy
+from common import add_out, ailo, follow_rounds, free_port, out_dir, stop_all, wait_healthy
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -136,21 +136,13 @@ def main() -> int:
                  "--json-log", "--rounds", str(args.rounds), "--wallet", str(work / f"wallet-{k}.json"),
                  *(["--memory-budget", budgets[k]] if budgets else [])],
                 work / "logs" / f"worker-{k}.log")
-        shown = 0
-        while True:
-            check_alive(procs, work / "logs", must_run=("coordinator",))
-            status = httpx.get(f"{url}/v1/status", timeout=60).json()
-            if len(status["history"]) > shown:
-                shown = len(status["history"])
-                result["history"] = status["history"]
-                write(partial=True)
-                print(f"[{time.time() - t_start:6.1f}s] version {status['version']} val_loss "
-                      f"{status['history'][-1]['val_loss']:.4f}", flush=True)
-            if status["finished"]:
-                break
-            if time.time() - t_start > args.max_seconds:
-                raise TimeoutError(f"stopped after {args.max_seconds} s at version {status['version']}")
-            time.sleep(1.0)
+
+        def published(status: dict) -> None:
+            result["history"] = status["history"]
+            write(partial=True)
+            print(f"[{time.time() - t_start:6.1f}s] version {status['version']} val_loss "
+                  f"{status['history'][-1]['val_loss']:.4f}", flush=True)
+        status = follow_rounds(url, procs, work / "logs", t_start, args.max_seconds, published)
         result["ok"] = True
     except (RuntimeError, TimeoutError) as exc:
         result["ok"] = False

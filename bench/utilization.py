@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from common import add_out, ailo, check_alive, emit, free_port, stop_all, wait_healthy
+from common import add_out, ailo, emit, follow_rounds, free_port, stop_all, wait_healthy
 from linkemu import Line, LinkEmulator
 
 
@@ -145,19 +145,9 @@ def main() -> int:
                  "--num-shards", str(args.workers), "--client-id", f"worker-{k}", "--cache", str(work / f"cache-{k}"),
                  "--json-log", "--quiet", "--wallet", str(work / f"wallet-{k}.json"), *args.worker_arg],
                 work / "logs" / f"worker-{k}.log", args.threads)
-        shown = 0
-        while True:
-            check_alive(procs, work / "logs", must_run=("coordinator",))
-            status = httpx.get(f"{url}/v1/status", timeout=60).json()
-            if len(status["history"]) > shown:
-                shown = len(status["history"])
-                print(f"[{time.time() - t_start:6.1f}s] version {status['history'][-1]['version']} val_loss "
-                      f"{status['history'][-1]['val_loss']:.4f} load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
-            if status["finished"]:
-                break
-            if time.time() - t_start > args.max_seconds:
-                raise TimeoutError(f"stopped after {args.max_seconds} s at version {status['version']}")
-            time.sleep(1.0)
+        status = follow_rounds(url, procs, work / "logs", t_start, args.max_seconds, lambda st: print(
+            f"[{time.time() - t_start:6.1f}s] version {st['history'][-1]['version']} val_loss "
+            f"{st['history'][-1]['val_loss']:.4f} load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True))
         result["ok"] = True
     except (RuntimeError, TimeoutError) as exc:
         result["ok"] = False
