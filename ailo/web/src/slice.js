@@ -164,8 +164,9 @@ export class SliceModel {
 
 /** trainLocal for a slice: `batches` as trainLocal's, config a task / TrainConfig; each batch
  *  is run as micro-batches of `microBatch` sequences (gradients accumulated: the same mean
- *  loss). Returns trainLocal's result with Δ of the slice's tensors only. */
-export async function trainSlice(model, batches, config = {}, { onStep = null, microBatch = null } = {}) {
+ *  loss). Returns trainLocal's result with Δ of the slice's tensors only; the start copies are
+ *  released (`keepStart` keeps them for another call on the same model). */
+export async function trainSlice(model, batches, config = {}, { onStep = null, microBatch = null, keepStart = false } = {}) {
   const cfg = trainConfigFrom(config);
   const vars = model.variables();
   const opt = cfg.optimizer === 'adamw' ? new AdamW(vars, { lr: cfg.lr, weightDecay: cfg.weightDecay }) : new SGD(vars, { lr: cfg.lr, weightDecay: cfg.weightDecay });
@@ -204,12 +205,12 @@ export async function trainSlice(model, batches, config = {}, { onStep = null, m
     }
     const seconds = (performance.now() - t0) / 1000;
     const delta = new Map();
-    for (const n of model.names) {
-      const end = await model.params.get(n).data();
+    for (const n of model.names) {  // Δ written over the read-back copy; the start copy is let go
+      const d = await model.params.get(n).data();
       const s = model.start.get(n);
-      const d = new Float32Array(end.length);
-      for (let i = 0; i < d.length; i++) d[i] = s.data[i] - end[i];
+      for (let i = 0; i < d.length; i++) d[i] = s.data[i] - d[i];
       delta.set(n, { shape: s.shape, dtype: 'F32', data: d });
+      if (!keepStart) model.start.delete(n);
     }
     return { delta, nSamples, tokens, steps: losses.length, seconds, losses,
       trainLoss: losses.reduce((a, b) => a + b, 0) / Math.max(1, losses.length) };

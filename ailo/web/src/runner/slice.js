@@ -66,7 +66,7 @@ export async function sliceBench(ailo, job, randomTokenBatches) {
   const opts = { microBatch: job.micro || null };
   const w = job.warmup ?? 1;
   const t1 = performance.now();
-  if (w) await ailo.trainSlice(model, batches, { ...cfg, steps: w }, opts);
+  if (w) await ailo.trainSlice(model, batches, { ...cfg, steps: w }, { ...opts, keepStart: true });
   const warmupS = (performance.now() - t1) / 1000;
   const read0 = source.bytesRead;
   const r = await ailo.trainSlice(model, batches, { ...cfg, steps: job.steps || 3 }, opts);
