@@ -23,7 +23,7 @@ from ailo.federation.coordinator.config import CoordinatorConfig
 from ailo.federation.core.aggregate import FedAvg, WeightedDelta
 from ailo.federation.core.rewards import slice_reward
 from ailo.federation.core.signing import sign_update
-from ailo.federation.core.slices import SlicePolicy, SliceTicket, make_slice, slice_state_bytes, units_of
+from ailo.federation.core.slices import SlicePolicy, SliceTicket, influence, make_slice, slice_state_bytes, units_of
 from ailo.federation.core.update_format import UpdateMeta, encode_update
 from ailo.ledger.tx import register_tx
 from ailo.ledger.verify import now_ms, verify_chain
@@ -125,6 +125,20 @@ def test_fedavg_weights_each_tensor_by_those_who_trained_it():
     assert torch.equal(agg.aggregate(base, [full, sliced], 1.0)["a"], out["a"])
 
 
+def test_a_slice_weighs_its_share_where_full_updates_trained_too():
+    """influence = n_k × share (the reward's factor): beside a full update a slice only nudges the
+    tensor; alone on a tensor it moves it by its whole Δ (bench/slice_quality.py measures it)."""
+    assert influence(8, None, 100) == 8.0 and influence(8, 25, 100) == 2.0 and influence(8, 100, 100) == 8.0
+    base = {"a": torch.zeros(2), "b": torch.zeros(2)}
+    full = WeightedDelta({"a": torch.full((2,), 1.0), "b": torch.full((2,), 1.0)}, influence(8, None, 100))
+    sliced = WeightedDelta({"a": torch.full((2,), 5.0)}, influence(8, 25, 100))
+    out = FedAvg().aggregate(base, [full, sliced], 1.0)
+    assert torch.allclose(out["a"], torch.full((2,), -(8 * 1 + 2 * 5) / 10))  # was −(8 + 40)/16 = −3
+    assert torch.allclose(out["b"], torch.full((2,), -1.0))
+    alone = FedAvg().aggregate(base, [sliced, dataclasses.replace(sliced, n_samples=influence(16, 25, 100))], 1.0)
+    assert torch.allclose(alone["a"], torch.full((2,), -5.0)) and torch.equal(alone["b"], base["b"])
+
+
 def test_slice_reward_is_the_share():
     assert slice_reward(10**7, 1, 4) == 2_500_000
     assert slice_reward(10**7, 4, 4) == 10**7
@@ -204,7 +218,7 @@ def test_slice_worker_accepted_and_paid_by_share_attacks_refused(network, corpus
     r3 = full2.run_round()
     assert r3.response["status"] == "accepted" and r3.response.get("aggregated") is True, r3.response
     # Aggregation: the embedding (only the full workers trained it) is their own mean; the
-    # blocks are the mean of all three, each weighted by n_k.
+    # blocks are the mean of all three, a full update weighted by n_k, the slice by n_k × share.
     rows = {u.client_id: u for u in coord.store.updates(1, "accepted")}
     assert set(rows) == {"full-0", "full-1", "slice-0"}
     new = coord.model.state_dict()
@@ -214,7 +228,8 @@ def test_slice_worker_accepted_and_paid_by_share_attacks_refused(network, corpus
     want_wte = before["wte.weight"] - (n0 * s0 * d_full["wte.weight"] + n1 * s1 * d_full2["wte.weight"]) / (n0 + n1)
     assert torch.allclose(new["wte.weight"], want_wte, atol=1e-6)
     k = "blocks.1.mlp.fc.weight"
-    want_blk = before[k] - (n0 * s0 * d_full[k] + n1 * s1 * d_full2[k] + ns * ss * d_slice[k]) / (n0 + n1 + ns)
+    ws = ns * rows["slice-0"].extra["slice_params"] / coord.slice_tasks.total_params
+    want_blk = before[k] - (n0 * s0 * d_full[k] + n1 * s1 * d_full2[k] + ws * ss * d_slice[k]) / (n0 + n1 + ws)
     assert torch.allclose(new[k], want_blk, atol=1e-6)
 
     # Rewards: the slice earns the full formula × its share of the parameters; attackers nothing.

@@ -110,9 +110,9 @@ def test_registration_whose_reply_was_lost_is_recognised(tmp_path, corpus_dir):
 def test_task_carries_the_warmup_and_the_worker_trains_with_it(tmp_path, corpus_dir, monkeypatch):
     import ailo.federation.client.worker as worker_module
     app = build_app(CoordinatorConfig(min_updates=1, local_steps=3, val_batches=1, warmup_steps=2), tmp_path / "coord")
-    seen, real = [], worker_module.train_local
-    monkeypatch.setattr(worker_module, "train_local",
-                        lambda model, batches, cfg, device=None: (seen.append(cfg), real(model, batches, cfg, device))[1])
+    seen, real = [], worker_module.train_planned  # every full task trains through the plan's step loop
+    monkeypatch.setattr(worker_module, "train_planned",
+                        lambda model, batches, cfg, plan, device: (seen.append(cfg), real(model, batches, cfg, plan, device))[1])
     with TestClient(app) as client:
         assert client.post("/v1/tasks", json={"client_id": "peek"}).json()["warmup_steps"] == 2
         worker = Worker("http://testserver", "warm", corpus_dir, 0, 2, progress=False, http=client,

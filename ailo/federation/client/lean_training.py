@@ -1,7 +1,8 @@
 """Local training that follows a MemoryPlan (ailo.federation.client.memory_plan): the same task maths as
 `ailo.training.train_local` (mean loss over the task's batch, clipping, warm-up, the task's lr),
 held in less memory by micro-batches with gradient accumulation, activation checkpointing, a
-chunked head, 8/4-bit or host-offloaded AdamW states (torchao) and a host snapshot of M_start.
+chunked head, 8/4-bit AdamW states (torchao) or AdamW states and gradients on the host
+(host_offload.py), and a host snapshot of M_start.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Iterable
 
 import torch
 
+from ailo.federation.client.host_offload import HostOffloadAdamW
 from ailo.federation.client.memory_plan import MemoryPlan, ModelShape, TaskShape
 from ailo.model import GPT, GPTConfig
 from ailo.recompute import lean_loss
@@ -58,20 +60,21 @@ def available_memory(device: torch.device | str) -> int:
     return int(free)
 
 
-def make_lean_optimizer(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> torch.optim.Optimizer:
+def make_lean_optimizer(model: torch.nn.Module, cfg: TrainConfig, kind: str):
     """The task's AdamW (betas 0.9/0.95) with the plan's state: torchao 8-bit or 4-bit blockwise
-    quantised moments, or fp32 moments and the step on the host (CPUOffloadOptimizer, CUDA only)."""
+    quantised moments, or fp32 moments, master weights and gradients on the host
+    (`host_offload.HostOffloadAdamW`: clips in its own step)."""
     if kind in ("adamw", "sgd"):
         return make_optimizer(model, cfg)
-    from torchao.optim import AdamW4bit, AdamW8bit, CPUOffloadOptimizer
     params = [p for p in model.parameters() if p.requires_grad]
     kw = dict(lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if kind == "adamw-offload":
+        return HostOffloadAdamW(params, max_grad_norm=cfg.grad_clip, **kw)
+    from torchao.optim import AdamW4bit, AdamW8bit
     if kind == "adamw8bit":
         return AdamW8bit(params, **kw)
     if kind == "adamw4bit":
         return AdamW4bit(params, **kw)
-    if kind == "adamw-offload":
-        return CPUOffloadOptimizer(params, torch.optim.AdamW, **kw)
     raise ValueError(f"unknown optimizer state {kind!r}")
 
 
@@ -93,24 +96,17 @@ def bound_like_adamw(delta: dict[str, torch.Tensor], lr: float, steps: int) -> i
     return cut
 
 
-def _clip(model: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> None:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    d2h = getattr(opt, "param_d2h_map", None)
-    if d2h and float(norm) > max_norm:  # offload copied the unclipped gradients to the host already
-        opt.stream.synchronize()
-        for p_device, p_host in d2h.items():
-            p_host.grad.copy_(p_device.grad)
+def _clip(model: torch.nn.Module, opt, max_norm: float) -> None:
+    if not getattr(opt, "clips_itself", False):  # host offload clips the host gradients in its step
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
-def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
-                  plan: MemoryPlan, device: torch.device) -> LocalUpdate:
-    """`train_local` under a plan: returns the same pseudo-gradient Δ = M_start − M_end."""
-    model.to(device).train()
-    host = plan.snapshot_on_host and device.type == "cuda"
-    with torch.no_grad():
-        start = {k: v.detach().to("cpu", copy=True) if host else v.detach().clone()
-                 for k, v in model.state_dict().items()}
-    opt = make_lean_optimizer(model, cfg, plan.optimizer)
+def planned_step(model: GPT, opt: torch.optim.Optimizer, cfg: TrainConfig, plan: MemoryPlan, device: torch.device):
+    """One optimizer step under a plan, as `step(i, x, y) -> loss` (ailo.training.run_steps):
+    warm-up, the batch's mean loss backed through micro-batches (blocks and head recomputed as
+    the plan says, bf16 autocast on CUDA), clipping, the plan's optimizer. Every full-model
+    trainer steps through this: `train_planned` and the overlapped worker (client/overlap.py).
+    Under today's plan (one micro-batch, nothing recomputed) it is `ailo.training.train_step`."""
     use_amp = cfg.amp and device.type == "cuda"
 
     def loss_of(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -127,8 +123,22 @@ def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor
         opt.step()
         return loss
 
-    run = run_steps(batches, cfg.steps, step, device)
+    return step
+
+
+def train_planned(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
+                  plan: MemoryPlan, device: torch.device) -> LocalUpdate:
+    """`train_local` under a plan: returns the same pseudo-gradient Δ = M_start − M_end."""
+    model.to(device).train()
+    host = plan.snapshot_on_host and device.type == "cuda"
+    with torch.no_grad():
+        start = {k: v.detach().to("cpu", copy=True) if host else v.detach().clone()
+                 for k, v in model.state_dict().items()}
+    opt = make_lean_optimizer(model, cfg, plan.optimizer)
+    run = run_steps(batches, cfg.steps, planned_step(model, opt, cfg, plan, device), device)
     opt.zero_grad(set_to_none=True)
+    if hasattr(opt, "close"):
+        opt.close()  # host offload: its gradient hooks leave the model
     del opt  # gradients and optimizer states go before Δ is built beside the weights
     with torch.no_grad():
         delta = {k: start.pop(k).to(device).sub_(v.detach()).to(torch.float32) for k, v in model.state_dict().items()}

@@ -9,7 +9,10 @@ picks the fastest one that fits, in this order of cost:
 2. micro-batches with gradient accumulation (same maths: the mean loss over the task's batch);
 3. activation checkpointing of as few blocks as fit (each one costs a re-run of its forward);
 4. 8-bit, then 4-bit AdamW states (torchao; the only choice that changes the numbers, measured
-   in bench/RESULTS.md), then AdamW states offloaded to host memory (CUDA only, exact but slow).
+   in bench/RESULTS.md), then AdamW states, master weights and gradients in host memory (CUDA
+   only, exact but slow: client/host_offload.py). That last one takes ailo-1b (batch 2 × 2,048)
+   down to 8 GB: fp32 weights, one gradient in flight, the tied matrix's two gradients and the
+   activations of checkpointed blocks (least ≈ 5 GB).
 
 Weights, gradients and Δ stay float32 (Δ must be exact, and bf16 weights would round away small
 updates); activations are bf16 under autocast on CUDA. A task that fits no way is refused.
@@ -140,7 +143,9 @@ def estimate(shape: ModelShape, task: TaskShape, device: str, micro_batch: int, 
     head_tokens = min(tokens, head_chunk) if head_chunk else tokens
     parts = {
         "weights": 4 * p,
-        "gradients": 4 * p,
+        # host offload adds each gradient to its host copy as soon as backward has accumulated it:
+        # on the device only one block's largest gradient is in flight (the tied one: below)
+        "gradients": 4 * shape.n_embd * shape.n_ffn if optimizer == "adamw-offload" else 4 * p,
         "optimizer": OPTIMIZER_STATE_BYTES[optimizer] * p + (
             0 if "bit" not in optimizer else COMPILE_BYTES if device != "cuda" else QUANTISED_STEP_BYTES_PER_PARAM * p),
         "snapshot": 0 if snapshot_on_host else 4 * p,

@@ -19,7 +19,11 @@ kept, and rides in the next update). Every update is therefore Δ = W_base − �
 coordinator serves, at most one update is in flight, and the next phase ends once the task
 seconds have passed AND the previous update's version is merged (the trainer keeps stepping
 meanwhile, up to the task's `max_steps`: the only idle time). AdamW's moments persist across
-phases. Quality against synchronous rounds: bench/utilization.py (`loss_ratio`), bench/RESULTS.md.
+phases. Steps follow the worker's memory plan (`lean_training.planned_step`, the loop of
+synchronous rounds too), planned with the overlap's two extra host copies (the Δ in flight and
+the next version's weights; W_base is the plan's snapshot) taken off a CPU budget; a
+slice task, or a full task whose plan does not fit beside them, runs as a synchronous round.
+Quality against synchronous rounds: bench/utilization.py (`loss_ratio`), bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -38,11 +42,12 @@ from ailo.chunks import Manifest
 from ailo.federation.core.codecs import CodecSpec, compress
 from ailo.federation.core.local_phase import is_timed
 from ailo.federation.core.update_format import UpdateMeta
-from ailo.federation.client.lean_training import device_peak_bytes
+from ailo.federation.client.lean_training import (QUANTISED_STATES, bound_like_adamw, device_peak_bytes,
+                                                  make_lean_optimizer, planned_step)
 from ailo.federation.client.uploader import submit_update
 from ailo.federation.client.rounds import RETRYABLE, RoundReport, _batch_seed
 from ailo.model import empty_model, get_preset
-from ailo.training import TrainConfig, make_optimizer, pick_device, train_step
+from ailo.training import TrainConfig, pick_device, set_lr
 
 
 CARRY = {"stale_round", "stale_version", "unavailable"}   # honest work the network never judged
@@ -95,6 +100,7 @@ class OverlappedRun:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.outcomes: queue.Queue[Outcome] = queue.Queue()
         self.error: BaseException | None = None
+        self.plan = None  # the MemoryPlan the trainer steps under (Worker.plan_task)
 
     # -- courier thread ----------------------------------------------------------------------
     def _fetch(self, task: dict) -> tuple[Outcome, int] | None:
@@ -203,10 +209,11 @@ class OverlappedRun:
         cfg = TrainConfig(steps=int(task.get("max_steps", task["steps"])), batch_size=task["batch_size"],
                           lr=task["lr"], optimizer=task["optimizer"],
                           warmup_steps=int(task.get("warmup_steps", 0)))
-        opt = make_optimizer(model, cfg)
+        plan = self.plan = w.plan_task(task, overlapped=True)  # the budget's plan, as in synchronous rounds
+        opt = make_lean_optimizer(model, cfg, plan.optimizer)
+        step = planned_step(model, opt, cfg, plan, device)
         batches = w.data.random_batches(task["batch_size"], task["seq_len"],
                                         seed=_batch_seed(w.seed, w.client_id, task["round"]))
-        use_amp = device.type == "cuda"
         courier = threading.Thread(target=self._courier, name=f"courier-{w.client_id}", daemon=True)
         courier.start()
         phase, outstanding, total_steps, submitted = Phase(), None, 0, 0
@@ -230,18 +237,19 @@ class OverlappedRun:
                         phase.absorb(job)     # Δ_r stays in θ − W_base: the next update carries it
                     task = outcome.task
                     cfg = replace(cfg, lr=task["lr"])  # a decaying lr follows the round (warm-up: once per run)
+                    step = planned_step(model, opt, cfg, plan, device)
                     if total_steps >= cfg.warmup_steps:
-                        for g in opt.param_groups:
-                            g["lr"] = task["lr"]
+                        set_lr(opt, task["lr"])
                     if max_rounds is not None and submitted >= max_rounds:
                         break
                     continue
                 if outstanding is None and task is not None and phase.steps > 0 and \
                         phase.seconds >= float(task.get("seconds", 0)) and (max_rounds is None or submitted < max_rounds):
                     now = time.perf_counter()
-                    outstanding = Job(task, {k: base[k] - v.detach().to("cpu", torch.float32)
-                                             for k, v in model.state_dict().items()},
-                                      phase.samples, phase.steps,
+                    delta = {k: base[k] - v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+                    if plan.optimizer in QUANTISED_STATES:  # as train_planned: within full-state AdamW's reach
+                        bound_like_adamw(delta, cfg.lr, phase.steps)
+                    outstanding = Job(task, delta, phase.samples, phase.steps,
                                       float(torch.stack(phase.losses).float().mean()) if phase.losses else 0.0,
                                       phase.seconds, now - last_submit, time.time())
                     last_submit, phase, submitted = now, Phase(), submitted + 1
@@ -252,7 +260,7 @@ class OverlappedRun:
                 x, y = next(batches)
                 t0 = time.perf_counter()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                phase.losses.append(train_step(model, model, opt, x, y, cfg, total_steps, use_amp))
+                phase.losses.append(step(total_steps, x, y))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 phase.seconds += time.perf_counter() - t0
@@ -262,6 +270,8 @@ class OverlappedRun:
         finally:
             self.jobs.put(None)
             courier.join(timeout=5)
+            if hasattr(opt, "close"):
+                opt.close()  # host offload: its gradient hooks leave the model
         return w.reports
 
     @staticmethod

@@ -29,7 +29,7 @@ from ailo.federation.core.update_format import UpdateMeta, client_id_problem
 from ailo.federation.client.uploader import submit_update
 from ailo.mirrors import MirroredSource
 from ailo.model import empty_model, get_preset
-from ailo.training import TrainConfig, device_label, pick_device, train_local
+from ailo.training import TrainConfig, device_label, pick_device
 from ailo.wallet import Wallet
 from ailo.storage.atomic import atomic_write
 
@@ -252,8 +252,8 @@ class Worker:
             raise Refused(f"POST /v1/tasks: HTTP {r.status_code}: {r.text[:300]}")
         task = r.json()
         self.last_status = task["status"]
-        if self.overlap and wants_overlap(task):  # time-sized task: `run` hands over to OverlappedRun
-            self.overlap_task = task
+        if self.overlap and wants_overlap(task) and "slice" not in task and self._fits_overlapped(task):
+            self.overlap_task = task  # time-sized task: `run` hands over to OverlappedRun
             return None
         if task["status"] != "train" or self.attempts.get(task["round"], 0) >= self.max_attempts:
             self.last_status = "wait" if task["status"] == "train" else task["status"]
@@ -282,8 +282,7 @@ class Worker:
         else:
             downloaded = self.load_compact(manifest) if compact else self.load_model(manifest)
             t_download = time.perf_counter() - t0
-            upd = train_planned(self.model, batches, cfg, self.plan, device) if self.plan.lean else \
-                train_local(self.model, batches, cfg, device)
+            upd = train_planned(self.model, batches, cfg, self.plan, device)  # today's path when the plan is not lean
         t_trained = time.perf_counter()
         codec = CodecSpec.from_task(task)
         delta = ATTACKS[self.attack](upd.delta) if self.attack else upd.delta
@@ -314,11 +313,18 @@ class Worker:
         self.rounds_done += 1
         return report
 
-    def plan_task(self, task: dict) -> MemoryPlan:
-        """How to train this task inside the memory budget; logged when it changes."""
+    def plan_task(self, task: dict, overlapped: bool = False) -> MemoryPlan:
+        """How to train this task inside the memory budget; logged when it changes. Overlapped
+        rounds (client/overlap.py) keep the Δ in flight and the next version's weights in host
+        memory beside the model: on the CPU that is the training memory, so two fp32 model copies
+        come off the budget first (on CUDA they are host memory, outside the device budget)."""
         device = pick_device(self.device)
+        shape = model_shape(get_preset(task["preset"]))
+        budget = self.memory_budget - (2 * 4 * shape.params if overlapped and device.type != "cuda" else 0)
         try:
-            plan = plan_memory(model_shape(get_preset(task["preset"])), task_shape(task), self.memory_budget, device.type)
+            if budget <= 0:
+                raise DoesNotFit("the budget holds no model copy beside the overlapped round's two", 0)
+            plan = plan_memory(shape, task_shape(task), budget, device.type)
         except DoesNotFit as exc:
             raise TaskDoesNotFit(f"[{self.client_id}] refusing the {task['preset']} task of round {task['round']}: {exc} "
                                  f"(--memory-budget; free memory on {device.type}: "
@@ -327,6 +333,15 @@ class Worker:
             print(f"[{self.client_id}] memory plan for {task['preset']}: {plan.describe()}", flush=True)
         self.plan = plan
         return plan
+
+    def _fits_overlapped(self, task: dict) -> bool:
+        """A time-sized full task is overlapped when its plan fits beside the overlap's copies;
+        otherwise it runs as a synchronous round (which may still fit, or refuses)."""
+        try:
+            self.plan_task(task, overlapped=True)
+            return True
+        except TaskDoesNotFit:
+            return False
 
     def ensure_registered(self) -> None:
         """Bind the wallet's address to its username on the ledger, once (R5: no e-mail).

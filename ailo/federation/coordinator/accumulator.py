@@ -43,7 +43,7 @@ class RoundAccumulator:
         self.round_id, self.folded, self._state = round_id, [], None
 
     def fold(self, update_id: int, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
-             n_samples: int, scale: float = 1.0) -> None:
+             n_samples: float, scale: float = 1.0) -> None:
         """Add one accepted update (no-op for non-streaming aggregators: they read from disk).
         `scale` is its Proof-of-Contribution clip factor: it counts as scale·Δ."""
         if update_id in self.folded:

@@ -247,8 +247,8 @@ class Coordinator(Admission):
         crash_point("after_accept")
         t_fold = time.perf_counter()
         try:
-            self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors, row.n_samples,
-                                  sub.extra.get("clip_scale", 1.0))
+            self.accumulator.fold(update_id, self.model.state_dict(), sub.tensors,
+                                  self.slice_tasks.weight(row.n_samples, sub.extra), sub.extra.get("clip_scale", 1.0))
         except Exception:
             self._rebuild_accumulator()
         self.store.bump_counter(f"timing.round.{rnd.id}.fold_ms", int(1000 * (time.perf_counter() - t_fold)))
@@ -274,8 +274,8 @@ class Coordinator(Admission):
     def _accepted_files(self, round_id: int) -> list[tuple]:
         rows = self.store.updates(round_id, "accepted", limit=10**9)
         self._names_of = {self.store.update_blob_path(u.sha256): self._slice_names(u.extra) for u in rows}
-        return [(u.id, self.store.update_blob_path(u.sha256), u.n_samples, u.extra.get("clip_scale", 1.0))
-                for u in rows]
+        return [(u.id, self.store.update_blob_path(u.sha256), self.slice_tasks.weight(u.n_samples, u.extra),
+                 u.extra.get("clip_scale", 1.0)) for u in rows]
 
     def _slice_names(self, extra: dict) -> list[str] | None:
         """The tensors of a slice update (its row's `slice`), None for a full update."""

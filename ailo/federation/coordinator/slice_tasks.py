@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ailo.federation.coordinator.holdout import derive, load_secret
 from ailo.federation.client.memory_plan import DoesNotFit, ModelShape, TaskShape, format_size, plan as plan_memory
-from ailo.federation.core.slices import (HEADROOM, Slice, SlicePolicy, SliceTicket, make_slice, slice_state_bytes,
-                                         units_of)
+from ailo.federation.core.slices import (HEADROOM, Slice, SlicePolicy, SliceTicket, influence, make_slice,
+                                         slice_state_bytes, units_of)
 from ailo.federation.core.update_format import UpdateMeta, UpdateRejected
 
 if TYPE_CHECKING:
@@ -109,6 +109,11 @@ class SliceTasks:
                                      f"client {meta.client_id!r} in round {round_id}", 403)
             return None
         return make_slice(self.shapes, self.coord.cfg.n_layer, *span)
+
+    def weight(self, n_samples: int, extra: dict) -> float:
+        """An accepted update's weight in the round's average: n_k, × its share for a slice
+        (core/slices.influence: the factor its reward gets too)."""
+        return influence(n_samples, extra.get("slice_params") if extra.get("slice") else None, self.total_params)
 
     def of_row(self, extra: dict) -> Slice | None:
         span = extra.get("slice")

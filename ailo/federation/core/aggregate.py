@@ -28,7 +28,7 @@ StateDict = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class WeightedDelta:
     delta: Mapping[str, torch.Tensor]
-    n_samples: int
+    n_samples: float  # n_k; a slice update: n_k × its share (core/slices.influence)
     scale: float = 1.0  # clip factor: the update counts as scale·Δ
 
 

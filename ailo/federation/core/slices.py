@@ -141,6 +141,18 @@ class SlicePolicy:
         return None
 
 
+def influence(n_samples: int, slice_params: int | None, total_params: int) -> float:
+    """An update's weight in the per-tensor average: n_k for a full update, n_k × its share of
+    the model's parameters for a slice — the same factor its reward gets (rewards.slice_reward).
+    Where full updates trained a tensor too, a slice's Δ (trained with every other tensor frozen
+    at M_t, so it learns in its few tensors what the full workers learn across the model) then
+    only nudges their average; a tensor that only slices trained is still averaged over them
+    alone and moves by their full mean Δ. Measured by bench/slice_quality.py (bench/RESULTS.md)."""
+    if slice_params is None or slice_params >= total_params:
+        return float(n_samples)
+    return n_samples * slice_params / total_params
+
+
 def micro_batch_for(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl: Slice, optimizer: str, batch: int,
                     seq: int, budget: int | None, device: str = "cpu") -> int:
     """The largest divisor of the task's batch whose slice state fits the budget (1 at least)."""
