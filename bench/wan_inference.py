@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from ailo.inference.units import RequestCache  # noqa: E402
 from ailo.inference.checkpoints import make_hf_checkpoint  # noqa: E402
 from ailo.inference.loader import load_span  # noqa: E402
 from ailo.inference.plan import LLAMA_2_70B, GiB, fewest_spans  # noqa: E402
+from ailo.inference.rooms import RoomRegistry  # noqa: E402
 from ailo.wallet import Wallet  # noqa: E402
 
 AILO = [sys.executable, "-m", "ailo.cli.main"]
@@ -99,18 +101,32 @@ def start_coordinator(d: Path, port: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("coordinator did not start")
 
 
-def measure(url: str, prompt: list[int], n: int, extra: dict, concurrency: int, want: list[int]) -> dict:
+def batching(node_urls: list[str]) -> tuple[int, int]:
+    """(forwards, frames) the nodes' push workers ran so far (GET /v1/node/info, direct)."""
+    forwards = frames = 0
+    for u in node_urls:
+        push = httpx.get(f"{u}/v1/node/info").json().get("push") or {}
+        forwards, frames = forwards + push.get("forwards", 0), frames + push.get("frames", 0)
+    return forwards, frames
+
+
+def measure(url: str, prompt: list[int], n: int, extra: dict, concurrency: int, want: list[int],
+            node_urls: list[str] = ()) -> dict:
     toks, dt, done = ask(url, prompt, n, extra)
     passes = max(done.get("stats", {}).get("passes", n), 1)
     single = {"tokens_per_s": round(n / dt, 2), "ms_per_token": round(1000 * dt / n, 1), "match": toks == want,
               "ms_per_pass": round(1000 * dt / passes, 1),
               "stats": done.get("stats", {})}
     prompts = [prompt[i:] + prompt[:i] for i in range(concurrency)]  # distinct requests
+    before = batching(node_urls)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda p: ask(url, p, n, extra), prompts))
     wall = time.perf_counter() - t0
+    after = batching(node_urls)
     single["aggregate_tokens_per_s"] = round(concurrency * n / wall, 2)
+    if after[0] > before[0]:  # pushed modes: frames per node forward while the requests ran together
+        single["concurrent_frames_per_forward"] = round((after[1] - before[1]) / (after[0] - before[0]), 2)
     single["concurrent_match_first"] = results[0][0] == want
     single["concurrent_acceptance"] = [r[2]["stats"].get("acceptance") for r in results]
     return single
@@ -139,7 +155,51 @@ def simulate(out: dict, args, shape: dict) -> dict:
                      "tokens_per_s_with_drafts": round(1000 * tokens_per_pass / (hops * (per_hop_ms + wire_ms(8192, rows))), 2)}
     res["llama_2_7b_real_width_tokens_per_s_with_drafts"] = round(
         1000 * tokens_per_pass / ((spans + 1) * (per_hop_ms + wire_ms(4096, rows))), 2)
+    res["routing_by_latency"] = simulate_routing(max(per_hop_ms - args.rtt_ms / 2, 0.0), tokens_per_pass,
+                                                 wire_ms(8192, rows))
     return res
+
+
+def simulate_routing(cpu_ms: float, tokens_per_pass: float, wire: float, sites: int = 3,
+                     near_ms: float = 10.0, far_ms: float = 80.0) -> dict:
+    """The 70B room (120 nodes of 8 GiB, placement fewest: 18 spans, 102 replicas) spread over
+    `sites` sites (MODELED round trips: near_ms within a site, far_ms between; the coordinator at
+    site 0), routed by the real `RoomRegistry.route` before and after the nodes report the round
+    trips they time (`peer_ms`); a hop costs its one-way delay + this run's measured per-hop CPU
+    cost + a real-width frame's serialisation."""
+    spec = LLAMA_2_70B
+    reg = RoomRegistry(clock=lambda: 0.0)
+    reg.create_room("sim", spec, 120, placement="fewest")
+    site, rng = {}, random.Random(0)  # each node at a random site, the same draw every run
+    for i in range(120):
+        rec = reg.join("sim", url=f"http://10.0.0.{i}:8000", memory=8 * GiB, fingerprint=spec.fingerprint())
+        site[rec.node_id] = rng.randrange(sites)
+    room = reg.get("sim")
+    for n in room.nodes.values():
+        s = room.span_of(n)
+        reg.heartbeat("sim", n.node_id, (s.start, s.end))
+    rtt = lambda a, b: near_ms if a == b else far_ms  # noqa: E731
+
+    def pass_ms() -> float:
+        total = []
+        for _ in range(30):
+            route = reg.route("sim")
+            legs = [rtt(0, site[route[0].node_id])] + [rtt(site[a.node_id], site[b.node_id])
+                                                      for a, b in zip(route, route[1:])] + [rtt(site[route[-1].node_id], 0)]
+            total.append(sum(r / 2 + cpu_ms + wire for r in legs))
+        return sum(total) / len(total)
+
+    turns = pass_ms()
+    for n in list(room.nodes.values()):
+        peers = {p["node_id"]: rtt(site[n.node_id], site[p["node_id"]]) for p in reg.peers("sim", n.node_id)}
+        s = room.span_of(n)
+        reg.heartbeat("sim", n.node_id, (s.start, s.end), peer_ms=peers)
+    measured = pass_ms()
+    return {"basis": f"modeled sites ({sites}; {near_ms:g} / {far_ms:g} ms round trips), real router, "
+                     "measured per-hop CPU", "spans": len(room.plan.spans),
+            "ms_per_pass_by_turns": round(turns, 1), "ms_per_pass_by_latency": round(measured, 1),
+            "tokens_per_s_by_turns": round(1000 * tokens_per_pass / turns, 2),
+            "tokens_per_s_by_latency": round(1000 * tokens_per_pass / measured, 2)}
 
 
 def main() -> None:
@@ -168,6 +228,7 @@ def main() -> None:
     direct = f"http://127.0.0.1:{cport}"
     coord_link = emu.proxy("127.0.0.1", cport)  # what nodes call (results, heartbeats)
     procs: list[subprocess.Popen] = []
+    node_urls: list[str] = []  # direct (not through the emulator): the bench's own reads
     try:
         httpx.post(f"{direct}/v1/rooms", json={"id": "wan", "slots": nodes,
                                                "model": json.loads((d / "config.json").read_text())},
@@ -175,6 +236,7 @@ def main() -> None:
         logs = open(d / "nodes.log", "w")
         for i in range(nodes):
             port = free_port()
+            node_urls.append(f"http://127.0.0.1:{port}")
             key = Wallet.from_label(f"wan-node-{i}").save(d / f"node-{i}.json")
             procs.append(subprocess.Popen(
                 [*AILO, "node", "--room", "wan", "--model-dir", str(d), "--coordinator", coord_link, "--port", str(port),
@@ -199,10 +261,13 @@ def main() -> None:
             for label, one_way in (("loopback", 0.0), ("wan", args.rtt_ms / 2000)):
                 emu.set(one_way, args.mbit if one_way else 0.0)
                 ask(direct, prompt, 4, extra)  # warm connections at this setting
-                res[label] = measure(direct, prompt, args.new_tokens, extra, args.concurrency, want)
+                res[label] = measure(direct, prompt, args.new_tokens, extra, args.concurrency, want, node_urls)
             out[mode] = res
         if "push" in out and "push+draft" in out:
             out["simulated_70b_120_nodes"] = simulate(out, args, shape)
+        view = httpx.get(f"{direct}/v1/rooms/wan").json()["nodes"]  # what the nodes timed to their successors
+        out["peer_ms_median"] = sorted(ms for n in view for ms in n["peer_ms"].values())[
+            len([ms for n in view for ms in n["peer_ms"].values()]) // 2] if any(n["peer_ms"] for n in view) else None
         out.update({"cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)})
         print(json.dumps(out))
     finally:

@@ -17,7 +17,7 @@ from ailo.inference.checkpoints import make_hf_checkpoint
 from ailo.inference import forwarding
 from ailo.inference.links import H_LINK, NodeLink, frame_message, refusal_entry, sign_frame
 from ailo.inference.loader import load_span
-from ailo.inference.node import NodeService
+from ailo.inference.node import NodeService, RoomAgent
 from ailo.server.node_app import build_node_app
 from ailo.inference.rooms import RoomRegistry
 from ailo.inference.serving import ThreadedServer
@@ -271,5 +271,22 @@ def test_a_node_cannot_blame_a_live_successor_without_evidence(ckpt, monkeypatch
                 assert fo["from"] == room.nodes[liar][2].node_id and fo["to"] == room.nodes["d"][2].node_id
                 assert "answers the coordinator" in fo["reason"]
         assert room.nodes[liar][2].failed and not room.nodes[successor][2].failed
+    finally:
+        room.close()
+
+
+def test_a_node_times_its_round_trip_to_the_nodes_its_heartbeat_names(ckpt):
+    room = Room(ckpt, "abc")
+    try:
+        svc, srv, rec, wallet = room.nodes["a"]
+        agent = RoomAgent(svc, room.server.url, "r", srv.url, 10 ** 9, wallet)
+        b = room.nodes["b"]
+        agent._time_peers([{"node_id": b[2].node_id, "url": b[1].url}, {"node_id": "gone", "url": "http://127.0.0.1:9"},
+                           {"node_id": "evil", "url": "file:///etc/passwd"}])
+        assert set(agent._peer_ms) == {b[2].node_id} and 0 < agent._peer_ms[b[2].node_id] < 2000
+        agent._peer_ms = {}
+        agent._time_peers([{"node_id": b[2].node_id, "url": b[1].url}])  # timed a moment ago: not again
+        assert agent._peer_ms == {}
+        agent.leave()
     finally:
         room.close()

@@ -192,7 +192,7 @@ class NodeService:
                 "tensor_names": self.tensor_names, "tensor_bytes": self.tensor_bytes,
                 "cached_requests": len(self.caches), "dtype": str(self.dtype), "device": str(self.device),
                 "push": None if self.link is None else {
-                    "pushed": self.link.pushed, "forwards": self.link.batches,
+                    "pushed": self.link.pushed, "forwards": self.link.batches, "frames": self.link.batched,
                     "frames_per_forward": round(self.link.batched / self.link.batches, 3) if self.link.batches else None}}
 
 
