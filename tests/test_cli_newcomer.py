@@ -92,7 +92,7 @@ def test_wrong_invocations_are_one_line_errors(tmp_path):
 
 def test_unresolvable_host_fails_fast_and_names_it():
     t0 = time.monotonic()
-    r = run_cli("chain", "verify", "--coordinator", "http://no-such-host.invalid:8400")
+    r = run_main("chain", "verify", "--coordinator", "http://no-such-host.invalid:8400")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no-such-host.invalid" in r.stderr and "does not resolve" in r.stderr
     assert time.monotonic() - t0 < 20, "DNS failures are not retried for a whole budget"
@@ -135,7 +135,7 @@ def test_worker_username_must_match_its_wallet(tmp_path):
     from ailo.wallet import Wallet
     path = tmp_path / "bob.json"
     Wallet.generate().with_username("bob").save(path)
-    r = run_cli("worker", "--coordinator", "http://127.0.0.1:9", "--wallet", str(path), "--username", "alice")
+    r = run_main("worker", "--coordinator", "http://127.0.0.1:9", "--wallet", str(path), "--username", "alice")
     assert_one_line_error(r, "'bob'", "'alice'")
 
 
@@ -159,6 +159,7 @@ def test_config_file_values_are_defaults_and_flags_win(tmp_path):
         assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_wallet_balance_lists_accepted_but_unpaid_updates(tmp_path, corpus_dir):
     """Rewards are minted when a round closes: until then the update is listed with its round's
     progress (accepted of needed, deadline), then no longer."""

@@ -1,5 +1,6 @@
 """Compact downloads: the bf16 served model and int8 patches from v−1 (served.py, downloads.py,
 patching.py) through a real coordinator app and worker."""
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -33,6 +34,7 @@ def _worker(client, name, corpus_dir, tmp_path, shard=0):
                   cache_dir=tmp_path / f"cache-{name}")
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_worker_downloads_bf16_then_only_patches(tmp_path, corpus_dir, one_thread):
     cfg = CoordinatorConfig(min_updates=1, local_steps=2, val_batches=1, codec="sparse", compact_downloads=True)
     coord = Coordinator(cfg, tmp_path / "state")

@@ -113,7 +113,9 @@ def test_round_closes_with_fedavg_and_new_chunks_served(api):
     coord, client = api
     base = {k: v.clone() for k, v in coord.model.state_dict().items()}
     d1, d2 = _delta(coord, 1e-3), _delta(coord, -2e-3)
-    assert _post(client, encode_update(d1), client_id="a", samples=10).status_code == 200
+    r = _post(client, encode_update(d1), client_id="a", samples=10)
+    assert r.status_code == 200 and (r.json()["accepted_in_round"], r.json()["needed_in_round"]) == (1, 2)
+    assert client.get("/v1/status").json()["needed_in_round"] == 2  # the number the CLI and dashboard show
     r = _post(client, encode_update(d2), client_id="b", samples=30)
     assert r.json()["aggregated"] and r.json()["version"] == 1
     manifest = client.get("/v1/model").json()

@@ -171,6 +171,7 @@ def _registered_trained_update(client, coord, name):
     return body, sign_update(wallet, UpdateMeta(name, 1, 0, 24, 5.0), hashlib.sha256(body).hexdigest())
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, corpus_dir):
     app = build_app(CoordinatorConfig(min_updates=2, local_steps=3, val_batches=1), tmp_path / "coord")
     coord = app.state.coordinator
@@ -195,6 +196,7 @@ def test_signed_retry_returns_the_same_update_id_and_is_accepted_once(tmp_path, 
         assert len(coord.store.updates(1)) == 1
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_idle_validator_prepares_each_versions_reference_once_before_updates_arrive(tmp_path, corpus_dir):
     """The PoC reference (holdout losses and gradient at M_v) is computed while clients train,
     not in the first update's validation; each version's exactly once."""

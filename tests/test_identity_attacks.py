@@ -36,6 +36,7 @@ def _wallet(http, name: str) -> Wallet:
     return w
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_someone_else_s_update_never_makes_yours_duplicate_or_wait(live, tmp_path, corpus_dir, one_thread):
     app, url, http = live
     alice, mallory = _wallet(http, "alice"), _wallet(http, "mallory")
