@@ -24,7 +24,7 @@ from ailo.federation.core.slices import HEADROOM, make_slice, slice_state_bytes
 from ailo.ledger import verify_chain
 from ailo.model import build_model, count_parameters, get_preset
 from ailo.testing.harness import chromium, ensure_built
-from tests.pages import coordinator_process, open_page, register
+from tests.pages import READY, coordinator_process, register
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,11 @@ def test_page_trains_a_slice_accepted_and_paid(coordinator):
     query = "?backend=wasm&askAboveMB=100000" + ("" if ONE_B else f"&budget={budget_for_one_block(PRESET)}")
     with chromium() as ctx:
         t0 = time.time()
-        page, errors = open_page(ctx, url, query=query)
+        errors: list[str] = []
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/{query}")
+        page.wait_for_function(READY, timeout=(1200 if ONE_B else 120) * 1000)  # ailo-1b: 3.3 GB into IndexedDB
         st = page.evaluate("window.ailoPage")
         assert st["backend"] == "wasm" and st["budget"] < 20 * count_parameters(build_model(PRESET, device="meta"))
         assert st["model"]["via"] == "stream", st["model"]  # too large for the budget: only verified into IndexedDB

@@ -132,11 +132,15 @@ def test_slice_gradients_match_pytorch(webgpu, reference, tmp_path, units):
     loss and the full model's gradient of exactly the slice's tensors (embed; blocks.0; the last
     block with ln_f)."""
     model = build_model("ailo-tiny", seed=0)
-    manifest, blobs = split_state_dict(model.state_dict(), 3, preset="ailo-tiny", config=model.cfg.to_dict())
+    manifest, blobs = split_state_dict(model.state_dict(), 12, preset="ailo-tiny", config=model.cfg.to_dict())
     write_chunks(tmp_path / "chunks", manifest, blobs)
     d = reference["dir"]
     out = noderunner.run("slicegrads", {"backend": "webgpu", "chunks": str(tmp_path / "chunks"), "units": list(units),
-                                        "batches": str(d / "batches.json"), "micro": 1, "out": str(tmp_path / "g.safetensors")})
+                                        "batches": str(d / "batches.json"), "micro": 1, "keep": 1,
+                                        "out": str(tmp_path / "g.safetensors")})
+    block_bytes = sum(c.size for c in manifest.chunks if any(p.chunk == c.index for n, t in manifest.tensors.items()
+                                                             if n.startswith("blocks.1.") for p in t.parts))
+    assert out["bytesRead"] >= 2 * block_bytes  # frozen blocks were read from the chunks (forward + backward)
     grads = st_load((tmp_path / "g.safetensors").read_bytes())
     shapes = {n: t.shape for n, t in manifest.tensors.items()}
     assert sorted(grads) == sorted(make_slice(shapes, model.cfg.n_layer, *units).names)

@@ -6,7 +6,7 @@
 // with the model's own tensor names, byte-identical to `safetensors.torch.save` of the same Δ.
 import * as tf from '@tensorflow/tfjs';
 import { serializeSafetensors } from './safetensors.js';
-import { fusedAdamW, fusedAdamWAvailable } from './webgpu_kernels.js';
+import { fusedAdamW, fusedAdamWAvailable, sumSquaresFused, wgslKernels } from './webgpu_kernels.js';
 
 export const DEFAULT_TRAIN_CONFIG = Object.freeze({
   steps: 20, batchSize: 8, lr: 3e-3, optimizer: 'adamw', weightDecay: 0.0, gradClip: 1.0, warmupSteps: 0,
@@ -116,10 +116,16 @@ export function clipGradNorm(grads, maxNorm) {
   });
 }
 
+/** Σ g² of one tensor. On WebGPU a large one goes through strided partial sums in WGSL
+ *  (webgpu_kernels.js): tfjs's full reduction runs one workgroup over every entry. */
+export function sumSquares(g) {
+  return wgslKernels() && g.size >= 1 << 16 ? sumSquaresFused(g) : tf.sum(tf.square(g));
+}
+
 /** The scalar min(1, max_norm / (‖g‖₂ + 1e-6)) of clip_grad_norm_, left on the device. */
 export function clipCoefficient(grads, maxNorm) {
   return tf.tidy(() => {
-    const total = tf.sqrt(sumAll(grads.map((g) => tf.sum(tf.square(g)))));
+    const total = tf.sqrt(sumAll(grads.map(sumSquares)));
     return tf.minimum(tf.div(maxNorm, tf.add(total, 1e-6)), 1);
   });
 }

@@ -199,3 +199,24 @@ export function layerNormFused(x, w, b, eps) {
   });
   return f(x, w, b);
 }
+
+// Σ x² of a large tensor (the gradient-norm for clipping). tfjs's full reduction runs ONE
+// workgroup over every entry: the [50257, 256] embedding gradient took 9.8 ms of a 48 ms
+// ailo-small step on an H100 (bench/RESULTS.md). Here `parts` threads each add a strided share
+// (x[i], x[i + parts], …: neighbouring threads read neighbouring entries) and a stock Sum adds
+// the `parts` partial sums.
+tf.registerKernel({
+  kernelName: 'AiloSumSquaresPartial', backendName: 'webgpu',
+  kernelFunc: ({ inputs: { x }, backend, attrs: { parts } }) => backend.runWebGPUProgram(
+    new AiloProgram('sumsq_partial', ['X'], [parts], `
+          let n = uniforms.n;
+          var s = 0.0;
+          for (var j = index; j < n; j += uniforms.size) { let v = X[j]; s += v * v; }
+          setOutputAtIndex(index, s);`, { uniforms: 'n : i32,' }),
+    [x], 'float32', [{ type: 'int32', data: [x.size] }]),
+});
+
+/** Σ x² as a scalar: `parts` strided partial sums in WGSL, then their sum. */
+export function sumSquaresFused(x, parts = 8192) {
+  return tf.tidy(() => tf.sum(kernel('AiloSumSquaresPartial', { x }, { parts: Math.min(parts, x.size) })));
+}

@@ -6,13 +6,13 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** {manifest, source} of a chunk directory; every chunk's size and sha256 is checked once. */
-async function chunkDir(ailo, dir) {
+async function chunkDir(ailo, dir, keep = 2) {
   const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
   for (const c of manifest.chunks) {
     if ((await stat(join(dir, c.sha256))).size !== c.size) throw new Error(`chunk ${c.index}: wrong size`);
     if (await ailo.sha256Hex(await readFile(join(dir, c.sha256))) !== c.sha256) throw new Error(`chunk ${c.index}: sha256 mismatch`);
   }
-  const source = new ailo.ChunkTensors(manifest, async (info) => new Uint8Array(await readFile(join(dir, info.sha256))));
+  const source = new ailo.ChunkTensors(manifest, async (info) => new Uint8Array(await readFile(join(dir, info.sha256))), { keep });
   return { manifest, source };
 }
 
@@ -27,10 +27,10 @@ function unitNames(manifest, start, stop) {
   return Object.keys(manifest.tensors).filter((n) => unitOf(n) >= start && unitOf(n) < stop);
 }
 
-/** {chunks, names | units: [start, stop], batches (JSON file), micro, out}: loss and the slice's gradients. */
+/** {chunks, names | units: [start, stop], batches (JSON file), micro, keep, out}: loss and the slice's gradients. */
 export async function sliceGrads(ailo, job, readBatches) {
   const tf = ailo.tfjs;
-  const { manifest, source } = await chunkDir(ailo, job.chunks);
+  const { manifest, source } = await chunkDir(ailo, job.chunks, job.keep ?? 2);
   const names = job.names || unitNames(manifest, ...job.units);
   const model = await ailo.SliceModel.load(manifest.config, source, names);
   const [b] = readBatches(job.batches);
