@@ -211,6 +211,10 @@ def test_a_node_runs_the_frames_waiting_at_it_as_one_batch_with_the_same_outputs
         frames = [Frame(f.request_id, f.start + f.tensor.shape[1], f.span, b.tensor.view(1, 1), False, False, True)
                   for f, b in zip(frames, batched)]
     assert [svc.caches.get(f"r{i}").length for i in range(3)] == [f.start for f in frames]
+    # two frames of one request in one batch run in order: the second continues the first
+    a, b = Frame("r0", frames[0].start, svc.span, torch.tensor([[5]])), Frame("r0", frames[0].start + 1, svc.span, torch.tensor([[6]]))
+    assert all(isinstance(o, Frame) for o in svc.forward_many([a, b]))
+    assert svc.caches.get("r0").length == frames[0].start + 2
 
 
 def test_pushed_batches_are_checked_frame_by_frame_and_concurrent_requests_keep_their_tokens(ckpt):

@@ -119,21 +119,22 @@ class NodeService:
         and does not stop the others."""
         model = self.model
         results: list[Frame | Exception | None] = [None] * len(frames)
+        pending = list(enumerate(frames))
         with self.lock:
-            run, seen = [], set()
-            for i, frame in enumerate(frames):
-                if frame.request_id in seen:  # a request's frames are never batched with each other
-                    results[i] = NodeError(409, "cache_miss", f"two frames of request {frame.request_id} at once")
-                    continue
-                try:
-                    cache = self._prepare(model, frame)
-                except NodeError as exc:
-                    results[i] = exc
-                    continue
-                seen.add(frame.request_id)
-                run.append((i, frame, cache))
-            if run:
-                self._run(model, run, results)
+            while pending:  # a request's later frame (e.g. a rebuild) runs after its earlier one, as it came
+                run, later, seen = [], [], set()
+                for i, frame in pending:
+                    if frame.request_id in seen:
+                        later.append((i, frame))
+                        continue
+                    seen.add(frame.request_id)
+                    try:
+                        run.append((i, frame, self._prepare(model, frame)))
+                    except NodeError as exc:
+                        results[i] = exc
+                if run:
+                    self._run(model, run, results)
+                pending = later
         return results  # type: ignore[return-value]
 
     def _prepare(self, model: SpanModel | None, frame: Frame) -> RequestCache:
