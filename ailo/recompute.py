@@ -30,16 +30,22 @@ def _token_losses(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> tor
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-def token_losses(model: GPT, h: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-    """Cross-entropy of every token ([B, T]) under the tied head, `chunk` tokens at a time (0: all)."""
+def head_losses(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Cross-entropy of every token ([B, T]) under the head `weight`, `chunk` tokens at a time
+    (0: all), each chunk's logits recomputed in backward."""
     flat, target = h.reshape(-1, h.shape[-1]), y.reshape(-1)
     if not chunk or chunk >= target.numel():
-        return _token_losses(flat, model.wte.weight, target).view(y.shape)
+        return _token_losses(flat, weight, target).view(y.shape)
     grad = torch.is_grad_enabled()
-    parts = [checkpoint(_token_losses, flat[i:i + chunk], model.wte.weight, target[i:i + chunk], use_reentrant=False)
-             if grad else _token_losses(flat[i:i + chunk], model.wte.weight, target[i:i + chunk])
+    parts = [checkpoint(_token_losses, flat[i:i + chunk], weight, target[i:i + chunk], use_reentrant=False)
+             if grad else _token_losses(flat[i:i + chunk], weight, target[i:i + chunk])
              for i in range(0, target.numel(), chunk)]
     return torch.cat(parts).view(y.shape)
+
+
+def token_losses(model: GPT, h: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Cross-entropy of every token ([B, T]) under the tied head, `chunk` tokens at a time (0: all)."""
+    return head_losses(h, model.wte.weight, y, chunk)
 
 
 def lean_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, checkpoint_blocks: int = 0, head_chunk: int = 0) -> torch.Tensor:

@@ -93,7 +93,7 @@ def test_slice_model_matches_the_full_model_exactly(tmp_path):
     write_chunks(tmp_path / "src", manifest, blobs)
     tensors = CachedTensors(ChunkStore(manifest, DirectorySource(tmp_path / "src"), tmp_path / "cache"),
                             tmp_path / "cache")
-    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    x, y = torch.randint(0, 50257, (3, 200)), torch.randint(0, 50257, (3, 200))  # 600 tokens: the head in chunks
     full = model(x, y)
     full.backward()
     shapes = {n: t.shape for n, t in manifest.tensors.items()}

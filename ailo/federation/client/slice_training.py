@@ -9,7 +9,9 @@ Memory stays at the slice's training state plus one frozen block at a time:
 - blocks after the slice run under activation checkpointing whose forward re-reads the block:
   the backward recomputes it from the cache, so no frozen block stays resident;
 - the embedding matrix stays resident (the tied head needs it at every step), trained only
-  when the slice holds the `embed` unit.
+  when the slice holds the `embed` unit;
+- the tied head and the loss run `HEAD_CHUNK` tokens at a time, recomputed in backward, so the
+  [tokens × vocabulary] logits never exist for the whole micro-batch.
 Frozen weights keep the chunks' dtype (bf16 for compact downloads) and compute in fp32.
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from ailo.chunks import ChunkIntegrityError, ChunkStore, Manifest
+from ailo.federation.core.slices import HEAD_CHUNK
 from ailo.model import Block, GPTConfig
+from ailo.recompute import head_losses
 from ailo.training import LocalUpdate, TrainConfig, micro_batched_backward, run_steps, warm_up
 
 
@@ -107,8 +111,7 @@ class SliceModel:
             else:  # after the slice: recomputed (and re-read) in the backward pass
                 x = checkpoint(self._frozen_block, i, x, use_reentrant=False)
         x = F.layer_norm(x, (self.cfg.n_embd,), f["ln_f.weight"], f["ln_f.bias"], self.cfg.layer_norm_eps)
-        logits = F.linear(x, f["wte.weight"])
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return head_losses(x, f["wte.weight"], targets, HEAD_CHUNK).mean()  # [tokens × vocab] a chunk at a time
 
 
 def train_slice(cfg: GPTConfig, tensors: CachedTensors, names: list[str],

@@ -29,6 +29,7 @@ TRAINED_BYTES = {"adamw": 20, "sgd": 12}
 # Like the full-task planner (client/memory_plan.py): the budget is memory for training, and a
 # share of it is left for allocator fragmentation and small buffers.
 HEADROOM = 0.06
+HEAD_CHUNK = 512  # tokens per chunk of a slice worker's tied head + loss (recomputed in backward)
 
 
 def param_count(shape: Iterable[int]) -> int:
@@ -89,7 +90,11 @@ def activation_bytes(cfg: GPTConfig, sl: Slice, micro_batch: int, seq: int, devi
     attention = 0 if device == "cuda" else 5 * cfg.n_head * seq
     per_block = tokens * (34 * cfg.n_embd + attention) * 4
     trained = sum(1 for u in sl.units if u.startswith("blocks."))
-    return (trained + 1) * per_block + cfg.n_layer * tokens * cfg.n_embd * 4 + 2 * tokens * cfg.vocab_size * 4
+    # the head: (cpu) the logits twice, the formula the page's slice.js mirrors; (cuda) calibrated
+    # on the H100 (ailo-1b embed slice, 2,048 tokens, unchunked head: 4.39-4.95 GB measured, 4.66
+    # estimated): logits, their log-softmax and both gradients, HEAD_CHUNK tokens at a time
+    head = 4 * min(tokens, HEAD_CHUNK) * cfg.vocab_size * 4 if device == "cuda" else 2 * tokens * cfg.vocab_size * 4
+    return (trained + 1) * per_block + cfg.n_layer * tokens * cfg.n_embd * 4 + head
 
 
 def slice_state_bytes(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl: Slice, optimizer: str,
@@ -101,7 +106,9 @@ def slice_state_bytes(cfg: GPTConfig, shapes: Mapping[str, tuple[int, ...]], sl:
     frozen_emb = 0 if "embed" in sl.units else 4 * emb
     block = max((sum(param_count(shapes[n]) for n in group) for u, group in units_of(shapes, cfg.n_layer)
                  if u != "embed"), default=0)
-    return (TRAINED_BYTES.get(optimizer, 20) * sl.params + frozen_emb + 2 * 4 * block
+    # a trained tied matrix has two gradients (embedding and head) before they are summed
+    tied = 4 * cfg.vocab_size * cfg.n_embd if "embed" in sl.units and device == "cuda" else 0
+    return (TRAINED_BYTES.get(optimizer, 20) * sl.params + frozen_emb + 2 * 4 * block + tied
             + activation_bytes(cfg, sl, micro_batch, seq, device))
 
 
