@@ -71,11 +71,15 @@ def test_slow_validator_blocks_neither_tasks_nor_status_and_verdict_arrives(tmp_
         release.set()
         v = client.get(f"/v1/updates/{update_id}", params={"wait": 30}).json()
         assert v["status"] == "accepted" and v["aggregated"] is True and v["version"] == 1
+        # bob's round-1 update waited while round 1 closed: the delayed rule (max_staleness 1)
+        # takes it into round 2, judged on its own base, version 0
         v2 = client.get(f"/v1/updates/{r2.json()['update_id']}", params={"wait": 30}).json()
-        assert v2["status"] == "refused" and v2["reason"] == "stale_round" and v2["code"] == 409
+        assert v2["status"] == "accepted" and v2["round"] == 2 and v2["aggregated"] is True and v2["version"] == 2
+        row = coord.store.update(r2.json()["update_id"])
+        assert row.extra["task_round"] == 1 and row.extra["stale"] == 1
         task = client.post("/v1/tasks", json={"client_id": "bob"}).json()
-        assert task["last_update"] == {"update_id": r2.json()["update_id"], "round": 1, "status": "refused",
-                                       "reason": "stale_round"}
+        assert task["last_update"] == {"update_id": r2.json()["update_id"], "round": 2, "status": "accepted",
+                                       "reason": None}
         assert client.get("/v1/updates/999").status_code == 404
 
 

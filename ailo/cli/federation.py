@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of version 0's weights and the validation set")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where validation, aggregation and evaluation run (auto: CUDA when present)")
+    c.add_argument("--max-staleness", type=checks.non_negative_int, default=1,
+                   help="an update trained on a version this many rounds old is still taken into the open round, "
+                        "judged on its own base (overlapped workers; 0 = only the open round's version)")
     c.add_argument("--max-pending", type=checks.positive_int, default=256,
                    help="updates admitted but not yet validated; beyond this POST /v1/updates answers 429 busy")
     c.add_argument("--holdout-dir", default=None, help="private folder of .txt the Proof-of-Contribution holdout "

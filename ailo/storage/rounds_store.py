@@ -257,6 +257,14 @@ class SQLiteRoundStore:
                                    (status, reason, detail, json.dumps(extra or {}), update_id))
             return cur.rowcount == 1
 
+    def move_pending(self, update_id: int, round_id: int, extra: dict) -> bool:
+        """A pending update admitted to a round that closed before it was judged joins the open
+        round (the delayed rule, coordinator.judge); False when it is no longer pending."""
+        with self._lock:
+            cur = self._db.execute("UPDATE updates SET round_id=?, extra=? WHERE id=? AND status='pending'",
+                                   (round_id, json.dumps(extra), update_id))
+            return cur.rowcount == 1
+
     def accepted_update(self, round_id: int, client_id: str, address: str | None, sha256: str,
                         statuses: tuple[str, ...] = ("accepted",)) -> UpdateRecord | None:
         """The row of this exact body from this identity (wallet, else unsigned client id) in this

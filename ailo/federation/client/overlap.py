@@ -15,8 +15,10 @@ W_{v+1} arrives it applies the global change between steps:
     Δ_r never judged (round moved on, upload lost) — "carry":     θ ← θ + (W_{v+1} − W_v)
 
 so θ = W_{v+1} + δ (the global step replaces its own stale step; only unsent-but-honest work is
-kept, and rides in the next update). Every update is therefore Δ = W_base − θ on the version the
-coordinator serves, at most one update is in flight, and the next phase ends once the task
+kept, and rides in the next update). The coordinator takes an update that arrives after its
+round closed into the next round, judged on its own base (the delayed rule, coordinator/
+stale_base.py): it is "accepted" here and in W_{v+2}, the version this courier then waits for.
+Every update is therefore Δ = W_base − θ on the version it names, at most one update is in flight, and the next phase ends once the task
 seconds have passed AND the previous update's version is merged (the trainer keeps stepping
 meanwhile, up to the task's `max_steps`: the only idle time). AdamW's moments persist across
 phases. Steps follow the worker's memory plan (`lean_training.planned_step`, the loop of

@@ -20,7 +20,7 @@ from ailo.chunks import Manifest
 from ailo.faults import crash_point
 from ailo.federation.coordinator import round_status
 from ailo.federation.coordinator.config import Submission
-from ailo.storage.rounds_store import identity_key
+from ailo.storage.rounds_store import RoundRecord, identity_key
 from ailo.federation.core.codecs import CodecSpec
 from ailo.federation.core.safetensors_header import DTYPE_NAMES, HeaderError, read_header_file
 from ailo.federation.core.update_format import FP32, UpdateMeta, UpdateRejected, check_tensor_names, max_update_bytes
@@ -165,16 +165,46 @@ class Admission:
         self.pipeline.submit(update_id)
         return {"status": "pending", "update_id": update_id, "round": rnd.id, "queued": self.pipeline.depth()}
 
+    def _own_round(self, meta: UpdateMeta, rnd: RoundRecord) -> RoundRecord:
+        """The open round, or for an update trained on an older version (overlapped workers) its
+        own round when it is at most `max_staleness` rounds back; else `stale_round`."""
+        lag = rnd.id - meta.round_id
+        if lag == 0:
+            return rnd
+        if 0 < lag <= self.config.max_staleness:
+            try:
+                return self.store.round(meta.round_id)
+            except KeyError:
+                pass
+        kind = "stale" if lag > 0 else "unknown"
+        raise UpdateRejected("stale_round", f"update for {kind} round {meta.round_id}; the open round is {rnd.id} "
+                             f"(updates up to {self.config.max_staleness} round(s) late are taken)", 409)
+
+    def _carry_over(self, row, rnd: RoundRecord, sub: Submission) -> bool:
+        """The delayed rule for an update whose round closed while it waited for validation: it
+        joins the open round when its own round is at most `max_staleness` back, it is a full
+        update, and its wallet has nothing in the open round yet (as `_admit` rules for one that
+        arrives late)."""
+        own = int(row.extra.get("task_round", row.round_id))
+        who = identity_key(row.client_id, row.address)
+        if row.extra.get("slice") or not 0 < rnd.id - own <= self.config.max_staleness:
+            return False
+        with self.admit_lock:
+            if who in self.store.holders(rnd.id) or (rnd.id, who) in self._admitting:
+                return False
+            sub.extra.update(task_round=own, stale=rnd.id - own)
+            return self.store.move_pending(row.id, rnd.id, {**row.extra, **sub.extra})
+
     def _admit(self, sub: Submission, path: Path, size: int) -> None:
         meta, rnd = sub.meta, sub.round
         if self.finished():
             raise UpdateRejected("finished", "training has finished; no round is open", 409)
-        if meta.round_id != rnd.id:
-            kind = "stale" if meta.round_id < rnd.id else "unknown"
-            raise UpdateRejected("stale_round", f"update for {kind} round {meta.round_id}; the open round is {rnd.id}", 409)
-        if meta.base_version != rnd.base_version:
+        own = self._own_round(meta, rnd)  # the round whose task it answered (older: the delayed rule)
+        if meta.base_version != own.base_version:
             raise UpdateRejected("stale_version", f"update trained on model version {meta.base_version}; "
-                                 f"round {rnd.id} trains version {rnd.base_version}", 409)
+                                 f"round {own.id} trains version {own.base_version}", 409)
+        if own.id != rnd.id:
+            sub.extra.update(task_round=own.id, stale=rnd.id - own.id)
         if self.store.count_updates(status="pending") >= self.config.max_pending:
             raise UpdateRejected("busy", f"{self.config.max_pending} updates are waiting for validation; "
                                  "retry in a few seconds", 429)
@@ -187,7 +217,11 @@ class Admission:
             owner = f"wallet {meta.address}" if meta.address else f"client {meta.client_id!r}"
             raise UpdateRejected("duplicate", f"{owner} already has an accepted or pending update in round {rnd.id}",
                                  409)
-        sl = self.slice_tasks.expected(meta, rnd.id)  # a slice task's update carries exactly its tensors
+        if own.id != rnd.id and (who in self.store.holders(own.id) or (own.id, who) in self._admitting):
+            raise UpdateRejected("duplicate", f"this wallet's update for round {own.id} is already in that round", 409)
+        sl = self.slice_tasks.expected(meta, own.id)  # a slice task's update carries exactly its tensors
+        if sl is not None and own.id != rnd.id:
+            raise UpdateRejected("stale_round", f"a slice of round {own.id} is not taken after that round closed", 409)
         if sl is not None:
             sub.extra.update(slice=[sl.start, sl.stop], slice_params=sl.params)
         check_header(path, size, self.manifest, CodecSpec.from_task(rnd.task), list(sl.names) if sl else None)

@@ -61,6 +61,7 @@ class CoordinatorConfig:
     mirrors: tuple[str, ...] = ()        # chunk mirror base URLs listed in the served manifest
     device: str = "cpu"                  # cpu | cuda | auto: validation, aggregation, evaluation
     max_pending: int = 256               # admitted, not yet judged updates; beyond: 429 busy
+    max_staleness: int = 1               # updates trained this many versions back are still taken (delayed rule)
 
     @property
     def rules(self) -> RoundRules:

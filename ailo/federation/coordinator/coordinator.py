@@ -216,7 +216,7 @@ class Coordinator(Admission):
         try:
             if self.finished():
                 raise UpdateRejected("finished", "training finished before this update was validated", 409)
-            if row.round_id != rnd.id:
+            if row.round_id != rnd.id and not self._carry_over(row, rnd, sub):
                 raise UpdateRejected("stale_round", f"round {row.round_id} closed before this update was "
                                      f"validated; the open round is {rnd.id}", 409)
             with sub.timed("read"):

@@ -33,12 +33,13 @@ from ailo.federation.coordinator import slice_checks as sc
 from ailo.federation.core.codecs import CodecSpec, backlog_lr
 from ailo.federation.coordinator.holdout import PrivateHoldout, derive, holdout_batch, holdout_recompute, load_secret, sequence_losses
 from ailo.federation.coordinator.reputation import Reputation
+from ailo.federation.coordinator.stale_base import StaleBase, task_round  # the delayed rule's base
 from ailo.federation.core.rewards import RewardConfig, slice_reward, training_reward
 from ailo.federation.core.signing import update_message
 from ailo.federation.core.update_format import UpdateRejected
-from ailo.federation.core.local_phase import effective_task
+from ailo.federation.core.local_phase import effective_task, is_timed
 from ailo.federation.core.validate import (TokenBucket, ValidationConfig, check_descent, check_direction,
-                                      check_loss_harm, check_loss_paired, check_norm, check_round_similarity,
+                                      check_loss_harm, check_loss_paired, check_norm, check_round_similarity, same_work,
                                       check_timestamp, clip_scale, cooldown_seconds, fresh_cosines)
 from ailo.recompute import lean_sequence_losses
 from ailo.wallet import is_valid_address, verify_signature
@@ -65,6 +66,7 @@ class ProofOfContribution:
         self._reference: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}  # version → (losses, ∇)
         self._model_sketches: dict[int, np.ndarray] = {}
         self.grad_sketches: dict[int, np.ndarray] = {}    # version → sketch of ∇L_holdout(M_v)
+        self.stale = StaleBase()                          # W_b and its reference for stale updates
 
     def setup(self, coord: "Coordinator") -> None:
         if self.pool is not None:
@@ -172,6 +174,7 @@ class ProofOfContribution:
         """The version's holdout gradient (a model-sized tensor set) is not needed once its round
         closes: freed before the new version is built (ailo-1b: 6.2 GB less at the peak)."""
         self._reference = {}
+        self.stale.drop_older(coord.version + 1 - coord.config.max_staleness)
 
     def warm(self, coord: "Coordinator") -> None:
         """Compute the new version's reference while clients download and train: the first
@@ -210,12 +213,10 @@ class ProofOfContribution:
     def _groups(coord: "Coordinator") -> list[list[str]]:
         return coord.slice_tasks.groups
 
-    def global_change_sketch(self, coord: "Coordinator", span: list[int] | None = None) -> np.ndarray | None:
-        """Sketch of M_{v−1} − M_v, the last published global change (linear sketch); with
+    def change_sketch(self, coord: "Coordinator", a: int, b: int, span: list[int] | None = None) -> np.ndarray:
+        """Sketch of M_a − M_b, the global change from version a to b (linear sketch); with
         `span`, of the units [a, b) of a slice only."""
-        if coord.version == 0:
-            return None
-        old, new = self.model_unit_sketches(coord, coord.version - 1), self.model_unit_sketches(coord, coord.version)
+        old, new = self.model_unit_sketches(coord, a), self.model_unit_sketches(coord, b)
         if span is None:
             return sc.total(old) - sc.total(new)
         return sc.restricted(old, span) - sc.restricted(new, span)
@@ -223,7 +224,8 @@ class ProofOfContribution:
     # -- contribution (after structural checks) --------------------------------------------
     def check_contribution(self, coord: "Coordinator", sub: "Submission") -> None:
         self.setup(coord)
-        cfg, task = self.validation, effective_task(sub.round.task, sub.meta.n_samples)  # time-sized: claimed steps
+        own, base = task_round(coord, sub), sub.meta.base_version  # stale (delayed rule): its own round and base
+        cfg, task = self.validation, effective_task(own.task, sub.meta.n_samples)  # time-sized: claimed steps
         span = sub.extra.get("slice")  # a slice task's units [a, b): judged on exactly those tensors
         groups = self._groups(coord)
         codec = CodecSpec.from_task(task)
@@ -236,24 +238,27 @@ class ProofOfContribution:
         comparable = [u for u in recent if u.extra.get("codec", "fp32") == codec.name
                       and (not codec.lossy or u.round_id >= sub.round.id - 1)]
         if span is None:  # full updates against full updates; a slice against the same units' norms
-            history = [u.extra["norm_per_work"] for u in comparable if "norm_per_work" in u.extra
-                       and not u.extra.get("slice")]
+            rows = [(u.extra["norm_per_work"], u.extra.get("work_steps")) for u in comparable
+                    if "norm_per_work" in u.extra and not u.extra.get("slice")]
+            history = [h for h, _ in rows]
+            # time-sized: z-scored among updates of similar claimed work (the clip uses all of them)
+            z_history = same_work(rows, task["steps"]) if is_timed(own.task) else history
         else:
-            history = sc.norm_history([u.extra["unit_npw"] for u in comparable if "unit_npw" in u.extra], span)
+            history = z_history = sc.norm_history([u.extra["unit_npw"] for u in comparable if "unit_npw" in u.extra], span)
         if codec.lossy:
-            lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= sub.round.id]
+            lrs = [r.task["lr"] for r in sorted(coord.store.rounds(), key=lambda r: -r.id) if r.id <= own.id]
             task = {**task, "lr": backlog_lr(lrs, codec.ef_decay)}
         sub.extra["codec"] = codec.name
         with sub.timed("poc.norm"):
-            norm_per_work = check_norm(sub.tensors, history, task, cfg)
+            norm_per_work = check_norm(sub.tensors, z_history, task, cfg)
         work = task["lr"] * task["steps"]
         ref = statistics.median(history) * work if len(history) >= cfg.norm_min_history else None
         scale = clip_scale(norm_per_work * work, ref, cfg.clip_factor)
         # Scored (loss test, LossBonus) at no more than a typical update's size: a boosted Δ moves
         # the model up to the clip, but its larger step must not buy a larger loss drop and bonus.
         score_scale = min(scale, clip_scale(norm_per_work * work, ref, 1.0))
-        sub.extra.update(norm_per_work=norm_per_work, clip_scale=scale, score_scale=score_scale,
-                         seconds=sub.received - sub.round.created,
+        sub.extra.update(norm_per_work=norm_per_work, work_steps=task["steps"], clip_scale=scale, score_scale=score_scale,
+                         seconds=sub.received - own.created,
                          unit_npw=sc.unit_norms(sub.tensors, groups, task["lr"] * task["steps"]))
 
         with sub.timed("poc.sketch"):
@@ -272,14 +277,18 @@ class ProofOfContribution:
         cos_peers = [sk.cosine(a, b) for a, b in pairs]
         overlaps = [sk.overlap(a, b) for a, b in pairs]
         with sub.timed("poc.global_change"):
-            glob = self.global_change_sketch(coord, span)
+            glob = self.change_sketch(coord, base - 1, base, span) if base >= 1 else None  # the change before its base
+            since = self.change_sketch(coord, base, coord.version, span) if base < coord.version else None
         cos_global = sk.cosine(mine, glob) if glob is not None else None
+        if since is not None:  # stale: W_b − W_v applied to W_b is W_v, a free loss drop (copied_global)
+            check_round_similarity([], sk.cosine(mine, since), cfg)
         sub.extra.update(sketch=sk.encode(mine), unit_sketches=sc.encode_units(units), peer_cosine=max(cos_peers, default=None),
                          peer_overlap=max(overlaps, default=None), global_cosine=cos_global)
         check_round_similarity(cos_peers, cos_global, cfg)
 
         with sub.timed("poc.reference"):
-            before, grad = self.reference(coord, list(sub.tensors))
+            before, grad = self.reference(coord, list(sub.tensors)) if base == coord.version else \
+                self.stale.reference(coord, self.pool, base, list(sub.tensors))
         # lossy codecs: a top-k body's support differs from the global change's (honest sketch
         # cosine ≈ 0.18), so the global-direction bar would refuse honest work: gradient only
         with sub.timed("poc.direction"):
@@ -288,12 +297,15 @@ class ProofOfContribution:
         if cos is not None:
             sub.extra["cosine"] = cos
         with sub.timed("poc.holdout"):
-            after = self.losses_after(coord, sub.tensors, coord.config.server_lr * score_scale * cfg.loss_step_share)
+            eta = coord.config.server_lr * score_scale * cfg.loss_step_share
+            after = self.losses_after(coord, sub.tensors, eta) if base == coord.version else \
+                self.stale.losses_after(coord, self.pool, base, sub.tensors, eta)
         d = before.double() - after.double()
         sub.extra.update(loss_before=float(before.mean()), loss_after=float(after.mean()), drop=float(d.mean()),
                          drop_se=float(d.std() / d.numel() ** 0.5))
         peer_drops = [u.extra["reduction"] for u in coord.store.updates(sub.round.id, "accepted")
-                      if "reduction" in u.extra and u.extra.get("slice") == span]  # like with like
+                      if "reduction" in u.extra and u.extra.get("slice") == span  # like with like
+                      and u.extra.get("task_round") == sub.extra.get("task_round")]
         if cos_global is None:  # version 0: the update must visibly lower the loss
             sub.extra["reduction"], _ = check_loss_paired(before, after, peer_drops, cfg)
         else:  # later: refused only when it significantly raises it; the drop is scored (LossBonus)
@@ -357,12 +369,14 @@ class ProofOfContribution:
             return []
         task = coord.store.round(round_id).task
         task_samples = task["steps"] * task["batch_size"]
-        full = [u for u in accepted if not u.extra.get("slice")] or accepted  # the round's typical full update
+        # the round's typical full update; a stale one's drop is at an older base: no median, no LossBonus
+        full = [u for u in accepted if not u.extra.get("slice") and not u.extra.get("stale")] or accepted
         med = statistics.median(u.extra.get("reduction", 0.0) for u in full)
         fresh = self.fresh_scores(coord, round_id)
         total_params = coord.slice_tasks.total_params
         return [(u.id, u.address, 0 if fresh.get(u.id, 1.0) < self.validation.min_fresh_cosine else
-                 slice_reward(training_reward(u.n_samples, task_samples, u.extra.get("reduction", 0.0), med,
+                 slice_reward(training_reward(u.n_samples, task_samples, 0.0 if u.extra.get("stale") else
+                                              u.extra.get("reduction", 0.0), med,
                                               u.extra.get("seconds"), self.rewards),
                               u.extra.get("slice_params", total_params), total_params)) for u in accepted]
 

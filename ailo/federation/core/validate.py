@@ -107,6 +107,15 @@ def check_norm(delta: Mapping[str, torch.Tensor], history: list[float], task: Ma
     return scaled
 
 
+def same_work(history: list[tuple[float, int | None]], steps: int, factor: float = 2.0) -> list[float]:
+    """The norms per unit of work of the updates that claimed about as many local steps as this
+    one (within `factor`): a time-sized round's updates claim 1 to `max_steps` steps, and AdamW's
+    ‖Δ‖ grows slower than linearly in steps (its first step moves every coordinate by lr, later
+    ones partly cancel), so 1-step and 30-step updates are not one population for the z-score.
+    Rows without a step count (written before it was recorded) count as comparable."""
+    return [h for h, s in history if s is None or max(s, steps) <= factor * min(s, steps)]
+
+
 def check_direction(delta: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor],
                     cfg: ValidationConfig) -> float:
     """Returns cos(Δ, g) with g the holdout-loss gradient at M_t, or raises `wrong_direction`.
