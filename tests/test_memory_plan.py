@@ -251,6 +251,7 @@ def _timed_round(tmp_path, corpus_dir, name, budget):
         return worker, reports
 
 
+@pytest.mark.slow  # > 20 s on the 2-core box (make test runs it; make test-fast skips it)
 def test_time_sized_rounds_train_through_the_budgets_plan(tmp_path, corpus_dir, one_thread):
     """The overlapped worker (the default round) steps under the memory plan, with the overlap's
     two host copies taken off a CPU budget; a budget only a slice fits trains the slice in a
