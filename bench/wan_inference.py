@@ -194,6 +194,7 @@ def simulate_routing(cpu_ms: float, tokens_per_pass: float, wire: float, sites: 
         peers = {p["node_id"]: rtt(site[n.node_id], site[p["node_id"]]) for p in reg.peers("sim", n.node_id)}
         s = room.span_of(n)
         reg.heartbeat("sim", n.node_id, (s.start, s.end), peer_ms=peers)
+        reg.observe_coordinator(n, rtt(0, site[n.node_id]))  # what its route posts would have timed
     measured = pass_ms()
     return {"basis": f"modeled sites ({sites}; {near_ms:g} / {far_ms:g} ms round trips), real router, "
                      "measured per-hop CPU", "spans": len(room.plan.spans),

@@ -98,7 +98,7 @@ def test_pushed_tokens_equal_relayed_and_local_greedy_with_and_without_drafts(ck
         assert pushed["stats"]["transport"] == drafted["stats"]["transport"] == "push"
         assert relayed["stats"]["transport"] == "relay"
         nodes = room.http.get("/v1/rooms/r").json()["nodes"]  # the room view shows each node's hop time
-        assert all(n["push"] and n["hop_ms"] > 0 for n in nodes)
+        assert all(n["push"] and n["hop_ms"] > 0 and n["coordinator_ms"] > 0 for n in nodes)
         assert pushed["stats"]["passes"] == 12 and pushed["stats"]["drafted"] == 0
         s = drafted["stats"]
         assert s["passes"] + s["accepted"] == 12 and 0 <= s["accepted"] <= s["drafted"]

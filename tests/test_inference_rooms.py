@@ -286,4 +286,8 @@ def test_routes_take_the_shortest_measured_hops_among_equally_busy_replicas(chec
     names = {r.node_id: k for k, r in recs.items()}
     routes = {"".join(names[n.node_id] for n in reg.route("lat")) for _ in range(6)}
     assert routes == {"aec", "dbf"}  # both sites serve (turns at span 0), no hop crosses between them
+    reg.observe_coordinator(recs["d"], 3.0)  # we time our round trip to first-span nodes: nearest first,
+    assert "".join(names[n.node_id] for n in reg.route("lat")) == "aec"  # ...an unmeasured one tried first
+    reg.observe_coordinator(recs["a"], 40.0)
+    assert {"".join(names[n.node_id] for n in reg.route("lat")) for _ in range(4)} == {"dbf"}
     assert reg.view(reg.get("lat"))["nodes"][0]["peer_ms"] == {recs["b"].node_id: 80.0, recs["e"].node_id: 4.0}

@@ -136,6 +136,11 @@ class Generation:
             out = self._pushed.through(self.route, self.spans, first).tensor
         except HopError as exc:
             raise _HopFailed(exc.index, hop_cause(exc)) from None
+        finally:
+            for n, ms in zip(self.route, self._pushed.route_ms):  # timed when the route was sent
+                if ms is not None:
+                    self.registry.observe_coordinator(n, ms)
+            self._pushed.route_ms = []
         rows = len(ids) if every else 1
         want = (rows,) if greedy else (rows, self.room.spec.vocab)
         ok = out.dtype == torch.int64 and bool(((out >= 0) & (out < self.room.spec.vocab)).all()) if greedy \

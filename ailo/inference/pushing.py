@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -92,13 +93,18 @@ class PushHub:
         with self._lock:
             self._waiting.pop(rid, None)
 
-    async def route_all(self, items: list[tuple[str, str, dict]], timeout: float) -> list[str | None]:
-        """POST each node its place; an error text per node that refused or did not answer."""
-        async def one(url: str, token: str, payload: dict) -> str | None:
+    async def route_all(self, items: list[tuple[str, str, dict]], timeout: float,
+                        times: list[float | None] | None = None) -> list[str | None]:
+        """POST each node its place; an error text per node that refused or did not answer.
+        `times` gets each node's round trip in ms (None where it failed)."""
+        async def one(k: int, url: str, token: str, payload: dict) -> str | None:
             for attempt in (0, 1):  # a route is idempotent: once more on a kept-alive connection the peer closed
                 try:
+                    t0 = time.perf_counter()
                     r = await self._http.post(f"{url}/v1/node/route", json=payload, headers={H_LINK: token},
                                               timeout=timeout)
+                    if times is not None and r.status_code == 200:
+                        times[k] = (time.perf_counter() - t0) * 1000
                     break
                 except httpx.TransportError as exc:
                     if attempt or isinstance(exc, httpx.TimeoutException):
@@ -106,7 +112,7 @@ class PushHub:
                 except httpx.HTTPError as exc:
                     return f"{type(exc).__name__}: {exc or 'connection lost'}"
             return None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
-        return list(await asyncio.gather(*(one(*item) for item in items)))
+        return list(await asyncio.gather(*(one(k, *item) for k, item in enumerate(items))))
 
     async def push(self, url: str, token: str, body: bytes, timeout: float, rid: str = "") -> str | None:
         """Send a request's first frame to its first node; frames of requests that go there at the
@@ -267,6 +273,7 @@ class PushPath:
         self.hub, self.rid, self.timeout = hub, request_id, timeout
         self._routed: tuple | None = None
         self.sent: list[Frame] = []  # what the coordinator pushed to the first span (audits of span 0)
+        self.route_ms: list[float | None] = []  # our round trip to each routed node (its route POST)
 
     def through(self, route: list, spans: list, frame: Frame) -> Frame:
         key = tuple(n.node_id for n in route)
@@ -279,7 +286,8 @@ class PushPath:
                     "next_url": nxt.url if nxt else None,
                     "next_span": [spans[k + 1].start, spans[k + 1].end] if nxt else None}))
             try:
-                errors = self.hub.call(self.hub.route_all(items, self.timeout), self.timeout + 5)
+                self.route_ms = [None] * len(route)
+                errors = self.hub.call(self.hub.route_all(items, self.timeout, self.route_ms), self.timeout + 5)
             except concurrent.futures.TimeoutError:
                 raise HopError(0, 502, "routing the request timed out") from None
             for k, err in enumerate(errors):

@@ -51,6 +51,7 @@ class NodeRecord:
     hop_ms: float | None = None      # measured: its push to the next node (its report), or our relay hop
     compute_ms: float | None = None  # measured: its span's compute per frame (its report)
     peer_ms: dict[str, float] = field(default_factory=dict)  # measured round trip to next-span nodes (its report)
+    coordinator_ms: float | None = None  # measured: our round trip to it (route posts), moving average
 
 
 @dataclass
@@ -238,6 +239,12 @@ class RoomRegistry:
             nxt = [n for n in room.nodes.values() if n.span == node.span + 1 and self.alive(n)]
             return [{"node_id": n.node_id, "url": n.url} for n in nxt[:limit]]
 
+    def observe_coordinator(self, node: NodeRecord, ms: float) -> None:
+        """Our round trip to a node (a pushed request's route post), moving average."""
+        with self._lock:
+            old = node.coordinator_ms
+            node.coordinator_ms = round(ms if old is None else 0.8 * old + 0.2 * ms, 2)
+
     def observe_hop(self, node: NodeRecord, ms: float) -> None:
         """A relayed hop's time as the coordinator saw it (moving average)."""
         with self._lock:
@@ -307,7 +314,8 @@ class RoomRegistry:
     def route(self, room_id: str) -> list[NodeRecord]:
         """One ready node per span, in span order, or RoomError(503) naming the missing spans.
         Among a span's least busy replicas the one with the shortest measured round trip from
-        the previous pick wins (`peer_ms`, timed by the nodes); unmeasured pairs keep the turn."""
+        the previous pick wins (`peer_ms`, timed by the nodes; unmeasured pairs keep the turn);
+        for the first span our own `coordinator_ms` (one not measured yet is tried first)."""
         room = self.get(room_id)
         if room.plan is None:
             raise RoomError(f"room {room_id!r} is still forming: {len(room.nodes)}/{room.slots} nodes joined", 503)
@@ -317,6 +325,8 @@ class RoomRegistry:
             if c and route:
                 prev = route[-1].peer_ms
                 c = sorted(c, key=lambda n: (n.active, prev.get(n.node_id, float("inf"))))
+            elif c:  # the first span: nearest to us (we send it the first frame); unmeasured ones get tried
+                c = sorted(c, key=lambda n: (n.active, n.coordinator_ms or 0.0))
             if c:
                 route.append(c[0])
             else:
@@ -343,6 +353,7 @@ class RoomRegistry:
                       "span": n.span, "ready": self.ready(room, n), "alive": self.alive(n), "failed": n.failed,
                       "served": n.served, "checks": n.checks, "strikes": n.strikes,
                       "hop_ms": n.hop_ms, "compute_ms": n.compute_ms, "peer_ms": dict(n.peer_ms),
+                      "coordinator_ms": n.coordinator_ms,
                       "push": n.link_token is not None} for n in room.nodes.values()]
             return {"id": room.room_id, "model": room.spec.name or room.spec.family, "family": room.spec.family,
                     "placement": room.placement,
