@@ -9,7 +9,7 @@ exactly the slice's tensors; the update is accepted and paid by the slice's shar
 verifies in Python and in the page.
 
 CI runs `ailo-tiny` at sequence 32 (budget = one block's slice state). The flagship runs the
-same test with AILO_SLICE_PRESET=ailo-1b (the page's own wasm budget, 2 GiB; bench/RESULTS.md,
+same test with AILO_SLICE_PRESET=ailo-1b (the page's own wasm budget, 1.5 GiB; bench/RESULTS.md,
 "The page trains an ailo-1b slice", says what that costs on the 2-core box).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def coordinator(tmp_path_factory):
 
 def test_page_trains_a_slice_accepted_and_paid(coordinator):
     url = coordinator
-    # ailo-1b: the page's own wasm budget (2 GiB); a small preset: a budget that only a slice fits.
+    # ailo-1b: the page's own wasm budget (1.5 GiB); a small preset: a budget that only a slice fits.
     query = "?backend=wasm&askAboveMB=100000" + ("" if ONE_B else f"&budget={budget_for_one_block(PRESET)}")
     with chromium() as ctx:
         t0 = time.time()

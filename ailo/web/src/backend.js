@@ -123,11 +123,13 @@ export function backendInfo() {
   return info;
 }
 
-// What a page declares it can spend on training when the browser does not say (issue 26): wasm's
-// heap is at most 4 GiB (tfjs-backend-wasm's memory maximum) and the page's own copies (start
-// weights, chunk bytes) live beside it, so half of it; WebGL textures share the GPU with the
-// display and the browser gives no size, so 1 GiB; the plain-JS cpu backend as wasm.
-export const DEFAULT_BUDGETS = Object.freeze({ wasm: 2 ** 31, cpu: 2 ** 31, webgl: 2 ** 30 });
+// What a page declares it can spend on training when the browser does not say (issue 26). wasm:
+// tfjs-backend-wasm's memory maximum is 4 GiB, but its heap fails past 2 GiB ("memory access out
+// of bounds" in the second step of an ailo-1b `embed` slice, declared 1.81 GiB, whose [V, C]
+// gradients and AdamW temporaries took the heap over 2 GiB), so 1.5 GiB: ailo-1b then gets one
+// block (estimated 1.14 GiB). WebGL textures share the GPU with the display and the browser gives
+// no size, so 1 GiB; the plain-JS cpu backend as wasm.
+export const DEFAULT_BUDGETS = Object.freeze({ wasm: 1.5 * 2 ** 30, cpu: 1.5 * 2 ** 30, webgl: 2 ** 30 });
 
 /** Bytes this page can spend on training, sent with every task request: on WebGPU the adapter's
  *  largest buffer (maxBufferSize: a device that allows one buffer of that size has at least that

@@ -306,7 +306,7 @@ async function train() {
         $('train-progress').max = steps;
         $('train-progress').value = step;
         setText('loss', loss.toFixed(4));
-        setText('throughput', `step ${step}/${steps} · ${(n / seconds).toFixed(0)} tokens/s`);
+        setText('throughput', `step ${step}/${steps} · ${(n / seconds).toFixed(n / seconds < 10 ? 2 : 0)} tokens/s (${(seconds / step).toFixed(1)} s a step)`);
       },
     });
     if (out.status !== 'submitted') {
