@@ -93,7 +93,7 @@ def test_slice_model_matches_the_full_model_exactly(tmp_path):
     write_chunks(tmp_path / "src", manifest, blobs)
     tensors = CachedTensors(ChunkStore(manifest, DirectorySource(tmp_path / "src"), tmp_path / "cache"),
                             tmp_path / "cache")
-    x, y = torch.randint(0, 50257, (3, 200)), torch.randint(0, 50257, (3, 200))  # 600 tokens: the head in chunks
+    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
     full = model(x, y)
     full.backward()
     shapes = {n: t.shape for n, t in manifest.tensors.items()}
@@ -105,6 +105,26 @@ def test_slice_model_matches_the_full_model_exactly(tmp_path):
         assert float(loss) == pytest.approx(float(full), abs=1e-6)
         for n in sl.names:  # the slice's gradient is the full model's gradient of those tensors
             assert torch.allclose(sm.params[n].grad, dict(model.named_parameters())[n].grad, atol=1e-6), n
+
+
+def test_slice_head_in_chunks_matches_the_full_model(tmp_path):
+    """Over HEAD_CHUNK tokens the slice's tied head runs in chunks recomputed in backward: same
+    loss and gradients (the embedding's included: it is the head's matrix)."""
+    cfg = get_preset("ailo-tiny")
+    model = build_model(cfg, seed=5)
+    manifest, blobs = split_state_dict(model.state_dict(), 2, preset=cfg.name)
+    write_chunks(tmp_path / "src", manifest, blobs)
+    tensors = CachedTensors(ChunkStore(manifest, DirectorySource(tmp_path / "src"), tmp_path / "c"), tmp_path / "c")
+    x, y = torch.randint(0, 50257, (9, 60)), torch.randint(0, 50257, (9, 60))  # 540 tokens: two chunks of the head
+    full = model(x, y)
+    full.backward()
+    sl = make_slice({n: t.shape for n, t in manifest.tensors.items()}, cfg.n_layer, 0, 2)  # embed + blocks.0
+    sm = SliceModel(cfg, tensors, sl.names, torch.device("cpu"))
+    loss = sm.loss(x, y)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(full.detach()), rel=1e-6)  # the sum's order differs only
+    for n in sl.names:
+        assert torch.allclose(sm.params[n].grad, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-4), n
 
 
 def test_fedavg_weights_each_tensor_by_those_who_trained_it():
