@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ailo.cli import checks
-from ailo.cli.main import CLIError
+from ailo.cli.errors import CLIError
 from ailo.cli.wallet import DEFAULT_COORDINATOR, _http, client_for
-from ailo.ledger.params import format_alc
-from ailo.ledger.verify import verify_chain
-from ailo.wallet import AddressError, normalize_address
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +47,10 @@ def load_chain_file(path: Path) -> list[Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ailo.ledger.params import format_alc
+    from ailo.ledger.verify import verify_chain
+    from ailo.wallet import AddressError, normalize_address
+
     expected = None
     if args.expect_coordinator:
         try:

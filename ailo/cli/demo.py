@@ -21,11 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from ailo.cli import checks
-from ailo.cli.main import CLIError
-from ailo.model import PRESETS
+from ailo.cli.errors import CLIError
+from ailo.presets import PRESETS
 
 
 LATE = {"stale_round", "finished"}  # refusals of updates that came after their round: not cheats
@@ -84,6 +82,7 @@ def _spawn(args: list[str], log: Path, threads: int = 1) -> subprocess.Popen:
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    import httpx  # here, not at the top: `ailo --help` stays light
     for _ in range(600):
         if proc.poll() is not None:
             raise CLIError(f"coordinator exited early; see {log}:\n{log.read_text()[-2000:]}")
@@ -118,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}"
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     coord_log = out / "logs" / "coordinator.log"
+    import httpx
+
     from ailo.data import carve_private
     from ailo.paths import corpus_dir
     public, private = out / "public", out / "private"
@@ -222,6 +223,8 @@ def _room_step(url: str, out: Path, say) -> dict:
     """The signed inference flow: the operator creates a 2-span room (token file), worker-0 and
     worker-1 serve it with `ailo node --wallet`, worker-2 asks with `ailo ask --wallet` and pays
     the room's price with a PAY_INFERENCE; each node earns 0.05 ALC."""
+    import httpx
+
     from ailo.inference.checkpoints import make_hf_checkpoint
 
     from transformers.utils import logging as hf_logging
@@ -263,6 +266,7 @@ def _room_step(url: str, out: Path, say) -> dict:
 
 
 def _balances(url: str, wallet_dir: Path, names: list[str]) -> dict[str, float]:
+    import httpx  # here, not at the top: `ailo --help` stays light
     out = {}
     for name in names:
         address = json.loads((wallet_dir / f"{name}.json").read_text())["address"]

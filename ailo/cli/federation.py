@@ -9,12 +9,16 @@ import socket
 from dataclasses import fields
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ailo.cli import checks, logs
-from ailo.cli.main import CLIError
-from ailo.federation.core.registry import AGGREGATORS
-from ailo.federation.coordinator.coordinator import CoordinatorConfig
+from ailo.cli.errors import CLIError
 from ailo.federation.core.local_phase import DEFAULT_MAX_STEPS, DEFAULT_SECONDS
-from ailo.model import PRESETS
+from ailo.federation.core.strategy_names import AGGREGATOR_NAMES, OUTER_OPTIMIZERS
+from ailo.presets import PRESETS
+
+if TYPE_CHECKING:  # the parser needs no torch: the coordinator's modules load when it runs
+    from ailo.federation.coordinator.config import CoordinatorConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--warmup-steps", type=checks.non_negative_int, default=0,
                    help="client lr ramps linearly over each round's first N local steps (AdamW restarts its moments every round)")
     c.add_argument("--server-lr", type=checks.positive_float, default=1.0, help="outer learning rate (FedAvg: 1.0; DiLoCo: 0.7)")
-    c.add_argument("--outer", default="sgd", choices=["sgd", "nesterov", "fedadam"],
+    c.add_argument("--outer", default="sgd", choices=OUTER_OPTIMIZERS,
                    help="outer optimizer on the averaged pseudo-gradient (sgd = FedAvg); state persists across restarts")
     c.add_argument("--outer-momentum", type=checks.probability, default=0.9, help="nesterov: momentum")
     c.add_argument("--codec", default=None, choices=["fp32", "int8", "sparse"],
@@ -78,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--holdout-dir", default=None, help="private folder of .txt the Proof-of-Contribution holdout "
                    "is drawn from; never served, must not be inside the public data folder")
     c.add_argument("--holdout-sequences", type=checks.positive_int, default=64, help="holdout windows scored per model version")
-    c.add_argument("--aggregator", default="fedavg", choices=sorted(AGGREGATORS),
+    c.add_argument("--aggregator", default="fedavg", choices=sorted(AGGREGATOR_NAMES),
                    help="how accepted updates are combined (robust ones bound a few bad updates' influence)")
     c.add_argument("--open", action="store_true",
                    help="open mode: accept unsigned updates, no Proof-of-Contribution, no rewards")
@@ -135,6 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def coordinator_config(args: argparse.Namespace) -> CoordinatorConfig:
+    from ailo.federation.coordinator.config import CoordinatorConfig
     names = {f.name for f in fields(CoordinatorConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     if values.get("local_seconds") is None:  # defaults: time-sized, unless a step count was asked for

@@ -49,6 +49,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class VersionAction(argparse.Action):
+    """`--version`, looked up when asked for: argparse's own action takes the string when the
+    parser is built, and reading the installed metadata (importlib.metadata) then costs every
+    command a tenth of a second or more on a loaded box."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ailo {version()}")
+        parser.exit()
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
@@ -61,7 +75,7 @@ def version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ailo", description="Ailo Network: federated training and distributed "
                     "inference on donated compute")
-    parser.add_argument("--version", action="version", version=f"ailo {version()}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ailo.cli import checks
 from ailo.cli.errors import CLIError
-from ailo.model import PRESETS
+from ailo.presets import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,15 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ailo.cli import checks
-from ailo.cli.main import CLIError
-from ailo.backoff import QUICK, Unavailable
-from ailo.ledger.client import LedgerClient
-from ailo.ledger.errors import LedgerError
-from ailo.ledger.params import FEE, format_alc, parse_alc
-from ailo.ledger.tx import register_tx, report_tx, transfer_tx
-from ailo.wallet import AddressError, Wallet, default_wallet_path, normalize_address
+from ailo.cli.errors import CLIError
+
+if TYPE_CHECKING:  # the commands import their ledger, key and HTTP modules when they run: the parser stays light
+    from ailo.ledger.client import LedgerClient
+    from ailo.wallet import Wallet
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8400"
 
@@ -23,6 +22,8 @@ DEFAULT_COORDINATOR = "http://127.0.0.1:8400"
 def client_for(url: str) -> LedgerClient:
     """Factory kept separate so tests can point the CLI at an in-process app. The CLI rides out
     a coordinator restart (QUICK back-off, ~30 s) before reporting it unreachable."""
+    from ailo.backoff import QUICK
+    from ailo.ledger.client import LedgerClient
     return LedgerClient(url, policy=QUICK)
 
 
@@ -61,10 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _path(args: argparse.Namespace) -> Path:
+    from ailo.wallet import default_wallet_path
     return args.wallet or default_wallet_path()
 
 
 def load_wallet(args: argparse.Namespace) -> Wallet:
+    from ailo.wallet import Wallet
     path = _path(args)
     if not path.exists():
         raise CLIError(f"no wallet at {path}; create one with `ailo wallet new`")
@@ -82,6 +85,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     path = _path(args)
     if path.exists() and not args.force:
         raise CLIError(f"{path} already exists (use --force to overwrite)")
+    from ailo.wallet import Wallet
     wallet = Wallet.generate()
     wallet.save(path, overwrite=args.force)
     print(json.dumps({"address": wallet.address, "file": str(path)}))
@@ -96,6 +100,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from ailo.ledger.tx import register_tx
     wallet = load_wallet(args)
     try:
         wallet = wallet.with_username(args.username)
@@ -109,6 +114,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
+    from ailo.ledger.params import format_alc
     address = _address(args.address) if args.address else load_wallet(args).address
     client = client_for(args.coordinator)
     bal = _http(lambda: client.balance(address))
@@ -130,7 +136,7 @@ def unpaid_updates(http, address: str) -> list[dict]:
     """This wallet's accepted updates whose round is not paid yet (rewards are minted when a
     round closes, docs/REWARDS.md), with the round's progress. `http`: an httpx.Client on the
     coordinator."""
-    from ailo.backoff import request
+    from ailo.backoff import QUICK, request
     status = request(http, "GET", "/v1/status", QUICK)
     if status.status_code == 404:  # a ledger-only service: no training rounds to wait for
         return []
@@ -148,6 +154,9 @@ def unpaid_updates(http, address: str) -> list[dict]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from ailo.ledger.errors import LedgerError
+    from ailo.ledger.params import FEE, parse_alc
+    from ailo.ledger.tx import transfer_tx
     wallet = load_wallet(args)
     to = _address(args.to)
     try:
@@ -170,6 +179,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ailo.ledger.errors import LedgerError
+    from ailo.ledger.tx import report_tx
     wallet = load_wallet(args)
     try:
         tx = report_tx(wallet, args.txid.strip().lower(), args.reason, _now())
@@ -180,6 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _address(text: str) -> str:
+    from ailo.wallet import AddressError, normalize_address
     try:
         return normalize_address(text)
     except AddressError as exc:
@@ -189,6 +201,9 @@ def _address(text: str) -> str:
 def _http(call):
     """Run one coordinator call, turning refusals and network errors into CLIError."""
     import httpx
+
+    from ailo.backoff import Unavailable
+    from ailo.ledger.errors import LedgerError
     try:
         return call()
     except LedgerError as exc:

@@ -20,6 +20,8 @@ from typing import Mapping, Protocol
 
 import torch
 
+from ailo.federation.core.strategy_names import OUTER_OPTIMIZERS
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -111,9 +113,6 @@ class FedAdam:
 
     def load_state_dict(self, state) -> None:
         self.steps, self.m, self.v = int(state["steps"][0]), _unpack(state, "m"), _unpack(state, "v")
-
-
-OUTER_OPTIMIZERS = ("sgd", "nesterov", "fedadam")
 
 
 def make_outer(name: str, lr: float, momentum: float = 0.9) -> OuterOptimizer:
