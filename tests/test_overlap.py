@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from ailo.federation.coordinator.config import CoordinatorConfig
 from ailo.federation.core.local_phase import effective_task, phase_fields, work_steps
+from ailo.federation.core.validate import same_work
 from ailo.federation.client.overlap import Job, OverlappedRun
 from ailo.federation.client.worker import Worker
 from ailo.server.services import ServiceConfig, build_app
@@ -37,6 +38,14 @@ def test_time_sized_tasks_judge_the_work_an_update_claims():
     assert work_steps(task, 10**9) == 100 and work_steps(task, 0) == 1       # capped, never zero
     assert effective_task({"steps": 20, "batch_size": 8}, 8 * 57)["steps"] == 20  # step-sized: unchanged
     assert phase_fields(0, 100) == {}
+
+
+def test_time_sized_norms_are_z_scored_within_the_round_among_similar_claimed_work():
+    # (norm per lr·step, claimed steps, round): measured on ailo-tiny int8 (bench/utilization.py)
+    rows = [(1316.0, 5, 1), (730.0, 25, 2), (732.0, 25, 2), (276.0, 25, 3), (300.0, 40, 3), (999.0, 100, 3),
+            (500.0, None, 3)]
+    assert same_work(rows, 25, 3) == [276.0, 300.0, 500.0]
+    assert same_work(rows, 5, 1) == [1316.0] and same_work(rows, 25, 4) == []
 
 
 @pytest.mark.slow

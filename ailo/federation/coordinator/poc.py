@@ -238,11 +238,11 @@ class ProofOfContribution:
         comparable = [u for u in recent if u.extra.get("codec", "fp32") == codec.name
                       and (not codec.lossy or u.round_id >= sub.round.id - 1)]
         if span is None:  # full updates against full updates; a slice against the same units' norms
-            rows = [(u.extra["norm_per_work"], u.extra.get("work_steps")) for u in comparable
+            rows = [(u.extra["norm_per_work"], u.extra.get("work_steps"), u.round_id) for u in comparable
                     if "norm_per_work" in u.extra and not u.extra.get("slice")]
-            history = [h for h, _ in rows]
-            # time-sized: z-scored among updates of similar claimed work (the clip uses all of them)
-            z_history = same_work(rows, task["steps"]) if is_timed(own.task) else history
+            history = [h for h, _, _ in rows]
+            # time-sized: z-scored within the round among similar claimed work (the clip uses all of them)
+            z_history = same_work(rows, task["steps"], sub.round.id) if is_timed(own.task) else history
         else:
             history = z_history = sc.norm_history([u.extra["unit_npw"] for u in comparable if "unit_npw" in u.extra], span)
         if codec.lossy:

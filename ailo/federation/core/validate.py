@@ -107,13 +107,17 @@ def check_norm(delta: Mapping[str, torch.Tensor], history: list[float], task: Ma
     return scaled
 
 
-def same_work(history: list[tuple[float, int | None]], steps: int, factor: float = 2.0) -> list[float]:
-    """The norms per unit of work of the updates that claimed about as many local steps as this
-    one (within `factor`): a time-sized round's updates claim 1 to `max_steps` steps, and AdamW's
-    ‖Δ‖ grows slower than linearly in steps (its first step moves every coordinate by lr, later
-    ones partly cancel), so 1-step and 30-step updates are not one population for the z-score.
-    Rows without a step count (written before it was recorded) count as comparable."""
-    return [h for h, s in history if s is None or max(s, steps) <= factor * min(s, steps)]
+def same_work(history: list[tuple[float, int | None, int]], steps: int, round_id: int,
+              factor: float = 2.0) -> list[float]:
+    """The norms per unit of work (rows: norm, claimed steps, round) that a time-sized round's
+    update is z-scored against: this round's updates that claimed about as many local steps
+    (within `factor`). Updates claim 1 to `max_steps` steps, and AdamW's ‖Δ‖ grows slower than
+    linearly in steps (its first step moves every coordinate by lr, later ones partly cancel);
+    across rounds its per-step norm falls as training goes on, and a lossy codec's norm is also
+    divided by the growing error-feedback backlog (ailo-tiny, int8, 25 steps: 730 per lr·step in
+    round 2, 276 in round 3 — an honest update 10 deviations off). Rows without a step count
+    (written before it was recorded) count as comparable."""
+    return [h for h, s, r in history if r == round_id and (s is None or max(s, steps) <= factor * min(s, steps))]
 
 
 def check_direction(delta: Mapping[str, torch.Tensor], grad: Mapping[str, torch.Tensor],
