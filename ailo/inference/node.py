@@ -323,6 +323,8 @@ class RoomAgent:
         (the first may pay the connection set-up). The coordinator routes through short hops."""
         now = time.monotonic()
         for peer in peers[:16]:
+            if self.stop.is_set():  # shutting down: leave at once
+                break
             pid, url = str(peer.get("node_id", "")), str(peer.get("url", ""))
             if not pid or not url.startswith(("http://", "https://")) or \
                     now - self._peer_at.get(pid, -1e9) < PEER_PROBE_EVERY_S:
