@@ -19,18 +19,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Protocol
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from ailo.storage.atomic import atomic_write
 
+if TYPE_CHECKING:  # torch and safetensors load where tensors are made: the manifest, hashes and
+    import torch   # `ailo mirror` (bytes only) need neither
+
 DEFAULT_CHUNKS = 35
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DTYPES = {str(d).removeprefix("torch."): d for d in
-           (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8)}
 
 
 class ChunkError(Exception):
@@ -117,6 +114,8 @@ def plan_chunks(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]], num_ch
 
     Pure: needs only shapes and dtypes, so the `ailo-1b` plan can be made on the meta device.
     """
+    import torch
+
     if num_chunks < 1:
         raise ValueError("num_chunks must be ≥ 1")
     sizes = {n: math.prod(s) * torch.empty((), dtype=d).element_size() for n, (s, d) in specs.items()}
@@ -147,6 +146,8 @@ def plan_chunks(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]], num_ch
 
 def chunk_bytes(manifest: Manifest, state: Mapping[str, torch.Tensor]) -> dict[int, bytes]:
     """The chunk files of `manifest` rebuilt from full tensors (what a patched client checks)."""
+    from safetensors.torch import save as st_save
+
     groups: dict[int, dict[str, torch.Tensor]] = {}
     for name, entry in manifest.tensors.items():
         t = state[name]
@@ -161,6 +162,8 @@ def split_state_dict(state: Mapping[str, torch.Tensor], num_chunks: int = DEFAUL
     """Returns the manifest and {sha256: chunk bytes}. Deterministic for equal tensors. With
     `sink`, each chunk is handed to it as soon as it is serialised and not kept (the returned
     dict is empty): a few chunks in memory at a time instead of a second copy of the model."""
+    from safetensors.torch import save as st_save
+
     specs = {n: (tuple(t.shape), t.dtype) for n, t in state.items()}
     entries = plan_chunks(specs, num_chunks)
     groups: dict[int, dict[str, torch.Tensor]] = {}
@@ -282,6 +285,7 @@ class ChunkStore:
             old, _ = self._resident.popitem(last=False)
             self.stats.resident_bytes -= self._by_index[old].size
             self.stats.evictions += 1
+        from safetensors.torch import load as st_load
         tensors = st_load(self.chunk_bytes(index))
         self._resident[index] = tensors
         self.stats.resident_bytes += size
@@ -293,6 +297,8 @@ class ChunkStore:
             entry = self.manifest.tensors[name]
         except KeyError:
             raise KeyError(f"tensor {name!r} is not in manifest version {self.manifest.version}") from None
+        import torch
+
         pieces = [self._chunk(p.chunk)[p.key] for p in entry.parts]
         out = pieces[0].clone() if len(pieces) == 1 else torch.cat(pieces, dim=0)
         if tuple(out.shape) != entry.shape or str(out.dtype).removeprefix("torch.") != entry.dtype:

@@ -85,6 +85,23 @@ def test_help_wallet_chain_and_argument_errors_import_no_torch(tmp_path):
     assert out["heavy"] == [], f"these commands imported {out['heavy']}: keep them out of parser-time imports"
 
 
+def test_mirror_and_manifest_code_import_no_torch(tmp_path):
+    """`ailo mirror sync` moves and verifies bytes: ailo.chunks loads torch and safetensors only
+    where tensors are made or read."""
+    out = fresh_python(f"""
+        import contextlib, io, json, sys
+        from ailo.chunks import ChunkStore, DirectorySource, Manifest
+        from ailo.cli.main import main
+        from ailo.mirrors import sync_mirror  # what `ailo mirror sync` runs
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["mirror", "nginx-conf", "--root", {str(tmp_path)!r}, "--prefix", {str(tmp_path)!r}])
+        manifest = Manifest.from_json('{{"version": 1, "preset": "p", "chunks": [], "tensors": {{}}}}')
+        ChunkStore(manifest, DirectorySource({str(tmp_path)!r})).prefetch()
+        print(json.dumps([code, sorted(x for x in ("torch", "safetensors", "numpy") if x in sys.modules)]))
+    """)
+    assert out == [0, []], f"ailo mirror / ailo.chunks imported {out[1]}"
+
+
 def test_parser_choices_name_exactly_the_strategies_the_coordinator_builds():
     """The CLI's torch-free name lists (strategy_names.py) and the registries that build the
     strategies are one set: a new aggregator or outer optimizer must be added to both."""
