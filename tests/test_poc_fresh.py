@@ -1,11 +1,14 @@
 """Zero-compute updates built from the last global change G that slip under the 0.99 copy
-limits (docs/REWARDS.md "Fresh work"): a copy of G diluted with noise, and sign(G). They are
+limits (docs/REWARDS.md "Fresh work"): a copy of G diluted with noise, and sign(G) (removed
+with G since issue 25: `sketch.sharpened`). They are
 real clients (`ailo.testing.redteam`) beside honest workers on a real coordinator app with a
 private holdout; what they add to G is not work, so the round's settlement pays them nothing
 while every honest update is paid."""
 import numpy as np
 import pytest
+import torch
 
+from ailo.federation.core import sketch as sk
 from ailo.federation.core.validate import ValidationConfig, fresh_cosines
 from tests.campaigns import played_campaign
 
@@ -40,15 +43,34 @@ def test_a_farm_of_diluted_copies_cannot_drown_the_honest_updates():
     assert min(fresh_cosines(honest + farm, g, threshold=-1.0)[:3]) < limit
 
 
+def test_sharpened_copies_of_the_global_change_are_removed_with_it():
+    """sign(G) and its kin re-sharpen the averaged G the way AdamW sharpens honest work (honest
+    Δ ≈ sign of a gradient that shares G's direction): after removing G alone their residuals
+    agree with the honest ones (the old hole); after removing span{G, sign(G), sign(G)·|G|^½}
+    (`sketch.sharpened`) they are noise, powers outside that basis included, and honest work,
+    which carries what is new at M_t, keeps its agreement."""
+    gen = torch.Generator().manual_seed(0)
+    n, secret, limit = 100_000, b"k" * 32, ValidationConfig().min_fresh_cosine
+    old = {"w": torch.randn(n, generator=gen)}
+    new = {"w": old["w"] - torch.randn(n, generator=gen)}
+    g = old["w"] - new["w"]
+    fresh = torch.randn(n, generator=gen)   # the direction every honest worker finds at M_t
+    honest = [torch.sign(g + 0.8 * fresh + 0.8 * torch.randn(n, generator=gen)) for _ in range(3)]
+    copies = [torch.sign(g) * g.abs() ** p for p in (0.0, 0.25, 0.5, 0.75)]  # what is not caught: REWARDS.md
+    sketches = [sk.sketch({"w": t}, secret) for t in honest + copies]
+    before = fresh_cosines(sketches, sk.sketch({"w": g}, secret))
+    assert min(before[3:]) > limit, before             # the hole: every copy would be paid
+    after = fresh_cosines(sketches, sk.sketch({"w": g}, secret), also=sk.sharpened(old, new, secret))
+    assert min(after[:3]) > limit and max(after[3:]) < limit, after
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, corpus_dir, one_thread):
     with played_campaign(tmp_path_factory.mktemp("fresh"), corpus_dir, ("diluted", "sign_global"), ROUNDS) as (app, _, camp):
         yield app, camp
 
 
-@pytest.mark.parametrize("kind", ["diluted", pytest.param("sign_global", marks=pytest.mark.xfail(
-    strict=True, reason="known limit (docs/REWARDS.md 'Fresh work'): sign(G) re-sharpens the averaged global "
-    "change the way AdamW sharpens each honest update, so its residual agrees with theirs; it is paid"))])
+@pytest.mark.parametrize("kind", ["diluted", "sign_global"])  # sign_global was a strict xfail: paid
 def test_zero_compute_update_from_the_global_change_earns_nothing(campaign, kind):
     app, camp = campaign
     attacker = next(a for a in camp.attackers if a.kind == kind)

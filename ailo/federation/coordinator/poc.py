@@ -65,6 +65,7 @@ class ProofOfContribution:
         self.pool: PrivateHoldout | None = None
         self._reference: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}  # version → (losses, ∇)
         self._model_sketches: dict[int, np.ndarray] = {}
+        self._sharpened: dict[int, list[np.ndarray]] = {}  # version → sketches of sign(G)·|G|^p
         self.grad_sketches: dict[int, np.ndarray] = {}    # version → sketch of ∇L_holdout(M_v)
         self.stale = StaleBase()                          # W_b and its reference for stale updates
 
@@ -199,15 +200,25 @@ class ProofOfContribution:
     def model_unit_sketches(self, coord: "Coordinator", version: int) -> dict[int, np.ndarray]:
         """Sketches of M_version per unit (embed, blocks.i): their sum is the model's sketch."""
         if version not in self._model_sketches:
-            if version == coord.version:
-                state = coord.model.state_dict()
-            else:
-                rec = next(v for v in coord.store.versions() if v.version == version)
-                state = {k: v.to(coord.device) for k, v in ChunkStore(
-                    Manifest.from_json(rec.manifest), DirectorySource(coord.store.chunks_dir)).state_dict().items()}
+            state = {k: v.to(coord.device) for k, v in self._state(coord, version).items()}
             self._model_sketches = {v: s for v, s in self._model_sketches.items() if v >= version - 1}
             self._model_sketches[version] = sc.unit_sketches(state, self.sketch_secret, self._groups(coord))
         return self._model_sketches[version]
+
+    @staticmethod
+    def _state(coord: "Coordinator", version: int) -> dict[str, torch.Tensor]:
+        """M_version: the served model when current, else from its chunk files (host memory)."""
+        if version == coord.version:
+            return coord.model.state_dict()
+        rec = next(v for v in coord.store.versions() if v.version == version)
+        return ChunkStore(Manifest.from_json(rec.manifest), DirectorySource(coord.store.chunks_dir)).state_dict()
+
+    def sharpened_sketches(self, coord: "Coordinator", version: int) -> list[np.ndarray]:
+        """`sketch.sharpened` of G = M_{version−1} − M_version, once per version (one pass)."""
+        if version not in self._sharpened:
+            self._sharpened = {version: sk.sharpened(self._state(coord, version - 1), self._state(coord, version),
+                                                     self.sketch_secret)}
+        return self._sharpened[version]
 
     @staticmethod
     def _groups(coord: "Coordinator") -> list[list[str]]:
@@ -349,10 +360,11 @@ class ProofOfContribution:
         self.setup(coord)
         try:
             glob = self.model_sketch(coord, rnd.base_version - 1) - self.model_sketch(coord, rnd.base_version)
+            also = self.sharpened_sketches(coord, rnd.base_version)
         except (StopIteration, OSError, KeyError):
             return {}
         scores = fresh_cosines([sk.decode(u.extra["sketch"]) for u in rows], glob, cfg.min_fresh_cosine,
-                               cfg.fresh_min_peers + 1)
+                               cfg.fresh_min_peers + 1, also)
         return {u.id: c for u, c in zip(rows, scores)}
 
     def without_fresh_work(self, coord: "Coordinator", round_id: int) -> int:

@@ -64,6 +64,25 @@ def sketch(tensors: Mapping[str, torch.Tensor], secret: bytes, dim: int = SKETCH
     return out.cpu().numpy()
 
 
+SHARPEN_POWERS = (0.0, 0.5)  # sign(G)·|G|^p: zero-compute re-sharpenings of the global change G
+
+
+@torch.no_grad()
+def sharpened(old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], secret: bytes,
+              powers: tuple[float, ...] = SHARPEN_POWERS, dim: int = SKETCH_DIM) -> list[np.ndarray]:
+    """Sketches of sign(G)·|G|^p (p = 0: sign(G)) for G = old − new, the last global change: what
+    a client can make from G without training that looks like AdamW work. The fresh-work check
+    removes them with G (`validate.fresh_cosines`). Deliberately few: with a finer basis (clips at
+    4 quantiles of |G| too) honest residuals lost their shared part and a farm of 8 smooth
+    G-transforms out-voted them (honest −0.25, docs/REWARDS.md). One tensor at a time."""
+    out = [np.zeros(dim) for _ in powers]
+    for name in sorted(new):
+        g = old[name].to(new[name].device, torch.float32) - new[name].float()
+        for i, p in enumerate(powers):
+            out[i] += sketch({name: torch.sign(g) * g.abs().pow(p) if p else torch.sign(g)}, secret, dim)
+    return out
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -282,7 +282,7 @@ def cooldown_seconds(streak: int, cfg: ValidationConfig) -> float:
 
 
 def fresh_cosines(sketches: list[np.ndarray], global_change: np.ndarray, threshold: float = 0.12,
-                  min_pool: int = 3) -> list[float]:
+                  min_pool: int = 3, also: Sequence[np.ndarray] = ()) -> list[float]:
     """For each update k of a round (sketches, `sketch.py`): cos(u_k, Σ_{j∈P, j≠k} u_j), where u is
     a sketch with its component along the last global change G removed, scaled to unit length,
     and P the round's updates that agree with each other.
@@ -294,15 +294,28 @@ def fresh_cosines(sketches: list[np.ndarray], global_change: np.ndarray, thresho
     limits is told apart however much noise it carries. P starts as every update
     and the lowest-scoring one is dropped while it scores below `threshold` (P keeps at least
     `min_pool`), so a farm of such copies in one round cannot drown the honest updates'
-    agreement: with unit residuals each update is one vote, and the noise votes are removed."""
+    agreement: with unit residuals each update is one vote, and the noise votes are removed.
+
+    `also`: more zero-compute transforms of G removed with it (`sketch.sharpened`: sign(G)·|G|^½
+    and sign(G)). sign(G) re-sharpens the averaged G the way AdamW sharpens each honest update,
+    so its residual after G alone agreed with theirs (0.78 measured); after the span of the
+    three it is noise, while honest residuals keep what is new at M_t (docs/REWARDS.md)."""
     g = np.asarray(global_change, dtype=np.float64)
-    gn = float(np.linalg.norm(g))
-    if gn == 0.0 or not sketches:
+    if float(np.linalg.norm(g)) == 0.0 or not sketches:
         return [1.0] * len(sketches)
-    g = g / gn
+    basis: list[np.ndarray] = []   # orthonormal span of G and `also` (Gram–Schmidt)
+    for v in (g, *also):
+        v = np.asarray(v, dtype=np.float64)
+        n0 = float(np.linalg.norm(v))
+        for b in basis:
+            v = v - float(np.dot(v, b)) * b
+        if (n := float(np.linalg.norm(v))) > 1e-9 * n0:
+            basis.append(v / n)
     units = []
     for s in sketches:
-        r = np.asarray(s, dtype=np.float64) - float(np.dot(s, g)) * g
+        r = np.asarray(s, dtype=np.float64)
+        for b in basis:
+            r = r - float(np.dot(r, b)) * b
         n = float(np.linalg.norm(r))
         units.append(r / n if n > 0 else r)
     pool = set(range(len(units)))
