@@ -80,6 +80,17 @@ def centralized(preset: str, task: dict, samples: int, workers: int, device: str
             "central_seconds": round(time.time() - t0, 1)}
 
 
+def accepted_samples(coord_state: Path) -> int | None:
+    """Samples of every accepted update, from the coordinator's store: a worker stopped as soon
+    as training finished never prints its last update's line, so its lines undercount."""
+    import sqlite3
+    db = coord_state / "state.db"
+    if not db.exists():
+        return None
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(n_samples), 0) FROM updates WHERE status = 'accepted'").fetchone()[0])
+
+
 def warm_caches(work: Path, workers: int, url: str) -> None:
     """Link version 0's served chunks (bf16 when compact, else fp32) into every worker's cache."""
     from ailo.chunks import Manifest
@@ -189,7 +200,7 @@ def main() -> int:
     partial = not result["ok"] and "stopped after" in result.get("error", "")  # --max-seconds: report what ran
     result["partial"] = partial
     if not args.no_central and (result["ok"] or partial) and task["batch_size"] and result["val_loss"] is not None:
-        samples = sum(r["n_samples"] for r in lines if r.get("verdict") == "accepted")
+        samples = accepted_samples(work / "coord") or sum(r["n_samples"] for r in lines if r.get("verdict") == "accepted")
         result["tokens"] = samples * task["seq_len"]
         result.update(centralized(args.preset, task, samples, args.workers, args.device,
                                   int(c.get("val_batches", 4)), int(c.get("seed", 0))))
