@@ -3,6 +3,7 @@
 Cheap problems (headers, identity, safetensors header) are refused by the POST itself; the
 rest (NaN/Inf, PoC checks) by the validation pipeline, whose verdict GET /v1/updates/{id}
 reports with the same reason and the status code the refusal carries (`code`)."""
+import dataclasses
 import struct
 
 import pytest
@@ -94,7 +95,10 @@ def test_stale_unknown_round_version_and_duplicates(api):
     r = _post(client, encode_update(_delta(coord, 2e-3)))  # another update from the same client
     assert r.status_code == 409 and "already has an accepted or pending update" in r.json()["detail"]
     assert _post(client, body, client_id="bob").json()["aggregated"] is True
-    r = _post(client, body, client_id="carol", round_id=1)
+    r = _post(client, body, client_id="carol", round_id=1)  # one round late: the delayed rule takes it (issue 27)
+    assert r.status_code == 200 and r.json()["round"] == 2 and r.json()["status"] == "accepted", r.text
+    coord.config = dataclasses.replace(coord.config, max_staleness=0)  # the strict rule: only the open round
+    r = _post(client, body, client_id="dave", round_id=1)
     assert r.status_code == 409 and "stale round 1" in r.json()["detail"]
 
 
