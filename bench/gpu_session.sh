@@ -22,8 +22,8 @@ for part in "$@"; do
   case $part in
     memory)
       timeout $(left 330) python3 bench/memory.py --preset ailo-1b --device cuda --batch-size 2 --seq-len 2048 --steps 3 \
-        --modes today,budget:12GB,validation,budget:8GB,budget:24GB --holdout-sequences 8 --tmp /dev/shm \
-        --row-timeout 110 --out "$OUT/memory.json" ;;
+        --modes today,budget:12GB,slice:4GB,validation,slice:4GB@12,budget:8GB,budget:24GB --holdout-sequences 8 --tmp /dev/shm \
+        --row-timeout 100 --out "$OUT/memory.json" ;;
     round)
       timeout $(left 585) python3 bench/gpu_round.py --preset ailo-1b --device cuda --workers 3 --rounds 3 --local-steps 10 \
         --batch-size 2 --lr-decay 0.5 --codec int8 --compact-downloads --worker-budgets 12GiB,4GiB,4GiB \
