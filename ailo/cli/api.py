@@ -14,6 +14,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     from ailo.api.app import build_api_app
     from ailo.inference.requester import RoomRequester
     from ailo.inference.serving import ThreadedServer
+    # The request path samples and decodes with torch; importing it for the first time inside a
+    # server thread, after the server started, hung the first completion (a 60 s timeout in
+    # tests/test_openai_api.py once the CLI stopped importing torch to build its parser).
+    import torch  # noqa: F401
 
     wallet = load_wallet(args.wallet, "`ailo api` (it signs and pays each request)")
     key = args.api_key or os.environ.get("AILO_API_KEY") or None
