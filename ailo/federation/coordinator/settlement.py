@@ -63,7 +63,8 @@ class Settlement:
             return []
         task = coord.store.round(round_id).task
         task_samples = task["steps"] * task["batch_size"]
-        # the round's typical full update; a stale one's drop is at an older base: no median, no LossBonus
+        # the round's typical full update; a stale one's drop is at an older base: no median, no LossBonus,
+        # and no SpeedBonus (arriving late never pays more; it once earned one when validated quickly)
         full = [u for u in accepted if not u.extra.get("slice") and not u.extra.get("stale")] or accepted
         med = statistics.median(u.extra.get("reduction", 0.0) for u in full)
         fresh = self.fresh_scores(coord, round_id)
@@ -71,7 +72,7 @@ class Settlement:
         return [(u.id, u.address, 0 if fresh.get(u.id, 1.0) < self.validation.min_fresh_cosine else
                  slice_reward(training_reward(u.n_samples, task_samples, 0.0 if u.extra.get("stale") else
                                               u.extra.get("reduction", 0.0), med,
-                                              u.extra.get("seconds"), self.rewards),
+                                              None if u.extra.get("stale") else u.extra.get("seconds"), self.rewards),
                               u.extra.get("slice_params", total_params), total_params)) for u in accepted]
 
     def settle_round(self, coord: "Coordinator", round_id: int) -> None:
