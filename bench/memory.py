@@ -48,6 +48,18 @@ def _peak(device) -> dict:
     return {"peak_bytes": rss("VmHWM")}
 
 
+def _measure(train, batches: list, steps: int, device, base_rss: int, out: dict) -> dict:
+    """One warm-up step (kernels, torch.compile of the 8/4-bit optimizer step), then `steps` timed
+    ones: the row's peak, speed, loss and ‖Δ‖ (and RSS above the start on the CPU)."""
+    train(batches[:1], 1)
+    upd = train(batches[1:], steps)
+    out.update(_peak(device), tokens_per_s=round(upd.tokens / upd.seconds, 1), seconds=round(upd.seconds, 3),
+               train_loss=round(upd.train_loss, 4), delta_norm=round(float(sum(float(d.float().pow(2).sum()) for d in upd.delta.values()) ** 0.5), 5))
+    if device.type == "cpu":
+        out["rss_above_start_bytes"] = out["peak_bytes"] - base_rss
+    return out
+
+
 def run_training(args, mode: str) -> dict:
     import torch
 
@@ -72,13 +84,7 @@ def run_training(args, mode: str) -> dict:
                    checkpoint_blocks=p.checkpoint_blocks, estimate_bytes=p.estimate, budget_bytes=budget,
                    breakdown=p.breakdown)
         train = lambda bs, steps: train_planned(model, bs, TrainConfig(steps=steps, batch_size=args.batch_size, lr=1e-3), p, device)  # noqa: E731
-    train(batches[:1], 1)          # warm-up (kernels, torch.compile of the 8/4-bit optimizer step)
-    upd = train(batches[1:], args.steps)
-    out.update(_peak(device), tokens_per_s=round(upd.tokens / upd.seconds, 1), seconds=round(upd.seconds, 3),
-               train_loss=round(upd.train_loss, 4), delta_norm=round(float(sum(float(d.float().pow(2).sum()) for d in upd.delta.values()) ** 0.5), 5))
-    if device.type == "cpu":
-        out["rss_above_start_bytes"] = out["peak_bytes"] - base_rss
-    return out
+    return _measure(train, batches, args.steps, device, base_rss, out)
 
 
 def chunk_dir(args) -> Path:
@@ -143,13 +149,7 @@ def run_slice(args, mode: str) -> dict:
                  "micro_batch": micro, "estimate_bytes": slice_state_bytes(cfg, shapes, sl, "adamw", micro, args.seq_len, kind),
                  "budget_bytes": budget, "chunks": args.slice_chunks, "chunk_verify_seconds": round(verify_s, 2)}
     train = lambda bs, steps: train_slice(cfg, tensors, list(sl.names), bs, TrainConfig(steps=steps, batch_size=args.batch_size, lr=1e-3), device, micro)  # noqa: E731
-    train(batches[:1], 1)          # warm-up
-    upd = train(batches[1:], args.steps)
-    out.update(_peak(device), tokens_per_s=round(upd.tokens / upd.seconds, 1), seconds=round(upd.seconds, 3),
-               train_loss=round(upd.train_loss, 4), delta_norm=round(float(sum(float(d.float().pow(2).sum()) for d in upd.delta.values()) ** 0.5), 5))
-    if device.type == "cpu":
-        out["rss_above_start_bytes"] = out["peak_bytes"] - base_rss
-    return out
+    return _measure(train, batches, args.steps, device, base_rss, out)
 
 
 def run_validation(args, mode: str) -> dict:
